@@ -1,0 +1,42 @@
+# ftkvm — top-level targets. `make demo` and `make test` work on a fresh
+# machine (root, Go and gcc): the guest build installs its Debian packages,
+# `go` fetches modules from the module proxy.
+
+GO        ?= go
+GUEST_DIR ?= $(CURDIR)/guest/out
+BIN       := $(CURDIR)/bin
+export FTKVM_GUEST_DIR := $(GUEST_DIR)
+
+.PHONY: all build guest demo test test-unit bench lint clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ftvm ./examples/ftvm
+
+# The example guest (tiny Linux + busybox initramfs), cached by input hash.
+guest:
+	guest/build.sh $(GUEST_DIR)
+
+# Boot the example Linux guest.
+demo: build guest
+	$(BIN)/ftvm run
+
+# Everything, including the end-to-end Linux boot (run once, in ./e2e).
+test: build guest
+	$(GO) vet ./...
+	FTKVM_REQUIRE_GUEST=1 $(GO) test -count=1 -timeout 40m ./...
+
+# Tests that need neither KVM nor the Linux guest.
+test-unit:
+	$(GO) test -count=1 -short ./...
+
+bench: build guest
+	$(GO) run ./cmd/bench-logchannel
+
+lint:
+	gofmt -l . | tee /dev/stderr | (! read)
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN) $(GUEST_DIR)

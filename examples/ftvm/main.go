@@ -1,0 +1,59 @@
+// Command ftvm runs a virtual machine under ftkvm.
+//
+//	ftvm run [flags]      boot the example Linux guest (or --kernel, or a bare --image)
+//
+// Run `ftvm run -h` for the flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `usage: ftvm <command> [flags]
+
+commands:
+  run     boot a guest: the example Linux guest by default, or --kernel/--initrd/--cmdline,
+          or a bare test guest with --image FILE or --bare NAME
+
+Run 'ftvm <command> -h' for a command's flags.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var code int
+	var err error
+	switch os.Args[1] {
+	case "run":
+		code, err = cmdRun(ctx, os.Args[2:])
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "ftvm: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		var ue usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintf(os.Stderr, "ftvm %s: %v\n", os.Args[1], err)
+			os.Exit(2)
+		}
+		fmt.Fprintf(os.Stderr, "ftvm: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+type usageError struct{ error }

@@ -1,0 +1,56 @@
+/* pit_ticks: the PIT at 100 Hz on IRQ0 through the PIC, a handler counting
+ * ticks while the guest spins 1,000,000 loop iterations; prints the count. */
+#include "common.inc"
+	.set ITERATIONS, 1000000
+	.set DIVISOR, 11932		/* 1193182 Hz / 100 */
+	.globl _start
+_start:
+	call _idt_init
+	gate 0x20, tick
+	gate 0x27, spurious
+	mov $0xfffe, %ax		/* only IRQ0 unmasked */
+	call _pic_init
+	mov $0x34, %al
+	out %al, $0x43			/* channel 0, lobyte/hibyte, mode 2 */
+	mov $DIVISOR & 0xff, %al
+	out %al, $0x40
+	mov $DIVISOR >> 8, %al
+	out %al, $0x40
+	sti
+	mov $ITERATIONS, %rcx
+1:	dec %rcx
+	jnz 1b
+	cli
+	puts msg_loops
+	mov $ITERATIONS, %rax
+	putdec_rax
+	puts msg_ticks
+	mov ticks(%rip), %rax
+	putdec_rax
+	puts msg_spurious
+	mov spurious_count(%rip), %rax
+	putdec_rax
+	puts msg_nl
+	exit 0
+	hlt
+
+tick:
+	push %rax
+	incq ticks(%rip)
+	mov $0x20, %al
+	out %al, $0x20			/* non-specific EOI */
+	pop %rax
+	iretq
+
+spurious:
+	incq spurious_count(%rip)
+	iretq
+
+#include "lib.inc"
+	.balign 8
+ticks:	.quad 0
+spurious_count: .quad 0
+msg_loops: .asciz "pit_ticks: loops="
+msg_ticks: .asciz " ticks="
+msg_spurious: .asciz " spurious="
+msg_nl: .asciz "\n"

@@ -1,0 +1,340 @@
+#!/usr/bin/env bash
+# Build the ftkvm example guest: a tiny Linux 6.1 vmlinux and a busybox initramfs.
+#
+#   guest/build.sh [OUTDIR]          build (or fetch from the cache) into OUTDIR
+#   guest/build.sh --print-key       print the cache key and exit
+#
+# OUTDIR defaults to guest/out. It receives:
+#   vmlinux                 the kernel ELF (64-bit boot protocol / PVH entry)
+#   initramfs.cpio.gz       busybox + /init (+ workload.sh), newc, gzip -n
+#   kernel.config           the full .config the kernel was built with
+#   expected-workload.txt   the workload lines /init prints (computed on the host)
+#   build-info.txt          versions, inputs and the cache key
+#
+# Cache: ${FTKVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ftkvm}/
+#   guest-<key>/   the complete result, keyed on every input (see cache_manifest)
+#   kernel-<kkey>/ the kernel alone, keyed on the kernel inputs only, so editing
+#                  the initramfs sources repacks the initramfs without a rebuild
+# Entries appear by rename(2) of a finished temp dir, under a per-key lock, so an
+# interrupted or concurrent build never leaves or reads a half entry.
+#
+# Needs Debian/Ubuntu (apt): installs the packages below if they are missing.
+# Environment: FTKVM_CACHE (cache root), FTKVM_KEEP_WORK=1 (keep the kernel tree),
+# FTKVM_JOBS (make -j, default nproc).
+set -euo pipefail
+
+GUEST_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SELF="$GUEST_DIR/$(basename "${BASH_SOURCE[0]}")"
+
+KVER=6.1
+KSRC_PKG=linux-source-$KVER
+KSRC_TAR=/usr/src/linux-source-$KVER.tar.xz
+BUSYBOX_PKG=busybox-static
+BUSYBOX_BIN=/bin/busybox
+FRAGMENTS=("$GUEST_DIR/kernel.config")
+INITRAMFS_SRC=$GUEST_DIR/initramfs
+KARCH=x86_64
+JOBS=${FTKVM_JOBS:-$(nproc)}
+
+# Fixed build identity: the kernel embeds these in its version banner.
+export KBUILD_BUILD_TIMESTAMP="Thu Jan  1 00:00:00 UTC 1970"
+export KBUILD_BUILD_USER=ftkvm
+export KBUILD_BUILD_HOST=ftkvm
+export KBUILD_BUILD_VERSION=1
+export SOURCE_DATE_EPOCH=0
+export LC_ALL=C TZ=UTC
+
+PACKAGES=(
+	"$KSRC_PKG" "$BUSYBOX_PKG"
+	make gcc libc6-dev flex bison bc libelf-dev libssl-dev
+	cpio xz-utils kmod gzip util-linux
+)
+
+START=$SECONDS
+say() { printf '[guest-build %4ds] %s\n' "$((SECONDS - START))" "$*"; }
+die() { printf 'guest/build.sh: error: %s\n' "$*" >&2; exit 1; }
+
+PRINT_KEY=0
+OUTDIR=
+for arg in "$@"; do
+	case $arg in
+	--print-key) PRINT_KEY=1 ;;
+	-h | --help) sed -n '2,24p' "$SELF"; exit 0 ;;
+	-*) die "unknown option $arg" ;;
+	*) [[ -z $OUTDIR ]] || die "more than one OUTDIR given"; OUTDIR=$arg ;;
+	esac
+done
+OUTDIR=${OUTDIR:-$GUEST_DIR/out}
+
+CACHE_ROOT=${FTKVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ftkvm}
+
+MAKE_PGID=
+cleanup() { [[ -z $MAKE_PGID ]] || kill -TERM -- "-$MAKE_PGID" 2>/dev/null || true; }
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- packages ---
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+pkg_version() { dpkg-query -W -f='${Version}' "$1"; }
+
+ensure_packages() {
+	local missing=() p
+	command -v dpkg-query >/dev/null || die "dpkg-query not found: this script expects Debian/Ubuntu"
+	for p in "${PACKAGES[@]}"; do pkg_installed "$p" || missing+=("$p"); done
+	((${#missing[@]})) || return 0
+	say "installing missing packages: ${missing[*]}"
+	local sudo=()
+	if ((EUID != 0)); then
+		command -v sudo >/dev/null || die "need root (or sudo) to install: ${missing[*]}"
+		sudo=(sudo)
+	fi
+	"${sudo[@]}" apt-get update -qq
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	for p in "${missing[@]}"; do pkg_installed "$p" || die "package $p still not installed"; done
+}
+
+# ---------------------------------------------------------------- cache key ---
+sha() { sha256sum | cut -d' ' -f1; }
+filehash() { sha256sum <"$1" | cut -d' ' -f1; }
+
+# Inputs of the kernel alone.
+kernel_manifest() {
+	local f
+	echo "ftkvm-guest-kernel v1 arch=$KARCH"
+	echo "kernel-source $KSRC_TAR size=$(stat -c %s "$KSRC_TAR") pkg=$KSRC_PKG version=$(pkg_version "$KSRC_PKG")"
+	echo "compiler $(gcc --version | head -n1)"
+	for f in "${FRAGMENTS[@]}"; do echo "fragment $(basename "$f") $(filehash "$f")"; done
+	echo "build.sh $(filehash "$SELF")"
+}
+
+# Every input: the kernel's plus the initramfs sources and busybox.
+cache_manifest() {
+	local f
+	kernel_manifest
+	echo "busybox $BUSYBOX_PKG version=$(pkg_version "$BUSYBOX_PKG") sha256=$(filehash "$BUSYBOX_BIN")"
+	(cd "$INITRAMFS_SRC" && find . -type f | sort) | while read -r f; do
+		echo "initramfs $f mode=$(stat -c %a "$INITRAMFS_SRC/$f") $(filehash "$INITRAMFS_SRC/$f")"
+	done
+}
+
+# ---------------------------------------------------------------- helpers ---
+# Run a command with its output in $LOG; on failure show the log's tail.
+LOG=/dev/null
+run_logged() {
+	if ! "$@" >>"$LOG" 2>&1; then
+		echo "---- last 40 lines of $LOG ----" >&2
+		tail -n 40 "$LOG" >&2
+		die "command failed: $*"
+	fi
+}
+
+# Copy src to dst atomically (readers never see a partial file).
+install_file() {
+	cp -f "$1" "$2.tmp.$$"
+	mv -f "$2.tmp.$$" "$2"
+}
+
+# Check that every assignment in the fragments survived olddefconfig.
+verify_config() {
+	local cfg=$1 frag line opt bad=0
+	for frag in "${FRAGMENTS[@]}"; do
+		while IFS= read -r line; do
+			if [[ $line =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
+				opt=${BASH_REMATCH[1]}
+				if ! grep -qxF -- "$line" "$cfg"; then
+					echo "  wanted: $line   got: $(grep -E "^(# )?$opt[= ]" "$cfg" || echo '(absent)')" >&2
+					bad=1
+				fi
+			elif [[ $line =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set$ ]]; then
+				opt=${BASH_REMATCH[1]}
+				if grep -qE "^$opt=" "$cfg"; then
+					echo "  wanted: $line   got: $(grep -E "^$opt=" "$cfg")" >&2
+					bad=1
+				fi
+			fi
+		done <"$frag"
+	done
+	((bad == 0)) || die "kernel config fragment not honoured (options above); fix guest/kernel.config"
+}
+
+# ---------------------------------------------------------------- kernel ---
+# Builds into $CACHE_ROOT/kernel-$KKEY (vmlinux, config, gen_init_cpio, build.log.gz).
+build_kernel() {
+	local final=$1 tmp=$1.tmp work src
+	rm -rf "$tmp"
+	mkdir -p "$tmp"
+	work=$tmp/work
+	mkdir -p "$work"
+	LOG=$tmp/build.log
+	: >"$LOG"
+	say "kernel: building (log: $LOG)"
+
+	say "kernel: extracting $KSRC_TAR"
+	run_logged tar -xf "$KSRC_TAR" -C "$work"
+	src=$work/linux-source-$KVER
+	[[ -d $src ]] || die "unexpected tarball layout: no linux-source-$KVER/ in $KSRC_TAR"
+
+	say "kernel: make tinyconfig + merge ${FRAGMENTS[*]##*/} + olddefconfig"
+	run_logged make -C "$src" ARCH=$KARCH tinyconfig
+	(cd "$src" && run_logged env ARCH=$KARCH scripts/kconfig/merge_config.sh -m .config "${FRAGMENTS[@]}")
+	run_logged make -C "$src" ARCH=$KARCH olddefconfig
+	verify_config "$src/.config"
+	say "kernel: config verified ($(grep -c '=y$' "$src/.config") options =y)"
+
+	say "kernel: make -j$JOBS vmlinux (several minutes on 2 cores)"
+	local t0=$SECONDS last=$SECONDS pid rc=0 n
+	# Own process group, so an interrupted build.sh takes the compilers with it.
+	setsid make -C "$src" ARCH=$KARCH -j"$JOBS" vmlinux >>"$LOG" 2>&1 &
+	pid=$!
+	MAKE_PGID=$pid
+	while kill -0 "$pid" 2>/dev/null; do
+		sleep 2
+		if ((SECONDS - last >= 30)) && kill -0 "$pid" 2>/dev/null; then
+			last=$SECONDS
+			n=$(grep -c '^  CC ' "$LOG" || true)
+			say "kernel:   ... $((SECONDS - t0))s, $n files compiled"
+		fi
+	done
+	wait "$pid" || rc=$?
+	MAKE_PGID=
+	if ((rc != 0)); then
+		echo "---- last 40 lines of $LOG ----" >&2
+		tail -n 40 "$LOG" >&2
+		die "kernel build failed (make exit $rc)"
+	fi
+	say "kernel: vmlinux built in $((SECONDS - t0))s"
+
+	cp "$src/vmlinux" "$tmp/vmlinux"
+	cp "$src/.config" "$tmp/config"
+	run_logged gcc -O2 -o "$tmp/gen_init_cpio" "$src/usr/gen_init_cpio.c"
+	{
+		echo "kernel-key $KKEY"
+		echo "kernel-release $(cat "$src/include/config/kernel.release")"
+		echo "build-seconds $((SECONDS - t0))"
+		kernel_manifest
+	} >"$tmp/build-info.txt"
+	if [[ ${FTKVM_KEEP_WORK:-0} == 1 ]]; then
+		mv "$work" "$CACHE_ROOT/work-kernel-$KKEY"
+		say "kernel: tree kept in $CACHE_ROOT/work-kernel-$KKEY"
+	else
+		rm -rf "$work"
+	fi
+	gzip -n -9 "$LOG"
+	LOG=/dev/null
+	mv "$tmp" "$final"
+}
+
+# ---------------------------------------------------------------- initramfs ---
+# Packs the initramfs with the kernel's gen_init_cpio from an explicit file
+# list: no root needed, owners 0:0, mtime 0, sorted, so the bytes depend only
+# on the inputs.
+build_initramfs() {
+	local out=$1 gen=$2 stage list applet f
+	stage=$(mktemp -d "$CACHE_ROOT/initramfs-stage.XXXXXX")
+	list=$stage/cpio_list
+	mkdir -p "$stage/files"
+	install -m 0755 "$BUSYBOX_BIN" "$stage/files/busybox"
+	install -m 0755 "$INITRAMFS_SRC/init" "$stage/files/init"
+	install -m 0644 "$INITRAMFS_SRC/workload.sh" "$stage/files/workload.sh"
+	touch -h -d @0 "$stage/files/"*
+	{
+		echo "dir /bin 0755 0 0"
+		echo "dir /dev 0755 0 0"
+		echo "nod /dev/console 0600 0 0 c 5 1"
+		echo "dir /proc 0755 0 0"
+		echo "dir /sys 0755 0 0"
+		echo "dir /tmp 1777 0 0"
+		echo "file /bin/busybox $stage/files/busybox 0755 0 0"
+		grep -Ev '^[[:space:]]*(#|$)' "$INITRAMFS_SRC/applets" | sort -u | while read -r applet; do
+			"$BUSYBOX_BIN" --list | grep -qxF "$applet" || die "busybox has no applet '$applet'"
+			echo "slink /bin/$applet busybox 0777 0 0"
+		done
+		echo "file /init $stage/files/init 0755 0 0"
+		echo "file /workload.sh $stage/files/workload.sh 0644 0 0"
+	} >"$list"
+	"$gen" -t 0 "$list" >"$stage/initramfs.cpio"
+	gzip -n -9 <"$stage/initramfs.cpio" >"$out"
+	cp "$list" "$(dirname "$out")/initramfs.list"
+	sed -i "s|$stage/files/|<stage>/|" "$(dirname "$out")/initramfs.list"
+	rm -rf "$stage"
+}
+
+# ---------------------------------------------------------------- main ---
+[[ -f $INITRAMFS_SRC/init && -f $INITRAMFS_SRC/workload.sh && -f $INITRAMFS_SRC/applets ]] ||
+	die "missing initramfs sources in $INITRAMFS_SRC"
+
+ensure_packages
+[[ -f $KSRC_TAR ]] || die "$KSRC_TAR missing although $KSRC_PKG is installed"
+[[ -x $BUSYBOX_BIN ]] || die "$BUSYBOX_BIN missing although $BUSYBOX_PKG is installed"
+
+KKEY=$(kernel_manifest | sha | cut -c1-20)
+KEY=$(cache_manifest | sha | cut -c1-20)
+if ((PRINT_KEY)); then
+	echo "$KEY"
+	exit 0
+fi
+
+mkdir -p "$CACHE_ROOT" "$OUTDIR"
+ENTRY=$CACHE_ROOT/guest-$KEY
+KENTRY=$CACHE_ROOT/kernel-$KKEY
+
+publish() {
+	local f
+	for f in vmlinux initramfs.cpio.gz kernel.config expected-workload.txt build-info.txt; do
+		install_file "$ENTRY/$f" "$OUTDIR/$f"
+	done
+}
+
+if [[ -f $ENTRY/build-info.txt ]]; then
+	publish
+	echo "guest/build.sh: cache hit guest-$KEY ($ENTRY) -> $OUTDIR"
+	exit 0
+fi
+
+# Serialize builds of the same key; a concurrent builder may finish it for us.
+exec 9>"$CACHE_ROOT/.lock-$KEY"
+if ! flock -n 9; then
+	say "another build of guest-$KEY is running; waiting for it"
+	flock 9
+fi
+if [[ -f $ENTRY/build-info.txt ]]; then
+	publish
+	echo "guest/build.sh: cache hit guest-$KEY ($ENTRY) -> $OUTDIR"
+	exit 0
+fi
+
+say "cache miss: guest-$KEY (cache root $CACHE_ROOT)"
+exec 8>"$CACHE_ROOT/.lock-kernel-$KKEY"
+flock 8
+if [[ -f $KENTRY/build-info.txt ]]; then
+	say "kernel: reusing cached kernel-$KKEY"
+else
+	build_kernel "$KENTRY"
+fi
+flock -u 8
+
+say "initramfs: packing busybox $(pkg_version "$BUSYBOX_PKG") + $(basename "$INITRAMFS_SRC")/"
+TMP=$ENTRY.tmp
+rm -rf "$TMP"
+mkdir -p "$TMP"
+ln "$KENTRY/vmlinux" "$TMP/vmlinux" 2>/dev/null || cp "$KENTRY/vmlinux" "$TMP/vmlinux"
+cp "$KENTRY/config" "$TMP/kernel.config"
+build_initramfs "$TMP/initramfs.cpio.gz" "$KENTRY/gen_init_cpio"
+# The workload is deterministic shell arithmetic: compute its expected output
+# with the same busybox on the host, for tests to compare against.
+"$BUSYBOX_BIN" sh -c '. "$1"; ftkvm_workload' sh "$INITRAMFS_SRC/workload.sh" >"$TMP/expected-workload.txt"
+{
+	echo "key $KEY"
+	echo "kernel-key $KKEY"
+	grep -E '^(kernel-release|build-seconds) ' "$KENTRY/build-info.txt" | sed 's/^build-seconds/kernel-build-seconds/'
+	echo "vmlinux-sha256 $(filehash "$TMP/vmlinux")"
+	echo "initramfs-sha256 $(filehash "$TMP/initramfs.cpio.gz")"
+	echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -n)"
+	echo "# inputs"
+	cache_manifest
+} >"$TMP/build-info.txt"
+mv "$TMP" "$ENTRY"
+publish
+say "done: $OUTDIR/vmlinux, $OUTDIR/initramfs.cpio.gz (cache guest-$KEY)"

@@ -1,0 +1,248 @@
+package logchannel
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/s2"
+)
+
+// ErrNetwork wraps an error from the underlying connection (reset, closed,
+// deadline); the original error is wrapped too.
+var ErrNetwork = errors.New("connection error")
+
+const (
+	readBufferSize     = 256 << 10
+	writeBufferSize    = 64 << 10
+	maxBatchesPerWrite = 64
+	minCompressBytes   = 512 // smaller frames go raw
+)
+
+// frameReader reads and checks whole frames from a connection.
+type frameReader struct {
+	br         *bufio.Reader
+	maxPayload int
+	maxEntry   int
+	hdr        [headerLen]byte
+	scratch    []byte // compressed payloads land here before decoding
+}
+
+func newFrameReader(conn net.Conn, maxPayload, maxEntry int) *frameReader {
+	return &frameReader{br: bufio.NewReaderSize(conn, readBufferSize), maxPayload: maxPayload, maxEntry: maxEntry}
+}
+
+// read returns the next frame. The payload of an uncompressed frame is a
+// fresh allocation the caller may keep (data entries alias it).
+func (r *frameReader) read() (header, []byte, error) {
+	if _, err := io.ReadFull(r.br, r.hdr[:]); err != nil {
+		switch err {
+		case io.EOF:
+			return header{}, nil, fmt.Errorf("logchannel: %w (end of stream)", ErrPeerClosed)
+		case io.ErrUnexpectedEOF:
+			return header{}, nil, errorf(ErrTruncated, "stream ended inside a frame header")
+		}
+		return header{}, nil, fmt.Errorf("logchannel: %w: reading frame header: %w", ErrNetwork, err)
+	}
+	h, err := parseHeader(r.hdr[:], r.maxPayload)
+	if err != nil {
+		return h, nil, err
+	}
+	var wire []byte
+	if h.codec() == codecNone {
+		wire = make([]byte, h.wireLen)
+	} else {
+		if cap(r.scratch) < int(h.wireLen) {
+			r.scratch = make([]byte, h.wireLen)
+		}
+		wire = r.scratch[:h.wireLen]
+	}
+	if _, err := io.ReadFull(r.br, wire); err != nil {
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return h, nil, errorf(ErrTruncated, "stream ended inside the payload of a %v frame (seq %d, %d bytes)", h.typ, h.seq, h.wireLen)
+		}
+		return h, nil, fmt.Errorf("logchannel: %w: reading %v frame payload: %w", ErrNetwork, h.typ, err)
+	}
+	raw, err := decodePayload(&h, wire, r.maxEntry)
+	return h, raw, err
+}
+
+// frameWriter writes frames. On a TCP or Unix socket a batch of frames goes
+// out in one writev with no copy; on other conns (TLS, in-memory) through a
+// bufio.Writer so that TLS records are not one per header.
+type frameWriter struct {
+	conn  net.Conn
+	vec   bool
+	bw    *bufio.Writer
+	codec Compression
+
+	hdrs [maxBatchesPerWrite + 1][headerLen]byte
+	vecs [2*maxBatchesPerWrite + 2][]byte
+	nvec int
+	comp [maxBatchesPerWrite][]byte
+}
+
+func newFrameWriter(conn net.Conn, codec Compression) *frameWriter {
+	w := &frameWriter{conn: conn, codec: codec}
+	switch conn.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		w.vec = true
+	default:
+		w.bw = bufio.NewWriterSize(conn, writeBufferSize)
+	}
+	return w
+}
+
+func (w *frameWriter) add(i int, h *header, payload []byte) {
+	putHeader(&w.hdrs[i], h)
+	w.vecs[w.nvec] = w.hdrs[i][:]
+	w.nvec++
+	if len(payload) > 0 {
+		w.vecs[w.nvec] = payload
+		w.nvec++
+	}
+}
+
+func (w *frameWriter) flush() error {
+	var err error
+	if w.vec {
+		bufs := net.Buffers(w.vecs[:w.nvec])
+		_, err = bufs.WriteTo(w.conn)
+	} else {
+		for _, b := range w.vecs[:w.nvec] {
+			if _, err = w.bw.Write(b); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = w.bw.Flush()
+		}
+	}
+	clear(w.vecs[:w.nvec])
+	w.nvec = 0
+	if err != nil {
+		return fmt.Errorf("logchannel: %w: writing: %w", ErrNetwork, err)
+	}
+	return nil
+}
+
+// writeData writes one data frame per batch (len(bs) <= maxBatchesPerWrite),
+// optionally followed by a control frame (typ != 0).
+func (w *frameWriter) writeData(bs []*sendBatch, typ frameType, seq uint64) error {
+	for i, b := range bs {
+		h := header{typ: frameData, seq: b.first, count: uint32(b.count), rawLen: uint32(len(b.data))}
+		payload := b.data
+		if w.codec == CompressS2 && len(payload) >= minCompressBytes {
+			c := s2.Encode(w.comp[i][:cap(w.comp[i])], payload)
+			w.comp[i] = c
+			if len(c) < len(payload)-len(payload)/8 {
+				payload = c
+				h.flags = codecS2
+			}
+		}
+		h.wireLen = uint32(len(payload))
+		h.payloadCRC = crc32c(payload)
+		w.add(i, &h, payload)
+	}
+	if typ != 0 {
+		w.add(len(bs), &header{typ: typ, seq: seq}, nil)
+	}
+	return w.flush()
+}
+
+// writeControl writes an ack, heartbeat or close frame.
+func (w *frameWriter) writeControl(typ frameType, seq uint64) error {
+	return w.writeData(nil, typ, seq)
+}
+
+// writeHandshake writes a hello, welcome or reject frame.
+func (w *frameWriter) writeHandshake(typ frameType, payload []byte) error {
+	w.add(0, &header{typ: typ, wireLen: uint32(len(payload)), rawLen: uint32(len(payload)), payloadCRC: crc32c(payload)}, payload)
+	return w.flush()
+}
+
+// livenessCheck is the pure heartbeat/timeout rule. Times are nanoseconds
+// on one monotonic clock. paused: the side is not reading on purpose (its
+// buffer is full), so silence proves nothing.
+func livenessCheck(now, lastRecv, lastSend int64, interval, timeout time.Duration, paused bool) (heartbeat, timedOut bool) {
+	heartbeat = now-lastSend >= int64(interval)
+	timedOut = !paused && now-lastRecv > int64(timeout)
+	return
+}
+
+// liveness holds the clock readings that the reader, writer and ticker
+// share without a lock.
+type liveness struct {
+	start    time.Time
+	lastRecv atomic.Int64
+	lastSend atomic.Int64
+	paused   atomic.Bool
+}
+
+func newLiveness() *liveness { return &liveness{start: time.Now()} }
+
+func (l *liveness) now() int64 { return int64(time.Since(l.start)) }
+
+// tickPeriod is how often the ticker checks liveness.
+func tickPeriod(cfg *Config) time.Duration {
+	return max(min(cfg.HeartbeatInterval/2, cfg.Timeout/4), time.Millisecond)
+}
+
+// handshakeDeadline bounds IO on conn by ctx and cfg.HandshakeTimeout until
+// the returned function is called.
+func handshakeDeadline(ctx context.Context, conn net.Conn, cfg *Config) (stop func()) {
+	deadline := time.Now().Add(cfg.HandshakeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	conn.SetDeadline(deadline)
+	cancel := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	return func() {
+		cancel()
+		conn.SetDeadline(time.Time{})
+	}
+}
+
+// handshakeErr turns an IO error during the handshake into a clear error.
+func handshakeErr(ctx context.Context, what string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("logchannel: %w: %s: %w (%w)", ErrHandshake, what, ctx.Err(), err)
+	}
+	if errors.Is(err, ErrVersion) || errors.Is(err, ErrConfigMismatch) || errors.Is(err, ErrHandshake) || errors.Is(err, ErrAuth) {
+		return err
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "remote error" { // a TLS alert from the peer
+		return fmt.Errorf("logchannel: %w: %s: the peer refused our TLS certificate: %w", ErrAuth, what, err)
+	}
+	return fmt.Errorf("logchannel: %w: %s: %w", ErrHandshake, what, err)
+}
+
+// startTLS runs the TLS 1.3 handshake with mutual authentication.
+func startTLS(ctx context.Context, conn net.Conn, cfg *Config, sender bool) (net.Conn, error) {
+	if cfg.TLS == nil {
+		return conn, nil
+	}
+	tc := cfg.TLS.Clone()
+	tc.MinVersion = tls.VersionTLS13
+	var t *tls.Conn
+	if sender {
+		t = tls.Client(conn, tc)
+	} else {
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+		t = tls.Server(conn, tc)
+	}
+	if err := t.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("logchannel: %w: TLS handshake: %w", ErrAuth, err)
+	}
+	if v := t.ConnectionState().Version; v != tls.VersionTLS13 {
+		return nil, fmt.Errorf("logchannel: %w: TLS version %#x, want 1.3", ErrAuth, v)
+	}
+	return t, nil
+}

@@ -1,0 +1,717 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+	"golang.org/x/sys/unix"
+
+	"github.com/ftkvm/ftkvm/devices"
+)
+
+// Config describes a VM. The zero value of every optional field is a
+// sensible default.
+type Config struct {
+	// MemoryBytes is the guest RAM size: a multiple of 4 KiB, at least
+	// 2 MiB, at most MaxMemory.
+	MemoryBytes uint64
+	// Console receives what the guest writes to COM1. Default: io.Discard.
+	Console io.Writer
+	// ConsoleInput, if set, is read on its own goroutine and fed to COM1's
+	// receiver at vCPU exits.
+	ConsoleInput io.Reader
+	// Clock is the only time source of the device models. Default: a
+	// HostClock started when the VM is created.
+	Clock devices.Clock
+	// Epoch is the wall-clock time the RTC shows when Clock reads zero.
+	// Default: the host's time at creation.
+	Epoch time.Time
+	// TrackDirty turns on KVM's dirty-page log for guest RAM.
+	TrackDirty bool
+	// Logf receives diagnostics (unhandled ports, int3 completions). Default: none.
+	Logf func(format string, args ...any)
+}
+
+func (c *Config) validate() error {
+	if c.MemoryBytes < 2<<20 || c.MemoryBytes > MaxMemory || c.MemoryBytes%pageSize != 0 {
+		return fmt.Errorf("memory size %d bytes: must be a multiple of 4 KiB between 2 MiB and %d MiB", c.MemoryBytes, MaxMemory>>20)
+	}
+	return nil
+}
+
+// StopReason says why a run ended without error.
+type StopReason int
+
+const (
+	// StopExitPort: the guest wrote its exit status to ExitPort.
+	StopExitPort StopReason = iota + 1
+	// StopPowerOff: the guest halted with interrupts disabled, which is how
+	// Linux without ACPI ends "poweroff" (and how a bare guest may end).
+	StopPowerOff
+	// StopReset: the guest asked for a reset (i8042 reset line).
+	StopReset
+)
+
+func (r StopReason) String() string {
+	switch r {
+	case StopExitPort:
+		return "exit port"
+	case StopPowerOff:
+		return "power off"
+	case StopReset:
+		return "reset"
+	}
+	return fmt.Sprintf("StopReason(%d)", int(r))
+}
+
+// Stats counts what happened during a run.
+type Stats struct {
+	Exits          [ExitOther + 1]uint64 // by ExitKind
+	Kicks          uint64                // KVM_RUN returns with EINTR
+	Interrupts     uint64                // vectors injected with KVM_INTERRUPT
+	Int3Completed  uint64                // int3s completed in userspace
+	UnhandledPorts uint64                // accesses to ports with no device
+}
+
+// SyncExits is the number of synchronous exits (every exit but kicks).
+func (s *Stats) SyncExits() uint64 {
+	var n uint64
+	for _, c := range s.Exits {
+		n += c
+	}
+	return n
+}
+
+// Result is how a run ended.
+type Result struct {
+	Reason   StopReason
+	Status   int // the byte written to ExitPort (StopExitPort only)
+	Stats    Stats
+	Duration time.Duration
+}
+
+// VM is a single-vCPU KVM virtual machine with userspace devices.
+type VM struct {
+	cfg   Config
+	clock devices.Clock
+	start time.Time
+
+	sysFd, vmFd, vcpuFd int
+	run                 []byte
+	mem                 *Memory
+	cpuid               CPUID
+
+	PIO  *Bus
+	MMIO *Bus
+
+	PIC   *devices.PIC
+	PIT   *devices.PIT
+	UART  *devices.UART
+	CMOS  *devices.CMOS
+	I8042 *devices.I8042
+
+	// Set by devices during an exit, examined after it.
+	resetRequested bool
+	exitStatus     int
+	exitRequested  bool
+
+	// Async sources (timer goroutine, console reader) and the kick.
+	tid          atomic.Int32
+	timerDue     atomic.Bool
+	wake         chan struct{}
+	timerMu      sync.Mutex
+	timer        *time.Timer
+	armedFor     int64
+	armed        bool
+	input        chan []byte
+	inputBacklog []byte
+	inputClosed  bool
+
+	stats Stats
+}
+
+// New creates a VM with guest memory, one vCPU with the explicit CPUID
+// table, and the legacy devices on the port bus. The guest image is loaded
+// with LoadLinux or LoadBare, and started with Run.
+func New(cfg Config) (vm *VM, err error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Console == nil {
+		cfg.Console = io.Discard
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	v := &VM{cfg: cfg, sysFd: -1, vmFd: -1, vcpuFd: -1, wake: make(chan struct{}, 1), start: time.Now()}
+	defer func() {
+		if err != nil {
+			v.Close()
+		}
+	}()
+	v.clock = cfg.Clock
+	if v.clock == nil {
+		v.clock = &HostClock{start: v.start}
+	}
+	epoch := cfg.Epoch
+	if epoch.IsZero() {
+		epoch = v.start
+	}
+
+	v.sysFd, err = unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening /dev/kvm: %w (is KVM available, and are you root or in the kvm group?)", err)
+	}
+	if ver, err := kvm.GetAPIVersion(uintptr(v.sysFd)); err != nil || ver != 12 {
+		return nil, fmt.Errorf("KVM API version %d (%v), want 12", ver, err)
+	}
+	fd, err := kvm.CreateVM(uintptr(v.sysFd))
+	if err != nil {
+		return nil, fmt.Errorf("KVM_CREATE_VM: %w", err)
+	}
+	v.vmFd = int(fd)
+	if err := kvm.SetTSSAddr(uintptr(v.vmFd), tssAddr); err != nil {
+		return nil, fmt.Errorf("KVM_SET_TSS_ADDR: %w", err)
+	}
+	if err := setIdentityMapAddr(v.vmFd, identityMapAddr); err != nil {
+		return nil, fmt.Errorf("KVM_SET_IDENTITY_MAP_ADDR: %w", err)
+	}
+	if v.mem, err = NewMemory(cfg.MemoryBytes); err != nil {
+		return nil, err
+	}
+	var flags uint32
+	if cfg.TrackDirty {
+		flags |= memLogDirtyPages
+	}
+	if err := setUserMemoryRegion(v.vmFd, 0, 0, v.mem.Bytes(), flags); err != nil {
+		return nil, fmt.Errorf("KVM_SET_USER_MEMORY_REGION: %w", err)
+	}
+	fd, err = kvm.CreateVCPU(uintptr(v.vmFd), 0)
+	if err != nil {
+		return nil, fmt.Errorf("KVM_CREATE_VCPU: %w", err)
+	}
+	v.vcpuFd = int(fd)
+	size, err := kvm.GetVCPUMMmapSize(uintptr(v.sysFd))
+	if err != nil || size < pageSize {
+		return nil, fmt.Errorf("KVM_GET_VCPU_MMAP_SIZE: %d, %v", size, err)
+	}
+	v.run, err = unix.Mmap(v.vcpuFd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mapping kvm_run: %w", err)
+	}
+
+	supported := kvm.CPUID{Nent: 256, Entries: make([]kvm.CPUIDEntry2, 256)}
+	if err := kvm.GetSupportedCPUID(uintptr(v.sysFd), &supported); err != nil {
+		return nil, fmt.Errorf("KVM_GET_SUPPORTED_CPUID: %w", err)
+	}
+	if v.cpuid, err = BuildCPUID(supported.Entries[:supported.Nent]); err != nil {
+		return nil, err
+	}
+	if err := kvm.SetCPUID2(uintptr(v.vcpuFd), &kvm.CPUID{Nent: uint32(len(v.cpuid)), Entries: v.cpuid}); err != nil {
+		return nil, fmt.Errorf("KVM_SET_CPUID2: %w", err)
+	}
+
+	if err := v.attachDevices(epoch); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// sink is a port that ignores writes and reads as zero (POST code port 0x80
+// used by Linux as an I/O delay).
+type sink struct{}
+
+func (sink) Read(_ uint64, d []byte) { clear(d) }
+func (sink) Write(uint64, []byte)    {}
+
+// exitPort latches the status byte a guest writes to ExitPort.
+type exitPort struct{ v *VM }
+
+func (e exitPort) Read(_ uint64, d []byte) { clear(d) }
+func (e exitPort) Write(_ uint64, d []byte) {
+	e.v.exitStatus = int(d[0])
+	e.v.exitRequested = true
+}
+
+func (v *VM) attachDevices(epoch time.Time) error {
+	v.PIO = NewBus("pio")
+	v.MMIO = NewBus("mmio")
+	v.PIC = devices.NewPIC()
+	v.PIT = devices.NewPIT(v.clock, v.PIC)
+	v.UART = devices.NewUART(v.PIC, 4, v.cfg.Console)
+	v.CMOS = devices.NewCMOS(v.clock, epoch)
+	v.I8042 = devices.NewI8042(func() { v.resetRequested = true })
+	for _, r := range []struct {
+		name       string
+		base, size uint64
+		dev        devices.Device
+	}{
+		{"pic-master", 0x20, 2, v.PIC.Master()},
+		{"pit", 0x40, 4, v.PIT.Device()},
+		{"i8042", 0x60, 1, v.I8042},
+		{"port61", 0x61, 1, v.PIT.Port61()},
+		{"i8042-cmd", 0x64, 1, i8042Command{v.I8042}},
+		{"cmos", 0x70, 2, v.CMOS},
+		{"post", 0x80, 1, sink{}},
+		{"pic-slave", 0xA0, 2, v.PIC.Slave()},
+		{"exit", ExitPort, 1, exitPort{v}},
+		{"com1", 0x3F8, 8, v.UART},
+		{"elcr", 0x4D0, 2, v.PIC.ELCR()},
+	} {
+		if err := v.PIO.Register(r.name, r.base, r.size, r.dev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// i8042Command routes port 0x64 to the controller's offset 4 (its window
+// spans 0x60-0x64 but port 0x61 belongs to the PIT/speaker logic).
+type i8042Command struct{ d devices.Device }
+
+func (c i8042Command) Read(_ uint64, p []byte)  { c.d.Read(4, p) }
+func (c i8042Command) Write(_ uint64, p []byte) { c.d.Write(4, p) }
+
+// Memory returns guest RAM.
+func (v *VM) Memory() *Memory { return v.mem }
+
+// CPUID returns the table the vCPU runs with.
+func (v *VM) CPUID() CPUID { return v.cpuid }
+
+// Clock returns the clock the devices read.
+func (v *VM) Clock() devices.Clock { return v.clock }
+
+// LoadLinux loads a kernel and sets the vCPU up to enter it.
+func (v *VM) LoadLinux(spec LinuxSpec) error {
+	st, err := LoadLinux(v.mem, spec)
+	if err != nil {
+		return err
+	}
+	return v.SetState(st)
+}
+
+// LoadBare loads a flat test-guest image and sets the vCPU up to enter it.
+func (v *VM) LoadBare(image []byte) error {
+	st, err := LoadBare(v.mem, image)
+	if err != nil {
+		return err
+	}
+	return v.SetState(st)
+}
+
+// SetState sets the vCPU's registers.
+func (v *VM) SetState(st BootState) error {
+	if err := kvm.SetSregs(uintptr(v.vcpuFd), st.Sregs); err != nil {
+		return fmt.Errorf("KVM_SET_SREGS: %w", err)
+	}
+	if err := kvm.SetRegs(uintptr(v.vcpuFd), st.Regs); err != nil {
+		return fmt.Errorf("KVM_SET_REGS: %w", err)
+	}
+	return nil
+}
+
+// Regs reads the vCPU's general registers.
+func (v *VM) Regs() (Regs, error) {
+	r, err := kvm.GetRegs(uintptr(v.vcpuFd))
+	if err != nil {
+		return Regs{}, fmt.Errorf("KVM_GET_REGS: %w", err)
+	}
+	return *r, nil
+}
+
+// Sregs reads the vCPU's special registers.
+func (v *VM) Sregs() (Sregs, error) {
+	s, err := kvm.GetSregs(uintptr(v.vcpuFd))
+	if err != nil {
+		return Sregs{}, fmt.Errorf("KVM_GET_SREGS: %w", err)
+	}
+	return *s, nil
+}
+
+// Close releases the VM's file descriptors and memory.
+func (v *VM) Close() error {
+	v.stopTimer()
+	if v.run != nil {
+		unix.Munmap(v.run)
+		v.run = nil
+	}
+	for _, fd := range []*int{&v.vcpuFd, &v.vmFd, &v.sysFd} {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
+		}
+	}
+	if v.mem != nil {
+		v.mem.Close()
+		v.mem = nil
+	}
+	return nil
+}
+
+// Kick makes the vCPU leave the guest at the next instruction boundary:
+// immediate_exit covers the window before KVM_RUN is entered, the signal
+// the time inside it. Safe from any goroutine.
+func (v *VM) Kick() {
+	if v.run == nil {
+		return
+	}
+	setImmediateExit(v.run, 1)
+	if tid := v.tid.Load(); tid != 0 {
+		// SIGURG: the Go runtime already handles it (async preemption) and
+		// ignores one it did not ask for, so no handler is needed here.
+		unix.Tgkill(os.Getpid(), int(tid), unix.SIGURG)
+	}
+}
+
+func (v *VM) wakeUp() {
+	select {
+	case v.wake <- struct{}{}:
+	default:
+	}
+}
+
+// hostNow is the VMM's own reading of time for scheduling timers. It never
+// reaches a device, so it is not a guest input.
+func (v *VM) hostNow() int64 { return int64(time.Since(v.start)) }
+
+// armTimer makes sure a host timer fires when the PIT's channel 0 next
+// produces an interrupt.
+func (v *VM) armTimer() {
+	deadline, ok := v.PIT.NextDeadline()
+	v.timerMu.Lock()
+	defer v.timerMu.Unlock()
+	if !ok {
+		if v.armed && v.timer != nil {
+			v.timer.Stop()
+		}
+		v.armed = false
+		return
+	}
+	if v.armed && v.armedFor == deadline {
+		return
+	}
+	if v.timer != nil {
+		v.timer.Stop()
+	}
+	v.armed, v.armedFor = true, deadline
+	d := time.Duration(deadline - v.hostNow())
+	if d <= 0 {
+		v.timerDue.Store(true)
+		v.armed = false
+		return
+	}
+	v.timer = time.AfterFunc(d, func() {
+		v.timerDue.Store(true)
+		v.Kick()
+		v.wakeUp()
+	})
+}
+
+func (v *VM) stopTimer() {
+	v.timerMu.Lock()
+	defer v.timerMu.Unlock()
+	if v.timer != nil {
+		v.timer.Stop()
+	}
+	v.armed = false
+}
+
+// startInput reads console input on its own goroutine. The bytes reach the
+// UART only on the vCPU thread, at an exit.
+func (v *VM) startInput() {
+	if v.cfg.ConsoleInput == nil {
+		v.inputClosed = true
+		return
+	}
+	v.input = make(chan []byte, 16)
+	go func(r io.Reader, out chan<- []byte) {
+		defer close(out)
+		for {
+			buf := make([]byte, 256)
+			n, err := r.Read(buf)
+			if n > 0 {
+				out <- buf[:n]
+				v.Kick()
+				v.wakeUp()
+			}
+			if err != nil {
+				v.wakeUp()
+				return
+			}
+		}
+	}(v.cfg.ConsoleInput, v.input)
+}
+
+// serviceAsync delivers asynchronous events to the devices. It runs on the
+// vCPU thread between exits.
+func (v *VM) serviceAsync() {
+	if v.timerDue.Swap(false) {
+		v.timerMu.Lock()
+		v.armed = false
+		v.timerMu.Unlock()
+		v.PIT.Update()
+	}
+	for !v.inputClosed && len(v.inputBacklog) < 4096 {
+		select {
+		case b, ok := <-v.input:
+			if !ok {
+				v.inputClosed = true
+				continue
+			}
+			v.inputBacklog = append(v.inputBacklog, b...)
+			continue
+		default:
+		}
+		break
+	}
+	if len(v.inputBacklog) > 0 {
+		n := v.UART.Input(v.inputBacklog)
+		v.inputBacklog = v.inputBacklog[n:]
+	}
+}
+
+// injectInterrupt hands the PIC's highest-priority request to the vCPU if
+// it can take one now, and otherwise asks KVM to exit when it can.
+func (v *VM) injectInterrupt() error {
+	h := runHeader(v.run)
+	if !v.PIC.Pending() {
+		h.RequestInterruptWindow = 0
+		return nil
+	}
+	if h.ReadyForInterruptInjection == 0 || h.IfFlag == 0 {
+		h.RequestInterruptWindow = 1
+		return nil
+	}
+	vector := v.PIC.Acknowledge()
+	if err := kvm.InjectInterrupt(uintptr(v.vcpuFd), uint32(vector)); err != nil {
+		return fmt.Errorf("KVM_INTERRUPT vector %#x: %w", vector, err)
+	}
+	v.stats.Interrupts++
+	h.RequestInterruptWindow = 0
+	return nil
+}
+
+// ErrNoWakeup is returned when the guest halts with interrupts enabled but
+// no device can ever interrupt it (no timer armed, no console input).
+var ErrNoWakeup = errors.New("guest halted with interrupts enabled, but no interrupt source is armed: it would wait forever")
+
+// Run runs the guest until it stops, fails, or ctx is cancelled. It locks
+// the calling goroutine to its OS thread for the duration.
+func (v *VM) Run(ctx context.Context) (Result, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	v.tid.Store(int32(unix.Gettid()))
+	defer v.tid.Store(0)
+	defer v.stopTimer()
+	began := time.Now()
+	v.startInput()
+	stopWatch := context.AfterFunc(ctx, func() { v.Kick(); v.wakeUp() })
+	defer stopWatch()
+
+	result := func(r StopReason) Result {
+		return Result{Reason: r, Status: v.exitStatus, Stats: v.stats, Duration: time.Since(began)}
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return result(0), fmt.Errorf("run interrupted: %w", err)
+		}
+		v.serviceAsync()
+		if err := v.injectInterrupt(); err != nil {
+			return result(0), err
+		}
+		v.armTimer()
+
+		switch errno := runVCPU(v.vcpuFd); errno {
+		case 0:
+		case unix.EINTR:
+			setImmediateExit(v.run, 0)
+			v.stats.Kicks++
+			continue
+		case unix.EAGAIN:
+			continue
+		default:
+			return result(0), fmt.Errorf("KVM_RUN: %w", errno)
+		}
+
+		exit, err := decodeExit(v.run)
+		if err != nil {
+			return result(0), v.guestError("malformed exit", err.Error())
+		}
+		v.stats.Exits[exit.Kind]++
+		stop, err := v.handleExit(ctx, exit)
+		if err != nil {
+			return result(0), err
+		}
+		if stop != 0 {
+			return result(stop), nil
+		}
+	}
+}
+
+// handleExit acts on one synchronous exit. It returns a non-zero
+// StopReason when the guest has finished.
+func (v *VM) handleExit(ctx context.Context, e Exit) (StopReason, error) {
+	switch e.Kind {
+	case ExitIOIn, ExitIOOut:
+		for i := 0; i < e.Count; i++ {
+			v.pio(e.Kind == ExitIOOut, e.Port, e.Data[i*e.Size:(i+1)*e.Size])
+		}
+		switch {
+		case v.exitRequested:
+			return StopExitPort, nil
+		case v.resetRequested:
+			return StopReset, nil
+		}
+	case ExitMMIORead, ExitMMIOWrite:
+		dev, off, ok := v.MMIO.Lookup(e.Addr)
+		if !ok {
+			what := "unmapped MMIO read"
+			if e.Kind == ExitMMIOWrite {
+				what = "unmapped MMIO write"
+			}
+			return 0, v.guestError(what, fmt.Sprintf("%d bytes at guest physical address %#x (guest RAM ends at %#x)", len(e.Data), e.Addr, v.mem.Size()))
+		}
+		if e.Kind == ExitMMIOWrite {
+			dev.Write(off, e.Data)
+		} else {
+			dev.Read(off, e.Data)
+		}
+	case ExitHLT:
+		return v.halt(ctx)
+	case ExitIRQWindow, ExitIntr:
+		// Nothing to do: the loop injects before re-entering.
+	case ExitShutdown:
+		return 0, v.guestError("triple fault", "the vCPU shut down (an exception while delivering a double fault)")
+	case ExitInternalError:
+		const emulationFailure = 1
+		if e.Suberror == emulationFailure {
+			done, err := v.completeUnemulated()
+			if err != nil || done {
+				return 0, err
+			}
+			return 0, v.guestError("emulation failure", "KVM's instruction emulator cannot execute this instruction")
+		}
+		return 0, v.guestError("internal error", fmt.Sprintf("KVM internal error suberror %d data %#x", e.Suberror, e.InternalData))
+	case ExitFailEntry:
+		return 0, v.guestError("entry failure", fmt.Sprintf("hardware entry failure reason %#x", e.HardwareCode))
+	default:
+		return 0, v.guestError("unexpected exit", fmt.Sprintf("KVM exit reason %d", e.Reason))
+	}
+	return 0, nil
+}
+
+func (v *VM) pio(write bool, port uint16, data []byte) {
+	dev, off, ok := v.PIO.Lookup(uint64(port))
+	if !ok {
+		// No device: reads float high, writes vanish, as on a PC's ISA bus.
+		v.stats.UnhandledPorts++
+		if !write {
+			for i := range data {
+				data[i] = 0xFF
+			}
+		}
+		return
+	}
+	if write {
+		dev.Write(off, data)
+	} else {
+		dev.Read(off, data)
+	}
+}
+
+// halt waits, after a HLT exit, until an interrupt can be delivered.
+func (v *VM) halt(ctx context.Context) (StopReason, error) {
+	regs, err := v.Regs()
+	if err != nil {
+		return 0, err
+	}
+	if regs.RFLAGS&RFlagsIF == 0 {
+		return StopPowerOff, nil
+	}
+	for {
+		v.serviceAsync()
+		if v.PIC.Pending() {
+			return 0, nil
+		}
+		v.armTimer()
+		if !v.armed && !v.timerDue.Load() && v.inputClosed && len(v.inputBacklog) == 0 {
+			return 0, &GuestError{What: "halt", RIP: regs.RIP, More: ErrNoWakeup.Error()}
+		}
+		select {
+		case <-v.wake:
+		case <-ctx.Done():
+			return 0, fmt.Errorf("run interrupted while the guest was halted: %w", ctx.Err())
+		}
+		setImmediateExit(v.run, 0)
+	}
+}
+
+// instructionAt returns the guest RIP and up to 15 instruction bytes there.
+func (v *VM) instructionAt() (Regs, []byte) {
+	regs, err := v.Regs()
+	if err != nil {
+		return regs, nil
+	}
+	sregs, err := v.Sregs()
+	if err != nil {
+		return regs, nil
+	}
+	linear := sregs.CS.Base + regs.RIP
+	t := kvm.Translation{LinearAddress: linear}
+	gpa := linear
+	if sregs.CR0&cr0PG != 0 {
+		if err := kvm.Translate(uintptr(v.vcpuFd), &t); err != nil || t.Valid == 0 {
+			return regs, nil
+		}
+		gpa = t.PhysicalAddress
+	}
+	n := uint64(15)
+	if gpa >= v.mem.Size() {
+		return regs, nil
+	}
+	// Do not read across the page: the next page may map elsewhere.
+	n = min(n, pageSize-gpa%pageSize, v.mem.Size()-gpa)
+	b := make([]byte, n)
+	if v.mem.ReadAt(b, GuestAddress(gpa)) != nil {
+		return regs, nil
+	}
+	return regs, b
+}
+
+// completeUnemulated finishes, in userspace, the instructions KVM's
+// emulator on these hosts cannot run. Today that is int3: RIP moves past
+// it and #BP is injected, exactly what the CPU would have done.
+func (v *VM) completeUnemulated() (bool, error) {
+	regs, b := v.instructionAt()
+	if len(b) == 0 || b[0] != 0xCC {
+		return false, nil
+	}
+	regs.RIP++
+	if err := kvm.SetRegs(uintptr(v.vcpuFd), regs); err != nil {
+		return false, fmt.Errorf("completing int3: KVM_SET_REGS: %w", err)
+	}
+	var ev kvm.VCPUEvents
+	if err := kvm.GetVCPUEvents(uintptr(v.vcpuFd), &ev); err != nil {
+		return false, fmt.Errorf("completing int3: KVM_GET_VCPU_EVENTS: %w", err)
+	}
+	ev.E = kvm.Exception{Inject: 1, Nr: 3}
+	ev.Flags = 0
+	if err := kvm.SetVCPUEvents(uintptr(v.vcpuFd), &ev); err != nil {
+		return false, fmt.Errorf("completing int3: KVM_SET_VCPU_EVENTS: %w", err)
+	}
+	v.stats.Int3Completed++
+	return true, nil
+}
+
+func (v *VM) guestError(what, more string) error {
+	regs, b := v.instructionAt()
+	return &GuestError{What: what, RIP: regs.RIP, Bytes: b, More: more}
+}

@@ -1,0 +1,272 @@
+package vmm_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ftkvm/ftkvm/guest/bare"
+	"github.com/ftkvm/ftkvm/vmm"
+)
+
+// requireKVM skips tests that need /dev/kvm where it is missing.
+func requireKVM(t *testing.T) {
+	t.Helper()
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("needs /dev/kvm: %v", err)
+	}
+	f.Close()
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type bareRun struct {
+	res    vmm.Result
+	err    error
+	out    string
+	vm     *vmm.VM
+	symbol map[string]uint64
+}
+
+// runBare assembles and runs a bare guest. setup may attach devices.
+func runBare(t *testing.T, name string, cfg vmm.Config, timeout time.Duration, setup func(*vmm.VM)) bareRun {
+	t.Helper()
+	requireKVM(t)
+	img, err := bare.Build(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &syncBuffer{}
+	if cfg.MemoryBytes == 0 {
+		cfg.MemoryBytes = 16 << 20
+	}
+	cfg.Console = out
+	vm, err := vmm.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vm.Close() })
+	if setup != nil {
+		setup(vm)
+	}
+	if err := vm.LoadBare(img.Binary); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	res, err := vm.Run(ctx)
+	return bareRun{res: res, err: err, out: out.String(), vm: vm, symbol: img.Symbols}
+}
+
+func wantExit(t *testing.T, r bareRun, status int) {
+	t.Helper()
+	if r.err != nil {
+		t.Fatalf("run failed: %v (console %q)", r.err, r.out)
+	}
+	if r.res.Reason != vmm.StopExitPort || r.res.Status != status {
+		t.Fatalf("stopped by %v with status %d, want exit port status %d (console %q)", r.res.Reason, r.res.Status, status, r.out)
+	}
+}
+
+func TestBareHelloPIOAndStringIO(t *testing.T) {
+	r := runBare(t, "hello", vmm.Config{}, time.Minute, nil)
+	wantExit(t, r, 42)
+	if r.out != "hello from a bare guest\nstring I/O works\n" {
+		t.Errorf("console %q", r.out)
+	}
+}
+
+// TestPITTicksDuringLongLoop is the issue's acceptance guest: 1,000,000
+// loop iterations under a 100 Hz PIT, ticks counted by the guest.
+func TestPITTicksDuringLongLoop(t *testing.T) {
+	r := runBare(t, "pit_ticks", vmm.Config{}, 5*time.Minute, nil)
+	wantExit(t, r, 0)
+	m := regexp.MustCompile(`loops=1000000 ticks=(\d+) spurious=(\d+)`).FindStringSubmatch(r.out)
+	if m == nil {
+		t.Fatalf("console %q", r.out)
+	}
+	ticks, _ := strconv.ParseUint(m[1], 10, 64)
+	spurious, _ := strconv.ParseUint(m[2], 10, 64)
+	t.Logf("%d ticks, %d spurious in %v (%d exits)", ticks, spurious, r.res.Duration, r.res.Stats.SyncExits())
+	if ticks == 0 {
+		t.Fatal("no timer ticks reached the guest")
+	}
+	// Every injected interrupt is one the guest counted, and the PIT cannot
+	// tick faster than 100 Hz of host time (missed ticks coalesce).
+	if ticks+spurious != r.res.Stats.Interrupts {
+		t.Errorf("guest counted %d+%d interrupts, VMM injected %d", ticks, spurious, r.res.Stats.Interrupts)
+	}
+	if limit := uint64(r.res.Duration/(10*time.Millisecond)) + 2; ticks > limit {
+		t.Errorf("%d ticks in %v: faster than 100 Hz", ticks, r.res.Duration)
+	}
+}
+
+func TestUARTInterruptDrivenInput(t *testing.T) {
+	r := runBare(t, "uart_irq", vmm.Config{ConsoleInput: strings.NewReader("ftkvm ok\n")}, time.Minute, nil)
+	wantExit(t, r, 9)
+	if r.out != "FTKVM OK\n" {
+		t.Errorf("echo %q", r.out)
+	}
+	if r.res.Stats.Exits[vmm.ExitHLT] == 0 || r.res.Stats.Interrupts == 0 {
+		t.Errorf("expected the guest to halt and be woken by IRQ4: %+v", r.res.Stats)
+	}
+}
+
+// mmioTestDevice answers a read at offset 8 with the complement of what
+// was written at offset 0, and records every write.
+type mmioTestDevice struct {
+	last   uint32
+	writes map[uint64][]byte
+}
+
+func (d *mmioTestDevice) Read(off uint64, p []byte) {
+	clear(p)
+	if off == 8 && len(p) == 4 {
+		v := ^d.last
+		p[0], p[1], p[2], p[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+	}
+}
+
+func (d *mmioTestDevice) Write(off uint64, p []byte) {
+	d.writes[off] = append([]byte(nil), p...)
+	if off == 0 && len(p) == 4 {
+		d.last = uint32(p[0]) | uint32(p[1])<<8 | uint32(p[2])<<16 | uint32(p[3])<<24
+	}
+}
+
+func TestMMIODevice(t *testing.T) {
+	dev := &mmioTestDevice{writes: map[uint64][]byte{}}
+	r := runBare(t, "mmio", vmm.Config{}, time.Minute, func(vm *vmm.VM) {
+		if err := vm.MMIO.Register("test", vmm.MMIOBase, 0x1000, dev); err != nil {
+			t.Fatal(err)
+		}
+	})
+	wantExit(t, r, 0)
+	if dev.last != 0x12345678 {
+		t.Errorf("device saw %#x", dev.last)
+	}
+	if w := dev.writes[16]; !bytes.Equal(w, []byte{0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11}) {
+		t.Errorf("8-byte write at 16: %x", w)
+	}
+}
+
+func TestInt3ReachesGuestHandler(t *testing.T) {
+	r := runBare(t, "int3", vmm.Config{}, time.Minute, nil)
+	wantExit(t, r, 3)
+	t.Logf("int3 completed in userspace %d times", r.res.Stats.Int3Completed)
+}
+
+func TestLongLoopWithoutExits(t *testing.T) {
+	r := runBare(t, "loop", vmm.Config{}, 5*time.Minute, nil)
+	wantExit(t, r, 7)
+}
+
+func TestHostileDeviceAccessesAreSurvived(t *testing.T) {
+	r := runBare(t, "hostile", vmm.Config{}, 5*time.Minute, nil)
+	wantExit(t, r, 0)
+}
+
+func TestPowerOffIsHaltWithInterruptsDisabled(t *testing.T) {
+	r := runBare(t, "poweroff", vmm.Config{}, time.Minute, nil)
+	if r.err != nil || r.res.Reason != vmm.StopPowerOff {
+		t.Fatalf("res %+v err %v", r.res, r.err)
+	}
+	if r.out != "powering off\n" {
+		t.Errorf("console %q", r.out)
+	}
+}
+
+func guestError(t *testing.T, r bareRun, what string) *vmm.GuestError {
+	t.Helper()
+	var ge *vmm.GuestError
+	if !errors.As(r.err, &ge) {
+		t.Fatalf("err = %v (result %+v), want a GuestError (%s)", r.err, r.res, what)
+	}
+	if ge.What != what {
+		t.Fatalf("GuestError %q, want %q: %v", ge.What, what, ge)
+	}
+	return ge
+}
+
+func TestTripleFaultIsAClearError(t *testing.T) {
+	r := runBare(t, "triple_fault", vmm.Config{}, time.Minute, nil)
+	ge := guestError(t, r, "triple fault")
+	t.Log(ge)
+}
+
+func TestWriteOutsideMemoryIsAClearError(t *testing.T) {
+	r := runBare(t, "badmem", vmm.Config{}, time.Minute, nil)
+	ge := guestError(t, r, "unmapped MMIO write")
+	if !strings.Contains(ge.Error(), "0x30000000") || ge.RIP != vmm.BareLoadAddr {
+		t.Errorf("error %q should name the address and RIP %#x", ge, vmm.BareLoadAddr)
+	}
+}
+
+func TestUnsupportedInstructionIsAClearError(t *testing.T) {
+	r := runBare(t, "cx16", vmm.Config{}, time.Minute, nil)
+	if r.err == nil {
+		// Hardware that executes cmpxchg16b natively runs the guest to its end.
+		wantExit(t, r, 0)
+		t.Skip("cmpxchg16b ran: this host does not emulate guest code")
+	}
+	ge := guestError(t, r, "emulation failure")
+	if ge.RIP != r.symbol["cx16_insn"] || !bytes.HasPrefix(ge.Bytes, []byte{0x48, 0x0f, 0xc7, 0x0f}) {
+		t.Errorf("error %v: want RIP %#x and bytes 48 0f c7 0f", ge, r.symbol["cx16_insn"])
+	}
+	if !strings.Contains(ge.Error(), "48 0f c7 0f") {
+		t.Errorf("message %q lacks the instruction bytes", ge)
+	}
+}
+
+func TestHaltWithNothingToWakeIsAClearError(t *testing.T) {
+	r := runBare(t, "halt_forever", vmm.Config{}, time.Minute, nil)
+	ge := guestError(t, r, "halt")
+	if !strings.Contains(ge.Error(), "wait forever") {
+		t.Error(ge)
+	}
+}
+
+func TestCancelStopsARunningGuest(t *testing.T) {
+	start := time.Now()
+	r := runBare(t, "loop", vmm.Config{}, 50*time.Millisecond, nil)
+	if r.err == nil {
+		t.Skipf("the loop finished within 50ms (%v): host too fast to test cancellation this way", r.res.Duration)
+	}
+	if !errors.Is(r.err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want deadline exceeded", r.err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("cancellation took %v", d)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	for _, mem := range []uint64{0, 1 << 20, 3<<30 + 4096, 5<<20 + 1} {
+		if _, err := vmm.New(vmm.Config{MemoryBytes: mem}); err == nil {
+			t.Errorf("memory %d accepted", mem)
+		}
+	}
+}
