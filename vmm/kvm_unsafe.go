@@ -25,6 +25,7 @@ const (
 
 	// vCPU fd.
 	ioctlRun           = (kvmio << 8) | 0x80                          // _IO(KVMIO, 0x80)
+	ioctlInterrupt     = (1 << 30) | (4 << 16) | (kvmio << 8) | 0x86  // _IOW(KVMIO, 0x86, kvm_interrupt)
 	ioctlSetGuestDebug = (1 << 30) | (72 << 16) | (kvmio << 8) | 0x9B // _IOW(KVMIO, 0x9b, kvm_guest_debug)
 )
 
@@ -148,4 +149,12 @@ func pioData(run []byte, offset uint64, n int) ([]byte, bool) {
 		return nil, false
 	}
 	return run[offset : offset+uint64(n)], true
+}
+
+// injectInterrupt queues an external interrupt vector (KVM_INTERRUPT).
+// gokvm's version passes the vector by value where KVM expects a pointer
+// to struct kvm_interrupt, which fails with EFAULT.
+func injectInterrupt(vcpuFd int, vector uint8) error {
+	irq := uint32(vector)
+	return ioctlPtr(vcpuFd, ioctlInterrupt, &irq)
 }

@@ -78,6 +78,7 @@ type Stats struct {
 	Kicks          uint64                // KVM_RUN returns with EINTR
 	Interrupts     uint64                // vectors injected with KVM_INTERRUPT
 	Int3Completed  uint64                // int3s completed in userspace
+	Completed      uint64                // all instructions completed in userspace (int3, clac, stac)
 	UnhandledPorts uint64                // accesses to ports with no device
 }
 
@@ -289,8 +290,12 @@ func (v *VM) CPUID() CPUID { return v.cpuid }
 // Clock returns the clock the devices read.
 func (v *VM) Clock() devices.Clock { return v.clock }
 
-// LoadLinux loads a kernel and sets the vCPU up to enter it.
+// LoadLinux loads a kernel and sets the vCPU up to enter it. Unless the
+// command line already has a clearcpuid= option, it gets one naming the
+// features this host's KVM may show the guest although the CPUID table
+// hides them (see LinuxClearCPUID).
 func (v *VM) LoadLinux(spec LinuxSpec) error {
+	spec.Cmdline = linuxCmdline(spec.Cmdline, v.cpuid)
 	st, err := LoadLinux(v.mem, spec)
 	if err != nil {
 		return err
@@ -309,10 +314,10 @@ func (v *VM) LoadBare(image []byte) error {
 
 // SetState sets the vCPU's registers.
 func (v *VM) SetState(st BootState) error {
-	if err := kvm.SetSregs(uintptr(v.vcpuFd), st.Sregs); err != nil {
+	if err := kvm.SetSregs(uintptr(v.vcpuFd), &st.Sregs); err != nil {
 		return fmt.Errorf("KVM_SET_SREGS: %w", err)
 	}
-	if err := kvm.SetRegs(uintptr(v.vcpuFd), st.Regs); err != nil {
+	if err := kvm.SetRegs(uintptr(v.vcpuFd), &st.Regs); err != nil {
 		return fmt.Errorf("KVM_SET_REGS: %w", err)
 	}
 	return nil
@@ -491,7 +496,7 @@ func (v *VM) injectInterrupt() error {
 		return nil
 	}
 	vector := v.PIC.Acknowledge()
-	if err := kvm.InjectInterrupt(uintptr(v.vcpuFd), uint32(vector)); err != nil {
+	if err := injectInterrupt(v.vcpuFd, vector); err != nil {
 		return fmt.Errorf("KVM_INTERRUPT vector %#x: %w", vector, err)
 	}
 	v.stats.Interrupts++
@@ -577,7 +582,11 @@ func (v *VM) handleExit(ctx context.Context, e Exit) (StopReason, error) {
 			if e.Kind == ExitMMIOWrite {
 				what = "unmapped MMIO write"
 			}
-			return 0, v.guestError(what, fmt.Sprintf("%d bytes at guest physical address %#x (guest RAM ends at %#x)", len(e.Data), e.Addr, v.mem.Size()))
+			more := fmt.Sprintf("%d bytes at guest physical address %#x (guest RAM ends at %#x)", len(e.Data), e.Addr, v.mem.Size())
+			if e.Kind == ExitMMIOWrite {
+				more += "; KVM has completed the store, so RIP is the next instruction"
+			}
+			return 0, v.guestError(what, more)
 		}
 		if e.Kind == ExitMMIOWrite {
 			dev.Write(off, e.Data)
@@ -687,15 +696,32 @@ func (v *VM) instructionAt() (Regs, []byte) {
 }
 
 // completeUnemulated finishes, in userspace, the instructions KVM's
-// emulator on these hosts cannot run. Today that is int3: RIP moves past
-// it and #BP is injected, exactly what the CPU would have done.
+// emulator on these hosts cannot run: int3 (RIP moves past it and #BP is
+// injected, exactly what the CPU would have done) and, in kernel mode,
+// clac/stac (which only change RFLAGS.AC).
 func (v *VM) completeUnemulated() (bool, error) {
 	regs, b := v.instructionAt()
+	if len(b) >= 3 && b[0] == 0x0F && b[1] == 0x01 && (b[2] == 0xCA || b[2] == 0xCB) {
+		if sregs, err := v.Sregs(); err != nil || sregs.CS.DPL != 0 {
+			return false, err
+		}
+		regs.RIP += 3
+		if b[2] == 0xCA {
+			regs.RFLAGS &^= rflagsAC
+		} else {
+			regs.RFLAGS |= rflagsAC
+		}
+		if err := kvm.SetRegs(uintptr(v.vcpuFd), &regs); err != nil {
+			return false, fmt.Errorf("completing clac/stac: KVM_SET_REGS: %w", err)
+		}
+		v.stats.Completed++
+		return true, nil
+	}
 	if len(b) == 0 || b[0] != 0xCC {
 		return false, nil
 	}
 	regs.RIP++
-	if err := kvm.SetRegs(uintptr(v.vcpuFd), regs); err != nil {
+	if err := kvm.SetRegs(uintptr(v.vcpuFd), &regs); err != nil {
 		return false, fmt.Errorf("completing int3: KVM_SET_REGS: %w", err)
 	}
 	var ev kvm.VCPUEvents
@@ -708,6 +734,7 @@ func (v *VM) completeUnemulated() (bool, error) {
 		return false, fmt.Errorf("completing int3: KVM_SET_VCPU_EVENTS: %w", err)
 	}
 	v.stats.Int3Completed++
+	v.stats.Completed++
 	return true, nil
 }
 

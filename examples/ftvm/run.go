@@ -16,8 +16,10 @@ import (
 
 // DefaultCmdline boots the example guest in PIC mode with the 8250 console.
 // lpj= presets the delay-loop calibration, which would otherwise spin for
-// several timer ticks under emulation.
-const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 noapic nolapic lpj=1000000 tsc=unstable i8042.noaux"
+// several timer ticks; mitigations=off keeps speculation workarounds (verw,
+// IBRS MSR writes) out of the guest's exit paths. The VMM appends a
+// clearcpuid= option for features this host cannot hide (vmm.LinuxClearCPUID).
+const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 noapic nolapic lpj=1000000 tsc=unstable mitigations=off"
 
 // guestOptions are the flags that say which guest to boot; record and
 // replay take the same ones.
