@@ -18,7 +18,12 @@ type Device interface {
 // replayer substitutes the logged readings, so device state stays a
 // deterministic function of the guest's accesses and the clock's answers.
 type Clock interface {
-	// Now returns monotonic time in nanoseconds since an arbitrary origin.
+	// Now returns monotonic time in nanoseconds counted from the VM's
+	// creation: 0 is the moment the VM started, and successive readings
+	// never decrease. The origin belongs to the VM, not to the host: a VM
+	// restored from a snapshot (or a backup going live) must keep counting
+	// on the saved VM's timeline, because device state (PIT load times,
+	// CMOS offset) is stored relative to it.
 	Now() int64
 }
 

@@ -320,3 +320,42 @@ func TestLoadBareChecksFit(t *testing.T) {
 		t.Errorf("bare state %+v", st)
 	}
 }
+
+func TestLinuxClearCPUIDFitsLinuxBuffer(t *testing.T) {
+	all := ^uint32(0)
+	c, err := BuildCPUID([]CPUIDEntry{
+		{Function: 0, Eax: 7}, {Function: 1, Ecx: all, Edx: all}, {Function: 7, Flags: 1, Ebx: all, Ecx: all, Edx: all},
+		{Function: 0x80000000, Eax: 0x80000008}, {Function: 0x80000001, Ecx: all, Edx: all}, {Function: 0x80000008},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt := LinuxClearCPUID(c)
+	// Linux 6.1 reads the option into a 128-byte buffer (arg[128] in
+	// cpu_parse_early_param); a longer value would be cut silently.
+	if len(opt)-len("clearcpuid=") >= 128 {
+		t.Errorf("%d bytes: %s", len(opt), opt)
+	}
+	for _, want := range []string{",151,", ",308", ",158,", ",306,", ",141,", "=4,"} {
+		if !strings.Contains(opt+",", want) {
+			t.Errorf("%s lacks %s", opt, want)
+		}
+	}
+	// A feature the table exposes is not cleared, and a caller's own
+	// clearcpuid= is left alone.
+	c2 := append(CPUID(nil), c...)
+	for i := range c2 {
+		if c2[i].Function == 1 {
+			c2[i].Ecx |= 1 << 23 // popcnt
+		}
+	}
+	if strings.Contains(LinuxClearCPUID(c2)+",", ",151,") {
+		t.Error("exposed popcnt is cleared")
+	}
+	if got := linuxCmdline("console=ttyS0 clearcpuid=1", c); got != "console=ttyS0 clearcpuid=1" {
+		t.Errorf("cmdline %q", got)
+	}
+	if got := linuxCmdline("console=ttyS0", c); got != "console=ttyS0 "+opt {
+		t.Errorf("cmdline %q", got)
+	}
+}

@@ -257,9 +257,9 @@ func (v *VM) attachDevices(epoch time.Time) error {
 	}{
 		{"pic-master", 0x20, 2, v.PIC.Master()},
 		{"pit", 0x40, 4, v.PIT.Device()},
-		{"i8042", 0x60, 1, v.I8042},
+		{"i8042-data", 0x60, 1, v.I8042.DataPort()},
 		{"port61", 0x61, 1, v.PIT.Port61()},
-		{"i8042-cmd", 0x64, 1, i8042Command{v.I8042}},
+		{"i8042-cmd", 0x64, 1, v.I8042.CommandPort()},
 		{"cmos", 0x70, 2, v.CMOS},
 		{"post", 0x80, 1, sink{}},
 		{"pic-slave", 0xA0, 2, v.PIC.Slave()},
@@ -273,13 +273,6 @@ func (v *VM) attachDevices(epoch time.Time) error {
 	}
 	return nil
 }
-
-// i8042Command routes port 0x64 to the controller's offset 4 (its window
-// spans 0x60-0x64 but port 0x61 belongs to the PIT/speaker logic).
-type i8042Command struct{ d devices.Device }
-
-func (c i8042Command) Read(_ uint64, p []byte)  { c.d.Read(4, p) }
-func (c i8042Command) Write(_ uint64, p []byte) { c.d.Write(4, p) }
 
 // Memory returns guest RAM.
 func (v *VM) Memory() *Memory { return v.mem }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"regexp"
 	"strconv"
@@ -268,6 +269,45 @@ func TestConfigValidation(t *testing.T) {
 	for _, mem := range []uint64{0, 1 << 20, 3<<30 + 4096, 5<<20 + 1} {
 		if _, err := vmm.New(vmm.Config{MemoryBytes: mem}); err == nil {
 			t.Errorf("memory %d accepted", mem)
+		}
+	}
+}
+
+// TestGuestSeesCPUIDTable runs a guest that prints CPUID and compares it
+// with the table. Leaves 1 and 7 feature bits are only logged: kvm_pvm
+// shows the guest the host's bits there whatever the table says (which is
+// why Linux guests get clearcpuid=).
+func TestGuestSeesCPUIDTable(t *testing.T) {
+	r := runBare(t, "cpuid", vmm.Config{}, time.Minute, nil)
+	wantExit(t, r, 0)
+	table := r.vm.CPUID()
+	seen := map[[2]uint32][4]uint32{}
+	for _, line := range strings.Split(strings.TrimSpace(r.out), "\n") {
+		var fn, idx uint32
+		var v [4]uint32
+		if _, err := fmt.Sscanf(line, "%x.%x %x %x %x %x", &fn, &idx, &v[0], &v[1], &v[2], &v[3]); err != nil {
+			t.Fatalf("line %q: %v", line, err)
+		}
+		seen[[2]uint32{fn, idx}] = v
+	}
+	check := func(fn uint32, reg int, mask uint32) {
+		t.Helper()
+		e, _ := table.Lookup(fn, 0)
+		want := [4]uint32{e.Eax, e.Ebx, e.Ecx, e.Edx}[reg] & mask
+		if got := seen[[2]uint32{fn, 0}][reg] & mask; got != want {
+			t.Errorf("leaf %#x reg %d: guest sees %#x, table says %#x", fn, reg, got, want)
+		}
+	}
+	check(0, 0, ^uint32(0))          // max basic leaf
+	check(0, 1, ^uint32(0))          // vendor
+	check(1, 0, ^uint32(0))          // family/model/stepping
+	check(0x80000000, 0, ^uint32(0)) // max extended leaf
+	check(0x80000001, 3, ^uint32(0)) // SYSCALL, NX, LM only: no RDTSCP
+	for _, fn := range []uint32{1, 7} {
+		e, _ := table.Lookup(fn, 0)
+		got := seen[[2]uint32{fn, 0}]
+		if leaked := [3]uint32{got[1] &^ e.Ebx, got[2] &^ e.Ecx, got[3] &^ e.Edx}; leaked != [3]uint32{} {
+			t.Logf("leaf %#x: host feature bits the table hides but the guest sees (EBX, ECX, EDX): %#x", fn, leaked)
 		}
 	}
 }
