@@ -24,9 +24,10 @@ const (
 	ioctlEnableCap      = (1 << 30) | (104 << 16) | (kvmio << 8) | 0xA3 // _IOW(KVMIO, 0xa3, kvm_enable_cap), VM or vCPU fd
 
 	// vCPU fd.
-	ioctlRun           = (kvmio << 8) | 0x80                          // _IO(KVMIO, 0x80)
-	ioctlInterrupt     = (1 << 30) | (4 << 16) | (kvmio << 8) | 0x86  // _IOW(KVMIO, 0x86, kvm_interrupt)
-	ioctlSetGuestDebug = (1 << 30) | (72 << 16) | (kvmio << 8) | 0x9B // _IOW(KVMIO, 0x9b, kvm_guest_debug)
+	ioctlRun           = (kvmio << 8) | 0x80                           // _IO(KVMIO, 0x80)
+	ioctlInterrupt     = (1 << 30) | (4 << 16) | (kvmio << 8) | 0x86   // _IOW(KVMIO, 0x86, kvm_interrupt)
+	ioctlGetFPU        = (2 << 30) | (416 << 16) | (kvmio << 8) | 0x8C // _IOR(KVMIO, 0x8c, kvm_fpu)
+	ioctlSetGuestDebug = (1 << 30) | (72 << 16) | (kvmio << 8) | 0x9B  // _IOW(KVMIO, 0x9b, kvm_guest_debug)
 )
 
 func ioctl(fd int, req, arg uintptr) (uintptr, unix.Errno) {
@@ -157,4 +158,25 @@ func pioData(run []byte, offset uint64, n int) ([]byte, bool) {
 func injectInterrupt(vcpuFd int, vector uint8) error {
 	irq := uint32(vector)
 	return ioctlPtr(vcpuFd, ioctlInterrupt, &irq)
+}
+
+// fpuState mirrors struct kvm_fpu.
+type fpuState struct {
+	FPR        [8][16]uint8
+	FCW        uint16
+	FSW        uint16
+	FTWX       uint8
+	_          uint8
+	LastOpcode uint16
+	LastIP     uint64
+	LastDP     uint64
+	XMM        [16][16]uint8
+	MXCSR      uint32
+	_          uint32
+}
+
+func getFPU(vcpuFd int) (fpuState, error) {
+	var f fpuState
+	err := ioctlPtr(vcpuFd, ioctlGetFPU, &f)
+	return f, err
 }

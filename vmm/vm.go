@@ -78,7 +78,7 @@ type Stats struct {
 	Kicks          uint64                // KVM_RUN returns with EINTR
 	Interrupts     uint64                // vectors injected with KVM_INTERRUPT
 	Int3Completed  uint64                // int3s completed in userspace
-	Completed      uint64                // all instructions completed in userspace (int3, clac, stac)
+	Completed      uint64                // all instructions completed in userspace (int3, clac, stac, fwait)
 	UnhandledPorts uint64                // accesses to ports with no device
 }
 
@@ -689,13 +689,25 @@ func (v *VM) instructionAt() (Regs, []byte) {
 }
 
 // completeUnemulated finishes, in userspace, the instructions KVM's
-// emulator on these hosts cannot run: int3 (RIP moves past it and #BP is
-// injected, exactly what the CPU would have done) and, in kernel mode,
-// clac/stac (which only change RFLAGS.AC).
+// emulator on these hosts cannot run, with the architectural effect of each:
+//   - int3: RIP moves past it and #BP is injected (a trap: the handler sees
+//     the next instruction's address);
+//   - clac/stac in kernel mode: RFLAGS.AC cleared/set;
+//   - fwait: #MF if an unmasked x87 exception is pending (FSW.ES with
+//     CR0.NE), otherwise nothing.
+//
+// It reports false for any other instruction.
 func (v *VM) completeUnemulated() (bool, error) {
 	regs, b := v.instructionAt()
-	if len(b) >= 3 && b[0] == 0x0F && b[1] == 0x01 && (b[2] == 0xCA || b[2] == 0xCB) {
-		if sregs, err := v.Sregs(); err != nil || sregs.CS.DPL != 0 {
+	var exception int = -1
+	switch {
+	case len(b) >= 1 && b[0] == 0xCC:
+		regs.RIP++
+		exception = 3
+		v.stats.Int3Completed++
+	case len(b) >= 3 && b[0] == 0x0F && b[1] == 0x01 && (b[2] == 0xCA || b[2] == 0xCB):
+		sregs, err := v.Sregs()
+		if err != nil || sregs.CS.DPL != 0 {
 			return false, err
 		}
 		regs.RIP += 3
@@ -704,29 +716,38 @@ func (v *VM) completeUnemulated() (bool, error) {
 		} else {
 			regs.RFLAGS |= rflagsAC
 		}
-		if err := kvm.SetRegs(uintptr(v.vcpuFd), &regs); err != nil {
-			return false, fmt.Errorf("completing clac/stac: KVM_SET_REGS: %w", err)
+	case len(b) >= 1 && b[0] == 0x9B:
+		fpu, err := getFPU(v.vcpuFd)
+		if err != nil {
+			return false, fmt.Errorf("completing fwait: KVM_GET_FPU: %w", err)
 		}
-		v.stats.Completed++
-		return true, nil
-	}
-	if len(b) == 0 || b[0] != 0xCC {
+		sregs, err := v.Sregs()
+		if err != nil {
+			return false, err
+		}
+		const fswES = 1 << 7
+		if fpu.FSW&fswES != 0 && sregs.CR0&cr0NE != 0 {
+			exception = 16 // #MF, a fault: RIP stays at the fwait
+		} else {
+			regs.RIP++
+		}
+	default:
 		return false, nil
 	}
-	regs.RIP++
 	if err := kvm.SetRegs(uintptr(v.vcpuFd), &regs); err != nil {
-		return false, fmt.Errorf("completing int3: KVM_SET_REGS: %w", err)
+		return false, fmt.Errorf("completing %x: KVM_SET_REGS: %w", b[0], err)
 	}
-	var ev kvm.VCPUEvents
-	if err := kvm.GetVCPUEvents(uintptr(v.vcpuFd), &ev); err != nil {
-		return false, fmt.Errorf("completing int3: KVM_GET_VCPU_EVENTS: %w", err)
+	if exception >= 0 {
+		var ev kvm.VCPUEvents
+		if err := kvm.GetVCPUEvents(uintptr(v.vcpuFd), &ev); err != nil {
+			return false, fmt.Errorf("completing %x: KVM_GET_VCPU_EVENTS: %w", b[0], err)
+		}
+		ev.E = kvm.Exception{Inject: 1, Nr: uint8(exception)}
+		ev.Flags = 0
+		if err := kvm.SetVCPUEvents(uintptr(v.vcpuFd), &ev); err != nil {
+			return false, fmt.Errorf("completing %x: KVM_SET_VCPU_EVENTS: %w", b[0], err)
+		}
 	}
-	ev.E = kvm.Exception{Inject: 1, Nr: 3}
-	ev.Flags = 0
-	if err := kvm.SetVCPUEvents(uintptr(v.vcpuFd), &ev); err != nil {
-		return false, fmt.Errorf("completing int3: KVM_SET_VCPU_EVENTS: %w", err)
-	}
-	v.stats.Int3Completed++
 	v.stats.Completed++
 	return true, nil
 }
