@@ -6,14 +6,18 @@
 #
 # OUTDIR defaults to guest/out. It receives:
 #   vmlinux                 the kernel ELF (64-bit boot protocol / PVH entry)
-#   initramfs.cpio.gz       busybox + /init (+ workload.sh), newc, gzip -n
+#   initramfs.cpio          busybox + /init (+ workload.sh), newc; the VMM
+#                           should load this one (inflating costs ~40 M guest
+#                           instructions, half the boot)
+#   initramfs.cpio.gz       the same, gzip -n -9
 #   kernel.config           the full .config the kernel was built with
 #   expected-workload.txt   the workload lines /init prints (computed on the host)
 #   build-info.txt          versions, inputs and the cache key
 #
 # Cache: ${FTKVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ftkvm}/
 #   guest-<key>/   the complete result, keyed on every input (see cache_manifest)
-#   kernel-<kkey>/ the kernel alone, keyed on the kernel inputs only, so editing
+#   kernel-<kkey>/ the kernel alone, keyed on the kernel inputs only (source,
+#                  compiler, kernel.config, patches/*.patch, build.sh), so editing
 #                  the initramfs sources repacks the initramfs without a rebuild
 # Entries appear by rename(2) of a finished temp dir, under a per-key lock, so an
 # interrupted or concurrent build never leaves or reads a half entry.
@@ -32,6 +36,10 @@ KSRC_TAR=/usr/src/linux-source-$KVER.tar.xz
 BUSYBOX_PKG=busybox-static
 BUSYBOX_BIN=/bin/busybox
 FRAGMENTS=("$GUEST_DIR/kernel.config")
+# Kernel patches, applied in name order with patch -p1 --fuzz=0 (may be none).
+shopt -s nullglob
+PATCHES=("$GUEST_DIR"/patches/*.patch)
+shopt -u nullglob
 INITRAMFS_SRC=$GUEST_DIR/initramfs
 KARCH=x86_64
 JOBS=${FTKVM_JOBS:-$(nproc)}
@@ -47,7 +55,7 @@ export LC_ALL=C TZ=UTC
 PACKAGES=(
 	"$KSRC_PKG" "$BUSYBOX_PKG"
 	make gcc libc6-dev flex bison bc libelf-dev libssl-dev
-	cpio xz-utils kmod gzip util-linux
+	cpio xz-utils kmod gzip util-linux patch
 )
 
 START=$SECONDS
@@ -59,7 +67,7 @@ OUTDIR=
 for arg in "$@"; do
 	case $arg in
 	--print-key) PRINT_KEY=1 ;;
-	-h | --help) sed -n '2,24p' "$SELF"; exit 0 ;;
+	-h | --help) sed -n '2,27p' "$SELF"; exit 0 ;;
 	-*) die "unknown option $arg" ;;
 	*) [[ -z $OUTDIR ]] || die "more than one OUTDIR given"; OUTDIR=$arg ;;
 	esac
@@ -68,8 +76,15 @@ OUTDIR=${OUTDIR:-$GUEST_DIR/out}
 
 CACHE_ROOT=${FTKVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ftkvm}
 
+# On any exit: stop a running kernel make and drop unfinished temp dirs.
 MAKE_PGID=
-cleanup() { [[ -z $MAKE_PGID ]] || kill -TERM -- "-$MAKE_PGID" 2>/dev/null || true; }
+TMPDIRS=()
+cleanup() {
+	[[ -z $MAKE_PGID ]] || kill -TERM -- "-$MAKE_PGID" 2>/dev/null || true
+	[[ -z $MAKE_PGID ]] || wait 2>/dev/null || true
+	local d
+	for d in "${TMPDIRS[@]}"; do rm -rf "$d"; done
+}
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -106,16 +121,19 @@ kernel_manifest() {
 	echo "kernel-source $KSRC_TAR size=$(stat -c %s "$KSRC_TAR") pkg=$KSRC_PKG version=$(pkg_version "$KSRC_PKG")"
 	echo "compiler $(gcc --version | head -n1)"
 	for f in "${FRAGMENTS[@]}"; do echo "fragment $(basename "$f") $(filehash "$f")"; done
+	for f in "${PATCHES[@]}"; do echo "patch $(basename "$f") $(filehash "$f")"; done
 	echo "build.sh $(filehash "$SELF")"
 }
 
 # Every input: the kernel's plus the initramfs sources and busybox.
 cache_manifest() {
-	local f
+	local f m
 	kernel_manifest
 	echo "busybox $BUSYBOX_PKG version=$(pkg_version "$BUSYBOX_PKG") sha256=$(filehash "$BUSYBOX_BIN")"
 	(cd "$INITRAMFS_SRC" && find . -type f | sort) | while read -r f; do
-		echo "initramfs $f mode=$(stat -c %a "$INITRAMFS_SRC/$f") $(filehash "$INITRAMFS_SRC/$f")"
+		# Only the exec bit: git does not keep other mode bits (umask varies).
+		if [[ -x $INITRAMFS_SRC/$f ]]; then m=x; else m=-; fi
+		echo "initramfs $f $m $(filehash "$INITRAMFS_SRC/$f")"
 	done
 }
 
@@ -164,6 +182,7 @@ verify_config() {
 build_kernel() {
 	local final=$1 tmp=$1.tmp work src
 	rm -rf "$tmp"
+	TMPDIRS+=("$tmp")
 	mkdir -p "$tmp"
 	work=$tmp/work
 	mkdir -p "$work"
@@ -175,6 +194,11 @@ build_kernel() {
 	run_logged tar -xf "$KSRC_TAR" -C "$work"
 	src=$work/linux-source-$KVER
 	[[ -d $src ]] || die "unexpected tarball layout: no linux-source-$KVER/ in $KSRC_TAR"
+	local p
+	for p in "${PATCHES[@]}"; do
+		say "kernel: applying patches/${p##*/}"
+		run_logged patch -p1 -d "$src" --batch --forward --fuzz=0 -i "$p"
+	done
 
 	say "kernel: make tinyconfig + merge ${FRAGMENTS[*]##*/} + olddefconfig"
 	run_logged make -C "$src" ARCH=$KARCH tinyconfig
@@ -216,6 +240,7 @@ build_kernel() {
 		kernel_manifest
 	} >"$tmp/build-info.txt"
 	if [[ ${FTKVM_KEEP_WORK:-0} == 1 ]]; then
+		rm -rf "$CACHE_ROOT/work-kernel-$KKEY"
 		mv "$work" "$CACHE_ROOT/work-kernel-$KKEY"
 		say "kernel: tree kept in $CACHE_ROOT/work-kernel-$KKEY"
 	else
@@ -224,15 +249,19 @@ build_kernel() {
 	gzip -n -9 "$LOG"
 	LOG=/dev/null
 	mv "$tmp" "$final"
+	TMPDIRS=()
 }
 
 # ---------------------------------------------------------------- initramfs ---
-# Packs the initramfs with the kernel's gen_init_cpio from an explicit file
-# list: no root needed, owners 0:0, mtime 0, sorted, so the bytes depend only
-# on the inputs.
+# Packs the initramfs into $1/initramfs.cpio{,.gz} with the kernel's
+# gen_init_cpio from an explicit file list: no root needed, owners 0:0, mtime 0,
+# fixed order, so the bytes depend only on the inputs. Both forms are kept: the
+# kernel boots either, but inflating the .gz costs the emulated guest ~40 M
+# instructions (of ~80 M to power-off), so the VMM should load the plain cpio.
 build_initramfs() {
-	local out=$1 gen=$2 stage list applet f
+	local out=$1 gen=$2 stage list applet
 	stage=$(mktemp -d "$CACHE_ROOT/initramfs-stage.XXXXXX")
+	TMPDIRS+=("$stage")
 	list=$stage/cpio_list
 	mkdir -p "$stage/files"
 	install -m 0755 "$BUSYBOX_BIN" "$stage/files/busybox"
@@ -254,10 +283,9 @@ build_initramfs() {
 		echo "file /init $stage/files/init 0755 0 0"
 		echo "file /workload.sh $stage/files/workload.sh 0644 0 0"
 	} >"$list"
-	"$gen" -t 0 "$list" >"$stage/initramfs.cpio"
-	gzip -n -9 <"$stage/initramfs.cpio" >"$out"
-	cp "$list" "$(dirname "$out")/initramfs.list"
-	sed -i "s|$stage/files/|<stage>/|" "$(dirname "$out")/initramfs.list"
+	"$gen" -t 0 "$list" >"$out/initramfs.cpio"
+	gzip -n -9 <"$out/initramfs.cpio" >"$out/initramfs.cpio.gz"
+	sed "s|$stage/files/|<stage>/|" "$list" >"$out/initramfs.list"
 	rm -rf "$stage"
 }
 
@@ -282,7 +310,7 @@ KENTRY=$CACHE_ROOT/kernel-$KKEY
 
 publish() {
 	local f
-	for f in vmlinux initramfs.cpio.gz kernel.config expected-workload.txt build-info.txt; do
+	for f in vmlinux initramfs.cpio initramfs.cpio.gz kernel.config expected-workload.txt build-info.txt; do
 		install_file "$ENTRY/$f" "$OUTDIR/$f"
 	done
 }
@@ -318,10 +346,11 @@ flock -u 8
 say "initramfs: packing busybox $(pkg_version "$BUSYBOX_PKG") + $(basename "$INITRAMFS_SRC")/"
 TMP=$ENTRY.tmp
 rm -rf "$TMP"
+TMPDIRS+=("$TMP")
 mkdir -p "$TMP"
 ln "$KENTRY/vmlinux" "$TMP/vmlinux" 2>/dev/null || cp "$KENTRY/vmlinux" "$TMP/vmlinux"
 cp "$KENTRY/config" "$TMP/kernel.config"
-build_initramfs "$TMP/initramfs.cpio.gz" "$KENTRY/gen_init_cpio"
+build_initramfs "$TMP" "$KENTRY/gen_init_cpio"
 # The workload is deterministic shell arithmetic: compute its expected output
 # with the same busybox on the host, for tests to compare against.
 "$BUSYBOX_BIN" sh -c '. "$1"; ftkvm_workload' sh "$INITRAMFS_SRC/workload.sh" >"$TMP/expected-workload.txt"
@@ -330,11 +359,13 @@ build_initramfs "$TMP/initramfs.cpio.gz" "$KENTRY/gen_init_cpio"
 	echo "kernel-key $KKEY"
 	grep -E '^(kernel-release|build-seconds) ' "$KENTRY/build-info.txt" | sed 's/^build-seconds/kernel-build-seconds/'
 	echo "vmlinux-sha256 $(filehash "$TMP/vmlinux")"
-	echo "initramfs-sha256 $(filehash "$TMP/initramfs.cpio.gz")"
+	echo "initramfs.cpio-sha256 $(filehash "$TMP/initramfs.cpio")"
+	echo "initramfs.cpio.gz-sha256 $(filehash "$TMP/initramfs.cpio.gz")"
 	echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -n)"
 	echo "# inputs"
 	cache_manifest
 } >"$TMP/build-info.txt"
 mv "$TMP" "$ENTRY"
+TMPDIRS=()
 publish
-say "done: $OUTDIR/vmlinux, $OUTDIR/initramfs.cpio.gz (cache guest-$KEY)"
+say "done: $OUTDIR/{vmlinux,initramfs.cpio,initramfs.cpio.gz} (cache guest-$KEY)"

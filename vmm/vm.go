@@ -7,7 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"sync"
+
 	"sync/atomic"
 	"time"
 
@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ftkvm/ftkvm/devices"
+	"github.com/ftkvm/ftkvm/replay/tscpatch"
 )
 
 // Config describes a VM. The zero value of every optional field is a
@@ -34,8 +35,17 @@ type Config struct {
 	// Epoch is the wall-clock time the RTC shows when Clock reads zero.
 	// Default: the host's time at creation.
 	Epoch time.Time
-	// TrackDirty turns on KVM's dirty-page log for guest RAM.
+	// TrackDirty turns on KVM's dirty-page log for guest RAM (recorders
+	// need it for landmarks).
 	TrackDirty bool
+	// Driver supplies the run's nondeterministic inputs. Default: a
+	// LiveDriver reading ConsoleInput.
+	Driver Driver
+	// TSCSites, if set, are the guest's rdtsc/rdtscp instructions patched
+	// to trapping OUTs (see package replay/tscpatch): an OUT to their ports
+	// from a listed site reads the Driver's TSC. Nil: those ports are
+	// ordinary unassigned ports.
+	TSCSites *tscpatch.SiteTable
 	// Logf receives diagnostics (unhandled ports, int3 completions). Default: none.
 	Logf func(format string, args ...any)
 }
@@ -80,6 +90,7 @@ type Stats struct {
 	Int3Completed  uint64                // int3s completed in userspace
 	Completed      uint64                // all instructions completed in userspace (int3, clac, stac, fwait)
 	UnhandledPorts uint64                // accesses to ports with no device
+	TSCReads       uint64                // trapped rdtsc/rdtscp
 }
 
 // SyncExits is the number of synchronous exits (every exit but kicks).
@@ -124,17 +135,11 @@ type VM struct {
 	exitStatus     int
 	exitRequested  bool
 
-	// Async sources (timer goroutine, console reader) and the kick.
+	// The kick, the driver, and where the run is.
 	tid          atomic.Int32
-	timerDue     atomic.Bool
-	wake         chan struct{}
-	timerMu      sync.Mutex
-	timer        *time.Timer
-	armedFor     int64
-	armed        bool
-	input        chan []byte
+	driver       Driver
+	point        Point
 	inputBacklog []byte
-	inputClosed  bool
 
 	stats Stats
 }
@@ -152,7 +157,7 @@ func New(cfg Config) (vm *VM, err error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	v := &VM{cfg: cfg, sysFd: -1, vmFd: -1, vcpuFd: -1, wake: make(chan struct{}, 1), start: time.Now()}
+	v := &VM{cfg: cfg, sysFd: -1, vmFd: -1, vcpuFd: -1, start: time.Now()}
 	defer func() {
 		if err != nil {
 			v.Close()
@@ -336,7 +341,6 @@ func (v *VM) Sregs() (Sregs, error) {
 
 // Close releases the VM's file descriptors and memory.
 func (v *VM) Close() error {
-	v.stopTimer()
 	if v.run != nil {
 		unix.Munmap(v.run)
 		v.run = nil
@@ -369,112 +373,34 @@ func (v *VM) Kick() {
 	}
 }
 
-func (v *VM) wakeUp() {
-	select {
-	case v.wake <- struct{}{}:
-	default:
-	}
-}
-
 // hostNow is the VMM's own reading of time for scheduling timers. It never
 // reaches a device, so it is not a guest input.
 func (v *VM) hostNow() int64 { return int64(time.Since(v.start)) }
 
-// armTimer makes sure a host timer fires when the PIT's channel 0 next
-// produces an interrupt.
-func (v *VM) armTimer() {
-	deadline, ok := v.PIT.NextDeadline()
-	v.timerMu.Lock()
-	defer v.timerMu.Unlock()
-	if !ok {
-		if v.armed && v.timer != nil {
-			v.timer.Stop()
-		}
-		v.armed = false
-		return
-	}
-	if v.armed && v.armedFor == deadline {
-		return
-	}
-	if v.timer != nil {
-		v.timer.Stop()
-	}
-	v.armed, v.armedFor = true, deadline
-	d := time.Duration(deadline - v.hostNow())
-	if d <= 0 {
-		v.timerDue.Store(true)
-		v.armed = false
-		return
-	}
-	v.timer = time.AfterFunc(d, func() {
-		v.timerDue.Store(true)
-		v.Kick()
-		v.wakeUp()
-	})
-}
-
-func (v *VM) stopTimer() {
-	v.timerMu.Lock()
-	defer v.timerMu.Unlock()
-	if v.timer != nil {
-		v.timer.Stop()
-	}
-	v.armed = false
-}
-
-// startInput reads console input on its own goroutine. The bytes reach the
-// UART only on the vCPU thread, at an exit.
-func (v *VM) startInput() {
-	if v.cfg.ConsoleInput == nil {
-		v.inputClosed = true
-		return
-	}
-	v.input = make(chan []byte, 16)
-	go func(r io.Reader, out chan<- []byte) {
-		defer close(out)
-		for {
-			buf := make([]byte, 256)
-			n, err := r.Read(buf)
-			if n > 0 {
-				out <- buf[:n]
-				v.Kick()
-				v.wakeUp()
-			}
-			if err != nil {
-				v.wakeUp()
-				return
-			}
-		}
-	}(v.cfg.ConsoleInput, v.input)
-}
-
-// serviceAsync delivers asynchronous events to the devices. It runs on the
-// vCPU thread between exits.
-func (v *VM) serviceAsync() {
-	if v.timerDue.Swap(false) {
-		v.timerMu.Lock()
-		v.armed = false
-		v.timerMu.Unlock()
+// DeliverAsync hands asynchronous events to the devices. Drivers call it
+// from Deliver, on the vCPU thread.
+func (v *VM) DeliverAsync(a Async) {
+	if a.Timer {
 		v.PIT.Update()
 	}
-	for !v.inputClosed && len(v.inputBacklog) < 4096 {
-		select {
-		case b, ok := <-v.input:
-			if !ok {
-				v.inputClosed = true
-				continue
-			}
-			v.inputBacklog = append(v.inputBacklog, b...)
-			continue
-		default:
-		}
-		break
+	if len(a.Input) > 0 {
+		v.inputBacklog = append(v.inputBacklog, a.Input...)
 	}
+	v.offerInput()
+}
+
+// offerInput gives COM1 what it will take of the console backlog. It runs
+// only at exits and deliveries, which replay reproduces, never at other
+// points between exits.
+func (v *VM) offerInput() {
 	if len(v.inputBacklog) > 0 {
 		n := v.UART.Input(v.inputBacklog)
 		v.inputBacklog = v.inputBacklog[n:]
 	}
 }
+
+// Point returns where the run is.
+func (v *VM) Point() Point { return v.point }
 
 // injectInterrupt hands the PIC's highest-priority request to the vCPU if
 // it can take one now, and otherwise asks KVM to exit when it can.
@@ -494,120 +420,172 @@ func (v *VM) injectInterrupt() error {
 	}
 	v.stats.Interrupts++
 	h.RequestInterruptWindow = 0
-	return nil
+	return v.driver.Injected(v, v.point, vector)
 }
 
 // ErrNoWakeup is returned when the guest halts with interrupts enabled but
 // no device can ever interrupt it (no timer armed, no console input).
 var ErrNoWakeup = errors.New("guest halted with interrupts enabled, but no interrupt source is armed: it would wait forever")
 
+// stopRun is a StopReason or an error, ending Run.
+type stopRun struct {
+	reason StopReason
+	err    error
+}
+
 // Run runs the guest until it stops, fails, or ctx is cancelled. It locks
 // the calling goroutine to its OS thread for the duration.
-func (v *VM) Run(ctx context.Context) (Result, error) {
+func (v *VM) Run(ctx context.Context) (res Result, err error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	v.tid.Store(int32(unix.Gettid()))
 	defer v.tid.Store(0)
-	defer v.stopTimer()
 	began := time.Now()
-	v.startInput()
-	stopWatch := context.AfterFunc(ctx, func() { v.Kick(); v.wakeUp() })
-	defer stopWatch()
-
-	result := func(r StopReason) Result {
-		return Result{Reason: r, Status: v.exitStatus, Stats: v.stats, Duration: time.Since(began)}
+	v.driver = v.cfg.Driver
+	if v.driver == nil {
+		v.driver = NewLiveDriver(v.cfg.ConsoleInput)
 	}
+	stopWatch := context.AfterFunc(ctx, v.Kick)
+	defer stopWatch()
+	defer func() {
+		res.Stats, res.Duration = v.stats, time.Since(began)
+		if derr := v.driver.Stop(v, v.point, res, err); derr != nil && err == nil {
+			err = derr
+		}
+	}()
+	if err := v.driver.Start(v); err != nil {
+		return Result{}, err
+	}
+	v.point = Point{Kind: AtExit}
+	stepping := false
 	for {
 		if err := ctx.Err(); err != nil {
-			return result(0), fmt.Errorf("run interrupted: %w", err)
+			return Result{}, fmt.Errorf("run interrupted at %d exits: %w", v.point.Exits, err)
 		}
-		v.serviceAsync()
-		if err := v.injectInterrupt(); err != nil {
-			return result(0), err
+		if v.point.Kind == AtExit {
+			v.offerInput()
 		}
-		v.armTimer()
+		delivered, err := v.driver.Deliver(v, v.point)
+		if err != nil {
+			return Result{}, err
+		}
+		if v.point.Kind == AtExit || delivered {
+			if err := v.injectInterrupt(); err != nil {
+				return Result{}, err
+			}
+		}
+		if step := v.driver.SingleStep(); step != stepping {
+			ctl := uint32(0)
+			if step {
+				ctl = guestDebugEnable | guestDebugSingleStep
+			}
+			if err := setGuestDebug(v.vcpuFd, ctl); err != nil {
+				return Result{}, fmt.Errorf("KVM_SET_GUEST_DEBUG: %w", err)
+			}
+			stepping = step
+		}
 
 		switch errno := runVCPU(v.vcpuFd); errno {
 		case 0:
 		case unix.EINTR:
 			setImmediateExit(v.run, 0)
 			v.stats.Kicks++
+			v.point.Kind = Kicked
 			continue
 		case unix.EAGAIN:
 			continue
 		default:
-			return result(0), fmt.Errorf("KVM_RUN: %w", errno)
+			return Result{}, fmt.Errorf("KVM_RUN: %w", errno)
 		}
 
 		exit, err := decodeExit(v.run)
 		if err != nil {
-			return result(0), v.guestError("malformed exit", err.Error())
+			return Result{}, v.guestError("malformed exit", err.Error())
 		}
+		if exit.Kind == ExitDebug && stepping {
+			v.point.Kind = Stepped
+			continue
+		}
+		v.point = Point{Exits: v.point.Exits + 1, Kind: AtExit}
 		v.stats.Exits[exit.Kind]++
-		stop, err := v.handleExit(ctx, exit)
-		if err != nil {
-			return result(0), err
-		}
-		if stop != 0 {
-			return result(stop), nil
+		if stop := v.handleExit(ctx, exit); stop != nil {
+			if stop.err != nil {
+				return Result{}, stop.err
+			}
+			return Result{Reason: stop.reason, Status: v.exitStatus}, nil
 		}
 	}
 }
 
-// handleExit acts on one synchronous exit. It returns a non-zero
-// StopReason when the guest has finished.
-func (v *VM) handleExit(ctx context.Context, e Exit) (StopReason, error) {
+// handleExit acts on one synchronous exit. It returns non-nil when the run
+// is over.
+func (v *VM) handleExit(ctx context.Context, e Exit) *stopRun {
+	fail := func(err error) *stopRun { return &stopRun{err: err} }
 	switch e.Kind {
 	case ExitIOIn, ExitIOOut:
+		if e.Kind == ExitIOOut && v.cfg.TSCSites != nil && v.cfg.TSCSites.Reserved(e.Port) {
+			return v.trappedTSC(e)
+		}
 		for i := 0; i < e.Count; i++ {
 			v.pio(e.Kind == ExitIOOut, e.Port, e.Data[i*e.Size:(i+1)*e.Size])
 		}
+		if e.Kind == ExitIOIn {
+			if err := v.driver.Read(v, v.point, false, uint64(e.Port), e.Data); err != nil {
+				return fail(err)
+			}
+		}
 		switch {
 		case v.exitRequested:
-			return StopExitPort, nil
+			return &stopRun{reason: StopExitPort}
 		case v.resetRequested:
-			return StopReset, nil
+			return &stopRun{reason: StopReset}
 		}
 	case ExitMMIORead, ExitMMIOWrite:
 		dev, off, ok := v.MMIO.Lookup(e.Addr)
 		if !ok {
 			what := "unmapped MMIO read"
-			if e.Kind == ExitMMIOWrite {
-				what = "unmapped MMIO write"
-			}
 			more := fmt.Sprintf("%d bytes at guest physical address %#x (guest RAM ends at %#x)", len(e.Data), e.Addr, v.mem.Size())
 			if e.Kind == ExitMMIOWrite {
+				what = "unmapped MMIO write"
 				more += "; KVM has completed the store, so RIP is the next instruction"
 			}
-			return 0, v.guestError(what, more)
+			return fail(v.guestError(what, more))
 		}
 		if e.Kind == ExitMMIOWrite {
 			dev.Write(off, e.Data)
 		} else {
 			dev.Read(off, e.Data)
+			if err := v.driver.Read(v, v.point, true, e.Addr, e.Data); err != nil {
+				return fail(err)
+			}
 		}
 	case ExitHLT:
 		return v.halt(ctx)
 	case ExitIRQWindow, ExitIntr:
 		// Nothing to do: the loop injects before re-entering.
 	case ExitShutdown:
-		return 0, v.guestError("triple fault", "the vCPU shut down (an exception while delivering a double fault)")
+		return fail(v.guestError("triple fault", "the vCPU shut down (an exception while delivering a double fault)"))
 	case ExitInternalError:
 		const emulationFailure = 1
 		if e.Suberror == emulationFailure {
 			done, err := v.completeUnemulated()
-			if err != nil || done {
-				return 0, err
+			if err != nil {
+				return fail(err)
 			}
-			return 0, v.guestError("emulation failure", "KVM's instruction emulator cannot execute this instruction")
+			if done {
+				return nil
+			}
+			return fail(v.guestError("emulation failure", "KVM's instruction emulator cannot execute this instruction"))
 		}
-		return 0, v.guestError("internal error", fmt.Sprintf("KVM internal error suberror %d data %#x", e.Suberror, e.InternalData))
+		return fail(v.guestError("internal error", fmt.Sprintf("KVM internal error suberror %d data %#x", e.Suberror, e.InternalData)))
 	case ExitFailEntry:
-		return 0, v.guestError("entry failure", fmt.Sprintf("hardware entry failure reason %#x", e.HardwareCode))
+		return fail(v.guestError("entry failure", fmt.Sprintf("hardware entry failure reason %#x", e.HardwareCode)))
+	case ExitDebug:
+		return fail(v.guestError("unexpected debug exit", "single-stepping is off"))
 	default:
-		return 0, v.guestError("unexpected exit", fmt.Sprintf("KVM exit reason %d", e.Reason))
+		return fail(v.guestError("unexpected exit", fmt.Sprintf("KVM exit reason %d", e.Reason)))
 	}
-	return 0, nil
+	return nil
 }
 
 func (v *VM) pio(write bool, port uint16, data []byte) {
@@ -629,31 +607,89 @@ func (v *VM) pio(write bool, port uint16, data []byte) {
 	}
 }
 
-// halt waits, after a HLT exit, until an interrupt can be delivered.
-func (v *VM) halt(ctx context.Context) (StopReason, error) {
+// halt handles a HLT exit: with interrupts disabled the guest is done;
+// otherwise wait, delivering events at this exit, until an interrupt can
+// be injected.
+func (v *VM) halt(ctx context.Context) *stopRun {
 	regs, err := v.Regs()
 	if err != nil {
-		return 0, err
+		return &stopRun{err: err}
 	}
 	if regs.RFLAGS&RFlagsIF == 0 {
-		return StopPowerOff, nil
+		return &stopRun{reason: StopPowerOff}
 	}
 	for {
-		v.serviceAsync()
+		if _, err := v.driver.Deliver(v, v.point); err != nil {
+			return &stopRun{err: err}
+		}
 		if v.PIC.Pending() {
-			return 0, nil
+			return nil
 		}
-		v.armTimer()
-		if !v.armed && !v.timerDue.Load() && v.inputClosed && len(v.inputBacklog) == 0 {
-			return 0, &GuestError{What: "halt", RIP: regs.RIP, More: ErrNoWakeup.Error()}
+		if err := v.driver.Halted(ctx, v, v.point); err != nil {
+			if errors.Is(err, ErrNoWakeup) {
+				return &stopRun{err: &GuestError{What: "halt", RIP: regs.RIP, More: err.Error()}}
+			}
+			if ctx.Err() != nil {
+				return &stopRun{err: fmt.Errorf("run interrupted while the guest was halted: %w", err)}
+			}
+			return &stopRun{err: err}
 		}
-		select {
-		case <-v.wake:
-		case <-ctx.Done():
-			return 0, fmt.Errorf("run interrupted while the guest was halted: %w", ctx.Err())
-		}
-		setImmediateExit(v.run, 0)
 	}
+}
+
+// trappedTSC handles an OUT from a patched rdtsc/rdtscp site: it lets KVM
+// complete the OUT (immediate_exit: no guest instruction runs), checks that
+// it came from a listed site, and loads the TSC value into EDX:EAX (and
+// TSC_AUX, always 0, into ECX for rdtscp).
+func (v *VM) trappedTSC(e Exit) *stopRun {
+	setImmediateExit(v.run, 1)
+	errno := runVCPU(v.vcpuFd)
+	setImmediateExit(v.run, 0)
+	if errno != unix.EINTR {
+		return &stopRun{err: fmt.Errorf("completing trapped rdtsc: KVM_RUN returned %v, want EINTR", errno)}
+	}
+	regs, err := v.Regs()
+	if err != nil {
+		return &stopRun{err: err}
+	}
+	sregs, err := v.Sregs()
+	if err != nil {
+		return &stopRun{err: err}
+	}
+	gpa, ok := v.translate(sregs, regs.RIP-2)
+	if !ok {
+		return &stopRun{err: v.guestError("rdtsc trap from unmapped code", "")}
+	}
+	site, err := v.cfg.TSCSites.Check(e.Port, true, e.Size, gpa)
+	if err != nil {
+		return &stopRun{err: &GuestError{What: "write to the reserved rdtsc port", RIP: regs.RIP - 2, More: err.Error()}}
+	}
+	tsc, err := v.driver.TSC(v, v.point)
+	if err != nil {
+		return &stopRun{err: err}
+	}
+	regs.RAX = tsc & 0xFFFFFFFF
+	regs.RDX = tsc >> 32
+	if site.Kind == tscpatch.RDTSCP {
+		regs.RCX = 0
+	}
+	if err := kvm.SetRegs(uintptr(v.vcpuFd), &regs); err != nil {
+		return &stopRun{err: fmt.Errorf("setting rdtsc result: %w", err)}
+	}
+	v.stats.TSCReads++
+	return nil
+}
+
+// translate maps a linear address to a guest physical one.
+func (v *VM) translate(sregs Sregs, linear uint64) (uint64, bool) {
+	if sregs.CR0&cr0PG == 0 {
+		return linear, true
+	}
+	t := kvm.Translation{LinearAddress: linear}
+	if err := kvm.Translate(uintptr(v.vcpuFd), &t); err != nil || t.Valid == 0 {
+		return 0, false
+	}
+	return t.PhysicalAddress, true
 }
 
 // instructionAt returns the guest RIP and up to 15 instruction bytes there.
@@ -666,14 +702,9 @@ func (v *VM) instructionAt() (Regs, []byte) {
 	if err != nil {
 		return regs, nil
 	}
-	linear := sregs.CS.Base + regs.RIP
-	t := kvm.Translation{LinearAddress: linear}
-	gpa := linear
-	if sregs.CR0&cr0PG != 0 {
-		if err := kvm.Translate(uintptr(v.vcpuFd), &t); err != nil || t.Valid == 0 {
-			return regs, nil
-		}
-		gpa = t.PhysicalAddress
+	gpa, ok := v.translate(sregs, sregs.CS.Base+regs.RIP)
+	if !ok {
+		return regs, nil
 	}
 	n := uint64(15)
 	if gpa >= v.mem.Size() {

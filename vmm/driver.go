@@ -1,0 +1,280 @@
+package vmm
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// PointKind says where in the instruction stream a Point lies.
+type PointKind uint8
+
+const (
+	// AtExit: right after synchronous exit number Point.Exits was handled.
+	AtExit PointKind = iota + 1
+	// Kicked: between exits, where a kick (EINTR) stopped the vCPU.
+	Kicked
+	// Stepped: between exits, after a single step (replay).
+	Stepped
+)
+
+func (k PointKind) String() string {
+	switch k {
+	case AtExit:
+		return "at-exit"
+	case Kicked:
+		return "kicked"
+	case Stepped:
+		return "stepped"
+	}
+	return "point?"
+}
+
+// Point is a position in a run that a recording and its replay can both
+// name: the number of synchronous exits so far (exits are deterministic:
+// the same guest state makes the same exits), and whether the vCPU is at
+// that exit or somewhere after it. A point between exits is pinned down by
+// a landmark (the vCPU registers and the pages written since the last point
+// both sides agree on), which drivers handle.
+type Point struct {
+	Exits uint64
+	Kind  PointKind
+}
+
+// Async is a batch of asynchronous events delivered at one point.
+type Async struct {
+	Timer bool   // the PIT's deadline has passed: the PIT reads the clock and may raise IRQ0
+	Input []byte // console bytes for COM1
+}
+
+// Empty reports whether a has nothing to deliver.
+func (a Async) Empty() bool { return !a.Timer && len(a.Input) == 0 }
+
+// Driver supplies every nondeterministic input of a run and decides where
+// asynchronous events enter. LiveDriver takes them from the host; the
+// replay package's recorder wraps a LiveDriver and logs them, and its
+// replayer feeds them back from a log.
+type Driver interface {
+	// Start is called once, on the vCPU thread, before the first entry.
+	Start(vm *VM) error
+	// Deliver is called at every point before interrupts are injected.
+	// It hands events due at p to vm.DeliverAsync and reports whether p is
+	// a delivery point. At Kicked and Stepped points the VM injects only
+	// if it is, so every injection between exits has a landmark.
+	Deliver(vm *VM, p Point) (bool, error)
+	// Halted is called when the guest waits in HLT with interrupts enabled
+	// and no interrupt pending. It blocks until something is due at p (the
+	// loop then calls Deliver again) or fails.
+	Halted(ctx context.Context, vm *VM, p Point) error
+	// Injected reports each vector injected at p.
+	Injected(vm *VM, p Point, vector uint8) error
+	// SingleStep says whether the next entry runs a single instruction.
+	SingleStep() bool
+	// TSC returns what an rdtsc trapped at p reads.
+	TSC(vm *VM, p Point) (uint64, error)
+	// Read sees every value a PIO or MMIO read returned (verify mode);
+	// it may return an error to stop the run.
+	Read(vm *VM, p Point, mmio bool, addr uint64, data []byte) error
+	// Stop is called once when the run ends, with its result or error.
+	Stop(vm *VM, p Point, res Result, err error) error
+}
+
+// LiveDriver delivers the host's events: the PIT's timer, fired by a host
+// timer, and console input read on its own goroutine. It kicks the vCPU
+// when an event has waited KickAfter for a synchronous exit.
+type LiveDriver struct {
+	// KickAfter is how long an event may wait for the next synchronous
+	// exit before the vCPU is kicked to take it between exits. Zero kicks
+	// at once.
+	KickAfter time.Duration
+	// Input, if set, is read on its own goroutine.
+	Input interface{ Read([]byte) (int, error) }
+
+	vm         *VM
+	timerDue   atomic.Bool
+	wake       chan struct{}
+	mu         sync.Mutex
+	timer      *time.Timer
+	armedFor   int64
+	armed      bool
+	input      chan []byte
+	inputEOF   bool
+	pending    []byte
+	kickTimer  *time.Timer
+	kickArmed  atomic.Bool
+	tscPerNano float64
+}
+
+// NewLiveDriver returns a driver reading console input from in (may be nil).
+func NewLiveDriver(in interface{ Read([]byte) (int, error) }) *LiveDriver {
+	return &LiveDriver{Input: in}
+}
+
+// Start implements Driver.
+func (d *LiveDriver) Start(vm *VM) error {
+	d.vm = vm
+	d.wake = make(chan struct{}, 1)
+	if d.Input == nil {
+		d.inputEOF = true
+		return nil
+	}
+	d.input = make(chan []byte, 16)
+	go func(r interface{ Read([]byte) (int, error) }, out chan<- []byte) {
+		defer close(out)
+		for {
+			buf := make([]byte, 256)
+			n, err := r.Read(buf)
+			if n > 0 {
+				out <- buf[:n]
+				d.eventDue()
+			}
+			if err != nil {
+				d.wakeUp()
+				return
+			}
+		}
+	}(d.Input, d.input)
+	return nil
+}
+
+func (d *LiveDriver) wakeUp() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// eventDue is called from other goroutines when an event becomes due.
+func (d *LiveDriver) eventDue() {
+	d.wakeUp()
+	if d.KickAfter <= 0 {
+		d.vm.Kick()
+		return
+	}
+	if d.kickArmed.CompareAndSwap(false, true) {
+		time.AfterFunc(d.KickAfter, func() {
+			if d.kickArmed.Swap(false) {
+				d.vm.Kick()
+			}
+		})
+	}
+}
+
+// Poll collects the events due now without delivering them.
+func (d *LiveDriver) Poll() Async {
+	var a Async
+	if d.timerDue.Swap(false) {
+		d.mu.Lock()
+		d.armed = false
+		d.mu.Unlock()
+		a.Timer = true
+	}
+	for !d.inputEOF {
+		select {
+		case b, ok := <-d.input:
+			if !ok {
+				d.inputEOF = true
+				continue
+			}
+			a.Input = append(a.Input, b...)
+			continue
+		default:
+		}
+		break
+	}
+	if !a.Empty() {
+		d.kickArmed.Store(false)
+	}
+	return a
+}
+
+// Deliver implements Driver.
+func (d *LiveDriver) Deliver(vm *VM, p Point) (bool, error) {
+	d.arm()
+	a := d.Poll()
+	if a.Empty() {
+		return false, nil
+	}
+	vm.DeliverAsync(a)
+	return true, nil
+}
+
+// arm makes sure a host timer fires when the PIT's channel 0 next produces
+// an interrupt. The PIT's deadline is in Clock time; the host timer runs
+// on the host's own monotonic clock, which a live VM's Clock follows.
+func (d *LiveDriver) arm() {
+	deadline, ok := d.vm.PIT.NextDeadline()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !ok {
+		if d.armed && d.timer != nil {
+			d.timer.Stop()
+		}
+		d.armed = false
+		return
+	}
+	if d.armed && d.armedFor == deadline {
+		return
+	}
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+	d.armed, d.armedFor = true, deadline
+	delay := time.Duration(deadline - d.vm.hostNow())
+	if delay <= 0 {
+		d.timerDue.Store(true)
+		d.armed = false
+		return
+	}
+	d.timer = time.AfterFunc(delay, func() {
+		d.timerDue.Store(true)
+		d.eventDue()
+	})
+}
+
+// Halted implements Driver.
+func (d *LiveDriver) Halted(ctx context.Context, vm *VM, p Point) error {
+	d.arm()
+	d.mu.Lock()
+	armed := d.armed
+	d.mu.Unlock()
+	if !armed && !d.timerDue.Load() && d.inputEOF && len(d.input) == 0 {
+		return ErrNoWakeup
+	}
+	select {
+	case <-d.wake:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Injected implements Driver.
+func (d *LiveDriver) Injected(*VM, Point, uint8) error { return nil }
+
+// SingleStep implements Driver.
+func (d *LiveDriver) SingleStep() bool { return false }
+
+// TSCHz is the frequency of the guest's virtual TSC: the value an rdtsc
+// returns is the device clock scaled to it.
+const TSCHz = 2_000_000_000
+
+// TSC implements Driver: the virtual TSC follows the device clock.
+func (d *LiveDriver) TSC(vm *VM, p Point) (uint64, error) {
+	return uint64(vm.clock.Now()) * (TSCHz / 1_000_000_000), nil
+}
+
+// Read implements Driver.
+func (d *LiveDriver) Read(*VM, Point, bool, uint64, []byte) error { return nil }
+
+// Stop implements Driver.
+func (d *LiveDriver) Stop(*VM, Point, Result, error) error {
+	d.mu.Lock()
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+	d.armed = false
+	d.mu.Unlock()
+	return nil
+}
