@@ -8,3 +8,5 @@ require (
 	golang.org/x/arch v0.2.0
 	golang.org/x/sys v0.49.0
 )
+
+require google.golang.org/protobuf v1.36.12 // indirect
