@@ -103,7 +103,8 @@ type Config struct {
 	// frame wait for more entries. Zero (default) sends as soon as the
 	// writer is free: entries appended while a frame is on its way share
 	// the next one, which batches under load and adds no latency when
-	// idle. WaitAcked and Flush always send at once.
+	// idle. WaitAcked and Flush always send at once. At most
+	// HeartbeatInterval; meant to be microseconds to a millisecond.
 	BatchDelay time.Duration
 	// Compression (sender): CompressNone (default) or CompressS2.
 	Compression Compression
@@ -175,6 +176,8 @@ func (c *Config) validate(sender bool) error {
 		return bad("WindowBytes %d cannot hold one entry of MaxEntryBytes %d", c.WindowBytes, c.MaxEntryBytes)
 	case c.BatchDelay < 0:
 		return bad("negative BatchDelay")
+	case c.BatchDelay > c.HeartbeatInterval:
+		return bad("BatchDelay %v exceeds HeartbeatInterval %v (a waiting frame holds back heartbeats)", c.BatchDelay, c.HeartbeatInterval)
 	case c.Compression > CompressS2:
 		return bad("unknown Compression %d", c.Compression)
 	case c.AckMode > AckConsumed:

@@ -4,25 +4,24 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/s2"
 )
 
-// ErrNetwork wraps an error from the underlying connection (reset, closed,
-// deadline); the original error is wrapped too.
-var ErrNetwork = errors.New("connection error")
-
 const (
-	readBufferSize     = 256 << 10
+	readBufferSize     = 8 << 10 // small: a large payload is read past it, not copied through it
 	writeBufferSize    = 64 << 10
 	maxBatchesPerWrite = 64
-	minCompressBytes   = 512 // smaller frames go raw
+	maxWriteBytes      = 256 << 10 // per write: keeps acks and appends flowing during a write
+	minCompressBytes   = 512       // smaller frames go raw
 )
 
 // frameReader reads and checks whole frames from a connection.
@@ -32,14 +31,16 @@ type frameReader struct {
 	maxEntry   int
 	hdr        [headerLen]byte
 	scratch    []byte // compressed payloads land here before decoding
+	alloc      func(n int) []byte
 }
 
 func newFrameReader(conn net.Conn, maxPayload, maxEntry int) *frameReader {
-	return &frameReader{br: bufio.NewReaderSize(conn, readBufferSize), maxPayload: maxPayload, maxEntry: maxEntry}
+	return &frameReader{br: bufio.NewReaderSize(conn, readBufferSize), maxPayload: maxPayload, maxEntry: maxEntry,
+		alloc: func(n int) []byte { return make([]byte, n) }}
 }
 
-// read returns the next frame. The payload of an uncompressed frame is a
-// fresh allocation the caller may keep (data entries alias it).
+// read returns the next frame. A data payload is in a buffer from alloc
+// (data entries alias it).
 func (r *frameReader) read() (header, []byte, error) {
 	if _, err := io.ReadFull(r.br, r.hdr[:]); err != nil {
 		switch err {
@@ -54,10 +55,15 @@ func (r *frameReader) read() (header, []byte, error) {
 	if err != nil {
 		return h, nil, err
 	}
-	var wire []byte
+	var wire, dst []byte
 	if h.codec() == codecNone {
-		wire = make([]byte, h.wireLen)
+		if h.typ == frameData {
+			wire = r.alloc(int(h.wireLen))
+		} else {
+			wire = make([]byte, h.wireLen)
+		}
 	} else {
+		dst = r.alloc(int(h.rawLen))
 		if cap(r.scratch) < int(h.wireLen) {
 			r.scratch = make([]byte, h.wireLen)
 		}
@@ -69,8 +75,19 @@ func (r *frameReader) read() (header, []byte, error) {
 		}
 		return h, nil, fmt.Errorf("logchannel: %w: reading %v frame payload: %w", ErrNetwork, h.typ, err)
 	}
-	raw, err := decodePayload(&h, wire, r.maxEntry)
+	raw, err := decodePayload(&h, wire, r.maxEntry, dst)
 	return h, raw, err
+}
+
+// frameWaiting reports whether a whole frame is already buffered, so that
+// reading it cannot block.
+func (r *frameReader) frameWaiting() bool {
+	n := r.br.Buffered()
+	if n < headerLen {
+		return false
+	}
+	b, _ := r.br.Peek(headerLen)
+	return n-headerLen >= int(binary.LittleEndian.Uint32(b[4:]))
 }
 
 // frameWriter writes frames. On a TCP or Unix socket a batch of frames goes
@@ -136,7 +153,7 @@ func (w *frameWriter) flush() error {
 // optionally followed by a control frame (typ != 0).
 func (w *frameWriter) writeData(bs []*sendBatch, typ frameType, seq uint64) error {
 	for i, b := range bs {
-		h := header{typ: frameData, seq: b.first, count: uint32(b.count), rawLen: uint32(len(b.data))}
+		h := header{typ: frameData, seq: b.first, count: uint32(b.count), rawLen: uint32(len(b.data)), payloadCRC: b.crc}
 		payload := b.data
 		if w.codec == CompressS2 && len(payload) >= minCompressBytes {
 			c := s2.Encode(w.comp[i][:cap(w.comp[i])], payload)
@@ -147,7 +164,6 @@ func (w *frameWriter) writeData(bs []*sendBatch, typ frameType, seq uint64) erro
 			}
 		}
 		h.wireLen = uint32(len(payload))
-		h.payloadCRC = crc32c(payload)
 		w.add(i, &h, payload)
 	}
 	if typ != 0 {
@@ -211,8 +227,12 @@ func handshakeDeadline(ctx context.Context, conn net.Conn, cfg *Config) (stop fu
 
 // handshakeErr turns an IO error during the handshake into a clear error.
 func handshakeErr(ctx context.Context, what string, err error) error {
-	if ctx.Err() != nil {
-		return fmt.Errorf("logchannel: %w: %s: %w (%w)", ErrHandshake, what, ctx.Err(), err)
+	ctxErr := ctx.Err()
+	if d, ok := ctx.Deadline(); ok && ctxErr == nil && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(d) {
+		ctxErr = context.DeadlineExceeded // the conn deadline fired a moment before ctx's timer
+	}
+	if ctxErr != nil {
+		return fmt.Errorf("logchannel: %w: %s: %w (%w)", ErrHandshake, what, ctxErr, err)
 	}
 	if errors.Is(err, ErrVersion) || errors.Is(err, ErrConfigMismatch) || errors.Is(err, ErrHandshake) || errors.Is(err, ErrAuth) {
 		return err
@@ -245,4 +265,16 @@ func startTLS(ctx context.Context, conn net.Conn, cfg *Config, sender bool) (net
 		return nil, fmt.Errorf("logchannel: %w: TLS version %#x, want 1.3", ErrAuth, v)
 	}
 	return t, nil
+}
+
+// writeFailed is called by a writer whose write failed. The reader usually
+// learns why at the same moment (the peer's close frame, a reset), and its
+// explanation is the better one, so it gets a short head start.
+func writeFailed(done <-chan struct{}, cfg *Config) {
+	t := time.NewTimer(min(cfg.Timeout, 200*time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
 }

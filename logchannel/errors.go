@@ -34,6 +34,9 @@ var (
 	ErrProtocol = errors.New("protocol violation")
 	// ErrTimeout: nothing arrived from the peer for Config.Timeout.
 	ErrTimeout = errors.New("peer timed out")
+	// ErrNetwork: the underlying connection failed (reset, closed,
+	// deadline); the original error is wrapped too.
+	ErrNetwork = errors.New("connection error")
 	// ErrPeerClosed: the peer closed the connection (with a Close frame or
 	// a clean end of stream at a frame boundary).
 	ErrPeerClosed = errors.New("peer closed the connection")

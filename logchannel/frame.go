@@ -161,23 +161,30 @@ func (h *header) check(maxPayload int) error {
 	return nil
 }
 
-// decodePayload checks the payload CRC, decompresses, and for a data frame
-// checks the entry encoding. It returns the raw payload; wire may be
-// returned as is when it is not compressed.
-func decodePayload(h *header, wire []byte, maxEntry int) ([]byte, error) {
-	if got := crc32c(wire); got != h.payloadCRC {
-		return nil, errorf(ErrCorrupt, "%v frame seq %d: payload CRC32C %#08x, header says %#08x", h.typ, h.seq, got, h.payloadCRC)
-	}
+// decodePayload decompresses (into dst when it is large enough), checks the
+// CRC of the raw payload, and for a data frame checks the entry encoding.
+// It returns the raw payload: wire itself when it is not compressed. The
+// CRC covers the raw bytes so that it protects the entries end to end,
+// through the compressor and decompressor too, and so that the sender can
+// compute it as entries are appended; the S2 decoder is safe on any input,
+// and rawLen was bounded by parseHeader before anything was allocated.
+func decodePayload(h *header, wire []byte, maxEntry int, dst []byte) ([]byte, error) {
 	raw := wire
 	if h.codec() == codecS2 {
 		n, err := s2.DecodedLen(wire)
 		if err != nil || n != int(h.rawLen) {
 			return nil, errorf(ErrCorrupt, "data frame seq %d: s2 payload decodes to %d bytes, header says %d (%v)", h.seq, n, h.rawLen, err)
 		}
-		raw, err = s2.Decode(make([]byte, n), wire)
+		if cap(dst) < n {
+			dst = make([]byte, n)
+		}
+		raw, err = s2.Decode(dst[:n], wire)
 		if err != nil {
 			return nil, errorf(ErrCorrupt, "data frame seq %d: s2: %v", h.seq, err)
 		}
+	}
+	if got := crc32c(raw); got != h.payloadCRC {
+		return nil, errorf(ErrCorrupt, "%v frame seq %d: payload CRC32C %#08x, header says %#08x", h.typ, h.seq, got, h.payloadCRC)
 	}
 	if h.typ == frameData {
 		if err := checkEntries(raw, h.count, maxEntry); err != nil {
@@ -198,7 +205,7 @@ func decodeFrame(b []byte, maxPayload, maxEntry int) (h header, raw []byte, n in
 	if len(b) < end {
 		return header{}, nil, 0, errorf(ErrTruncated, "%v frame needs %d payload bytes, %d present", h.typ, h.wireLen, len(b)-headerLen)
 	}
-	if raw, err = decodePayload(&h, b[headerLen:end], maxEntry); err != nil {
+	if raw, err = decodePayload(&h, b[headerLen:end], maxEntry, nil); err != nil {
 		return header{}, nil, 0, err
 	}
 	return h, raw, end, nil

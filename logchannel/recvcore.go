@@ -3,9 +3,17 @@ package logchannel
 // recvFrame is a buffered data frame, consumed from the front.
 type recvFrame struct {
 	next      uint64 // seq of its next undelivered entry
+	last      uint64 // seq of its last entry
 	remaining int    // undelivered entries
 	data      []byte // their encoding
+	buf       []byte // the whole payload buffer, recycled after Consumed
 }
+
+// Delivered frames wait in retired until Consumed covers them, then their
+// buffers are reused; a consumer that never calls Consumed just lets the
+// garbage collector have them. retired is bounded by maxRetired frames and
+// WindowBytes, so it never holds memory the caller has let go of for long.
+const maxRetired = 64
 
 // receiverCore is the receiver's protocol state: the buffer, sequence
 // checks and the ack to send. No IO, no goroutines, no clock.
@@ -27,10 +35,21 @@ type receiverCore struct {
 	head       int
 	bufBytes   int
 	bufEntries int
+
+	batchBytes   int
+	retired      []*recvFrame // delivered, not yet covered by Consumed
+	retiredBytes int
+	free         [][]byte // recycled payload buffers
+	freeBytes    int      // their capacity, at most windowBytes
 }
 
 func newReceiverCore(cfg *Config) receiverCore {
-	return receiverCore{mode: cfg.AckMode, windowBytes: cfg.WindowBytes, windowEntries: cfg.WindowEntries}
+	return receiverCore{
+		mode:          cfg.AckMode,
+		windowBytes:   cfg.WindowBytes,
+		windowEntries: cfg.WindowEntries,
+		batchBytes:    cfg.BatchBytes,
+	}
 }
 
 // hasRoom reports whether a data frame with this header fits in the buffer.
@@ -57,7 +76,7 @@ func (c *receiverCore) acceptData(h *header, raw []byte) error {
 		}
 		return errorf(ErrSequence, "data frame starts at %d, expected %d (%s)", h.seq, c.received+1, kind)
 	}
-	c.queue = append(c.queue, &recvFrame{next: h.seq, remaining: int(h.count), data: raw})
+	c.queue = append(c.queue, &recvFrame{next: h.seq, last: h.lastSeq(), remaining: int(h.count), data: raw, buf: raw})
 	c.received = h.lastSeq()
 	c.bufBytes += len(raw)
 	c.bufEntries += int(h.count)
@@ -78,6 +97,13 @@ func (c *receiverCore) next() (seq uint64, entry []byte, ok bool) {
 	c.bufBytes -= before - len(f.data)
 	c.bufEntries--
 	if f.remaining == 0 {
+		for len(c.retired) > 0 && (len(c.retired) == maxRetired || c.retiredBytes+cap(f.buf) > c.windowBytes) {
+			c.retiredBytes -= cap(c.retired[0].buf)
+			c.retired[0] = nil
+			c.retired = c.retired[1:]
+		}
+		c.retired = append(c.retired, f)
+		c.retiredBytes += cap(f.buf)
 		c.queue[c.head] = nil
 		c.head++
 		if c.head == len(c.queue) {
@@ -102,6 +128,20 @@ func (c *receiverCore) markConsumed(seq uint64) (bool, error) {
 		return false, nil
 	}
 	c.consumed = seq
+	i := 0
+	for ; i < len(c.retired) && c.retired[i].last <= seq; i++ {
+		c.retiredBytes -= cap(c.retired[i].buf)
+		if b := c.retired[i].buf; c.freeBytes+cap(b) <= c.windowBytes && cap(b) >= c.batchBytes {
+			c.free = append(c.free, b)
+			c.freeBytes += cap(b)
+		}
+		c.retired[i] = nil
+	}
+	if i > 0 {
+		n := copy(c.retired, c.retired[i:])
+		clear(c.retired[n:])
+		c.retired = c.retired[:n]
+	}
 	return c.mode == AckConsumed, nil
 }
 
@@ -130,4 +170,18 @@ func (c *receiverCore) closeStream(last uint64) error {
 	}
 	c.ended = true
 	return nil
+}
+
+// buffer returns a payload buffer of n bytes, recycled when one is free.
+func (c *receiverCore) buffer(n int) []byte {
+	for i := len(c.free) - 1; i >= 0; i-- {
+		if b := c.free[i]; cap(b) >= n {
+			c.freeBytes -= cap(b)
+			c.free[i] = c.free[len(c.free)-1]
+			c.free[len(c.free)-1] = nil
+			c.free = c.free[:len(c.free)-1]
+			return b[:n]
+		}
+	}
+	return make([]byte, n, max(n, c.batchBytes))
 }

@@ -1,6 +1,9 @@
 package logchannel
 
-import "fmt"
+import (
+	"fmt"
+	"hash/crc32"
+)
 
 // sendBatch is a run of consecutive entries in payload encoding; it becomes
 // one data frame. The open batch (the last one, not yet sealed) still takes
@@ -9,6 +12,7 @@ type sendBatch struct {
 	first    uint64
 	count    int
 	data     []byte
+	crc      uint32 // CRC32C of data, kept up to date by append
 	sealed   bool
 	inFlight bool // the writer holds it; do not recycle its buffer
 	released bool // acked while in flight: recycle when the writer is done
@@ -20,9 +24,10 @@ func (b *sendBatch) last() uint64 { return b.first + uint64(b.count) - 1 }
 // the retained entries and the send cursor. It does no IO, starts no
 // goroutine and reads no clock; Sender drives it under a mutex.
 //
-// Invariants: acked <= sent <= next-1; batches hold exactly the entries
-// acked+1 .. next-1 in order; batches[:cursor] are sent, batches[cursor:]
-// are not; unackedBytes/Entries are the sums over batches.
+// Invariants: acked <= sent <= next-1; batches hold consecutive entries
+// from at most acked+1 (a partly acked batch is kept whole) to next-1;
+// batches[:cursor] are sent, batches[cursor:] are not; unackedBytes and
+// unackedEntries are the sums over batches.
 type senderCore struct {
 	windowBytes   int
 	windowEntries int
@@ -72,7 +77,11 @@ func (c *senderCore) append(entry []byte) uint64 {
 		b = &sendBatch{first: c.next, data: c.buffer(need)}
 		c.batches = append(c.batches, b)
 	}
+	start := len(b.data)
 	b.data = appendEntry(b.data, entry)
+	// The CRC is computed here, on the appending goroutine, while the
+	// bytes are in cache, which leaves the writer only the system call.
+	b.crc = crc32.Update(b.crc, castagnoli, b.data[start:])
 	b.count++
 	c.unackedBytes += need
 	c.unackedEntries++
@@ -114,15 +123,18 @@ func (c *senderCore) oldestUnsent() *sendBatch {
 	return nil
 }
 
-// take seals and hands the writer up to max unsent batches, appending them
-// to dst, and advances sent.
-func (c *senderCore) take(dst []*sendBatch, max int) []*sendBatch {
-	for ; c.cursor < len(c.batches) && max > 0; max-- {
+// take seals and hands the writer up to max unsent batches, stopping once
+// maxBytes are taken (at least one batch is), appends them to dst, and
+// advances sent. Bounding a write keeps the pipeline fine-grained: acks
+// that free the window while a write is under way let Append refill it.
+func (c *senderCore) take(dst []*sendBatch, max, maxBytes int) []*sendBatch {
+	for n := 0; c.cursor < len(c.batches) && max > 0 && n < maxBytes; max-- {
 		b := c.batches[c.cursor]
 		b.sealed = true
 		b.inFlight = true
 		c.sent = b.last()
 		c.cursor++
+		n += len(b.data)
 		dst = append(dst, b)
 	}
 	return dst
@@ -150,7 +162,14 @@ func (c *senderCore) ack(seq uint64) (bool, error) {
 		return false, nil
 	}
 	c.acked = seq
-	// Window space is freed a whole frame at a time.
+	c.release()
+	return true, nil
+}
+
+// release drops the batches that acked covers entirely: window space is
+// freed a whole frame at a time.
+func (c *senderCore) release() {
+	seq := c.acked
 	i := 0
 	for ; i < len(c.batches) && c.batches[i].last() <= seq; i++ {
 		b := c.batches[i]
@@ -168,7 +187,6 @@ func (c *senderCore) ack(seq uint64) (bool, error) {
 	if c.cursor < 0 { // cannot happen: acks never pass sent
 		panic(fmt.Sprintf("logchannel: cursor %d after ack %d", c.cursor, seq))
 	}
-	return true, nil
 }
 
 // resume rewinds for a new connection whose receiver holds entries up to
@@ -195,7 +213,9 @@ func (c *senderCore) resume(received, acked uint64) error {
 			off = len(b.data) - len(rest)
 		}
 		suffix := &sendBatch{first: received + 1, count: b.count - k, data: b.data[off:len(b.data):len(b.data)], sealed: b.sealed}
+		suffix.crc = crc32c(suffix.data)
 		b.data = b.data[:off:off]
+		b.crc = crc32c(b.data)
 		b.count = k
 		b.sealed = true
 		c.batches = append(c.batches, nil)
@@ -205,10 +225,7 @@ func (c *senderCore) resume(received, acked uint64) error {
 	}
 	c.cursor = i
 	c.sent = received
-	if acked > c.acked {
-		if _, err := c.ack(acked); err != nil {
-			return err
-		}
-	}
+	c.acked = max(c.acked, acked)
+	c.release() // the split may have left a prefix that is all acked
 	return nil
 }

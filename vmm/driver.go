@@ -42,6 +42,21 @@ type Point struct {
 	Kind  PointKind
 }
 
+// EntryMode is how the loop enters the guest.
+type EntryMode uint8
+
+const (
+	// EntryRun runs the guest until its next exit or kick.
+	EntryRun EntryMode = iota
+	// EntryComplete completes a pending I/O or MMIO exit without running
+	// any further instruction (immediate_exit); the loop then reaches a
+	// Kicked point.
+	EntryComplete
+	// EntryStep runs one instruction (KVM_GUESTDBG_SINGLESTEP); the loop
+	// then reaches a Stepped point, or an exit if the instruction exits.
+	EntryStep
+)
+
 // Async is a batch of asynchronous events delivered at one point.
 type Async struct {
 	Timer bool   // the PIT's deadline has passed: the PIT reads the clock and may raise IRQ0
@@ -69,8 +84,8 @@ type Driver interface {
 	Halted(ctx context.Context, vm *VM, p Point) error
 	// Injected reports each vector injected at p.
 	Injected(vm *VM, p Point, vector uint8) error
-	// SingleStep says whether the next entry runs a single instruction.
-	SingleStep() bool
+	// NextEntry says how the next KVM_RUN runs the guest.
+	NextEntry() EntryMode
 	// TSC returns what an rdtsc trapped at p reads.
 	TSC(vm *VM, p Point) (uint64, error)
 	// Read sees every value a PIO or MMIO read returned (verify mode);
@@ -90,6 +105,10 @@ type LiveDriver struct {
 	KickAfter time.Duration
 	// Input, if set, is read on its own goroutine.
 	Input interface{ Read([]byte) (int, error) }
+	// SchedClock tells the driver the time in the devices' clock base
+	// without being a device read (a recorder must not log it). Default:
+	// the VM's host clock.
+	SchedClock func() int64
 
 	vm         *VM
 	timerDue   atomic.Bool
@@ -191,7 +210,7 @@ func (d *LiveDriver) Poll() Async {
 
 // Deliver implements Driver.
 func (d *LiveDriver) Deliver(vm *VM, p Point) (bool, error) {
-	d.arm()
+	d.Arm()
 	a := d.Poll()
 	if a.Empty() {
 		return false, nil
@@ -200,10 +219,10 @@ func (d *LiveDriver) Deliver(vm *VM, p Point) (bool, error) {
 	return true, nil
 }
 
-// arm makes sure a host timer fires when the PIT's channel 0 next produces
+// Arm makes sure a host timer fires when the PIT's channel 0 next produces
 // an interrupt. The PIT's deadline is in Clock time; the host timer runs
 // on the host's own monotonic clock, which a live VM's Clock follows.
-func (d *LiveDriver) arm() {
+func (d *LiveDriver) Arm() {
 	deadline, ok := d.vm.PIT.NextDeadline()
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -221,7 +240,11 @@ func (d *LiveDriver) arm() {
 		d.timer.Stop()
 	}
 	d.armed, d.armedFor = true, deadline
-	delay := time.Duration(deadline - d.vm.hostNow())
+	now := d.vm.hostNow
+	if d.SchedClock != nil {
+		now = d.SchedClock
+	}
+	delay := time.Duration(deadline - now())
 	if delay <= 0 {
 		d.timerDue.Store(true)
 		d.armed = false
@@ -235,7 +258,7 @@ func (d *LiveDriver) arm() {
 
 // Halted implements Driver.
 func (d *LiveDriver) Halted(ctx context.Context, vm *VM, p Point) error {
-	d.arm()
+	d.Arm()
 	d.mu.Lock()
 	armed := d.armed
 	d.mu.Unlock()
@@ -253,8 +276,8 @@ func (d *LiveDriver) Halted(ctx context.Context, vm *VM, p Point) error {
 // Injected implements Driver.
 func (d *LiveDriver) Injected(*VM, Point, uint8) error { return nil }
 
-// SingleStep implements Driver.
-func (d *LiveDriver) SingleStep() bool { return false }
+// NextEntry implements Driver.
+func (d *LiveDriver) NextEntry() EntryMode { return EntryRun }
 
 // TSCHz is the frequency of the guest's virtual TSC: the value an rdtsc
 // returns is the device clock scaled to it.

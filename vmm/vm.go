@@ -474,7 +474,8 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 				return Result{}, err
 			}
 		}
-		if step := v.driver.SingleStep(); step != stepping {
+		mode := v.driver.NextEntry()
+		if step := mode == EntryStep; step != stepping {
 			ctl := uint32(0)
 			if step {
 				ctl = guestDebugEnable | guestDebugSingleStep
@@ -485,6 +486,9 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 			stepping = step
 		}
 
+		if mode == EntryComplete {
+			setImmediateExit(v.run, 1)
+		}
 		switch errno := runVCPU(v.vcpuFd); errno {
 		case 0:
 		case unix.EINTR:

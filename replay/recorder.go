@@ -1,0 +1,218 @@
+package replay
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/ftkvm/ftkvm/devices"
+	"github.com/ftkvm/ftkvm/replay/logpb"
+	"github.com/ftkvm/ftkvm/vmm"
+)
+
+// RecorderConfig configures a Recorder.
+type RecorderConfig struct {
+	// Sink receives the events. Required.
+	Sink Sink
+	// Input is the console input (may be nil).
+	Input interface{ Read([]byte) (int, error) }
+	// KickAfter bounds how long an asynchronous event waits for the next
+	// synchronous exit before the vCPU is kicked to take it at a landmark
+	// (which replay must locate by single-stepping). Default 2 ms.
+	KickAfter time.Duration
+	// Verify logs every PIO and MMIO read value, so a replay stops at the
+	// first read that differs.
+	Verify bool
+	// FingerprintEvery logs the machine state's fingerprint after this many
+	// events (at the next exit), so a replay that diverges silently is
+	// caught near the cause. 0: only at the end.
+	FingerprintEvery uint64
+	// Clock is the host time source. Default: a vmm.HostClock.
+	Clock devices.Clock
+}
+
+// Recorder is the primary's vmm.Driver: it runs the guest on live host
+// inputs (a vmm.LiveDriver) and logs each one where it enters.
+type Recorder struct {
+	cfg   RecorderConfig
+	live  *vmm.LiveDriver
+	clock *recordingClock
+	vm    *vmm.VM
+	seq   uint64
+	since uint64 // events since the last fingerprint
+	err   error  // first failure to log; sticky
+	stats RecordStats
+}
+
+// RecordStats counts what a recording logged.
+type RecordStats struct {
+	Events, Clock, Delivers, Landmarks, Injects, TSC, Reads, Fingerprints uint64
+}
+
+// NewRecorder returns a recorder. Create the VM with Config.Clock set to
+// r.Clock(), Config.Driver set to r, and Config.TrackDirty on.
+func NewRecorder(cfg RecorderConfig) (*Recorder, error) {
+	if cfg.Sink == nil {
+		return nil, fmt.Errorf("recorder needs a Sink")
+	}
+	if cfg.KickAfter == 0 {
+		cfg.KickAfter = 2 * time.Millisecond
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = vmm.NewHostClock()
+	}
+	r := &Recorder{cfg: cfg}
+	r.clock = &recordingClock{r: r, inner: cfg.Clock}
+	r.live = vmm.NewLiveDriver(cfg.Input)
+	r.live.KickAfter = cfg.KickAfter
+	r.live.SchedClock = cfg.Clock.Now
+	return r, nil
+}
+
+// Clock is the device clock to give the VM: every reading is logged.
+func (r *Recorder) Clock() devices.Clock { return r.clock }
+
+// Stats returns what has been logged so far.
+func (r *Recorder) Stats() RecordStats { return r.stats }
+
+type recordingClock struct {
+	r     *Recorder
+	inner devices.Clock
+	last  atomic.Int64
+}
+
+func (c *recordingClock) Now() int64 {
+	v := c.inner.Now()
+	// The devices' time never runs backwards, even if the host's does.
+	if last := c.last.Load(); v < last {
+		v = last
+	}
+	c.last.Store(v)
+	if c.r.vm != nil {
+		c.r.emit(c.r.vm.Point(), &logpb.Event{Kind: &logpb.Event_Clock{Clock: v}})
+		c.r.stats.Clock++
+	}
+	return v
+}
+
+func (r *Recorder) emit(p vmm.Point, ev *logpb.Event) {
+	if r.err != nil {
+		return
+	}
+	r.seq++
+	ev.Seq, ev.Exits = r.seq, p.Exits
+	r.stats.Events++
+	r.since++
+	if err := r.cfg.Sink.Append(ev); err != nil {
+		r.err = fmt.Errorf("logging event %d: %w", ev.Seq, err)
+	}
+}
+
+// Start implements vmm.Driver.
+func (r *Recorder) Start(vm *vmm.VM) error {
+	r.vm = vm
+	return r.live.Start(vm)
+}
+
+// Deliver implements vmm.Driver.
+func (r *Recorder) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
+	if r.err != nil {
+		return false, r.err
+	}
+	if p.Kind == vmm.AtExit && r.cfg.FingerprintEvery > 0 && r.since >= r.cfg.FingerprintEvery {
+		fp, err := vm.Fingerprint()
+		if err != nil {
+			return false, err
+		}
+		r.emit(p, &logpb.Event{Kind: &logpb.Event_Fingerprint{Fingerprint: &logpb.Fingerprint{Sha256: fp[:]}}})
+		r.stats.Fingerprints++
+		r.since = 0
+	}
+	r.live.Arm()
+	a := r.live.Poll()
+	if a.Empty() {
+		return false, r.err
+	}
+	d := &logpb.Deliver{Timer: a.Timer, Input: a.Input}
+	if p.Kind != vmm.AtExit {
+		lm, err := captureLandmark(vm)
+		if err != nil {
+			return false, err
+		}
+		d.Landmark = lm
+		r.stats.Landmarks++
+	}
+	r.emit(p, &logpb.Event{Kind: &logpb.Event_Deliver{Deliver: d}})
+	r.stats.Delivers++
+	vm.DeliverAsync(a)
+	return true, r.err
+}
+
+// captureLandmark records where the vCPU stands between two exits.
+func captureLandmark(vm *vmm.VM) (*logpb.Landmark, error) {
+	regs, err := vm.Regs()
+	if err != nil {
+		return nil, err
+	}
+	pages, err := vm.DirtyPages()
+	if err != nil {
+		return nil, err
+	}
+	h, err := vm.HashPages(pages)
+	if err != nil {
+		return nil, err
+	}
+	return &logpb.Landmark{Rip: regs.RIP, Rflags: regs.RFLAGS, Gprs: vmm.GPRs(regs), Pages: pages, PagesSha256: h[:]}, nil
+}
+
+// Halted implements vmm.Driver.
+func (r *Recorder) Halted(ctx context.Context, vm *vmm.VM, p vmm.Point) error {
+	return r.live.Halted(ctx, vm, p)
+}
+
+// Injected implements vmm.Driver.
+func (r *Recorder) Injected(_ *vmm.VM, p vmm.Point, vector uint8) error {
+	r.emit(p, &logpb.Event{Kind: &logpb.Event_Inject{Inject: uint32(vector)}})
+	r.stats.Injects++
+	return r.err
+}
+
+// NextEntry implements vmm.Driver.
+func (r *Recorder) NextEntry() vmm.EntryMode { return vmm.EntryRun }
+
+// TSC implements vmm.Driver: the virtual TSC follows the host clock (not a
+// device read, so not a clock event) and is logged as a TSC event.
+func (r *Recorder) TSC(_ *vmm.VM, p vmm.Point) (uint64, error) {
+	v := uint64(r.clock.inner.Now()) * (vmm.TSCHz / 1_000_000_000)
+	r.emit(p, &logpb.Event{Kind: &logpb.Event_Tsc{Tsc: v}})
+	r.stats.TSC++
+	return v, r.err
+}
+
+// Read implements vmm.Driver.
+func (r *Recorder) Read(_ *vmm.VM, p vmm.Point, mmio bool, addr uint64, data []byte) error {
+	if !r.cfg.Verify {
+		return nil
+	}
+	r.emit(p, &logpb.Event{Kind: &logpb.Event_Read{Read: &logpb.Read{Mmio: mmio, Addr: addr, Data: append([]byte(nil), data...)}}})
+	r.stats.Reads++
+	return r.err
+}
+
+// Stop implements vmm.Driver: it logs the end of the run with the final
+// fingerprint.
+func (r *Recorder) Stop(vm *vmm.VM, p vmm.Point, res vmm.Result, runErr error) error {
+	r.live.Stop(vm, p, res, runErr)
+	end := &logpb.End{Reason: uint32(res.Reason), Status: uint32(res.Status)}
+	if runErr != nil {
+		end.Error = runErr.Error()
+	}
+	fp, err := vm.Fingerprint()
+	if err != nil {
+		return err
+	}
+	end.Fingerprint = &logpb.Fingerprint{Sha256: fp[:]}
+	r.emit(p, &logpb.Event{Kind: &logpb.Event_End{End: end}})
+	return r.err
+}

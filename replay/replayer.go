@@ -1,0 +1,365 @@
+package replay
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/ftkvm/ftkvm/devices"
+	"github.com/ftkvm/ftkvm/replay/logpb"
+	"github.com/ftkvm/ftkvm/vmm"
+)
+
+var errEOF = io.EOF
+
+// ReplayerConfig configures a Replayer.
+type ReplayerConfig struct {
+	// Source yields the recorded events. Required.
+	Source Source
+	// MaxSteps bounds the single steps spent looking for one landmark
+	// before the replay is declared diverged. Default 50 M.
+	MaxSteps uint64
+}
+
+// Replayer is the backup's vmm.Driver: it never reads the host clock or
+// host devices; every input comes from the log, at the point it was
+// recorded, and every check the log carries (injections, TSC, read values,
+// fingerprints, the end) is verified.
+type Replayer struct {
+	cfg   ReplayerConfig
+	clock *replayClock
+	vm    *vmm.VM
+	next  *logpb.Event // peeked, not yet consumed
+	eof   bool
+	err   error // first divergence; sticky
+
+	target *logpb.Event // a delivery with a landmark being located
+	phase  int          // 0: not located yet; 1: completed; 2: stepping
+	steps  uint64
+	stats  ReplayStats
+}
+
+// ReplayStats counts what a replay did.
+type ReplayStats struct {
+	Events, Landmarks, Steps, Fingerprints uint64
+}
+
+// NewReplayer returns a replayer. Create the VM with Config.Clock set to
+// r.Clock() and Config.Driver set to r.
+func NewReplayer(cfg ReplayerConfig) (*Replayer, error) {
+	if cfg.Source == nil {
+		return nil, fmt.Errorf("replayer needs a Source")
+	}
+	if cfg.MaxSteps == 0 {
+		cfg.MaxSteps = 50_000_000
+	}
+	r := &Replayer{cfg: cfg}
+	r.clock = &replayClock{r: r}
+	return r, nil
+}
+
+// Clock is the device clock to give the VM: it answers from the log.
+func (r *Replayer) Clock() devices.Clock { return r.clock }
+
+// Stats returns what the replay has done.
+func (r *Replayer) Stats() ReplayStats { return r.stats }
+
+func (r *Replayer) peek() *logpb.Event {
+	if r.next == nil && !r.eof && r.err == nil {
+		ev, err := r.cfg.Source.Next()
+		switch {
+		case errors.Is(err, io.EOF):
+			r.eof = true
+		case err != nil:
+			r.err = fmt.Errorf("reading the log: %w", err)
+		default:
+			r.next = ev
+		}
+	}
+	return r.next
+}
+
+func (r *Replayer) consume() *logpb.Event {
+	ev := r.peek()
+	r.next = nil
+	if ev != nil {
+		r.stats.Events++
+	}
+	return ev
+}
+
+func (r *Replayer) diverge(p vmm.Point, seq uint64, what, expected, actual string) error {
+	if r.err == nil {
+		r.err = &DivergenceError{Seq: seq, Point: p, What: what, Expected: expected, Actual: actual}
+	}
+	return r.err
+}
+
+func describe(ev *logpb.Event) string {
+	if ev == nil {
+		return "the end of the log"
+	}
+	switch k := ev.Kind.(type) {
+	case *logpb.Event_Clock:
+		return fmt.Sprintf("a clock read (%d ns) at %d exits", k.Clock, ev.Exits)
+	case *logpb.Event_Deliver:
+		if k.Deliver.Landmark != nil {
+			return fmt.Sprintf("a delivery at a landmark (RIP %#x) after %d exits", k.Deliver.Landmark.Rip, ev.Exits)
+		}
+		return fmt.Sprintf("a delivery at exit %d", ev.Exits)
+	case *logpb.Event_Inject:
+		return fmt.Sprintf("injection of vector %#x at %d exits", k.Inject, ev.Exits)
+	case *logpb.Event_Tsc:
+		return fmt.Sprintf("an rdtsc at %d exits", ev.Exits)
+	case *logpb.Event_Read:
+		return fmt.Sprintf("a read of %#x at %d exits", k.Read.Addr, ev.Exits)
+	case *logpb.Event_Fingerprint:
+		return fmt.Sprintf("a fingerprint at %d exits", ev.Exits)
+	case *logpb.Event_End:
+		return fmt.Sprintf("the end of the run at %d exits", ev.Exits)
+	}
+	return fmt.Sprintf("event %d", ev.Seq)
+}
+
+// expect consumes the next event if it is of the kind want at p.Exits, or
+// reports a divergence.
+func (r *Replayer) expect(p vmm.Point, want string, match func(*logpb.Event) bool) (*logpb.Event, error) {
+	ev := r.peek()
+	if r.err != nil {
+		return nil, r.err
+	}
+	if ev == nil || ev.Exits != p.Exits || !match(ev) {
+		var seq uint64
+		if ev != nil {
+			seq = ev.Seq
+		}
+		return nil, r.diverge(p, seq, "the guest did something the log does not have next", describe(ev), want)
+	}
+	return r.consume(), nil
+}
+
+type replayClock struct {
+	r    *Replayer
+	last int64
+}
+
+func (c *replayClock) Now() int64 {
+	r := c.r
+	if r.vm == nil {
+		return 0
+	}
+	p := r.vm.Point()
+	ev, err := r.expect(p, fmt.Sprintf("a clock read at %d exits", p.Exits), func(ev *logpb.Event) bool {
+		_, ok := ev.Kind.(*logpb.Event_Clock)
+		return ok
+	})
+	if err != nil {
+		return c.last // the sticky error stops the run at the next point
+	}
+	c.last = ev.GetClock()
+	return c.last
+}
+
+// Start implements vmm.Driver.
+func (r *Replayer) Start(vm *vmm.VM) error {
+	r.vm = vm
+	return nil
+}
+
+// Deliver implements vmm.Driver.
+func (r *Replayer) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
+	if r.err != nil {
+		return false, r.err
+	}
+	if r.target != nil {
+		return r.atCandidate(vm, p)
+	}
+	if p.Kind != vmm.AtExit {
+		return false, nil // a kick from cancellation: nothing recorded here
+	}
+	delivered := false
+	for {
+		ev := r.peek()
+		if r.err != nil {
+			return false, r.err
+		}
+		if ev == nil || ev.Exits != p.Exits {
+			if ev != nil && ev.Exits < p.Exits {
+				return false, r.diverge(p, ev.Seq, "the replay passed a point the log still has events for", describe(ev), "a later exit")
+			}
+			return delivered, nil
+		}
+		switch k := ev.Kind.(type) {
+		case *logpb.Event_Fingerprint:
+			r.consume()
+			fp, err := vm.Fingerprint()
+			if err != nil {
+				return false, err
+			}
+			if !bytes.Equal(fp[:], k.Fingerprint.Sha256) {
+				return false, r.diverge(p, ev.Seq, "machine state fingerprint differs", fmt.Sprintf("%x", k.Fingerprint.Sha256), fmt.Sprintf("%x", fp))
+			}
+			r.stats.Fingerprints++
+		case *logpb.Event_Deliver:
+			if k.Deliver.Landmark != nil {
+				r.target, r.phase, r.steps = ev, 0, 0
+				return delivered, nil
+			}
+			r.consume()
+			vm.DeliverAsync(vmm.Async{Timer: k.Deliver.Timer, Input: k.Deliver.Input})
+			delivered = true
+		default:
+			// Injections, TSC values, reads and the end are consumed
+			// where they happen.
+			return delivered, r.err
+		}
+	}
+}
+
+// atCandidate checks whether the vCPU has reached the target landmark.
+func (r *Replayer) atCandidate(vm *vmm.VM, p vmm.Point) (bool, error) {
+	ev := r.target
+	lm := ev.GetDeliver().Landmark
+	if p.Exits != ev.Exits {
+		return false, r.diverge(p, ev.Seq, "the replay reached a synchronous exit before the landmark",
+			fmt.Sprintf("RIP %#x after %d exits", lm.Rip, ev.Exits), fmt.Sprintf("exit %d", p.Exits))
+	}
+	if p.Kind == vmm.AtExit {
+		return false, nil // about to complete and step towards it
+	}
+	if p.Kind == vmm.Kicked {
+		r.phase = 1 // the completion entry
+	} else {
+		r.phase = 2
+		r.steps++
+		r.stats.Steps++
+	}
+	if r.steps > r.cfg.MaxSteps {
+		return false, r.diverge(p, ev.Seq, fmt.Sprintf("landmark not found within %d single steps", r.cfg.MaxSteps), fmt.Sprintf("RIP %#x", lm.Rip), "")
+	}
+	regs, err := vm.Regs()
+	if err != nil {
+		return false, err
+	}
+	if regs.RIP != lm.Rip || regs.RFLAGS != lm.Rflags || !slices.Equal(vmm.GPRs(regs), lm.Gprs) {
+		return false, nil
+	}
+	h, err := vm.HashPages(lm.Pages)
+	if err != nil {
+		return false, r.diverge(p, ev.Seq, "landmark names pages outside guest memory", "", err.Error())
+	}
+	if !bytes.Equal(h[:], lm.PagesSha256) {
+		return false, nil // same registers, different memory: a later iteration
+	}
+	r.target = nil
+	r.consume()
+	r.stats.Landmarks++
+	d := ev.GetDeliver()
+	vm.DeliverAsync(vmm.Async{Timer: d.Timer, Input: d.Input})
+	return true, nil
+}
+
+// NextEntry implements vmm.Driver: run freely, except when a landmark is
+// being located: first complete the exit without running on (the primary
+// may have been kicked right there), then single-step.
+func (r *Replayer) NextEntry() vmm.EntryMode {
+	if r.target == nil || r.err != nil {
+		return vmm.EntryRun
+	}
+	if r.phase == 0 {
+		return vmm.EntryComplete
+	}
+	return vmm.EntryStep
+}
+
+// Halted implements vmm.Driver. The recording left this halt only when an
+// event arrived at this exit, and Deliver has delivered all of them: a
+// replay still halted has diverged (or its log ended).
+func (r *Replayer) Halted(ctx context.Context, vm *vmm.VM, p vmm.Point) error {
+	if r.err != nil {
+		return r.err
+	}
+	ev := r.peek()
+	return r.diverge(p, 0, "the guest halted and the log has nothing to wake it", "an event at this exit", describe(ev))
+}
+
+// Injected implements vmm.Driver.
+func (r *Replayer) Injected(_ *vmm.VM, p vmm.Point, vector uint8) error {
+	_, err := r.expect(p, fmt.Sprintf("injection of vector %#x at %d exits", vector, p.Exits), func(ev *logpb.Event) bool {
+		v, ok := ev.Kind.(*logpb.Event_Inject)
+		return ok && v.Inject == uint32(vector)
+	})
+	return err
+}
+
+// TSC implements vmm.Driver.
+func (r *Replayer) TSC(_ *vmm.VM, p vmm.Point) (uint64, error) {
+	ev, err := r.expect(p, fmt.Sprintf("an rdtsc at %d exits", p.Exits), func(ev *logpb.Event) bool {
+		_, ok := ev.Kind.(*logpb.Event_Tsc)
+		return ok
+	})
+	if err != nil {
+		return 0, err
+	}
+	return ev.GetTsc(), nil
+}
+
+// Read implements vmm.Driver: in verify mode the log holds every read's
+// value, and the first that differs stops the replay.
+func (r *Replayer) Read(_ *vmm.VM, p vmm.Point, mmio bool, addr uint64, data []byte) error {
+	ev := r.peek()
+	if ev == nil || ev.GetRead() == nil {
+		return r.err // not a verify-mode log (or nothing here)
+	}
+	rd := ev.GetRead()
+	if ev.Exits != p.Exits || rd.Mmio != mmio || rd.Addr != addr || !bytes.Equal(rd.Data, data) {
+		return r.diverge(p, ev.Seq, "a device read returned a different value",
+			fmt.Sprintf("%s %#x = %x", space(rd.Mmio), rd.Addr, rd.Data), fmt.Sprintf("%s %#x = %x", space(mmio), addr, data))
+	}
+	r.consume()
+	return nil
+}
+
+func space(mmio bool) string {
+	if mmio {
+		return "MMIO"
+	}
+	return "port"
+}
+
+// Stop implements vmm.Driver: the run must end where the recording ended,
+// the same way, in the same state.
+func (r *Replayer) Stop(vm *vmm.VM, p vmm.Point, res vmm.Result, runErr error) error {
+	if r.err != nil {
+		return r.err
+	}
+	if runErr != nil {
+		return runErr
+	}
+	ev, err := r.expect(p, fmt.Sprintf("the end of the run (%v) at %d exits", res.Reason, p.Exits), func(ev *logpb.Event) bool {
+		_, ok := ev.Kind.(*logpb.Event_End)
+		return ok
+	})
+	if err != nil {
+		return err
+	}
+	end := ev.GetEnd()
+	if end.Reason != uint32(res.Reason) || end.Status != uint32(res.Status) {
+		return r.diverge(p, ev.Seq, "the run ended differently",
+			fmt.Sprintf("%v status %d", vmm.StopReason(end.Reason), end.Status), fmt.Sprintf("%v status %d", res.Reason, res.Status))
+	}
+	fp, err := vm.Fingerprint()
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(fp[:], end.Fingerprint.GetSha256()) {
+		return r.diverge(p, ev.Seq, "final machine state fingerprint differs", fmt.Sprintf("%x", end.Fingerprint.GetSha256()), fmt.Sprintf("%x", fp))
+	}
+	if extra := r.peek(); extra != nil {
+		return r.diverge(p, extra.Seq, "the log goes on after its end", "nothing", describe(extra))
+	}
+	return nil
+}

@@ -1,0 +1,97 @@
+package vmm
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	mathbits "math/bits"
+)
+
+// DirtyPages returns the guest page frames written since the previous call
+// (or since the VM was created), ascending, and resets KVM's dirty log.
+// The VM must have been created with TrackDirty.
+func (v *VM) DirtyPages() ([]uint32, error) {
+	if !v.cfg.TrackDirty {
+		return nil, fmt.Errorf("dirty-page log not enabled (Config.TrackDirty)")
+	}
+	npages := v.mem.Size() / pageSize
+	bitmap := make([]uint64, (npages+63)/64)
+	if err := getDirtyLog(v.vmFd, 0, bitmap); err != nil {
+		return nil, fmt.Errorf("KVM_GET_DIRTY_LOG: %w", err)
+	}
+	var pages []uint32
+	for i, word := range bitmap {
+		for word != 0 {
+			b := mathbits.TrailingZeros64(word)
+			pages = append(pages, uint32(i*64+b))
+			word &^= 1 << b
+		}
+	}
+	return pages, nil
+}
+
+// HashPages hashes the listed page frames' numbers and contents. Frames
+// outside guest memory are an error (a log naming them is not ours).
+func (v *VM) HashPages(pages []uint32) ([32]byte, error) {
+	h := sha256.New()
+	var n [4]byte
+	for _, pfn := range pages {
+		page, err := v.mem.Slice(GuestAddress(uint64(pfn)*pageSize), pageSize)
+		if err != nil {
+			return [32]byte{}, fmt.Errorf("hashing page %#x: %w", pfn, err)
+		}
+		binary.LittleEndian.PutUint32(n[:], pfn)
+		h.Write(n[:])
+		h.Write(page)
+	}
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out, nil
+}
+
+// GPRs returns the general registers in a fixed order: rax rbx rcx rdx
+// rsi rdi rsp rbp r8..r15.
+func GPRs(r Regs) []uint64 {
+	return []uint64{r.RAX, r.RBX, r.RCX, r.RDX, r.RSI, r.RDI, r.RSP, r.RBP,
+		r.R8, r.R9, r.R10, r.R11, r.R12, r.R13, r.R14, r.R15}
+}
+
+// Fingerprint hashes the machine state: general and control registers,
+// segment bases and selectors, and all of guest memory. Two runs that
+// agree on it are in the same state.
+func (v *VM) Fingerprint() ([32]byte, error) {
+	regs, err := v.Regs()
+	if err != nil {
+		return [32]byte{}, err
+	}
+	sregs, err := v.Sregs()
+	if err != nil {
+		return [32]byte{}, err
+	}
+	h := sha256.New()
+	var b [8]byte
+	put := func(x uint64) {
+		binary.LittleEndian.PutUint64(b[:], x)
+		h.Write(b[:])
+	}
+	for _, x := range GPRs(regs) {
+		put(x)
+	}
+	put(regs.RIP)
+	put(regs.RFLAGS)
+	for _, seg := range []struct {
+		base uint64
+		sel  uint16
+	}{{sregs.CS.Base, sregs.CS.Selector}, {sregs.DS.Base, sregs.DS.Selector}, {sregs.ES.Base, sregs.ES.Selector},
+		{sregs.FS.Base, sregs.FS.Selector}, {sregs.GS.Base, sregs.GS.Selector}, {sregs.SS.Base, sregs.SS.Selector}} {
+		put(seg.base)
+		put(uint64(seg.sel))
+	}
+	for _, x := range []uint64{sregs.CR0, sregs.CR3, sregs.CR4, sregs.EFER, sregs.GDT.Base, sregs.IDT.Base} {
+		put(x)
+	}
+	h.Write(v.mem.Bytes())
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out, nil
+}
