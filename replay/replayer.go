@@ -22,6 +22,9 @@ type ReplayerConfig struct {
 	// MaxSteps bounds the single steps spent looking for one landmark
 	// before the replay is declared diverged. Default 50 M.
 	MaxSteps uint64
+	// NearMiss, if set, is called when the registers match a landmark's
+	// but the written pages do not (for diagnosing a divergence).
+	NearMiss func(vm *vmm.VM, lm *logpb.Landmark)
 }
 
 // Replayer is the backup's vmm.Driver: it never reads the host clock or
@@ -39,6 +42,7 @@ type Replayer struct {
 	target *logpb.Event // a delivery with a landmark being located
 	phase  int          // 0: not located yet; 1: completed; 2: stepping
 	steps  uint64
+	near   string // the closest miss so far, for the divergence report
 	stats  ReplayStats
 }
 
@@ -224,7 +228,11 @@ func (r *Replayer) atCandidate(vm *vmm.VM, p vmm.Point) (bool, error) {
 	ev := r.target
 	lm := ev.GetDeliver().Landmark
 	if p.Exits != ev.Exits {
-		return false, r.diverge(p, ev.Seq, "the replay reached a synchronous exit before the landmark",
+		near := r.near
+		if near == "" {
+			near = "RIP never matched"
+		}
+		return false, r.diverge(p, ev.Seq, fmt.Sprintf("the replay reached a synchronous exit before the landmark (%d steps; %s)", r.steps, near),
 			fmt.Sprintf("RIP %#x after %d exits", lm.Rip, ev.Exits), fmt.Sprintf("exit %d", p.Exits))
 	}
 	if p.Kind == vmm.AtExit {
@@ -244,7 +252,11 @@ func (r *Replayer) atCandidate(vm *vmm.VM, p vmm.Point) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if regs.RIP != lm.Rip || regs.RFLAGS != lm.Rflags || !slices.Equal(vmm.GPRs(regs), lm.Gprs) {
+	if regs.RIP != lm.Rip {
+		return false, nil
+	}
+	if regs.RFLAGS != lm.Rflags || !slices.Equal(vmm.GPRs(regs), lm.Gprs) {
+		r.near = fmt.Sprintf("at RIP %#x after %d steps: %s", regs.RIP, r.steps, regDiff(regs, lm))
 		return false, nil
 	}
 	h, err := vm.HashPages(lm.Pages)
@@ -252,7 +264,12 @@ func (r *Replayer) atCandidate(vm *vmm.VM, p vmm.Point) (bool, error) {
 		return false, r.diverge(p, ev.Seq, "landmark names pages outside guest memory", "", err.Error())
 	}
 	if !bytes.Equal(h[:], lm.PagesSha256) {
-		return false, nil // same registers, different memory: a later iteration
+		// Same registers, different memory: a later iteration of a loop.
+		if r.cfg.NearMiss != nil {
+			r.cfg.NearMiss(vm, lm)
+		}
+		r.near = fmt.Sprintf("at RIP %#x after %d steps the registers matched but %d written pages differed", regs.RIP, r.steps, len(lm.Pages))
+		return false, nil
 	}
 	r.target = nil
 	r.consume()
@@ -362,4 +379,23 @@ func (r *Replayer) Stop(vm *vmm.VM, p vmm.Point, res vmm.Result, runErr error) e
 		return r.diverge(p, extra.Seq, "the log goes on after its end", "nothing", describe(extra))
 	}
 	return nil
+}
+
+var gprNames = []string{"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"}
+
+// regDiff names the registers that differ from a landmark's.
+func regDiff(regs vmm.Regs, lm *logpb.Landmark) string {
+	var s string
+	if regs.RFLAGS != lm.Rflags {
+		s += fmt.Sprintf(" rflags %#x (want %#x)", regs.RFLAGS, lm.Rflags)
+	}
+	for i, v := range vmm.GPRs(regs) {
+		if i < len(lm.Gprs) && v != lm.Gprs[i] {
+			s += fmt.Sprintf(" %s %#x (want %#x)", gprNames[i], v, lm.Gprs[i])
+		}
+	}
+	if s == "" {
+		return "registers match"
+	}
+	return "registers differ:" + s
 }

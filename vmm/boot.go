@@ -161,18 +161,9 @@ func (e *KernelError) Error() string { return "kernel image: " + e.Reason }
 // at their physical addresses, boot_params with an e820 map, the command
 // line and the initrd, and RSI pointing at boot_params.
 func LoadLinux(mem *Memory, spec LinuxSpec) (BootState, error) {
-	if len(spec.Kernel) >= 0x206 && binary.LittleEndian.Uint32(spec.Kernel[bpHeaderMagic:]) == headerMagic {
-		return BootState{}, &KernelError{"this is a bzImage; pass the uncompressed vmlinux ELF instead"}
-	}
-	f, err := elf.NewFile(bytes.NewReader(spec.Kernel))
+	f, err := parseKernel(spec.Kernel)
 	if err != nil {
-		return BootState{}, &KernelError{fmt.Sprintf("not an ELF file (%v); pass the uncompressed vmlinux", err)}
-	}
-	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
-		return BootState{}, &KernelError{fmt.Sprintf("ELF is %v %v, want ELFCLASS64 x86-64", f.Class, f.Machine)}
-	}
-	if f.Type != elf.ET_EXEC {
-		return BootState{}, &KernelError{fmt.Sprintf("ELF type %v, want an executable vmlinux", f.Type)}
+		return BootState{}, err
 	}
 	entry := uint64(0)
 	kernelEnd := uint64(0)
@@ -276,6 +267,30 @@ func LoadLinux(mem *Memory, spec LinuxSpec) (BootState, error) {
 		Regs:  Regs{RIP: entry, RSI: zeroPageAddr, RFLAGS: rflagsReserved},
 		Sregs: sregs,
 	}, nil
+}
+
+// CheckKernel reports whether kernel looks like a vmlinux LoadLinux can
+// boot, without loading it.
+func CheckKernel(kernel []byte) error {
+	_, err := parseKernel(kernel)
+	return err
+}
+
+func parseKernel(kernel []byte) (*elf.File, error) {
+	if len(kernel) >= 0x206 && binary.LittleEndian.Uint32(kernel[bpHeaderMagic:]) == headerMagic {
+		return nil, &KernelError{"this is a bzImage; pass the uncompressed vmlinux ELF instead"}
+	}
+	f, err := elf.NewFile(bytes.NewReader(kernel))
+	if err != nil {
+		return nil, &KernelError{fmt.Sprintf("not an ELF file (%v); pass the uncompressed vmlinux", err)}
+	}
+	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
+		return nil, &KernelError{fmt.Sprintf("ELF is %v %v, want ELFCLASS64 x86-64", f.Class, f.Machine)}
+	}
+	if f.Type != elf.ET_EXEC {
+		return nil, &KernelError{fmt.Sprintf("ELF type %v, want an executable vmlinux", f.Type)}
+	}
+	return f, nil
 }
 
 // ReadFileLimited reads a guest image file, refusing files larger than

@@ -120,6 +120,7 @@ type VM struct {
 	run                 []byte
 	mem                 *Memory
 	cpuid               CPUID
+	cmdline             string
 
 	PIO  *Bus
 	MMIO *Bus
@@ -294,12 +295,17 @@ func (v *VM) Clock() devices.Clock { return v.clock }
 // hides them (see LinuxClearCPUID).
 func (v *VM) LoadLinux(spec LinuxSpec) error {
 	spec.Cmdline = linuxCmdline(spec.Cmdline, v.cpuid)
+	v.cmdline = spec.Cmdline
 	st, err := LoadLinux(v.mem, spec)
 	if err != nil {
 		return err
 	}
 	return v.SetState(st)
 }
+
+// Cmdline is the kernel command line LoadLinux passed, options it added
+// included.
+func (v *VM) Cmdline() string { return v.cmdline }
 
 // LoadBare loads a flat test-guest image and sets the vCPU up to enter it.
 func (v *VM) LoadBare(image []byte) error {

@@ -17,8 +17,11 @@ import (
 const usage = `usage: ftvm <command> [flags]
 
 commands:
-  run     boot a guest: the example Linux guest by default, or --kernel/--initrd/--cmdline,
-          or a bare test guest with --image FILE or --bare NAME
+  run      boot a guest: the example Linux guest by default, or --kernel/--initrd/--cmdline,
+           or a bare test guest with --image FILE or --bare NAME
+  record   run a guest and log every nondeterministic input to -o FILE
+  replay   replay a log on the same guest; stops at the first divergence
+  inspect  print a log's header, event counts and bytes by kind
 
 Run 'ftvm <command> -h' for a command's flags.
 `
@@ -35,6 +38,12 @@ func main() {
 	switch os.Args[1] {
 	case "run":
 		code, err = cmdRun(ctx, os.Args[2:])
+	case "record":
+		code, err = cmdRecord(ctx, os.Args[2:])
+	case "replay":
+		code, err = cmdReplay(ctx, os.Args[2:])
+	case "inspect":
+		code, err = cmdInspect(os.Args[2:])
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

@@ -9,13 +9,15 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ftkvm/ftkvm/guest/bare"
+	"github.com/ftkvm/ftkvm/replay/tscpatch"
 	"github.com/ftkvm/ftkvm/vmm"
 )
 
 // DefaultCmdline boots the example guest in PIC mode with the 8250 console.
-// lpj= presets the delay-loop calibration, which would otherwise spin for
+// lpj= presets the delay-loop calibration (5000 is about the emulated speed), which would otherwise spin for
 // several timer ticks; mitigations=off keeps speculation workarounds (verw,
 // IBRS MSR writes) out of the guest's exit paths. The VMM appends a
 // clearcpuid= option for features this host cannot hide (vmm.LinuxClearCPUID).
@@ -44,56 +46,96 @@ func (o *guestOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.mem, "mem", "128M", "guest memory (K, M or G suffix)")
 }
 
-// load creates nothing; it reads the guest's files and returns a loader.
-func (o *guestOptions) load(vm *vmm.VM) (string, error) {
+// preparedGuest is a guest read from disk with its rdtsc/rdtscp sites
+// patched to trapping OUTs, ready to load into a VM.
+type preparedGuest struct {
+	name    string
+	bare    bool
+	kernel  []byte // patched vmlinux, or patched bare image
+	initrd  []byte
+	cmdline string
+	sites   *tscpatch.SiteTable
+	nsites  int
+	memory  uint64
+}
+
+// prepare reads the guest's files and patches its rdtsc sites.
+func (o *guestOptions) prepare() (*preparedGuest, error) {
+	memBytes, err := parseSize(o.mem)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--mem: %w", err)}
+	}
+	g := &preparedGuest{memory: memBytes}
+	limit := int64(memBytes)
+	var sites []tscpatch.Site
 	switch {
 	case o.image != "" && o.bareName != "":
-		return "", usageError{errors.New("--image and --bare are exclusive")}
+		return nil, usageError{errors.New("--image and --bare are exclusive")}
 	case o.image != "" || o.bareName != "":
 		if o.kernel != "" || o.initrd != "" {
-			return "", usageError{errors.New("--kernel/--initrd do not apply to a bare guest")}
+			return nil, usageError{errors.New("--kernel/--initrd do not apply to a bare guest")}
 		}
-		var img []byte
-		name := o.image
+		g.bare = true
 		if o.bareName != "" {
 			b, err := bare.Build(o.bareName)
 			if err != nil {
-				return "", err
+				return nil, err
 			}
-			img, name = b.Binary, "bare guest "+o.bareName
+			g.kernel, g.name = b.Binary, "bare guest "+o.bareName
 		} else {
-			var err error
-			if img, err = vmm.ReadFileLimited(o.image, int64(vm.Memory().Size())); err != nil {
-				return "", err
+			if g.kernel, err = vmm.ReadFileLimited(o.image, limit); err != nil {
+				return nil, err
+			}
+			g.name = "bare guest " + o.image
+		}
+		if sites, err = tscpatch.ScanFlat(g.kernel, vmm.BareLoadAddr); err != nil {
+			return nil, fmt.Errorf("scanning %s for rdtsc: %w", g.name, err)
+		}
+	default:
+		kernel, initrd := o.kernel, o.initrd
+		if kernel == "" {
+			kernel = filepath.Join(o.guestDir, "vmlinux")
+			if initrd == "" {
+				initrd = filepath.Join(o.guestDir, "initramfs.cpio")
+			}
+			if _, err := os.Stat(kernel); err != nil {
+				return nil, fmt.Errorf("the example guest is not built (%v): run 'make guest' first, or pass --kernel", err)
 			}
 		}
-		return name, vm.LoadBare(img)
-	}
-	kernel, initrd := o.kernel, o.initrd
-	if kernel == "" {
-		kernel = filepath.Join(o.guestDir, "vmlinux")
-		if initrd == "" {
-			initrd = filepath.Join(o.guestDir, "initramfs.cpio")
+		if g.kernel, err = vmm.ReadFileLimited(kernel, limit); err != nil {
+			return nil, fmt.Errorf("reading kernel: %w", err)
 		}
-		if _, err := os.Stat(kernel); err != nil {
-			return "", fmt.Errorf("the example guest is not built (%v): run 'make guest' first, or pass --kernel", err)
+		if initrd != "" {
+			if g.initrd, err = vmm.ReadFileLimited(initrd, limit); err != nil {
+				return nil, fmt.Errorf("reading initrd: %w", err)
+			}
 		}
-	}
-	limit := int64(vm.Memory().Size())
-	k, err := vmm.ReadFileLimited(kernel, limit)
-	if err != nil {
-		return "", fmt.Errorf("reading kernel: %w", err)
-	}
-	var rd []byte
-	if initrd != "" {
-		if rd, err = vmm.ReadFileLimited(initrd, limit); err != nil {
-			return "", fmt.Errorf("reading initrd: %w", err)
+		g.name, g.cmdline = "Linux "+kernel, o.cmdline
+		if err := vmm.CheckKernel(g.kernel); err != nil {
+			return nil, fmt.Errorf("%s: %w", kernel, err)
+		}
+		if sites, err = tscpatch.Scan(g.kernel); err != nil {
+			return nil, fmt.Errorf("%s: finding rdtsc sites: %w", kernel, err)
 		}
 	}
-	if err := vm.LoadLinux(vmm.LinuxSpec{Kernel: k, Initrd: rd, Cmdline: o.cmdline}); err != nil {
-		return "", fmt.Errorf("%s: %w", kernel, err)
+	if len(sites) > 0 {
+		if g.kernel, err = tscpatch.Patch(g.kernel, sites, tscpatch.DefaultRDTSCPort, tscpatch.DefaultRDTSCPPort); err != nil {
+			return nil, fmt.Errorf("patching rdtsc sites of %s: %w", g.name, err)
+		}
+		if g.sites, err = tscpatch.NewSiteTable(sites, tscpatch.DefaultRDTSCPort, tscpatch.DefaultRDTSCPPort); err != nil {
+			return nil, err
+		}
 	}
-	return "Linux " + kernel, nil
+	g.nsites = len(sites)
+	return g, nil
+}
+
+// load puts the prepared guest into vm.
+func (g *preparedGuest) load(vm *vmm.VM) error {
+	if g.bare {
+		return vm.LoadBare(g.kernel)
+	}
+	return vm.LoadLinux(vmm.LinuxSpec{Kernel: g.kernel, Initrd: g.initrd, Cmdline: g.cmdline})
 }
 
 func parseSize(s string) (uint64, error) {
@@ -122,40 +164,60 @@ func cmdRun(ctx context.Context, args []string) (int, error) {
 	o.register(fs)
 	timeout := fs.Duration("timeout", 0, "stop the guest after this long (0: no limit)")
 	quiet := fs.Bool("q", false, "no progress or summary lines on stderr")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0, nil
-		}
-		return 2, usageError{err}
+	if err := parseFlags(fs, args); err != nil {
+		return 2, err
 	}
-	if fs.NArg() > 0 {
-		return 2, usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
-	}
-	memBytes, err := parseSize(o.mem)
+	g, err := o.prepare()
 	if err != nil {
-		return 2, usageError{fmt.Errorf("--mem: %w", err)}
+		return 1, err
 	}
-	vm, err := vmm.New(vmm.Config{MemoryBytes: memBytes, Console: os.Stdout, ConsoleInput: os.Stdin})
+	vm, err := vmm.New(vmm.Config{MemoryBytes: g.memory, Console: os.Stdout, ConsoleInput: os.Stdin, TSCSites: g.sites})
 	if err != nil {
 		return 1, err
 	}
 	defer vm.Close()
-	what, err := o.load(vm)
-	if err != nil {
+	if err := g.load(vm); err != nil {
 		return 1, err
 	}
-	info := func(format string, a ...any) {
-		if !*quiet {
+	info := infof(*quiet)
+	info("booting %s with %d MiB (%d rdtsc sites patched)", g.name, g.memory>>20, g.nsites)
+	ctx, cancel := withTimeout(ctx, *timeout)
+	defer cancel()
+	res, err := vm.Run(ctx)
+	return report(info, res, err)
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
+	}
+	return nil
+}
+
+func infof(quiet bool) func(string, ...any) {
+	return func(format string, a ...any) {
+		if !quiet {
 			fmt.Fprintf(os.Stderr, "ftvm: "+format+"\n", a...)
 		}
 	}
-	info("booting %s with %d MiB", what, memBytes>>20)
-	if *timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, *timeout)
-		defer cancel()
+}
+
+func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d > 0 {
+		return context.WithTimeout(ctx, d)
 	}
-	res, err := vm.Run(ctx)
+	return context.WithCancel(ctx)
+}
+
+// report turns a run's outcome into ftvm's exit status: the guest's status
+// byte, 0 for a power-off, 3 for a reset request, 1 for an error.
+func report(info func(string, ...any), res vmm.Result, err error) (int, error) {
 	summary := fmt.Sprintf("%.1fs, %d exits, %d interrupts injected", res.Duration.Seconds(), res.Stats.SyncExits(), res.Stats.Interrupts)
 	if err != nil {
 		info("stopped after %s", summary)

@@ -64,3 +64,5 @@ func (s *sequence) advance(ev *logpb.Event) {
 	s.exits = ev.GetExits()
 	_, s.ended = ev.GetKind().(*logpb.Event_End)
 }
+
+func crcOf(p []byte) uint32 { return crc32.Checksum(p, castagnoli) }

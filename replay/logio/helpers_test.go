@@ -3,6 +3,7 @@ package logio
 import (
 	"bytes"
 	"crypto/sha256"
+	"io"
 	"testing"
 
 	"github.com/ftkvm/ftkvm/replay/logpb"
@@ -55,6 +56,10 @@ func testEvents(n int) []*logpb.Event {
 					},
 					Input: []byte{byte(i)},
 				}}
+				if i == 10 {
+					// One record over 127 bytes: a two-byte length prefix.
+					ev.GetDeliver().Input = bytes.Repeat([]byte("x"), 200)
+				}
 			case 3:
 				ev.Kind = &logpb.Event_Inject{Inject: 0x20 + uint32(i%16)}
 			case 4:
@@ -121,7 +126,7 @@ func readAll(data []byte) (*Reader, []*logpb.Event, error) {
 	for {
 		ev, err := r.Next()
 		if err != nil {
-			if err.Error() == "EOF" {
+			if err == io.EOF {
 				return r, evs, nil
 			}
 			return r, evs, err

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"slices"
 
@@ -176,7 +175,7 @@ func (r *Reader) readRecord() ([]byte, error) {
 		return truncated("CRC32C", err)
 	}
 	want := binary.LittleEndian.Uint32(sum[:])
-	if have := crc32.Checksum(r.buf, castagnoli); have != want {
+	if have := crcOf(r.buf); have != want {
 		return fail(ErrCorrupt, "CRC32C 0x%08x of the payload != 0x%08x stored", have, want)
 	}
 	return r.buf, nil

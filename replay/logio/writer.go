@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 
 	"google.golang.org/protobuf/proto"
@@ -20,7 +19,8 @@ var errClosed = errors.New("logio: writer is closed")
 type Writer struct {
 	dst     io.Writer
 	bw      *bufio.Writer
-	buf     []byte // marshal buffer, reused across records
+	buf     []byte                      // marshal buffer, reused across records
+	frame   [binary.MaxVarintLen64]byte // length prefix and CRC; a local would escape
 	n       int64
 	seq     sequence
 	records int
@@ -82,11 +82,10 @@ func (w *Writer) record(m proto.Message) error {
 	if len(w.buf) > MaxPayload {
 		return fmt.Errorf("%w: payload of %d bytes exceeds %d", ErrTooLarge, len(w.buf), MaxPayload)
 	}
-	var frame [binary.MaxVarintLen64]byte
-	w.write(frame[:binary.PutUvarint(frame[:], uint64(len(w.buf)))])
+	w.write(w.frame[:binary.PutUvarint(w.frame[:], uint64(len(w.buf)))])
 	w.write(w.buf)
-	binary.LittleEndian.PutUint32(frame[:4], crc32.Checksum(w.buf, castagnoli))
-	w.write(frame[:4])
+	binary.LittleEndian.PutUint32(w.frame[:4], crcOf(w.buf))
+	w.write(w.frame[:4])
 	if w.err != nil {
 		return w.err
 	}

@@ -1,0 +1,208 @@
+package main
+
+import (
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/ftkvm/ftkvm/replay/logio"
+	"github.com/ftkvm/ftkvm/replay/logpb"
+	"github.com/ftkvm/ftkvm/vmm"
+)
+
+const inspectUsage = `usage: ftvm inspect [--events N] FILE
+
+Print a recorded log's header, its events counted and sized by kind, and how
+it ended. A damaged log is reported after what could be read of it.
+`
+
+func cmdInspect(args []string) (int, error) { return inspect(os.Stdout, args) }
+
+// inspect implements `ftvm inspect`, printing to w.
+func inspect(w io.Writer, args []string) (int, error) {
+	fs := flag.NewFlagSet("inspect", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), inspectUsage)
+		fs.PrintDefaults()
+	}
+	nEvents := fs.Int("events", 0, "also print the first `N` events, one per line")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, nil
+		}
+		return 2, usageError{err}
+	}
+	if fs.NArg() != 1 {
+		return 2, usageError{fmt.Errorf("want one log FILE, got %d arguments", fs.NArg())}
+	}
+	if *nEvents < 0 {
+		return 2, usageError{fmt.Errorf("--events %d: must not be negative", *nEvents)}
+	}
+	name := fs.Arg(0)
+
+	f, err := os.Open(name)
+	if err != nil {
+		return 1, err
+	}
+	defer f.Close()
+	r, err := logio.NewReader(f)
+	if err != nil {
+		return 1, fmt.Errorf("%s: %w", name, err)
+	}
+	headerBytes := r.Offset()
+	printHeader(w, name, r.Header())
+
+	var s logio.Summary
+	var damage error
+	for {
+		start := r.Offset()
+		ev, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			damage = err
+			break
+		}
+		if s.Events < *nEvents {
+			if s.Events == 0 {
+				fmt.Fprintf(w, "\nfirst events:\n")
+			}
+			fmt.Fprintf(w, "%8d  exits %-10d %s\n", ev.GetSeq(), ev.GetExits(), formatEvent(ev))
+		}
+		s.Add(ev, r.Offset()-start)
+	}
+	s.Bytes = headerBytes + s.EventBytes // the intact part
+	printSummary(w, &s, headerBytes)
+	if damage != nil {
+		fmt.Fprintf(w, "damaged    %v\n", damage)
+		return 1, fmt.Errorf("%s: damaged log, read %d of its events: %w", name, s.Events, damage)
+	}
+	return 0, nil
+}
+
+func printHeader(w io.Writer, name string, h *logpb.Header) {
+	fmt.Fprintf(w, "log        %s\n", name)
+	fmt.Fprintf(w, "version    %d\n", h.GetVersion())
+	fmt.Fprintf(w, "memory     %s\n", mib(h.GetMemoryBytes()))
+	fmt.Fprintf(w, "cmdline    %q\n", h.GetCmdline())
+	fmt.Fprintf(w, "kernel     %s\n", shortHash(h.GetKernelSha256()))
+	fmt.Fprintf(w, "initrd     %s\n", shortHash(h.GetInitrdSha256()))
+	fmt.Fprintf(w, "image      %s\n", shortHash(h.GetImageSha256()))
+	fmt.Fprintf(w, "cpuid      %s\n", shortHash(h.GetCpuidSha256()))
+	fmt.Fprintf(w, "verify     %t\n", h.GetVerify())
+	fmt.Fprintf(w, "rdtsc      %d patched sites\n", h.GetRdtscSites())
+	fmt.Fprintf(w, "recorder   %q\n", h.GetRecorder())
+	fmt.Fprintf(w, "epoch      %s\n", time.Unix(0, h.GetEpochUnixNano()).UTC().Format(time.RFC3339Nano))
+}
+
+func printSummary(w io.Writer, s *logio.Summary, headerBytes int64) {
+	fmt.Fprintf(w, "\n%-18s %10s %7s %12s %7s\n", "kind", "events", "%", "bytes", "%")
+	for k := range logio.NumKinds {
+		ks := s.Kinds[k]
+		fmt.Fprintf(w, "%-18s %10d %7s %12d %7s\n", k, ks.Events, percent(int64(ks.Events), int64(s.Events)),
+			ks.Bytes, percent(ks.Bytes, s.EventBytes))
+	}
+	fmt.Fprintf(w, "%-18s %10d %7s %12d %7s\n", "total", s.Events, "", s.EventBytes, "")
+	fmt.Fprintf(w, "\nsize       %d bytes: %d of header, %d of events\n", s.Bytes, headerBytes, s.EventBytes)
+	if s.Events > 0 {
+		fmt.Fprintf(w, "exits      %d .. %d (%d)\n", s.FirstExits, s.LastExits, s.LastExits-s.FirstExits)
+	}
+	if e := s.End; e != nil {
+		fmt.Fprintf(w, "end        %s, status %d, fingerprint %s\n", vmm.StopReason(e.GetReason()), e.GetStatus(),
+			orNone(hex.EncodeToString(e.GetFingerprint().GetSha256())))
+		if e.GetError() != "" {
+			fmt.Fprintf(w, "error      %s\n", e.GetError())
+		}
+	} else {
+		fmt.Fprintf(w, "end        none: the recording is incomplete\n")
+	}
+}
+
+// formatEvent renders an event's kind and content on one line.
+func formatEvent(ev *logpb.Event) string {
+	switch k := ev.GetKind().(type) {
+	case *logpb.Event_Clock:
+		return fmt.Sprintf("clock   %v", time.Duration(k.Clock))
+	case *logpb.Event_Deliver:
+		d := k.Deliver
+		var b strings.Builder
+		b.WriteString("deliver")
+		if lm := d.GetLandmark(); lm != nil {
+			fmt.Fprintf(&b, " at rip %#x rflags %#x, %d pages", lm.GetRip(), lm.GetRflags(), len(lm.GetPages()))
+		} else {
+			b.WriteString(" at the exit")
+		}
+		if d.GetTimer() {
+			b.WriteString(", timer")
+		}
+		if in := d.GetInput(); len(in) > 0 {
+			fmt.Fprintf(&b, ", input %s", quoteBytes(in))
+		}
+		return b.String()
+	case *logpb.Event_Inject:
+		return fmt.Sprintf("inject  vector %#x", k.Inject)
+	case *logpb.Event_Tsc:
+		return fmt.Sprintf("tsc     %d", k.Tsc)
+	case *logpb.Event_Read:
+		space := "pio"
+		if k.Read.GetMmio() {
+			space = "mmio"
+		}
+		return fmt.Sprintf("read    %s %#x = %x", space, k.Read.GetAddr(), k.Read.GetData())
+	case *logpb.Event_Fingerprint:
+		return "fingerprint " + shortHash(k.Fingerprint.GetSha256())
+	case *logpb.Event_End:
+		e := k.End
+		s := fmt.Sprintf("end     %s, status %d, fingerprint %s", vmm.StopReason(e.GetReason()), e.GetStatus(),
+			shortHash(e.GetFingerprint().GetSha256()))
+		if e.GetError() != "" {
+			s += fmt.Sprintf(", error %q", e.GetError())
+		}
+		return s
+	}
+	return "(no kind)"
+}
+
+// quoteBytes quotes console input, eliding all but the first 32 bytes.
+func quoteBytes(p []byte) string {
+	const max = 32
+	if len(p) <= max {
+		return fmt.Sprintf("%q", p)
+	}
+	return fmt.Sprintf("%q… (%d bytes)", p[:max], len(p))
+}
+
+func shortHash(h []byte) string {
+	s := hex.EncodeToString(h)
+	if len(s) > 12 {
+		s = s[:12]
+	}
+	return orNone(s)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func mib(n uint64) string {
+	if n%(1<<20) == 0 {
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%.1f MiB (%d bytes)", float64(n)/(1<<20), n)
+}
+
+func percent(part, whole int64) string {
+	if whole == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f%%", 100*float64(part)/float64(whole))
+}

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ftkvm/ftkvm/replay/logio"
+	"github.com/ftkvm/ftkvm/replay/logpb"
+)
+
+// writeTestLog writes a small log of every kind of event and returns its
+// path and bytes.
+func writeTestLog(t *testing.T) (string, []byte) {
+	t.Helper()
+	h := &logpb.Header{
+		Version:       1,
+		CpuidSha256:   bytes.Repeat([]byte{0xc1}, 32),
+		MemoryBytes:   128 << 20,
+		KernelSha256:  append([]byte{0x3f, 0xa2, 0xc1, 0x04, 0x05, 0x06}, make([]byte, 26)...),
+		Cmdline:       "console=ttyS0 quiet",
+		EpochUnixNano: 1_700_000_000_000_000_000,
+		Verify:        true,
+		RdtscSites:    7,
+		Recorder:      "ftvm test",
+	}
+	events := []*logpb.Event{
+		{Kind: &logpb.Event_Clock{Clock: 1_500_000}},
+		{Kind: &logpb.Event_Deliver{Deliver: &logpb.Deliver{Timer: true}}},
+		{Kind: &logpb.Event_Deliver{Deliver: &logpb.Deliver{Landmark: &logpb.Landmark{Rip: 0x1000, Pages: []uint32{1, 2}}, Input: []byte("ls\n")}}},
+		{Kind: &logpb.Event_Inject{Inject: 0x20}},
+		{Kind: &logpb.Event_Tsc{Tsc: 99}},
+		{Kind: &logpb.Event_Read{Read: &logpb.Read{Addr: 0x3f8, Data: []byte{0x41}}}},
+		{Kind: &logpb.Event_Fingerprint{Fingerprint: &logpb.Fingerprint{Sha256: bytes.Repeat([]byte{0xab}, 32)}}},
+		{Kind: &logpb.Event_Clock{Clock: 2_000_000}},
+		{Kind: &logpb.Event_End{End: &logpb.End{Reason: 1, Status: 3, Fingerprint: &logpb.Fingerprint{Sha256: bytes.Repeat([]byte{0xee}, 32)}}}},
+	}
+	path := filepath.Join(t.TempDir(), "run.ftlog")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := logio.NewWriter(f, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, ev := range events {
+		ev.Seq, ev.Exits = uint64(i+1), 100+uint64(i)*10
+		if err := w.Append(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, data
+}
+
+func runInspect(t *testing.T, args ...string) (string, int, error) {
+	t.Helper()
+	var out bytes.Buffer
+	code, err := inspect(&out, args)
+	return out.String(), code, err
+}
+
+func wantLines(t *testing.T, out string, lines ...string) {
+	t.Helper()
+	for _, l := range lines {
+		if !strings.Contains(out, l) {
+			t.Errorf("output lacks %q:\n%s", l, out)
+		}
+	}
+}
+
+func TestInspect(t *testing.T) {
+	path, _ := writeTestLog(t)
+	out, code, err := runInspect(t, path)
+	if err != nil || code != 0 {
+		t.Fatalf("inspect = %d, %v", code, err)
+	}
+	wantLines(t, out,
+		"version    1\n",
+		"memory     128 MiB\n",
+		`cmdline    "console=ttyS0 quiet"`,
+		"kernel     3fa2c1040506\n",
+		"initrd     -\n",
+		"cpuid      c1c1c1c1c1c1\n",
+		"verify     true\n",
+		"rdtsc      7 patched sites\n",
+		`recorder   "ftvm test"`,
+		"epoch      2023-11-14T22:13:20Z\n",
+		"total                       9",
+		"exits      100 .. 180 (80)\n",
+		"end        exit port, status 3, fingerprint "+strings.Repeat("ee", 32)+"\n",
+	)
+	// Counts and percentages by kind: 2 of 9 events are clock reads.
+	for _, kind := range []struct {
+		name, count string
+	}{{"clock", "2   22.2%"}, {"deliver", "1   11.1%"}, {"deliver+landmark", "1   11.1%"}, {"inject", "1   11.1%"},
+		{"tsc", "1   11.1%"}, {"read", "1   11.1%"}, {"fingerprint", "1   11.1%"}, {"end", "1   11.1%"}} {
+		found := false
+		for _, line := range strings.Split(out, "\n") {
+			f := strings.Fields(line)
+			if len(f) == 5 && f[0] == kind.name && strings.Join(f[1:3], "   ") == kind.count {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no table line for %s with %s:\n%s", kind.name, kind.count, out)
+		}
+	}
+	if strings.Contains(out, "first events") {
+		t.Error("events listed without --events")
+	}
+}
+
+func TestInspectEvents(t *testing.T) {
+	path, _ := writeTestLog(t)
+	out, code, err := runInspect(t, "--events", "4", path)
+	if err != nil || code != 0 {
+		t.Fatalf("inspect = %d, %v", code, err)
+	}
+	wantLines(t, out,
+		"       1  exits 100        clock   1.5ms\n",
+		"       2  exits 110        deliver at the exit, timer\n",
+		"       3  exits 120        deliver at rip 0x1000 rflags 0x0, 2 pages, input \"ls\\n\"\n",
+		"       4  exits 130        inject  vector 0x20\n",
+	)
+	if strings.Contains(out, "tsc     99") {
+		t.Errorf("--events 4 printed a fifth event:\n%s", out)
+	}
+}
+
+func TestInspectDamaged(t *testing.T) {
+	path, data := writeTestLog(t)
+	// Cut the log in the middle of its last record.
+	if err := os.WriteFile(path, data[:len(data)-10], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code, err := runInspect(t, path)
+	if code == 0 || !errors.Is(err, logio.ErrTruncated) {
+		t.Fatalf("inspect of a cut log = %d, %v; want non-zero, ErrTruncated", code, err)
+	}
+	if !strings.Contains(err.Error(), "record 9") {
+		t.Errorf("error %q does not name the damaged record", err)
+	}
+	wantLines(t, out, "memory     128 MiB\n", "total                       8", "end        none", "damaged    ")
+}
+
+func TestInspectNotALog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x")
+	if err := os.WriteFile(path, []byte("\x7fELF\x02\x01\x01"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := inspect(&bytes.Buffer{}, []string{path}); code == 0 || !errors.Is(err, logio.ErrBadMagic) {
+		t.Errorf("inspect = %d, %v; want non-zero, ErrBadMagic", code, err)
+	}
+}
+
+func TestInspectUsage(t *testing.T) {
+	for _, args := range [][]string{{}, {"a", "b"}, {"--events", "x", "f"}, {"--events", "-1", "f"}, {"--bogus", "f"}} {
+		code, err := inspect(&bytes.Buffer{}, args)
+		var ue usageError
+		if code != 2 || !errors.As(err, &ue) {
+			t.Errorf("inspect %q = %d, %v; want 2, a usage error", args, code, err)
+		}
+	}
+}

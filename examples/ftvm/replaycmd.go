@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/ftkvm/ftkvm/replay"
+	"github.com/ftkvm/ftkvm/replay/logio"
+	"github.com/ftkvm/ftkvm/vmm"
+)
+
+func cmdReplay(ctx context.Context, args []string) (int, error) {
+	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
+	var o guestOptions
+	o.register(fs)
+	console := fs.Bool("console", false, "show the guest's console output (off: a replay's output is the recording's)")
+	timeout := fs.Duration("timeout", 0, "stop the replay after this long (0: no limit)")
+	quiet := fs.Bool("q", false, "no progress or summary lines on stderr")
+	// The log file is the one positional argument, before or after flags.
+	var file string
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		file, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, nil
+		}
+		return 2, usageError{err}
+	}
+	if file == "" && fs.NArg() == 1 {
+		file = fs.Arg(0)
+	} else if fs.NArg() > 0 || file == "" {
+		return 2, usageError{fmt.Errorf("usage: ftvm replay FILE [guest flags]")}
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return 1, err
+	}
+	defer f.Close()
+	lr, err := logio.NewReader(f)
+	if err != nil {
+		return 1, fmt.Errorf("%s: %w", file, err)
+	}
+	g, err := o.prepare()
+	if err != nil {
+		return 1, err
+	}
+	recorded := lr.Header()
+	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: lr})
+	if err != nil {
+		return 1, err
+	}
+	var out io.Writer = io.Discard
+	if *console {
+		out = os.Stdout
+	}
+	epoch := time.Unix(0, recorded.EpochUnixNano)
+	vm, err := vmm.New(vmm.Config{MemoryBytes: g.memory, Console: out, Clock: rp.Clock(), Driver: rp, TSCSites: g.sites, Epoch: epoch})
+	if err != nil {
+		return 1, err
+	}
+	defer vm.Close()
+	if err := g.load(vm); err != nil {
+		return 1, err
+	}
+	if err := logio.CompareHeaders(recorded, header(g, vm, epoch, recorded.Verify)); err != nil {
+		return 1, fmt.Errorf("%s cannot replay on this VM: %w", file, err)
+	}
+	info := infof(*quiet)
+	info("replaying %s on %s", file, g.name)
+	ctx, cancel := withTimeout(ctx, *timeout)
+	defer cancel()
+	res, runErr := vm.Run(ctx)
+	st := rp.Stats()
+	info("replayed %d events, %d landmarks located with %d single steps", st.Events, st.Landmarks, st.Steps)
+	code, err := report(info, res, runErr)
+	if err == nil {
+		info("replay reached the recorded end state")
+	}
+	printFingerprint(vm)
+	return code, err
+}
