@@ -209,7 +209,7 @@ func (r *Replayer) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 			r.stats.Fingerprints++
 		case *logpb.Event_Deliver:
 			if k.Deliver.Landmark != nil {
-				r.target, r.phase, r.steps = ev, 0, 0
+				r.target, r.phase, r.steps, r.near = ev, 0, 0, ""
 				return delivered, nil
 			}
 			r.consume()
@@ -232,7 +232,7 @@ func (r *Replayer) atCandidate(vm *vmm.VM, p vmm.Point) (bool, error) {
 		if near == "" {
 			near = "RIP never matched"
 		}
-		return false, r.diverge(p, ev.Seq, fmt.Sprintf("the replay reached a synchronous exit before the landmark (%d steps; %s)", r.steps, near),
+		return false, r.diverge(p, ev.Seq, fmt.Sprintf("the replay reached a synchronous exit (%s) before the landmark (%d steps; %s)", vm.LastExit(), r.steps, near),
 			fmt.Sprintf("RIP %#x after %d exits", lm.Rip, ev.Exits), fmt.Sprintf("exit %d", p.Exits))
 	}
 	if p.Kind == vmm.AtExit {
@@ -283,7 +283,19 @@ func (r *Replayer) atCandidate(vm *vmm.VM, p vmm.Point) (bool, error) {
 // being located: first complete the exit without running on (the primary
 // may have been kicked right there), then single-step.
 func (r *Replayer) NextEntry() vmm.EntryMode {
-	if r.target == nil || r.err != nil {
+	if r.err != nil {
+		return vmm.EntryRun
+	}
+	if r.target == nil && r.vm != nil {
+		// A landmark can follow other events at the same exit: the
+		// primary injected at the exit and was kicked before the vector
+		// reached the guest, so the landmark is zero instructions on.
+		p := r.vm.Point()
+		if ev := r.peek(); ev != nil && ev.Exits == p.Exits && ev.GetDeliver().GetLandmark() != nil {
+			r.target, r.phase, r.steps, r.near = ev, 0, 0, ""
+		}
+	}
+	if r.target == nil {
 		return vmm.EntryRun
 	}
 	if r.phase == 0 {

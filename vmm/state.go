@@ -30,11 +30,21 @@ func (v *VM) DirtyPages() ([]uint32, error) {
 	return pages, nil
 }
 
-// HashPages hashes the listed page frames' numbers and contents. Frames
-// outside guest memory are an error (a log naming them is not ours).
+// HashPages hashes the listed page frames' numbers and contents, for a
+// landmark. In the pages of the current paging hierarchy (PageTablePages)
+// the Accessed and Dirty bits of every entry are left out: the processor
+// sets them as it walks the tables, and under shadow paging (kvm_pvm) they
+// reach guest memory at moments that differ between a free run and a
+// single-stepped one, so they do not describe an instruction boundary.
+// Frames outside guest memory are an error (a log naming them is not ours).
 func (v *VM) HashPages(pages []uint32) ([32]byte, error) {
+	tables, err := v.PageTablePages()
+	if err != nil {
+		return [32]byte{}, err
+	}
 	h := sha256.New()
 	var n [4]byte
+	masked := make([]byte, pageSize)
 	for _, pfn := range pages {
 		page, err := v.mem.Slice(GuestAddress(uint64(pfn)*pageSize), pageSize)
 		if err != nil {
@@ -42,6 +52,13 @@ func (v *VM) HashPages(pages []uint32) ([32]byte, error) {
 		}
 		binary.LittleEndian.PutUint32(n[:], pfn)
 		h.Write(n[:])
+		if tables[pfn] {
+			for i := 0; i < pageSize; i += 8 {
+				e := binary.LittleEndian.Uint64(page[i:]) &^ (pteAccessed | pteDirty)
+				binary.LittleEndian.PutUint64(masked[i:], e)
+			}
+			page = masked
+		}
 		h.Write(page)
 	}
 	var out [32]byte
@@ -94,4 +111,47 @@ func (v *VM) Fingerprint() ([32]byte, error) {
 	var out [32]byte
 	copy(out[:], h.Sum(nil))
 	return out, nil
+}
+
+const (
+	pteAccessed = 1 << 5
+	pteDirty    = 1 << 6
+	pteAddrMask = 0x000F_FFFF_FFFF_F000
+)
+
+// PageTablePages returns the page frames of the vCPU's current 4-level
+// paging hierarchy (from CR3: PML4, page-directory-pointer tables, page
+// directories and page tables), or none when paging is off. Entries that
+// point outside guest memory are skipped, so a hostile guest's tables
+// cannot make the walk read outside it.
+func (v *VM) PageTablePages() (map[uint32]bool, error) {
+	sregs, err := v.Sregs()
+	if err != nil {
+		return nil, err
+	}
+	tables := map[uint32]bool{}
+	if sregs.CR0&cr0PG == 0 || sregs.EFER&eferLMA == 0 {
+		return tables, nil
+	}
+	var walk func(addr uint64, level int)
+	walk = func(addr uint64, level int) {
+		pfn := uint32(addr / pageSize)
+		if addr+pageSize > v.mem.Size() || tables[pfn] {
+			return
+		}
+		tables[pfn] = true
+		if level == 1 {
+			return
+		}
+		page, _ := v.mem.Slice(GuestAddress(addr), pageSize)
+		for i := 0; i < pageSize; i += 8 {
+			e := binary.LittleEndian.Uint64(page[i:])
+			if e&pteP == 0 || (level <= 3 && e&ptePS != 0) {
+				continue // not present, or a 1 GiB / 2 MiB page
+			}
+			walk(e&pteAddrMask, level-1)
+		}
+	}
+	walk(sregs.CR3&pteAddrMask, 4)
+	return tables, nil
 }

@@ -140,6 +140,7 @@ type VM struct {
 	tid          atomic.Int32
 	driver       Driver
 	point        Point
+	lastExit     Exit
 	inputBacklog []byte
 
 	stats Stats
@@ -405,6 +406,18 @@ func (v *VM) offerInput() {
 	}
 }
 
+// LastExit describes the most recent synchronous exit (for diagnostics).
+func (v *VM) LastExit() string {
+	e := v.lastExit
+	switch e.Kind {
+	case ExitIOIn, ExitIOOut:
+		return fmt.Sprintf("%v port %#x", e.Kind, e.Port)
+	case ExitMMIORead, ExitMMIOWrite:
+		return fmt.Sprintf("%v %#x", e.Kind, e.Addr)
+	}
+	return e.Kind.String()
+}
+
 // Point returns where the run is.
 func (v *VM) Point() Point { return v.point }
 
@@ -517,6 +530,7 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 			continue
 		}
 		v.point = Point{Exits: v.point.Exits + 1, Kind: AtExit}
+		v.lastExit = exit
 		v.stats.Exits[exit.Kind]++
 		if stop := v.handleExit(ctx, exit); stop != nil {
 			if stop.err != nil {

@@ -311,3 +311,17 @@ func TestGuestSeesCPUIDTable(t *testing.T) {
 		}
 	}
 }
+
+type stepDriver struct{ vmm.LiveDriver }
+
+func (s *stepDriver) NextEntry() vmm.EntryMode { return vmm.EntryStep }
+
+// TestSingleStepIsInvisibleToGuest: a replay single-steps towards
+// landmarks, so the guest must not see the trap flag (pushf would store
+// it in memory and the replay would diverge).
+func TestSingleStepIsInvisibleToGuest(t *testing.T) {
+	r := runBare(t, "pushf", vmm.Config{Driver: &stepDriver{}}, time.Minute, nil)
+	wantExit(t, r, 0)
+	r = runBare(t, "pushf", vmm.Config{}, time.Minute, nil)
+	wantExit(t, r, 0)
+}

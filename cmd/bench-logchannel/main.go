@@ -7,11 +7,17 @@
 //   - ack latency (Append to acked) median and 99th percentile;
 //   - compression ratio and cost of S2 and zstd on a log corpus.
 //
-// There is no recorded Linux-boot log yet, so the compression figures come
-// from a synthetic log-like corpus unless -log names a recorded one. A log
-// file is a sequence of entries, each an unsigned LEB128 varint length (as
-// encoding/binary.AppendUvarint writes it) followed by that many bytes,
-// with nothing before, between or after.
+// The compression figures come from a synthetic log-like corpus unless
+// -log names a recorded one, in either of two formats, told apart by the
+// first 8 bytes:
+//
+//   - an ftkvm event log as `ftvm record -o FILE` writes it (package
+//     replay/logio; it starts with the magic "FTKVMLOG"): each event,
+//     re-encoded with proto.Marshal, is one channel entry, as a recorder
+//     streaming to a backup would send it; the header record is left out;
+//   - otherwise, a sequence of entries, each an unsigned LEB128 varint
+//     length (as encoding/binary.AppendUvarint writes it) followed by that
+//     many bytes, with nothing before, between or after.
 //
 // Usage:
 //
@@ -37,8 +43,10 @@ import (
 	"time"
 
 	"github.com/ftkvm/ftkvm/logchannel"
+	"github.com/ftkvm/ftkvm/replay/logio"
 	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
+	"google.golang.org/protobuf/proto"
 )
 
 var (
@@ -47,7 +55,7 @@ var (
 	largeSize = flag.Int("large-size", 64<<10, "large entry size in bytes")
 	small     = flag.Int("small", 3_000_000, "32-byte entries per small-entry round")
 	latN      = flag.Int("lat", 20000, "ack latency samples")
-	logFile   = flag.String("log", "", "recorded log (uvarint length + bytes per entry) for the compression figures")
+	logFile   = flag.String("log", "", "recorded log for the compression figures: an ftkvm event log (ftvm record -o), or uvarint length + bytes per entry")
 	cpuProf   = flag.String("cpuprofile", "", "write a CPU profile to this file")
 )
 
@@ -337,6 +345,9 @@ func corpus() ([][]byte, string, error) {
 	}
 	defer f.Close()
 	br := bufio.NewReader(f)
+	if magic, _ := br.Peek(len(logio.Magic)); string(magic) == logio.Magic {
+		return eventLog(br)
+	}
 	var entries [][]byte
 	for {
 		n, err := binary.ReadUvarint(br)
@@ -359,6 +370,40 @@ func corpus() ([][]byte, string, error) {
 		return nil, "", fmt.Errorf("%s: no entries", *logFile)
 	}
 	return entries, "recorded log " + *logFile, nil
+}
+
+// eventLog reads an ftkvm event log (replay/logio format) and returns each
+// event's protobuf encoding as one entry.
+func eventLog(r io.Reader) ([][]byte, string, error) {
+	lr, err := logio.NewReader(r)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w", *logFile, err)
+	}
+	var entries [][]byte
+	ended := false
+	for {
+		ev, err := lr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, "", fmt.Errorf("%s: %w", *logFile, err)
+		}
+		b, err := proto.Marshal(ev)
+		if err != nil {
+			return nil, "", fmt.Errorf("%s: event %d: %w", *logFile, ev.GetSeq(), err)
+		}
+		entries = append(entries, b)
+		ended = ev.GetEnd() != nil
+	}
+	if len(entries) == 0 {
+		return nil, "", fmt.Errorf("%s: no events", *logFile)
+	}
+	src := fmt.Sprintf("ftkvm event log %s (%d bytes on disk, one entry per event)", *logFile, lr.Offset())
+	if !ended {
+		src += ", WITHOUT an End event (recording cut short)"
+	}
+	return entries, src, nil
 }
 
 // syntheticLog imitates a replay log: mostly small protobuf-like event
@@ -434,12 +479,20 @@ func compression(entries [][]byte, source string) error {
 		}
 		cur = binary.AppendUvarint(cur, uint64(len(e)))
 		cur = append(cur, e...)
-		total += len(e) + 1
 	}
 	frames = append(frames, cur)
-	fmt.Printf("\ncompression on the %s:\n%d entries, %.1f MiB, %d frames of <= %d KiB\n",
-		source, len(entries), float64(total)/(1<<20), len(frames), logchannel.DefaultBatchBytes>>10)
-	fmt.Printf("%-30s %8s %14s %14s\n", "codec", "ratio", "compress", "decompress")
+	for _, f := range frames {
+		total += len(f) // entries with their uvarint length prefixes
+	}
+	// A recorded log may be small (a Linux boot is a few hundred KiB), so
+	// the timings repeat the corpus until about corpusPassBytes have been
+	// processed; the ratio is the same for every pass.
+	const corpusPassBytes = 32 << 20
+	passes := max(1, (corpusPassBytes+total-1)/total)
+	fmt.Printf("\ncompression on the %s:\n%d entries (mean %.0f bytes), %.2f MiB, %d frames of <= %d KiB; timings over %d passes\n",
+		source, len(entries), float64(total-len(entries))/float64(len(entries)), float64(total)/(1<<20),
+		len(frames), logchannel.DefaultBatchBytes>>10, passes)
+	fmt.Printf("%-30s %8s %14s %14s %14s\n", "codec", "ratio", "compress", "decompress", "compress/entry")
 
 	zf, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
 	zd, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
@@ -459,27 +512,30 @@ func compression(entries [][]byte, source string) error {
 		var in, out int
 		var dst, back []byte
 		var tc, td time.Duration
-		for _, f := range frames {
-			t0 := time.Now()
-			dst = c.enc(dst[:cap(dst)], f)
-			tc += time.Since(t0)
-			t0 = time.Now()
-			var err error
-			back, err = c.dec(back[:cap(back)], dst)
-			td += time.Since(t0)
-			if err != nil || !bytes.Equal(back, f) {
-				return fmt.Errorf("%s: round trip failed: %v", c.name, err)
+		for p := 0; p < passes; p++ {
+			for _, f := range frames {
+				t0 := time.Now()
+				dst = c.enc(dst[:cap(dst)], f)
+				tc += time.Since(t0)
+				t0 = time.Now()
+				var err error
+				back, err = c.dec(back[:cap(back)], dst)
+				td += time.Since(t0)
+				if err != nil || !bytes.Equal(back, f) {
+					return fmt.Errorf("%s: round trip failed: %v", c.name, err)
+				}
+				in += len(f)
+				out += len(dst)
 			}
-			in += len(f)
-			out += len(dst)
 		}
-		fmt.Printf("%-30s %8.2f %9.0f MB/s %9.0f MB/s\n", c.name, float64(in)/float64(out),
-			float64(in)/tc.Seconds()/1e6, float64(in)/td.Seconds()/1e6)
+		fmt.Printf("%-30s %8.2f %9.0f MB/s %9.0f MB/s %11.0f ns\n", c.name, float64(in)/float64(out),
+			float64(in)/tc.Seconds()/1e6, float64(in)/td.Seconds()/1e6,
+			float64(tc)/float64(passes*len(entries)))
 	}
 	for _, c := range []logchannel.Compression{logchannel.CompressNone, logchannel.CompressS2} {
 		var ds []float64
 		for i := 0; i < *rounds; i++ {
-			d, bytes, err := pump(benchConfig(c), len(entries), func(i int) []byte { return entries[i] })
+			d, bytes, err := pump(benchConfig(c), passes*len(entries), func(i int) []byte { return entries[i%len(entries)] })
 			if err != nil {
 				return err
 			}

@@ -1,0 +1,327 @@
+package suite
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ftkvm/ftkvm/guest/bare"
+	"github.com/ftkvm/ftkvm/replay"
+	"github.com/ftkvm/ftkvm/replay/logio"
+	"github.com/ftkvm/ftkvm/replay/logpb"
+	"github.com/ftkvm/ftkvm/replay/tscpatch"
+	"github.com/ftkvm/ftkvm/vmm"
+)
+
+const memBytes = 16 << 20
+
+func requireKVM(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skipf("needs /dev/kvm: %v", err)
+	}
+}
+
+// guest is a bare test guest with its rdtsc sites patched.
+type guest struct {
+	name  string
+	image []byte
+	sites *tscpatch.SiteTable
+	n     int
+}
+
+func load(t *testing.T, name string) guest {
+	t.Helper()
+	img, err := bare.Build(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := guest{name: name, image: img.Binary}
+	sites, err := tscpatch.ScanFlat(img.Binary, vmm.BareLoadAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sites) > 0 {
+		if g.image, err = tscpatch.Patch(img.Binary, sites, tscpatch.DefaultRDTSCPort, tscpatch.DefaultRDTSCPPort); err != nil {
+			t.Fatal(err)
+		}
+		if g.sites, err = tscpatch.NewSiteTable(sites, tscpatch.DefaultRDTSCPort, tscpatch.DefaultRDTSCPPort); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.n = len(sites)
+	return g
+}
+
+type recording struct {
+	events      []*logpb.Event
+	console     string
+	fingerprint [32]byte
+	stats       replay.RecordStats
+	res         vmm.Result
+}
+
+// busyCore keeps the second core loaded while a recording runs, so host
+// timing differs from run to run.
+func busyCore(t *testing.T) func() {
+	var stop atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		x := uint64(1)
+		for !stop.Load() {
+			for i := 0; i < 10000; i++ {
+				x = x*6364136223846793005 + 1
+			}
+		}
+		_ = x
+	}()
+	return func() { stop.Store(true); <-done }
+}
+
+func record(t *testing.T, g guest, input string, rng *rand.Rand) recording {
+	t.Helper()
+	requireKVM(t)
+	log := &replay.MemLog{}
+	cfg := replay.RecorderConfig{
+		Sink:             log,
+		KickAfter:        time.Duration(rng.IntN(3000)+1) * time.Microsecond,
+		FingerprintEvery: uint64(rng.IntN(200) + 50),
+	}
+	if input != "" {
+		cfg.Input = strings.NewReader(input)
+	}
+	rec, err := replay.NewRecorder(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	vm, err := vmm.New(vmm.Config{MemoryBytes: memBytes, Console: &out, Clock: rec.Clock(), Driver: rec, TrackDirty: true, TSCSites: g.sites})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	if err := vm.LoadBare(g.image); err != nil {
+		t.Fatal(err)
+	}
+	stop := busyCore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	res, err := vm.Run(ctx)
+	cancel()
+	stop()
+	if err != nil {
+		t.Fatalf("recording %s: %v", g.name, err)
+	}
+	fp, err := vm.Fingerprint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recording{events: log.Events, console: out.String(), fingerprint: fp, stats: rec.Stats(), res: res}
+}
+
+type replayed struct {
+	console     string
+	fingerprint [32]byte
+	stats       replay.ReplayStats
+	err         error
+}
+
+func replayEvents(t *testing.T, g guest, src replay.Source) replayed {
+	t.Helper()
+	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	vm, err := vmm.New(vmm.Config{MemoryBytes: memBytes, Console: &out, Clock: rp.Clock(), Driver: rp, TSCSites: g.sites})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	if err := vm.LoadBare(g.image); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	_, err = vm.Run(ctx)
+	fp, _ := vm.Fingerprint()
+	return replayed{console: out.String(), fingerprint: fp, stats: rp.Stats(), err: err}
+}
+
+// TestReplayReachesRecordedState is the suite's core: every guest,
+// recorded under random host timing, replays to the recorded state,
+// twice.
+func TestReplayReachesRecordedState(t *testing.T) {
+	cases := []struct {
+		guest, input string
+		want         string // console must contain it
+		minLandmarks uint64
+		minTSC       uint64
+	}{
+		{guest: "spin_repeat", want: "spin_repeat: spins=", minLandmarks: 1},
+		{guest: "rep_movs", want: "rep_movs: sum="},
+		{guest: "pit_read", want: "pit_read: sum="},
+		{guest: "rdtsc_loop", want: "rdtsc_loop: sum=", minTSC: 4000},
+		{guest: "uart_irq", input: "replay me\n", want: "REPLAY ME\n"},
+		{guest: "hostile"},
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("random seed %d (set FTKVM_SUITE_SEED to repeat)", seed)
+	if s := os.Getenv("FTKVM_SUITE_SEED"); s != "" {
+		fmt.Sscan(s, &seed)
+	}
+	rng := rand.New(rand.NewPCG(seed, 0x5eed))
+	for _, c := range cases {
+		t.Run(c.guest, func(t *testing.T) {
+			g := load(t, c.guest)
+			rec := record(t, g, c.input, rng)
+			t.Logf("recorded %d events (%d landmarks, %d injections, %d rdtsc, %d clock, %d fingerprints) in %v; console %q",
+				len(rec.events), rec.stats.Landmarks, rec.stats.Injects, rec.stats.TSC, rec.stats.Clock, rec.stats.Fingerprints, rec.res.Duration, rec.console)
+			if !strings.Contains(rec.console, c.want) {
+				t.Fatalf("recording's console %q lacks %q", rec.console, c.want)
+			}
+			if rec.stats.Landmarks < c.minLandmarks {
+				t.Errorf("only %d landmarks: the test no longer exercises injection between exits", rec.stats.Landmarks)
+			}
+			if rec.stats.TSC < c.minTSC {
+				t.Errorf("only %d trapped rdtsc (want %d): patching missed sites (%d patched)", rec.stats.TSC, c.minTSC, g.n)
+			}
+			for i := 0; i < 2; i++ {
+				r := replayEvents(t, g, &replay.MemLog{Events: rec.events})
+				if r.err != nil {
+					t.Fatalf("replay %d: %v", i+1, r.err)
+				}
+				if r.fingerprint != rec.fingerprint {
+					t.Fatalf("replay %d ended in state %x, recording in %x", i+1, r.fingerprint, rec.fingerprint)
+				}
+				if r.console != rec.console {
+					t.Fatalf("replay %d console %q, recorded %q", i+1, r.console, rec.console)
+				}
+				t.Logf("replay %d: %d landmarks located with %d single steps", i+1, r.stats.Landmarks, r.stats.Steps)
+			}
+		})
+	}
+}
+
+// writeLog encodes a recording as a log file.
+func writeLog(t *testing.T, g guest, rec recording) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	sum := sha256.Sum256(g.image)
+	w, err := logio.NewWriter(&buf, &logpb.Header{Version: logio.FormatVersion, MemoryBytes: memBytes, ImageSha256: sum[:]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range rec.events {
+		if err := w.Append(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func replayFile(t *testing.T, g guest, file []byte) replayed {
+	t.Helper()
+	r, err := logio.NewReader(bytes.NewReader(file))
+	if err != nil {
+		return replayed{err: err}
+	}
+	return replayEvents(t, g, r)
+}
+
+// TestDamagedLogsAreRefused: corruption, truncation and reordering of a
+// log file each end the replay with an error naming the damage.
+func TestDamagedLogsAreRefused(t *testing.T) {
+	g := load(t, "pit_read")
+	rec := record(t, g, "", rand.New(rand.NewPCG(1, 2)))
+	file := writeLog(t, g, rec)
+	if r := replayFile(t, g, file); r.err != nil || r.fingerprint != rec.fingerprint {
+		t.Fatalf("intact log: %v", r.err)
+	}
+
+	corrupt := bytes.Clone(file)
+	corrupt[len(corrupt)/2] ^= 0x40
+	r := replayFile(t, g, corrupt)
+	if !errors.Is(r.err, logio.ErrCorrupt) {
+		t.Errorf("corrupted log: err = %v, want ErrCorrupt", r.err)
+	}
+
+	r = replayFile(t, g, file[:len(file)*2/3])
+	if !errors.Is(r.err, logio.ErrTruncated) && !errors.Is(r.err, replay.ErrDiverged) {
+		t.Errorf("truncated log: err = %v, want a truncation or divergence error", r.err)
+	}
+
+	// Reordered: swap two events and renumber them, so the file itself is
+	// well-formed; the replay must notice the inputs arrive out of place.
+	events := make([]*logpb.Event, len(rec.events))
+	for i, ev := range rec.events {
+		events[i] = &logpb.Event{Seq: ev.Seq, Exits: ev.Exits, Kind: ev.Kind}
+	}
+	i := len(events) / 2
+	for events[i].Exits == events[i+1].Exits {
+		i++
+	}
+	events[i].Kind, events[i+1].Kind = events[i+1].Kind, events[i].Kind
+	r = replayEvents(t, g, &replay.MemLog{Events: events})
+	if !errors.Is(r.err, replay.ErrDiverged) {
+		t.Errorf("reordered log: err = %v, want a divergence", r.err)
+	}
+	t.Logf("reordered: %v", r.err)
+}
+
+// TestTamperedInputIsCaught changes one recorded clock value: the file is
+// valid, but the replay must not end in a silent success.
+func TestTamperedInputIsCaught(t *testing.T) {
+	g := load(t, "pit_read")
+	rec := record(t, g, "", rand.New(rand.NewPCG(3, 4)))
+	events := make([]*logpb.Event, len(rec.events))
+	tampered := false
+	for i, ev := range rec.events {
+		events[i] = ev
+		if c, ok := ev.Kind.(*logpb.Event_Clock); ok && !tampered && i > len(rec.events)/3 {
+			events[i] = &logpb.Event{Seq: ev.Seq, Exits: ev.Exits, Kind: &logpb.Event_Clock{Clock: c.Clock + 7919}}
+			tampered = true
+		}
+	}
+	if !tampered {
+		t.Fatal("no clock event to tamper with")
+	}
+	r := replayEvents(t, g, &replay.MemLog{Events: events})
+	if !errors.Is(r.err, replay.ErrDiverged) {
+		t.Fatalf("tampered clock: err = %v (console %q), want a divergence", r.err, r.console)
+	}
+	t.Logf("tampered clock: %v", r.err)
+}
+
+// TestForeignLogIsRefused: a log recorded with another guest image, or
+// another CPUID table, does not replay.
+func TestForeignLogIsRefused(t *testing.T) {
+	a, b := load(t, "pit_read"), load(t, "rdtsc_loop")
+	sa, sb := sha256.Sum256(a.image), sha256.Sum256(b.image)
+	recorded := &logpb.Header{Version: 1, MemoryBytes: memBytes, ImageSha256: sa[:], CpuidSha256: []byte{1}}
+	if err := logio.CompareHeaders(recorded, &logpb.Header{Version: 1, MemoryBytes: memBytes, ImageSha256: sb[:], CpuidSha256: []byte{1}}); !errors.Is(err, logio.ErrConfigMismatch) || !strings.Contains(err.Error(), "image") {
+		t.Errorf("other image: %v", err)
+	}
+	if err := logio.CompareHeaders(recorded, &logpb.Header{Version: 1, MemoryBytes: memBytes, ImageSha256: sa[:], CpuidSha256: []byte{2}}); !errors.Is(err, logio.ErrConfigMismatch) || !strings.Contains(strings.ToLower(err.Error()), "cpuid") {
+		t.Errorf("other CPUID: %v", err)
+	}
+	// Replaying pit_read's events on rdtsc_loop (bypassing the header
+	// check) diverges at once.
+	rec := record(t, a, "", rand.New(rand.NewPCG(5, 6)))
+	if r := replayEvents(t, b, &replay.MemLog{Events: rec.events}); !errors.Is(r.err, replay.ErrDiverged) {
+		t.Errorf("foreign events: err = %v, want a divergence", r.err)
+	}
+}
