@@ -7,7 +7,7 @@ GUEST_DIR ?= $(CURDIR)/guest/out
 BIN       := $(CURDIR)/bin
 export FTKVM_GUEST_DIR := $(GUEST_DIR)
 
-.PHONY: all build guest demo test test-unit bench lint clean
+.PHONY: all build guest demo test test-unit bench lint proto clean
 
 all: build
 
@@ -31,12 +31,20 @@ test: build guest
 test-unit:
 	$(GO) test -count=1 -short ./...
 
+# Figures, measured side by side in one run each (see README).
 bench: build guest
 	$(GO) run ./cmd/bench-logchannel
+	$(BIN)/ftvm record -q -o $(BIN)/linux.log > /dev/null
+	$(GO) run ./cmd/bench-logchannel -log $(BIN)/linux.log
+	$(GO) run ./cmd/bench-replay
 
 lint:
 	gofmt -l . | tee /dev/stderr | (! read)
 	$(GO) vet ./...
+
+# Regenerate the event log's Go code (needs protoc and protoc-gen-go).
+proto:
+	protoc --go_out=. --go_opt=paths=source_relative replay/logpb/log.proto
 
 clean:
 	rm -rf $(BIN) $(GUEST_DIR)
