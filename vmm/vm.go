@@ -141,6 +141,7 @@ type VM struct {
 	driver       Driver
 	point        Point
 	lastExit     Exit
+	breakpoints  map[uint64]breakpoint // by linear address
 	inputBacklog []byte
 
 	stats Stats
@@ -467,6 +468,7 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 	stopWatch := context.AfterFunc(ctx, v.Kick)
 	defer stopWatch()
 	defer func() {
+		v.ClearBreakpoints()
 		res.Stats, res.Duration = v.stats, time.Since(began)
 		if derr := v.driver.Stop(v, v.point, res, err); derr != nil && err == nil {
 			err = derr
@@ -526,6 +528,11 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 			return Result{}, v.guestError("malformed exit", err.Error())
 		}
 		if exit.Kind == ExitDebug && stepping {
+			v.point.Kind = Stepped
+			continue
+		}
+		if exit.Kind == ExitInternalError && len(v.breakpoints) > 0 && v.hitBreakpoint() {
+			// A replay's own breakpoint: not a guest exit.
 			v.point.Kind = Stepped
 			continue
 		}
@@ -702,6 +709,86 @@ func (v *VM) trappedTSC(e Exit) *stopRun {
 	}
 	v.stats.TSCReads++
 	return nil
+}
+
+// breakpoint is an int3 the VMM wrote over guest code.
+type breakpoint struct {
+	gpa  uint64
+	orig byte
+}
+
+// SetBreakpoint writes an int3 at the linear address rip, which must be
+// mapped now. On this host an int3 in guest code the KVM emulator runs
+// (kernel mode) ends KVM_RUN; Run reports it as a Stepped point with the
+// original byte back in place, and does not count it as an exit. It
+// reports false if rip is not mapped. Guest code that reads the byte while
+// the breakpoint is set sees 0xcc.
+func (v *VM) SetBreakpoint(rip uint64) (bool, error) {
+	if _, ok := v.breakpoints[rip]; ok {
+		return true, nil
+	}
+	sregs, err := v.Sregs()
+	if err != nil {
+		return false, err
+	}
+	gpa, ok := v.translate(sregs, rip)
+	if !ok || gpa >= v.mem.Size() {
+		return false, nil
+	}
+	b, _ := v.mem.Slice(GuestAddress(gpa), 1)
+	if v.breakpoints == nil {
+		v.breakpoints = map[uint64]breakpoint{}
+	}
+	v.breakpoints[rip] = breakpoint{gpa: gpa, orig: b[0]}
+	b[0] = 0xCC
+	return true, nil
+}
+
+// CodeAt reads up to n bytes of guest code at the linear address rip,
+// within its page; false if rip is not mapped.
+func (v *VM) CodeAt(rip uint64, n int) ([]byte, bool) {
+	sregs, err := v.Sregs()
+	if err != nil {
+		return nil, false
+	}
+	gpa, ok := v.translate(sregs, rip)
+	if !ok || gpa >= v.mem.Size() {
+		return nil, false
+	}
+	m := min(uint64(n), pageSize-gpa%pageSize, v.mem.Size()-gpa)
+	b := make([]byte, m)
+	if v.mem.ReadAt(b, GuestAddress(gpa)) != nil {
+		return nil, false
+	}
+	return b, true
+}
+
+// ClearBreakpoints restores the code under every breakpoint.
+func (v *VM) ClearBreakpoints() {
+	for rip, bp := range v.breakpoints {
+		if b, err := v.mem.Slice(GuestAddress(bp.gpa), 1); err == nil {
+			b[0] = bp.orig
+		}
+		delete(v.breakpoints, rip)
+	}
+}
+
+// hitBreakpoint reports whether an emulation failure is one of the VMM's
+// breakpoints, and if so removes them all.
+func (v *VM) hitBreakpoint() bool {
+	regs, err := v.Regs()
+	if err != nil {
+		return false
+	}
+	bp, ok := v.breakpoints[regs.RIP]
+	if !ok {
+		return false
+	}
+	if b, err := v.mem.Slice(GuestAddress(bp.gpa), 1); err != nil || b[0] != 0xCC {
+		return false
+	}
+	v.ClearBreakpoints()
+	return true
 }
 
 // translate maps a linear address to a guest physical one.

@@ -51,7 +51,13 @@ func cmdReplay(ctx context.Context, args []string) (int, error) {
 		return 1, err
 	}
 	recorded := lr.Header()
-	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: lr})
+	// Bare guests run only in kernel mode, where breakpoints work here;
+	// Linux user code runs natively and is single-stepped instead.
+	bp := replay.BreakKernel
+	if g.bare {
+		bp = replay.BreakAll
+	}
+	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: lr, Breakpoints: bp})
 	if err != nil {
 		return 1, err
 	}
@@ -77,7 +83,7 @@ func cmdReplay(ctx context.Context, args []string) (int, error) {
 	defer cancel()
 	res, runErr := vm.Run(ctx)
 	st := rp.Stats()
-	info("replayed %d events, %d landmarks located with %d single steps", st.Events, st.Landmarks, st.Steps)
+	info("replayed %d events, %d landmarks located with %d single steps and %d breakpoint hits", st.Events, st.Landmarks, st.Steps, st.Breakpoints)
 	code, err := report(info, res, runErr)
 	if err == nil {
 		info("replay reached the recorded end state")
