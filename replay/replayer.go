@@ -71,6 +71,7 @@ type Replayer struct {
 	target *logpb.Event // a delivery with a landmark being located
 	phase  int          // see the phase constants
 	steps  uint64
+	hits   uint64 // breakpoint hits for this landmark
 	near   string // the closest miss so far, for the divergence report
 	stats  ReplayStats
 }
@@ -238,7 +239,7 @@ func (r *Replayer) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 			r.stats.Fingerprints++
 		case *logpb.Event_Deliver:
 			if k.Deliver.Landmark != nil {
-				r.target, r.phase, r.steps, r.near = ev, phaseComplete, 0, ""
+				r.target, r.phase, r.steps, r.hits, r.near = ev, phaseComplete, 0, 0, ""
 				return delivered, nil
 			}
 			r.consume()
@@ -282,6 +283,7 @@ func (r *Replayer) atCandidate(vm *vmm.VM, p vmm.Point) (bool, error) {
 	case r.phase == phaseArmed:
 		r.phase = phaseStepOver // the breakpoint was hit
 		r.steps++
+		r.hits++
 		r.stats.Breakpoints++
 	case r.phase == phaseStepOver:
 		r.steps++
@@ -343,7 +345,7 @@ func (r *Replayer) NextEntry() vmm.EntryMode {
 		// reached the guest, so the landmark is zero instructions on.
 		p := r.vm.Point()
 		if ev := r.peek(); ev != nil && ev.Exits == p.Exits && ev.GetDeliver().GetLandmark() != nil {
-			r.target, r.phase, r.steps, r.near = ev, phaseComplete, 0, ""
+			r.target, r.phase, r.steps, r.hits, r.near = ev, phaseComplete, 0, 0, ""
 		}
 	}
 	if r.target == nil {
@@ -354,7 +356,10 @@ func (r *Replayer) NextEntry() vmm.EntryMode {
 		return vmm.EntryComplete
 	case phaseChoose:
 		rip := r.target.GetDeliver().GetLandmark().GetRip()
-		if r.cfg.Breakpoints.allows(rip) && !r.repStringAt(rip) {
+		// In a tight loop the breakpoint is hit every iteration and each
+		// hit costs a step over it as well: past maxHits, just step.
+		const maxHits = 32
+		if r.cfg.Breakpoints.allows(rip) && r.hits < maxHits && !r.repStringAt(rip) {
 			if ok, err := r.vm.SetBreakpoint(rip); err == nil && ok {
 				r.phase = phaseArmed
 				return vmm.EntryRun

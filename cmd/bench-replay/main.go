@@ -288,7 +288,7 @@ func run() error {
 	fmt.Println("end: how the plain run ended (runs that ended otherwise are listed below);")
 	fmt.Println("plain/record/replay: wall time of vm.Run (record and replay include a fingerprint of all guest memory at the end);")
 	fmt.Println("rec/pln, rep/rec: time ratios; same: replays whose final fingerprint equals the recording's;")
-	fmt.Println("log bytes: the log as 'ftvm record' writes it; bytes/s: log bytes per second of plain run; landmarks: recorded; steps: single steps in replay")
+	fmt.Println("log bytes: the log as 'ftvm record' writes it; bytes/s: log bytes per second of plain run; landmarks: recorded; steps: single steps plus breakpoint hits in replay")
 	for _, n := range notes {
 		fmt.Println(n)
 	}
@@ -352,7 +352,8 @@ func measure(g *guest) (sample, error) {
 	}
 
 	// Replay.
-	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: &replay.MemLog{Events: log.Events}})
+	// Bare guests run only in kernel mode, where breakpoints work (as in ftvm replay).
+	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: &replay.MemLog{Events: log.Events}, Breakpoints: replay.BreakAll})
 	if err != nil {
 		return s, err
 	}
