@@ -19,9 +19,8 @@ const (
 	kvmio = 0xAE
 
 	// VM fd.
-	ioctlGetDirtyLog    = (1 << 30) | (16 << 16) | (kvmio << 8) | 0x42  // _IOW(KVMIO, 0x42, kvm_dirty_log)
-	ioctlSetIdentityMap = (1 << 30) | (8 << 16) | (kvmio << 8) | 0x48   // _IOW(KVMIO, 0x48, __u64)
-	ioctlEnableCap      = (1 << 30) | (104 << 16) | (kvmio << 8) | 0xA3 // _IOW(KVMIO, 0xa3, kvm_enable_cap), VM or vCPU fd
+	ioctlGetDirtyLog    = (1 << 30) | (16 << 16) | (kvmio << 8) | 0x42 // _IOW(KVMIO, 0x42, kvm_dirty_log)
+	ioctlSetIdentityMap = (1 << 30) | (8 << 16) | (kvmio << 8) | 0x48  // _IOW(KVMIO, 0x48, __u64)
 
 	// vCPU fd.
 	ioctlRun           = (kvmio << 8) | 0x80                           // _IO(KVMIO, 0x80)
@@ -69,20 +68,6 @@ type dirtyLog struct {
 func getDirtyLog(vmFd int, slot uint32, bitmap []uint64) error {
 	d := dirtyLog{Slot: slot, Bitmap: uint64(uintptr(unsafe.Pointer(&bitmap[0])))}
 	return ioctlPtr(vmFd, ioctlGetDirtyLog, &d)
-}
-
-// enableCap mirrors struct kvm_enable_cap.
-type enableCapArgs struct {
-	Cap   uint32
-	Flags uint32
-	Args  [4]uint64
-	_     [64]uint8
-}
-
-func enableCap(fd int, capability uint32, args ...uint64) error {
-	e := enableCapArgs{Cap: capability}
-	copy(e.Args[:], args)
-	return ioctlPtr(fd, ioctlEnableCap, &e)
 }
 
 // guestDebug mirrors struct kvm_guest_debug (x86: 8 debug registers).

@@ -46,8 +46,6 @@ type Config struct {
 	// from a listed site reads the Driver's TSC. Nil: those ports are
 	// ordinary unassigned ports.
 	TSCSites *tscpatch.SiteTable
-	// Logf receives diagnostics (unhandled ports, int3 completions). Default: none.
-	Logf func(format string, args ...any)
 }
 
 func (c *Config) validate() error {
@@ -156,9 +154,6 @@ func New(cfg Config) (vm *VM, err error) {
 	}
 	if cfg.Console == nil {
 		cfg.Console = io.Discard
-	}
-	if cfg.Logf == nil {
-		cfg.Logf = func(string, ...any) {}
 	}
 	v := &VM{cfg: cfg, sysFd: -1, vmFd: -1, vcpuFd: -1, start: time.Now()}
 	defer func() {

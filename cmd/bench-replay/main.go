@@ -423,27 +423,7 @@ func console(g *guest) (w io.Writer, h hash.Hash) {
 
 // header is the logpb.Header ftvm record would write for g on vm.
 func header(g *guest, vm *vmm.VM, epoch time.Time) *logpb.Header {
-	cpuid := vm.CPUID().Hash()
-	h := &logpb.Header{
-		Version:       logio.FormatVersion,
-		CpuidSha256:   cpuid[:],
-		MemoryBytes:   g.memory,
-		EpochUnixNano: epoch.UnixNano(),
-		RdtscSites:    uint32(g.nsites),
-	}
-	sum := func(b []byte) []byte {
-		if b == nil {
-			return nil
-		}
-		s := sha256.Sum256(b)
-		return s[:]
-	}
-	if g.linux {
-		h.KernelSha256, h.InitrdSha256, h.Cmdline = sum(g.kernel), sum(g.initrd), vm.Cmdline()
-	} else {
-		h.ImageSha256 = sum(g.kernel)
-	}
-	return h
+	return replay.NewHeader(vm, replay.Guest{Bare: !g.linux, Kernel: g.kernel, Initrd: g.initrd, RDTSCSites: g.nsites}, epoch, false)
 }
 
 // logSize encodes the events as a log file (which also checks their

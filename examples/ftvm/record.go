@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"flag"
 	"fmt"
 	"os"
@@ -16,28 +15,7 @@ import (
 
 // header describes the VM a log belongs to.
 func header(g *preparedGuest, vm *vmm.VM, epoch time.Time, verify bool) *logpb.Header {
-	cpuid := vm.CPUID().Hash()
-	h := &logpb.Header{
-		Version:       logio.FormatVersion,
-		CpuidSha256:   cpuid[:],
-		MemoryBytes:   g.memory,
-		EpochUnixNano: epoch.UnixNano(),
-		Verify:        verify,
-		RdtscSites:    uint32(g.nsites),
-	}
-	sum := func(b []byte) []byte {
-		if b == nil {
-			return nil
-		}
-		s := sha256.Sum256(b)
-		return s[:]
-	}
-	if g.bare {
-		h.ImageSha256 = sum(g.kernel)
-	} else {
-		h.KernelSha256, h.InitrdSha256, h.Cmdline = sum(g.kernel), sum(g.initrd), vm.Cmdline()
-	}
-	return h
+	return replay.NewHeader(vm, replay.Guest{Bare: g.bare, Kernel: g.kernel, Initrd: g.initrd, RDTSCSites: g.nsites}, epoch, verify)
 }
 
 func cmdRecord(ctx context.Context, args []string) (int, error) {

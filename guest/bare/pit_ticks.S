@@ -10,12 +10,8 @@ _start:
 	gate 0x27, spurious
 	mov $0xfffe, %ax		/* only IRQ0 unmasked */
 	call _pic_init
-	mov $0x34, %al
-	out %al, $0x43			/* channel 0, lobyte/hibyte, mode 2 */
-	mov $DIVISOR & 0xff, %al
-	out %al, $0x40
-	mov $DIVISOR >> 8, %al
-	out %al, $0x40
+	mov $DIVISOR, %ax
+	call _pit_periodic
 	sti
 	mov $ITERATIONS, %rcx
 1:	dec %rcx

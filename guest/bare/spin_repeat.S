@@ -8,12 +8,8 @@ _start:
 	gate 0x20, tick
 	mov $0xfffe, %ax
 	call _pic_init
-	mov $0x34, %al
-	out %al, $0x43
-	mov $1193 & 0xff, %al
-	out %al, $0x40
-	mov $1193 >> 8, %al
-	out %al, $0x40
+	mov $1193, %ax			/* 1 kHz */
+	call _pit_periodic
 	sti
 1:	incq spins(%rip)
 	cmpq $12, ticks(%rip)
