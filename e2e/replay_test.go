@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -19,15 +18,10 @@ func lastLine(s string) string {
 
 // TestLinuxRecordReplay records the example guest's boot, workload and
 // power-off with `ftvm record`, replays it with `ftvm replay`, and requires
-// both to print the same final fingerprint (the issue's acceptance).
-//
-// It does not pass yet: the replay follows the recording for thousands of
-// exits and then misses a landmark (see the README's Status and issue 3),
-// so it runs only with FTKVM_E2E_LINUX_REPLAY=1.
+// both to print the same final fingerprint (the issue's acceptance). The
+// recording runs in verify mode with periodic fingerprints, so a replay
+// that strays is stopped near the cause.
 func TestLinuxRecordReplay(t *testing.T) {
-	if os.Getenv("FTKVM_E2E_LINUX_REPLAY") != "1" {
-		t.Skip("known divergence of the Linux replay (issue 3); set FTKVM_E2E_LINUX_REPLAY=1 to run")
-	}
 	dir := guestDir(t)
 	bin := buildFtvm(t)
 	logFile := filepath.Join(t.TempDir(), "linux.log")
@@ -47,7 +41,7 @@ func TestLinuxRecordReplay(t *testing.T) {
 		}
 		return stdout.String(), stderr.String()
 	}
-	recOut, _ := run("record", "-o", logFile, "--guest-dir", dir, "--fingerprint-every", "2000")
+	recOut, _ := run("record", "-o", logFile, "--guest-dir", dir, "--fingerprint-every", "2000", "--verify")
 	if !strings.Contains(recOut, "FTKVM-GUEST: workload done") {
 		t.Fatalf("the recorded guest did not finish its workload:\n%s", tail(recOut, 20))
 	}

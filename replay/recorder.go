@@ -43,11 +43,17 @@ type Recorder struct {
 	since uint64 // events since the last fingerprint
 	err   error  // first failure to log; sticky
 	stats RecordStats
+	// userSince is when the recorder first declined a user-mode point
+	// since the last delivery (zero: none declined).
+	userSince time.Time
 }
 
 // RecordStats counts what a recording logged.
 type RecordStats struct {
-	Events, Clock, Delivers, Landmarks, Injects, TSC, Reads, Fingerprints uint64
+	Events, Clock, Delivers, Landmarks, Injects, TSC, Reads, Fingerprints, Outputs uint64
+	// Declined counts points in user mode passed over (declineUserPoint);
+	// UserLandmarks the ones taken there anyway after MaxUserDelay.
+	Declined, UserLandmarks uint64
 }
 
 // NewRecorder returns a recorder. Create the VM with Config.Clock set to
@@ -129,11 +135,18 @@ func (r *Recorder) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 		r.stats.Fingerprints++
 		r.since = 0
 	}
+	if p.Kind != vmm.AtExit {
+		decline, err := r.declineUserPoint(vm, p)
+		if err != nil || decline {
+			return false, err
+		}
+	}
 	r.live.Arm()
 	a := r.live.Poll()
-	if a.Empty() {
+	if a.Empty() && p.Kind != vmm.Window && !(p.Kind == vmm.Kicked && vm.PIC.Pending()) {
 		return false, r.err
 	}
+	r.userSince = time.Time{}
 	d := &logpb.Deliver{Timer: a.Timer, Input: a.Input}
 	if p.Kind != vmm.AtExit {
 		lm, err := captureLandmark(vm)
@@ -147,6 +160,40 @@ func (r *Recorder) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 	r.stats.Delivers++
 	vm.DeliverAsync(a)
 	return true, r.err
+}
+
+// MaxUserDelay bounds how long the recorder declines delivery points in
+// user mode (see declineUserPoint) before it takes one anyway.
+const MaxUserDelay = 500 * time.Millisecond
+
+// declineUserPoint decides whether a point between exits in user mode is
+// passed over. On this host (kvm_pvm) guest user code runs natively, where
+// neither breakpoints nor single steps can be used by a replay: an int3 or
+// a debug register breakpoint is taken by the guest itself, and a single
+// step there can leave the trap flag visible to the guest kernel (it shows
+// up as TIF_SINGLESTEP) or be lost across a return to user mode. So an
+// asynchronous event waits, with another kick, for a point in kernel mode
+// (or the next exit), up to MaxUserDelay; past that (a user loop that
+// never enters the kernel) it is taken in user mode anyway.
+func (r *Recorder) declineUserPoint(vm *vmm.VM, p vmm.Point) (bool, error) {
+	user, err := vm.UserMode()
+	if err != nil || !user {
+		return false, err
+	}
+	if r.userSince.IsZero() {
+		r.userSince = time.Now()
+	} else if time.Since(r.userSince) > MaxUserDelay {
+		r.stats.UserLandmarks++
+		return false, nil
+	}
+	if p.Kind == vmm.Window {
+		vm.CancelWindow()
+	}
+	if vm.PIC.Pending() || r.live.Pending() {
+		r.live.KickSoon()
+	}
+	r.stats.Declined++
+	return true, nil
 }
 
 // captureLandmark records where the vCPU stands between two exits.
@@ -181,6 +228,9 @@ func (r *Recorder) Injected(_ *vmm.VM, p vmm.Point, vector uint8) error {
 // NextEntry implements vmm.Driver.
 func (r *Recorder) NextEntry() vmm.EntryMode { return vmm.EntryRun }
 
+// Windows implements vmm.Driver: the recorder landmarks Window points.
+func (r *Recorder) Windows() bool { return true }
+
 // TSC implements vmm.Driver: the virtual TSC follows the host clock (not a
 // device read, so not a clock event) and is logged as a TSC event.
 func (r *Recorder) TSC(_ *vmm.VM, p vmm.Point) (uint64, error) {
@@ -198,6 +248,22 @@ func (r *Recorder) Read(_ *vmm.VM, p vmm.Point, mmio bool, addr uint64, data []b
 	r.emit(p, &logpb.Event{Kind: &logpb.Event_Read{Read: &logpb.Read{Mmio: mmio, Addr: addr, Data: append([]byte(nil), data...)}}})
 	r.stats.Reads++
 	return r.err
+}
+
+// Output logs what the guest wrote to its console at the current point
+// and returns the event's sequence number: an FT primary holds the bytes
+// until the backup has acknowledged that event, so a backup that goes live
+// has replayed past every output the outside world has seen. released is
+// how many console bytes the caller has let out so far (a backup going
+// live re-sends from there). Call it on the vCPU thread (from the VM's
+// Console writer).
+func (r *Recorder) Output(data []byte, released uint64) (uint64, error) {
+	if r.vm == nil {
+		return 0, fmt.Errorf("recorder: output before the run started")
+	}
+	r.emit(r.vm.Point(), &logpb.Event{Kind: &logpb.Event_Output{Output: &logpb.Output{Data: append([]byte(nil), data...), Released: released}}})
+	r.stats.Outputs++
+	return r.seq, r.err
 }
 
 // Stop implements vmm.Driver: it logs the end of the run with the final

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"time"
 
 	"github.com/ftkvm/ftkvm/devices"
 	"github.com/ftkvm/ftkvm/replay/logpb"
@@ -54,6 +55,21 @@ type ReplayerConfig struct {
 	// NearMiss, if set, is called when the registers match a landmark's
 	// but the written pages do not (for diagnosing a divergence).
 	NearMiss func(vm *vmm.VM, lm *logpb.Landmark)
+
+	// GoLive, if set, makes the end of the Source a handover instead of a
+	// divergence (an FT backup whose primary is gone): at the first point
+	// where the replay needs an event the log does not have, the replayer
+	// calls GoLive on the vCPU thread. If it returns nil, the replayer
+	// drives the VM from the host from then on, like a vmm.LiveDriver
+	// (the device clock continues from the last logged time, console
+	// input comes from LiveInput); if it returns an error, the run stops
+	// with it. GoLive is never called while a received landmark is being
+	// located: every received event is replayed first.
+	GoLive func(vm *vmm.VM, p vmm.Point) error
+	// LiveInput is the console input after going live (may be nil).
+	LiveInput interface{ Read([]byte) (int, error) }
+	// LiveKickAfter is the LiveDriver's KickAfter after going live.
+	LiveKickAfter time.Duration
 }
 
 // Replayer is the backup's vmm.Driver: it never reads the host clock or
@@ -74,11 +90,17 @@ type Replayer struct {
 	hits   uint64 // breakpoint hits for this landmark
 	near   string // the closest miss so far, for the divergence report
 	stats  ReplayStats
+
+	live     *vmm.LiveDriver // non-nil once the replay has gone live
+	lastTSC  uint64
+	released uint64 // Released of the last Output event replayed
 }
 
 // ReplayStats counts what a replay did.
 type ReplayStats struct {
-	Events, Landmarks, Steps, Breakpoints, Fingerprints uint64
+	Events, Landmarks, Steps, Breakpoints, Fingerprints, Outputs uint64
+	// LiveAt is where the replay went live (Config.GoLive), if it did.
+	LiveAt *vmm.Point
 }
 
 // NewReplayer returns a replayer. Create the VM with Config.Clock set to
@@ -115,6 +137,40 @@ func (r *Replayer) peek() *logpb.Event {
 	}
 	return r.next
 }
+
+// ended reports whether the replay has gone live, going live now if the
+// log has ended, GoLive is set and no landmark is being located. An error
+// from GoLive becomes the replay's sticky error.
+func (r *Replayer) ended(p vmm.Point) bool {
+	if r.live != nil {
+		return true
+	}
+	if r.cfg.GoLive == nil || r.err != nil || r.target != nil || r.peek() != nil || !r.eof {
+		return false
+	}
+	if err := r.cfg.GoLive(r.vm, p); err != nil {
+		r.err = err
+		return false
+	}
+	r.clock.goLive()
+	r.live = vmm.NewLiveDriver(r.cfg.LiveInput)
+	r.live.KickAfter = r.cfg.LiveKickAfter
+	r.live.SchedClock = r.clock.Now
+	if err := r.live.Start(r.vm); err != nil {
+		r.err = err
+		return false
+	}
+	at := p
+	r.stats.LiveAt = &at
+	return true
+}
+
+// Live reports whether the replay has gone live.
+func (r *Replayer) Live() bool { return r.live != nil }
+
+// Released returns the Released count of the last Output event replayed:
+// console bytes the primary is known to have let out.
+func (r *Replayer) Released() uint64 { return r.released }
 
 func (r *Replayer) consume() *logpb.Event {
 	ev := r.peek()
@@ -161,6 +217,9 @@ func describe(ev *logpb.Event) string {
 // expect consumes the next event if it is of the kind want at p.Exits, or
 // reports a divergence.
 func (r *Replayer) expect(p vmm.Point, want string, match func(*logpb.Event) bool) (*logpb.Event, error) {
+	if r.ended(p) {
+		return nil, errLive
+	}
 	ev := r.peek()
 	if r.err != nil {
 		return nil, r.err
@@ -175,9 +234,26 @@ func (r *Replayer) expect(p vmm.Point, want string, match func(*logpb.Event) boo
 	return r.consume(), nil
 }
 
+// errLive tells expect's callers that the replay has just gone live.
+var errLive = errors.New("replay: live")
+
 type replayClock struct {
 	r    *Replayer
 	last int64
+	// After going live: host time since liveStart, added to liveBase.
+	liveBase  int64
+	liveStart time.Time
+	isLive    bool
+}
+
+// goLive makes the clock continue from the last logged reading (or the
+// last TSC, whichever is later) on host time.
+func (c *replayClock) goLive() {
+	base := c.last
+	if t := int64(c.r.lastTSC / (vmm.TSCHz / 1_000_000_000)); t > base {
+		base = t
+	}
+	c.liveBase, c.liveStart, c.isLive = base, time.Now(), true
 }
 
 func (c *replayClock) Now() int64 {
@@ -185,11 +261,24 @@ func (c *replayClock) Now() int64 {
 	if r.vm == nil {
 		return 0
 	}
+	if !c.isLive {
+		r.ended(r.vm.Point())
+	}
+	if c.isLive {
+		v := c.liveBase + int64(time.Since(c.liveStart))
+		if v > c.last {
+			c.last = v
+		}
+		return c.last
+	}
 	p := r.vm.Point()
 	ev, err := r.expect(p, fmt.Sprintf("a clock read at %d exits", p.Exits), func(ev *logpb.Event) bool {
 		_, ok := ev.Kind.(*logpb.Event_Clock)
 		return ok
 	})
+	if err == errLive {
+		return c.Now()
+	}
 	if err != nil {
 		return c.last // the sticky error stops the run at the next point
 	}
@@ -208,6 +297,9 @@ func (r *Replayer) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 	if r.err != nil {
 		return false, r.err
 	}
+	if r.live != nil {
+		return r.live.Deliver(vm, p)
+	}
 	if r.target != nil {
 		return r.atCandidate(vm, p)
 	}
@@ -219,6 +311,9 @@ func (r *Replayer) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 		ev := r.peek()
 		if r.err != nil {
 			return false, r.err
+		}
+		if ev == nil && !delivered && r.ended(p) {
+			return r.live.Deliver(vm, p)
 		}
 		if ev == nil || ev.Exits != p.Exits {
 			if ev != nil && ev.Exits < p.Exits {
@@ -336,7 +431,7 @@ func (r *Replayer) atCandidate(vm *vmm.VM, p vmm.Point) (bool, error) {
 // being located: first complete the exit without running on (the primary
 // may have been kicked right there), then single-step.
 func (r *Replayer) NextEntry() vmm.EntryMode {
-	if r.err != nil {
+	if r.err != nil || r.live != nil {
 		return vmm.EntryRun
 	}
 	if r.target == nil && r.vm != nil {
@@ -373,6 +468,10 @@ func (r *Replayer) NextEntry() vmm.EntryMode {
 	return vmm.EntryStep
 }
 
+// Windows implements vmm.Driver: a replay injects only where the log
+// says, so it never asks for interrupt-window exits.
+func (r *Replayer) Windows() bool { return r.live != nil }
+
 // Halted implements vmm.Driver. The recording left this halt only when an
 // event arrived at this exit, and Deliver has delivered all of them: a
 // replay still halted has diverged (or its log ended).
@@ -380,29 +479,71 @@ func (r *Replayer) Halted(ctx context.Context, vm *vmm.VM, p vmm.Point) error {
 	if r.err != nil {
 		return r.err
 	}
+	if r.ended(p) {
+		return r.live.Halted(ctx, vm, p)
+	}
 	ev := r.peek()
 	return r.diverge(p, 0, "the guest halted and the log has nothing to wake it", "an event at this exit", describe(ev))
 }
 
 // Injected implements vmm.Driver.
 func (r *Replayer) Injected(_ *vmm.VM, p vmm.Point, vector uint8) error {
+	if r.live != nil {
+		return nil
+	}
 	_, err := r.expect(p, fmt.Sprintf("injection of vector %#x at %d exits", vector, p.Exits), func(ev *logpb.Event) bool {
 		v, ok := ev.Kind.(*logpb.Event_Inject)
 		return ok && v.Inject == uint32(vector)
 	})
+	if err == errLive {
+		return nil
+	}
 	return err
 }
 
 // TSC implements vmm.Driver.
-func (r *Replayer) TSC(_ *vmm.VM, p vmm.Point) (uint64, error) {
-	ev, err := r.expect(p, fmt.Sprintf("an rdtsc at %d exits", p.Exits), func(ev *logpb.Event) bool {
-		_, ok := ev.Kind.(*logpb.Event_Tsc)
-		return ok
-	})
-	if err != nil {
-		return 0, err
+func (r *Replayer) TSC(vm *vmm.VM, p vmm.Point) (uint64, error) {
+	if r.live == nil {
+		ev, err := r.expect(p, fmt.Sprintf("an rdtsc at %d exits", p.Exits), func(ev *logpb.Event) bool {
+			_, ok := ev.Kind.(*logpb.Event_Tsc)
+			return ok
+		})
+		if err != errLive {
+			if err != nil {
+				return 0, err
+			}
+			r.lastTSC = ev.GetTsc()
+			return r.lastTSC, nil
+		}
 	}
-	return ev.GetTsc(), nil
+	v, err := r.live.TSC(vm, p)
+	if v <= r.lastTSC { // the TSC never runs backwards across the handover
+		v = r.lastTSC + 1
+	}
+	r.lastTSC = v
+	return v, err
+}
+
+// Output checks what the guest wrote to its console against the log's
+// Output event at this exit, if the log has one there (a recording that
+// did not log output has none), and remembers its Released count. After
+// going live it does nothing.
+func (r *Replayer) Output(p vmm.Point, data []byte) error {
+	if r.err != nil || r.live != nil {
+		return r.err
+	}
+	ev := r.peek()
+	out := ev.GetOutput()
+	if out == nil || ev.Exits != p.Exits {
+		return r.err
+	}
+	if !bytes.Equal(out.Data, data) {
+		return r.diverge(p, ev.Seq, "the guest wrote different output", fmt.Sprintf("%q", out.Data), fmt.Sprintf("%q", data))
+	}
+	r.consume()
+	r.released = out.Released
+	r.stats.Outputs++
+	return nil
 }
 
 // Read implements vmm.Driver: in verify mode the log holds every read's
@@ -431,6 +572,10 @@ func space(mmio bool) string {
 // Stop implements vmm.Driver: the run must end where the recording ended,
 // the same way, in the same state.
 func (r *Replayer) Stop(vm *vmm.VM, p vmm.Point, res vmm.Result, runErr error) error {
+	if r.live != nil {
+		r.live.Stop(vm, p, res, runErr)
+		return runErr
+	}
 	if r.err != nil {
 		return r.err
 	}

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +18,13 @@ const (
 	Kicked
 	// Stepped: between exits, after a single step (replay).
 	Stepped
+	// Window: between exits, where KVM reported that the guest can take
+	// the interrupt the VM asked to inject (an interrupt-window exit). On
+	// this platform such an exit does not land at a predictable
+	// instruction (it can come several instructions after the guest set
+	// IF), so it is not a synchronous exit: a recorder pins it down with a
+	// landmark like a kick.
+	Window
 )
 
 func (k PointKind) String() string {
@@ -27,6 +35,8 @@ func (k PointKind) String() string {
 		return "kicked"
 	case Stepped:
 		return "stepped"
+	case Window:
+		return "window"
 	}
 	return "point?"
 }
@@ -40,6 +50,13 @@ func (k PointKind) String() string {
 type Point struct {
 	Exits uint64
 	Kind  PointKind
+}
+
+func (p Point) String() string {
+	if p.Kind == AtExit {
+		return fmt.Sprintf("exit %d", p.Exits)
+	}
+	return fmt.Sprintf("exit %d+%v", p.Exits, p.Kind)
 }
 
 // EntryMode is how the loop enters the guest.
@@ -75,9 +92,15 @@ type Driver interface {
 	Start(vm *VM) error
 	// Deliver is called at every point before interrupts are injected.
 	// It hands events due at p to vm.DeliverAsync and reports whether p is
-	// a delivery point. At Kicked and Stepped points the VM injects only
-	// if it is, so every injection between exits has a landmark.
+	// a delivery point. At Kicked, Stepped and Window points the VM
+	// injects only if it is, so every injection between exits has a
+	// landmark.
 	Deliver(vm *VM, p Point) (bool, error)
+	// Windows reports whether the VM may ask KVM for interrupt-window
+	// exits (Window points) when an interrupt is pending but the guest
+	// cannot take it yet. A replayer says no: it injects only where the
+	// log says.
+	Windows() bool
 	// Halted is called when the guest waits in HLT with interrupts enabled
 	// and no interrupt pending. It blocks until something is due at p (the
 	// loop then calls Deliver again) or fails.
@@ -180,6 +203,13 @@ func (d *LiveDriver) eventDue() {
 	}
 }
 
+// KickSoon kicks the vCPU after KickAfter (a recorder that declined a
+// point between exits asks for another).
+func (d *LiveDriver) KickSoon() { d.eventDue() }
+
+// Pending reports whether an event is due that Poll would return.
+func (d *LiveDriver) Pending() bool { return d.timerDue.Load() || len(d.input) > 0 }
+
 // Poll collects the events due now without delivering them.
 func (d *LiveDriver) Poll() Async {
 	var a Async
@@ -208,16 +238,20 @@ func (d *LiveDriver) Poll() Async {
 	return a
 }
 
-// Deliver implements Driver.
+// Deliver implements Driver. A Window point is always a delivery point:
+// the guest opened the window the VM asked for.
 func (d *LiveDriver) Deliver(vm *VM, p Point) (bool, error) {
 	d.Arm()
 	a := d.Poll()
 	if a.Empty() {
-		return false, nil
+		return p.Kind == Window, nil
 	}
 	vm.DeliverAsync(a)
 	return true, nil
 }
+
+// Windows implements Driver.
+func (d *LiveDriver) Windows() bool { return true }
 
 // Arm makes sure a host timer fires when the PIT's channel 0 next produces
 // an interrupt. The PIT's deadline is in Clock time; the host timer runs

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	mathbits "math/bits"
 )
 
@@ -53,10 +54,7 @@ func (v *VM) HashPages(pages []uint32) ([32]byte, error) {
 		binary.LittleEndian.PutUint32(n[:], pfn)
 		h.Write(n[:])
 		if tables[pfn] {
-			for i := 0; i < pageSize; i += 8 {
-				e := binary.LittleEndian.Uint64(page[i:]) &^ (pteAccessed | pteDirty)
-				binary.LittleEndian.PutUint64(masked[i:], e)
-			}
+			maskAD(masked, page)
 			page = masked
 		}
 		h.Write(page)
@@ -154,4 +152,36 @@ func (v *VM) PageTablePages() (map[uint32]bool, error) {
 	}
 	walk(sregs.CR3&pteAddrMask, 4)
 	return tables, nil
+}
+
+// memoryCRC is a CRC-32C of all guest memory with the Accessed and Dirty
+// bits of the current paging hierarchy left out (see HashPages).
+func (v *VM) memoryCRC() (uint32, error) {
+	tables, err := v.PageTablePages()
+	if err != nil {
+		return 0, err
+	}
+	mem := v.mem.Bytes()
+	masked := make([]byte, pageSize)
+	var crc uint32
+	for pfn := 0; pfn*pageSize < len(mem); pfn++ {
+		page := mem[pfn*pageSize : (pfn+1)*pageSize]
+		if tables[uint32(pfn)] {
+			maskAD(masked, page)
+			page = masked
+		}
+		crc = crc32.Update(crc, castagnoli, page)
+	}
+	return crc, nil
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// maskAD copies a page-table page with every entry's Accessed and Dirty
+// bits cleared.
+func maskAD(dst, page []byte) {
+	for i := 0; i < pageSize; i += 8 {
+		e := binary.LittleEndian.Uint64(page[i:]) &^ (pteAccessed | pteDirty)
+		binary.LittleEndian.PutUint64(dst[i:], e)
+	}
 }

@@ -46,6 +46,20 @@ type Config struct {
 	// from a listed site reads the Driver's TSC. Nil: those ports are
 	// ordinary unassigned ports.
 	TSCSites *tscpatch.SiteTable
+	// ExitTrace, if set, receives one line per synchronous exit and per
+	// injection: the point, what happened, RIP and the general registers.
+	// Two runs that should be identical (a recording and its replay) can
+	// be compared line by line to find where they part (ftvm --trace).
+	ExitTrace io.Writer
+	// TraceMemory adds to each ExitTrace line a CRC-32C of guest memory
+	// (page-table Accessed/Dirty bits left out, as in HashPages). It reads
+	// all of guest memory at every exit: a diagnostic for finding the first
+	// exit at which two runs' memory differs, slow on large guests.
+	TraceMemory bool
+	// TraceSteps adds a line for every single step (replay).
+	TraceSteps bool
+	// TraceMemoryFrom skips the memory CRC before this many exits.
+	TraceMemoryFrom uint64
 }
 
 func (c *Config) validate() error {
@@ -84,6 +98,7 @@ func (r StopReason) String() string {
 type Stats struct {
 	Exits          [ExitOther + 1]uint64 // by ExitKind
 	Kicks          uint64                // KVM_RUN returns with EINTR
+	Windows        uint64                // interrupt-window exits (Window points, not counted in Exits)
 	Interrupts     uint64                // vectors injected with KVM_INTERRUPT
 	Int3Completed  uint64                // int3s completed in userspace
 	Completed      uint64                // all instructions completed in userspace (int3, clac, stac, fwait)
@@ -414,6 +429,41 @@ func (v *VM) LastExit() string {
 	return e.Kind.String()
 }
 
+// traceLine writes one ExitTrace line, if tracing.
+func (v *VM) traceLine(what string) {
+	if v.cfg.ExitTrace == nil {
+		return
+	}
+	r, err := v.Regs()
+	if err != nil {
+		fmt.Fprintf(v.cfg.ExitTrace, "%v %s: %v\n", v.point, what, err)
+		return
+	}
+	mem := ""
+	if v.cfg.TraceMemory && v.point.Exits >= v.cfg.TraceMemoryFrom {
+		crc, err := v.memoryCRC()
+		if err != nil {
+			mem = " mem=" + err.Error()
+		} else {
+			mem = fmt.Sprintf(" mem=%08x", crc)
+		}
+	}
+	fmt.Fprintf(v.cfg.ExitTrace, "%v %s rip=%#x rflags=%#x gprs=%x%s\n", v.point, what, r.RIP, r.RFLAGS, GPRs(r), mem)
+}
+
+// CancelWindow withdraws a request for an interrupt-window exit (a driver
+// that declined a Window point asks again later, with a kick).
+func (v *VM) CancelWindow() { runHeader(v.run).RequestInterruptWindow = 0 }
+
+// UserMode reports whether the vCPU is in user mode (CPL 3).
+func (v *VM) UserMode() (bool, error) {
+	s, err := v.Sregs()
+	if err != nil {
+		return false, err
+	}
+	return s.CS.Selector&3 == 3, nil
+}
+
 // Point returns where the run is.
 func (v *VM) Point() Point { return v.point }
 
@@ -426,7 +476,10 @@ func (v *VM) injectInterrupt() error {
 		return nil
 	}
 	if h.ReadyForInterruptInjection == 0 || h.IfFlag == 0 {
-		h.RequestInterruptWindow = 1
+		h.RequestInterruptWindow = 0
+		if v.driver.Windows() {
+			h.RequestInterruptWindow = 1
+		}
 		return nil
 	}
 	vector := v.PIC.Acknowledge()
@@ -435,6 +488,7 @@ func (v *VM) injectInterrupt() error {
 	}
 	v.stats.Interrupts++
 	h.RequestInterruptWindow = 0
+	v.traceLine(fmt.Sprintf("inject %#x", vector))
 	return v.driver.Injected(v, v.point, vector)
 }
 
@@ -474,6 +528,7 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 	}
 	v.point = Point{Kind: AtExit}
 	stepping := false
+	debugCtl := uint32(0)
 	for {
 		if err := ctx.Err(); err != nil {
 			return Result{}, fmt.Errorf("run interrupted at %d exits: %w", v.point.Exits, err)
@@ -491,15 +546,16 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 			}
 		}
 		mode := v.driver.NextEntry()
-		if step := mode == EntryStep; step != stepping {
-			ctl := uint32(0)
-			if step {
-				ctl = guestDebugEnable | guestDebugSingleStep
-			}
+		stepping = mode == EntryStep
+		ctl := uint32(0)
+		if stepping {
+			ctl = guestDebugEnable | guestDebugSingleStep
+		}
+		if ctl != debugCtl {
 			if err := setGuestDebug(v.vcpuFd, ctl); err != nil {
 				return Result{}, fmt.Errorf("KVM_SET_GUEST_DEBUG: %w", err)
 			}
-			stepping = step
+			debugCtl = ctl
 		}
 
 		if mode == EntryComplete {
@@ -524,6 +580,16 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 		}
 		if exit.Kind == ExitDebug && stepping {
 			v.point.Kind = Stepped
+			if v.cfg.TraceSteps {
+				v.traceLine("step")
+			}
+			continue
+		}
+		if exit.Kind == ExitIRQWindow {
+			// Not a synchronous exit: where it lands varies from run to run.
+			v.stats.Windows++
+			v.point.Kind = Window
+			v.traceLine("window")
 			continue
 		}
 		if exit.Kind == ExitInternalError && len(v.breakpoints) > 0 && v.hitBreakpoint() {
@@ -533,6 +599,7 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 		}
 		v.point = Point{Exits: v.point.Exits + 1, Kind: AtExit}
 		v.lastExit = exit
+		v.traceLine(v.LastExit())
 		v.stats.Exits[exit.Kind]++
 		if stop := v.handleExit(ctx, exit); stop != nil {
 			if stop.err != nil {
@@ -587,7 +654,7 @@ func (v *VM) handleExit(ctx context.Context, e Exit) *stopRun {
 		}
 	case ExitHLT:
 		return v.halt(ctx)
-	case ExitIRQWindow, ExitIntr:
+	case ExitIntr:
 		// Nothing to do: the loop injects before re-entering.
 	case ExitShutdown:
 		return fail(v.guestError("triple fault", "the vCPU shut down (an exception while delivering a double fault)"))

@@ -31,6 +31,7 @@ func inspect(w io.Writer, args []string) (int, error) {
 		fs.PrintDefaults()
 	}
 	nEvents := fs.Int("events", 0, "also print the first `N` events, one per line")
+	fromExit := fs.Uint64("from-exit", 0, "with --events: start printing at the first event at or after this exit count")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0, nil
@@ -56,6 +57,7 @@ func inspect(w io.Writer, args []string) (int, error) {
 	}
 	headerBytes := r.Offset()
 	printHeader(w, name, r.Header())
+	printed := 0
 
 	var s logio.Summary
 	var damage error
@@ -69,10 +71,11 @@ func inspect(w io.Writer, args []string) (int, error) {
 			damage = err
 			break
 		}
-		if s.Events < *nEvents {
-			if s.Events == 0 {
-				fmt.Fprintf(w, "\nfirst events:\n")
+		if printed < *nEvents && ev.GetExits() >= *fromExit {
+			if printed == 0 {
+				fmt.Fprintf(w, "\nevents:\n")
 			}
+			printed++
 			fmt.Fprintf(w, "%8d  exits %-10d %s\n", ev.GetSeq(), ev.GetExits(), formatEvent(ev))
 		}
 		s.Add(ev, r.Offset()-start)
@@ -157,6 +160,8 @@ func formatEvent(ev *logpb.Event) string {
 		return fmt.Sprintf("read    %s %#x = %x", space, k.Read.GetAddr(), k.Read.GetData())
 	case *logpb.Event_Fingerprint:
 		return "fingerprint " + shortHash(k.Fingerprint.GetSha256())
+	case *logpb.Event_Output:
+		return fmt.Sprintf("output  %s (%d released before)", quoteBytes(k.Output.GetData()), k.Output.GetReleased())
 	case *logpb.Event_End:
 		e := k.End
 		s := fmt.Sprintf("end     %s, status %d, fingerprint %s", vmm.StopReason(e.GetReason()), e.GetStatus(),

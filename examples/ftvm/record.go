@@ -38,6 +38,7 @@ func cmdRecord(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
+	defer g.close()
 	f, err := os.Create(*out)
 	if err != nil {
 		return 1, err
@@ -49,7 +50,7 @@ func cmdRecord(ctx context.Context, args []string) (int, error) {
 		return 1, err
 	}
 	epoch := time.Now()
-	vm, err := vmm.New(vmm.Config{MemoryBytes: g.memory, Console: os.Stdout, Clock: rec.Clock(), Driver: rec, TrackDirty: true, TSCSites: g.sites, Epoch: epoch})
+	vm, err := vmm.New(g.config(vmm.Config{Console: os.Stdout, Clock: rec.Clock(), Driver: rec, TrackDirty: true, Epoch: epoch}))
 	if err != nil {
 		return 1, err
 	}

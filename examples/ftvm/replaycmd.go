@@ -21,6 +21,7 @@ func cmdReplay(ctx context.Context, args []string) (int, error) {
 	console := fs.Bool("console", false, "show the guest's console output (off: a replay's output is the recording's)")
 	timeout := fs.Duration("timeout", 0, "stop the replay after this long (0: no limit)")
 	quiet := fs.Bool("q", false, "no progress or summary lines on stderr")
+	bpFlag := fs.String("breakpoints", "", "where landmarks may be located with breakpoints: kernel, all or never (default: all for bare guests, kernel for Linux)")
 	// The log file is the one positional argument, before or after flags.
 	var file string
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
@@ -50,12 +51,24 @@ func cmdReplay(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
+	defer g.close()
 	recorded := lr.Header()
 	// Bare guests run only in kernel mode, where breakpoints work here;
 	// Linux user code runs natively and is single-stepped instead.
 	bp := replay.BreakKernel
 	if g.bare {
 		bp = replay.BreakAll
+	}
+	switch *bpFlag {
+	case "":
+	case "kernel":
+		bp = replay.BreakKernel
+	case "all":
+		bp = replay.BreakAll
+	case "never":
+		bp = replay.BreakNever
+	default:
+		return 2, usageError{fmt.Errorf("--breakpoints %q: want kernel, all or never", *bpFlag)}
 	}
 	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: lr, Breakpoints: bp})
 	if err != nil {
@@ -66,7 +79,7 @@ func cmdReplay(ctx context.Context, args []string) (int, error) {
 		out = os.Stdout
 	}
 	epoch := time.Unix(0, recorded.EpochUnixNano)
-	vm, err := vmm.New(vmm.Config{MemoryBytes: g.memory, Console: out, Clock: rp.Clock(), Driver: rp, TSCSites: g.sites, Epoch: epoch})
+	vm, err := vmm.New(g.config(vmm.Config{Console: out, Clock: rp.Clock(), Driver: rp, Epoch: epoch}))
 	if err != nil {
 		return 1, err
 	}

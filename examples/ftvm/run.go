@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -30,6 +31,10 @@ type guestOptions struct {
 	image, bareName         string
 	guestDir                string
 	mem                     string
+	trace                   string
+	traceMem                bool
+	traceMemFrom            uint64
+	traceSteps              bool
 }
 
 func (o *guestOptions) register(fs *flag.FlagSet) {
@@ -44,19 +49,51 @@ func (o *guestOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.image, "image", "", "flat bare-guest binary, loaded and entered at 0x100000 in 64-bit mode")
 	fs.StringVar(&o.bareName, "bare", "", "built-in bare test guest to assemble and run ("+strings.Join(bare.Names(), ", ")+")")
 	fs.StringVar(&o.mem, "mem", "128M", "guest memory (K, M or G suffix)")
+	fs.BoolVar(&o.traceMem, "trace-memory", false, "with --trace: add a CRC of all guest memory to each line (slow: reads all memory at every exit)")
+	fs.Uint64Var(&o.traceMemFrom, "trace-memory-from", 0, "with --trace-memory: start the memory CRCs at this exit")
+	fs.BoolVar(&o.traceSteps, "trace-steps", false, "with --trace: also a line for every single step of a replay")
+	fs.StringVar(&o.trace, "trace", "", "write one line per exit and injection (point, RIP, registers) to this file: diff a recording's trace against its replay's to see where they part")
 }
 
 // preparedGuest is a guest read from disk with its rdtsc/rdtscp sites
 // patched to trapping OUTs, ready to load into a VM.
 type preparedGuest struct {
-	name    string
-	bare    bool
-	kernel  []byte // patched vmlinux, or patched bare image
-	initrd  []byte
-	cmdline string
-	sites   *tscpatch.SiteTable
-	nsites  int
-	memory  uint64
+	name         string
+	bare         bool
+	kernel       []byte // patched vmlinux, or patched bare image
+	initrd       []byte
+	cmdline      string
+	sites        *tscpatch.SiteTable
+	nsites       int
+	memory       uint64
+	trace        *bufio.Writer
+	traceMem     bool
+	traceMemFrom uint64
+	traceSteps   bool
+	traceF       *os.File
+}
+
+// config completes a VM configuration with the guest's memory size, rdtsc
+// sites and exit trace.
+func (g *preparedGuest) config(c vmm.Config) vmm.Config {
+	c.MemoryBytes, c.TSCSites = g.memory, g.sites
+	if g.trace != nil {
+		c.ExitTrace, c.TraceMemory, c.TraceMemoryFrom, c.TraceSteps = g.trace, g.traceMem, g.traceMemFrom, g.traceSteps
+	}
+	return c
+}
+
+// close flushes and closes the exit trace, if any.
+func (g *preparedGuest) close() error {
+	if g.traceF == nil {
+		return nil
+	}
+	err := g.trace.Flush()
+	if cerr := g.traceF.Close(); err == nil {
+		err = cerr
+	}
+	g.traceF = nil
+	return err
 }
 
 // prepare reads the guest's files and patches its rdtsc sites.
@@ -66,6 +103,13 @@ func (o *guestOptions) prepare() (*preparedGuest, error) {
 		return nil, usageError{fmt.Errorf("--mem: %w", err)}
 	}
 	g := &preparedGuest{memory: memBytes}
+	if o.trace != "" {
+		f, err := os.Create(o.trace)
+		if err != nil {
+			return nil, fmt.Errorf("--trace: %w", err)
+		}
+		g.traceF, g.trace, g.traceMem, g.traceMemFrom, g.traceSteps = f, bufio.NewWriterSize(f, 1<<20), o.traceMem, o.traceMemFrom, o.traceSteps
+	}
 	limit := int64(memBytes)
 	var sites []tscpatch.Site
 	switch {
@@ -171,7 +215,8 @@ func cmdRun(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
-	vm, err := vmm.New(vmm.Config{MemoryBytes: g.memory, Console: os.Stdout, ConsoleInput: os.Stdin, TSCSites: g.sites})
+	defer g.close()
+	vm, err := vmm.New(g.config(vmm.Config{Console: os.Stdout, ConsoleInput: os.Stdin}))
 	if err != nil {
 		return 1, err
 	}

@@ -71,6 +71,9 @@ func testEvents(n int) []*logpb.Event {
 			case 7:
 				// Several events at the same exit: exits stays put.
 				ev.Kind = &logpb.Event_Clock{Clock: 0}
+				if i%16 == 15 {
+					ev.Kind = &logpb.Event_Output{Output: &logpb.Output{Data: []byte("login: "), Released: uint64(i)}}
+				}
 			}
 		}
 		if i%3 == 0 {

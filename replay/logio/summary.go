@@ -21,10 +21,11 @@ const (
 	KindRead
 	KindFingerprint
 	KindEnd
+	KindOutput
 	NumKinds // number of kinds; not a kind
 )
 
-var kindNames = [NumKinds]string{"clock", "deliver", "deliver+landmark", "inject", "tsc", "read", "fingerprint", "end"}
+var kindNames = [NumKinds]string{"clock", "deliver", "deliver+landmark", "inject", "tsc", "read", "fingerprint", "end", "output"}
 
 func (k Kind) String() string {
 	if k >= 0 && k < NumKinds {
@@ -53,6 +54,8 @@ func KindOf(ev *logpb.Event) Kind {
 		return KindFingerprint
 	case *logpb.Event_End:
 		return KindEnd
+	case *logpb.Event_Output:
+		return KindOutput
 	}
 	return -1
 }

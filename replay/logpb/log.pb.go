@@ -7,7 +7,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: log.proto
+// source: replay/logpb/log.proto
 
 package logpb
 
@@ -47,7 +47,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_log_proto_msgTypes[0]
+	mi := &file_replay_logpb_log_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -59,7 +59,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_log_proto_msgTypes[0]
+	mi := &file_replay_logpb_log_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -72,7 +72,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_log_proto_rawDescGZIP(), []int{0}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *Header) GetVersion() uint32 {
@@ -169,7 +169,7 @@ type Landmark struct {
 
 func (x *Landmark) Reset() {
 	*x = Landmark{}
-	mi := &file_log_proto_msgTypes[1]
+	mi := &file_replay_logpb_log_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -181,7 +181,7 @@ func (x *Landmark) String() string {
 func (*Landmark) ProtoMessage() {}
 
 func (x *Landmark) ProtoReflect() protoreflect.Message {
-	mi := &file_log_proto_msgTypes[1]
+	mi := &file_replay_logpb_log_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -194,7 +194,7 @@ func (x *Landmark) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Landmark.ProtoReflect.Descriptor instead.
 func (*Landmark) Descriptor() ([]byte, []int) {
-	return file_log_proto_rawDescGZIP(), []int{1}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *Landmark) GetRip() uint64 {
@@ -244,7 +244,7 @@ type Deliver struct {
 
 func (x *Deliver) Reset() {
 	*x = Deliver{}
-	mi := &file_log_proto_msgTypes[2]
+	mi := &file_replay_logpb_log_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -256,7 +256,7 @@ func (x *Deliver) String() string {
 func (*Deliver) ProtoMessage() {}
 
 func (x *Deliver) ProtoReflect() protoreflect.Message {
-	mi := &file_log_proto_msgTypes[2]
+	mi := &file_replay_logpb_log_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -269,7 +269,7 @@ func (x *Deliver) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deliver.ProtoReflect.Descriptor instead.
 func (*Deliver) Descriptor() ([]byte, []int) {
-	return file_log_proto_rawDescGZIP(), []int{2}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Deliver) GetLandmark() *Landmark {
@@ -305,7 +305,7 @@ type Read struct {
 
 func (x *Read) Reset() {
 	*x = Read{}
-	mi := &file_log_proto_msgTypes[3]
+	mi := &file_replay_logpb_log_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -317,7 +317,7 @@ func (x *Read) String() string {
 func (*Read) ProtoMessage() {}
 
 func (x *Read) ProtoReflect() protoreflect.Message {
-	mi := &file_log_proto_msgTypes[3]
+	mi := &file_replay_logpb_log_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -330,7 +330,7 @@ func (x *Read) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Read.ProtoReflect.Descriptor instead.
 func (*Read) Descriptor() ([]byte, []int) {
-	return file_log_proto_rawDescGZIP(), []int{3}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Read) GetMmio() bool {
@@ -365,7 +365,7 @@ type Fingerprint struct {
 
 func (x *Fingerprint) Reset() {
 	*x = Fingerprint{}
-	mi := &file_log_proto_msgTypes[4]
+	mi := &file_replay_logpb_log_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -377,7 +377,7 @@ func (x *Fingerprint) String() string {
 func (*Fingerprint) ProtoMessage() {}
 
 func (x *Fingerprint) ProtoReflect() protoreflect.Message {
-	mi := &file_log_proto_msgTypes[4]
+	mi := &file_replay_logpb_log_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -390,7 +390,7 @@ func (x *Fingerprint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fingerprint.ProtoReflect.Descriptor instead.
 func (*Fingerprint) Descriptor() ([]byte, []int) {
-	return file_log_proto_rawDescGZIP(), []int{4}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Fingerprint) GetSha256() []byte {
@@ -413,7 +413,7 @@ type End struct {
 
 func (x *End) Reset() {
 	*x = End{}
-	mi := &file_log_proto_msgTypes[5]
+	mi := &file_replay_logpb_log_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -425,7 +425,7 @@ func (x *End) String() string {
 func (*End) ProtoMessage() {}
 
 func (x *End) ProtoReflect() protoreflect.Message {
-	mi := &file_log_proto_msgTypes[5]
+	mi := &file_replay_logpb_log_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -438,7 +438,7 @@ func (x *End) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use End.ProtoReflect.Descriptor instead.
 func (*End) Descriptor() ([]byte, []int) {
-	return file_log_proto_rawDescGZIP(), []int{5}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *End) GetReason() uint32 {
@@ -469,6 +469,58 @@ func (x *End) GetError() string {
 	return ""
 }
 
+type Output struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`          // what the guest wrote to the console at this exit
+	Released      uint64                 `protobuf:"varint,2,opt,name=released,proto3" json:"released,omitempty"` // console bytes the primary had let out before this one (output commit)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Output) Reset() {
+	*x = Output{}
+	mi := &file_replay_logpb_log_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Output) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Output) ProtoMessage() {}
+
+func (x *Output) ProtoReflect() protoreflect.Message {
+	mi := &file_replay_logpb_log_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Output.ProtoReflect.Descriptor instead.
+func (*Output) Descriptor() ([]byte, []int) {
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Output) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *Output) GetReleased() uint64 {
+	if x != nil {
+		return x.Released
+	}
+	return 0
+}
+
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`     // 1, 2, 3, ... with no gaps
@@ -482,6 +534,7 @@ type Event struct {
 	//	*Event_Read
 	//	*Event_Fingerprint
 	//	*Event_End
+	//	*Event_Output
 	Kind          isEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -489,7 +542,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_log_proto_msgTypes[6]
+	mi := &file_replay_logpb_log_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -501,7 +554,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_log_proto_msgTypes[6]
+	mi := &file_replay_logpb_log_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -514,7 +567,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_log_proto_rawDescGZIP(), []int{6}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -601,6 +654,15 @@ func (x *Event) GetEnd() *End {
 	return nil
 }
 
+func (x *Event) GetOutput() *Output {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_Output); ok {
+			return x.Output
+		}
+	}
+	return nil
+}
+
 type isEvent_Kind interface {
 	isEvent_Kind()
 }
@@ -633,6 +695,10 @@ type Event_End struct {
 	End *End `protobuf:"bytes,9,opt,name=end,proto3,oneof"`
 }
 
+type Event_Output struct {
+	Output *Output `protobuf:"bytes,10,opt,name=output,proto3,oneof"` // guest output (FT primary: held until the backup acks this event)
+}
+
 func (*Event_Clock) isEvent_Kind() {}
 
 func (*Event_Deliver) isEvent_Kind() {}
@@ -647,11 +713,13 @@ func (*Event_Fingerprint) isEvent_Kind() {}
 
 func (*Event_End) isEvent_Kind() {}
 
-var File_log_proto protoreflect.FileDescriptor
+func (*Event_Output) isEvent_Kind() {}
 
-const file_log_proto_rawDesc = "" +
+var File_replay_logpb_log_proto protoreflect.FileDescriptor
+
+const file_replay_logpb_log_proto_rawDesc = "" +
 	"\n" +
-	"\tlog.proto\x12\x0fftkvm.replay.v1\"\xec\x02\n" +
+	"\x16replay/logpb/log.proto\x12\x0fftkvm.replay.v1\"\xec\x02\n" +
 	"\x06Header\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12!\n" +
 	"\fcpuid_sha256\x18\x02 \x01(\fR\vcpuidSha256\x12!\n" +
@@ -686,7 +754,10 @@ const file_log_proto_rawDesc = "" +
 	"\x06reason\x18\x01 \x01(\rR\x06reason\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\rR\x06status\x12>\n" +
 	"\vfingerprint\x18\x03 \x01(\v2\x1c.ftkvm.replay.v1.FingerprintR\vfingerprint\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"\xcc\x02\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"8\n" +
+	"\x06Output\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1a\n" +
+	"\breleased\x18\x02 \x01(\x04R\breleased\"\xff\x02\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05exits\x18\x02 \x01(\x04R\x05exits\x12\x16\n" +
@@ -696,51 +767,55 @@ const file_log_proto_rawDesc = "" +
 	"\x03tsc\x18\x06 \x01(\x04H\x00R\x03tsc\x12+\n" +
 	"\x04read\x18\a \x01(\v2\x15.ftkvm.replay.v1.ReadH\x00R\x04read\x12@\n" +
 	"\vfingerprint\x18\b \x01(\v2\x1c.ftkvm.replay.v1.FingerprintH\x00R\vfingerprint\x12(\n" +
-	"\x03end\x18\t \x01(\v2\x14.ftkvm.replay.v1.EndH\x00R\x03endB\x06\n" +
+	"\x03end\x18\t \x01(\v2\x14.ftkvm.replay.v1.EndH\x00R\x03end\x121\n" +
+	"\x06output\x18\n" +
+	" \x01(\v2\x17.ftkvm.replay.v1.OutputH\x00R\x06outputB\x06\n" +
 	"\x04kindB%Z#github.com/ftkvm/ftkvm/replay/logpbb\x06proto3"
 
 var (
-	file_log_proto_rawDescOnce sync.Once
-	file_log_proto_rawDescData []byte
+	file_replay_logpb_log_proto_rawDescOnce sync.Once
+	file_replay_logpb_log_proto_rawDescData []byte
 )
 
-func file_log_proto_rawDescGZIP() []byte {
-	file_log_proto_rawDescOnce.Do(func() {
-		file_log_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_log_proto_rawDesc), len(file_log_proto_rawDesc)))
+func file_replay_logpb_log_proto_rawDescGZIP() []byte {
+	file_replay_logpb_log_proto_rawDescOnce.Do(func() {
+		file_replay_logpb_log_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_replay_logpb_log_proto_rawDesc), len(file_replay_logpb_log_proto_rawDesc)))
 	})
-	return file_log_proto_rawDescData
+	return file_replay_logpb_log_proto_rawDescData
 }
 
-var file_log_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
-var file_log_proto_goTypes = []any{
+var file_replay_logpb_log_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_replay_logpb_log_proto_goTypes = []any{
 	(*Header)(nil),      // 0: ftkvm.replay.v1.Header
 	(*Landmark)(nil),    // 1: ftkvm.replay.v1.Landmark
 	(*Deliver)(nil),     // 2: ftkvm.replay.v1.Deliver
 	(*Read)(nil),        // 3: ftkvm.replay.v1.Read
 	(*Fingerprint)(nil), // 4: ftkvm.replay.v1.Fingerprint
 	(*End)(nil),         // 5: ftkvm.replay.v1.End
-	(*Event)(nil),       // 6: ftkvm.replay.v1.Event
+	(*Output)(nil),      // 6: ftkvm.replay.v1.Output
+	(*Event)(nil),       // 7: ftkvm.replay.v1.Event
 }
-var file_log_proto_depIdxs = []int32{
+var file_replay_logpb_log_proto_depIdxs = []int32{
 	1, // 0: ftkvm.replay.v1.Deliver.landmark:type_name -> ftkvm.replay.v1.Landmark
 	4, // 1: ftkvm.replay.v1.End.fingerprint:type_name -> ftkvm.replay.v1.Fingerprint
 	2, // 2: ftkvm.replay.v1.Event.deliver:type_name -> ftkvm.replay.v1.Deliver
 	3, // 3: ftkvm.replay.v1.Event.read:type_name -> ftkvm.replay.v1.Read
 	4, // 4: ftkvm.replay.v1.Event.fingerprint:type_name -> ftkvm.replay.v1.Fingerprint
 	5, // 5: ftkvm.replay.v1.Event.end:type_name -> ftkvm.replay.v1.End
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	6, // 6: ftkvm.replay.v1.Event.output:type_name -> ftkvm.replay.v1.Output
+	7, // [7:7] is the sub-list for method output_type
+	7, // [7:7] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
-func init() { file_log_proto_init() }
-func file_log_proto_init() {
-	if File_log_proto != nil {
+func init() { file_replay_logpb_log_proto_init() }
+func file_replay_logpb_log_proto_init() {
+	if File_replay_logpb_log_proto != nil {
 		return
 	}
-	file_log_proto_msgTypes[6].OneofWrappers = []any{
+	file_replay_logpb_log_proto_msgTypes[7].OneofWrappers = []any{
 		(*Event_Clock)(nil),
 		(*Event_Deliver)(nil),
 		(*Event_Inject)(nil),
@@ -748,22 +823,23 @@ func file_log_proto_init() {
 		(*Event_Read)(nil),
 		(*Event_Fingerprint)(nil),
 		(*Event_End)(nil),
+		(*Event_Output)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_log_proto_rawDesc), len(file_log_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_replay_logpb_log_proto_rawDesc), len(file_replay_logpb_log_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
-		GoTypes:           file_log_proto_goTypes,
-		DependencyIndexes: file_log_proto_depIdxs,
-		MessageInfos:      file_log_proto_msgTypes,
+		GoTypes:           file_replay_logpb_log_proto_goTypes,
+		DependencyIndexes: file_replay_logpb_log_proto_depIdxs,
+		MessageInfos:      file_replay_logpb_log_proto_msgTypes,
 	}.Build()
-	File_log_proto = out.File
-	file_log_proto_goTypes = nil
-	file_log_proto_depIdxs = nil
+	File_replay_logpb_log_proto = out.File
+	file_replay_logpb_log_proto_goTypes = nil
+	file_replay_logpb_log_proto_depIdxs = nil
 }

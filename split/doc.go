@@ -1,0 +1,131 @@
+// Package split keeps an FT pair from splitting its brain: when the primary
+// and the backup lose sight of each other, each races to claim the pair on
+// shared storage with an atomic test-and-set, and only the winner runs the
+// VM. The rule:
+//
+//   - the winner goes live (or, if it is the primary, goes on alone);
+//   - the loser halts itself and says so, naming the winner;
+//   - a node that cannot reach the storage, or cannot read a trustworthy
+//     answer from it, does not go live.
+//
+// Arbiter is the interface, so other arbiters (a quorum service, a SCSI
+// reservation) can be added; FileArbiter, a directory on storage both
+// hosts mount (NFS, or a cluster filesystem), is the default.
+//
+// # Usage
+//
+//	a, err := split.NewFileArbiter(split.FileConfig{
+//		Dir: "/mnt/ft", Pair: "vm1", Node: hostname, Generation: gen,
+//	})
+//	...
+//	// The peer is silent past the failure-detection timeout:
+//	switch err := a.TestAndSet(ctx); {
+//	case err == nil:
+//		goLive()
+//	case errors.Is(err, split.ErrLost):
+//		log.Print(err) // names the winner
+//		halt()
+//	default: // ErrUnreachable, ErrCorrupt: stay down, retry or halt
+//		log.Print(err)
+//	}
+//	...
+//	// Re-protection, on the live node, before the new backup joins:
+//	next, err := a.Advance(ctx) // give next to the new backup
+//
+// The caller's duties:
+//
+//  1. Call TestAndSet once the peer is declared failed and before going
+//     live: the backup before it switches its devices to real backends,
+//     the primary before it releases any output that the backup has not
+//     acknowledged. Only nil means go; every error means do not.
+//  2. On ErrLost, halt and log the error. It names the winner, its claim
+//     time and the record's path.
+//  3. On any other error, do not go live. Retrying TestAndSet is allowed
+//     and safe; a primary that cannot reach the storage stops releasing
+//     output. Note that an attempt that timed out may still complete later
+//     (see Timeouts): then the generation belongs to this node although it
+//     was told ErrUnreachable, the peer halts on ErrLost, and nobody runs
+//     until this node retries. That is the safe side of the failure.
+//  4. Give both nodes of a pair the same Generation, taken from the pair's
+//     own handshake, and different Node names. When a new backup joins,
+//     the live node calls Advance and hands the returned generation to it.
+//  5. Never remove claim files while a pair whose generation they cover
+//     may still run: they are the decisions. Old generations' files are
+//     about 150 bytes each; an operator may delete a pair's files once the
+//     whole pair is gone.
+//
+// # Generations
+//
+// A claim is for one pair generation: the generation starts when a backup
+// joins (the first pair at 1) and ends when a new backup is cloned from
+// the live node. A node learns its generation from the pair's handshake,
+// never from the storage: a backup that was replaced while cut off from
+// the network would otherwise read the new generation, find it unclaimed,
+// and win it while the real pair runs. Instead it claims its own,
+// generation G, and Advance guarantees that G is already taken: the live
+// node claims G (a no-op if it won G at failover) before moving to G+1.
+// So every generation below a pair's current one is claimed, and a node
+// of an old generation can only lose.
+//
+// # The file protocol, and why it is atomic
+//
+// The claim for generation G of pair P is the file Dir/P.gG.claim. It is
+// created once and never changed or removed, so whatever it says is the
+// decision. To claim, a node:
+//
+//  1. reads the claim; if it exists, it names the winner (this node, when
+//     re-claiming, or the other);
+//  2. writes its record (pair, generation, node, time, CRC32C) to a new
+//     uniquely named file Dir/.P.gG.<random>.tmp, and fsyncs it;
+//  3. link(2)s that file to the claim name, ignoring EEXIST;
+//  4. reads the claim back: it won if the record there names it; then it
+//     fsyncs Dir so the name is durable before it goes live.
+//
+// The test-and-set is link(2). On a local POSIX filesystem (ext4, XFS,
+// Btrfs...) link fails with EEXIST if the new name exists, and the kernel
+// checks and inserts the name in one step under the directory's lock, so
+// of any number of concurrent links to one name exactly one succeeds. On
+// NFS the client sends a single LINK call and the server runs that same
+// link on its filesystem, so the server is the one place where the race
+// is decided; every NFS version, v2 included, has done so, which is why
+// "link a unique file, then check" is the classic NFS-safe lock. One NFS
+// hazard remains: if a LINK's reply is lost, the client retransmits, and
+// the server may answer the duplicate with EEXIST although the first call
+// succeeded. Step 4 does not trust link's answer: the record in the claim
+// file, which names its owner, decides. (The idiom's other form, checking
+// that the temporary file's link count is 2, answers the same question
+// from attributes the client may cache; the record is read from the
+// server once the file is opened, by close-to-open consistency.)
+//
+// The alternative, open(2) with O_CREAT|O_EXCL on the claim name, is
+// atomic locally and on NFSv3 and v4 (exclusive create with a verifier)
+// but not on NFSv2, where the client emulates it with a lookup and a
+// create. Worse, the name would exist before its content: a loser could
+// read an empty or partial record and be unable to name the winner, and a
+// winner that crashed between create and write would leave an empty claim
+// that proves nothing. With link, the claim name appears only when its
+// complete, synced record exists, so a claim file that does not parse is
+// corruption (ErrCorrupt), not a race.
+//
+// Caching cannot cause a wrong win. A cached claim name is never stale,
+// since claims never change or go away. A cached absence (a negative
+// dentry) can only make a node attempt a link, which the server decides.
+// The storage must support hard links: SMB without Unix extensions, FAT
+// and some FUSE filesystems do not, and there every claim fails with
+// ErrUnreachable, so nobody goes live — check at deployment. fsync of the
+// directory is skipped where the filesystem rejects it with EINVAL; an
+// NFS server commits LINK before it answers.
+//
+// # Timeouts
+//
+// A hung NFS hard mount blocks the calling thread in the kernel, where no
+// signal or context reaches it. Every FileArbiter operation therefore runs
+// its syscalls on a separate goroutine and waits at most FileConfig.Timeout
+// (default 2 s) or until ctx ends, then returns ErrUnreachable. The
+// goroutine may stay blocked; it holds the arbiter's single storage slot
+// until it returns, so further operations report ErrUnreachable too
+// instead of piling up blocked threads. If the storage comes back, the
+// abandoned call finishes, and a claim it makes stands (see duty 3).
+// Missing directories, permission errors, I/O errors and a full disk are
+// ErrUnreachable too, with the path in the message.
+package split
