@@ -348,6 +348,9 @@ func (r *Replayer) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 	}
 }
 
+// rflagsRF is RFLAGS.RF, set when an instruction was interrupted midway.
+const rflagsRF = 1 << 16
+
 // Phases of locating a landmark.
 const (
 	phaseComplete = iota // complete the exit without running on
@@ -451,10 +454,16 @@ func (r *Replayer) NextEntry() vmm.EntryMode {
 		return vmm.EntryComplete
 	case phaseChoose:
 		rip := r.target.GetDeliver().GetLandmark().GetRip()
-		// In a tight loop the breakpoint is hit every iteration and each
-		// hit costs a step over it as well: past maxHits, just step.
-		const maxHits = 32
-		if r.cfg.Breakpoints.allows(rip) && r.hits < maxHits && !r.repStringAt(rip) {
+		// In a loop the breakpoint is hit every iteration, and each hit
+		// costs a step over it: still far cheaper than stepping every
+		// instruction of the loop, so the limit only stops a runaway.
+		const maxHits = 1 << 20
+		// A landmark inside a rep string instruction (RF set: the kick
+		// stopped it between iterations) is stepped to from the exit: the
+		// emulator runs such an instruction in chunks, and arriving at it
+		// by a breakpoint gave different chunks than the recording's.
+		midRep := r.target.GetDeliver().GetLandmark().GetRflags()&rflagsRF != 0 && r.repStringAt(rip)
+		if r.cfg.Breakpoints.allows(rip) && r.hits < maxHits && !midRep {
 			if ok, err := r.vm.SetBreakpoint(rip); err == nil && ok {
 				r.phase = phaseArmed
 				return vmm.EntryRun
