@@ -89,7 +89,10 @@ type Replayer struct {
 	steps  uint64
 	hits   uint64 // breakpoint hits for this landmark
 	near   string // the closest miss so far, for the divergence report
-	stats  ReplayStats
+	burst  uint64 // steps in the current stepping burst (see atCandidate)
+	// burstSawRIP: the landmark's RIP came round during the burst.
+	burstSawRIP bool
+	stats       ReplayStats
 
 	live     *vmm.LiveDriver // non-nil once the replay has gone live
 	lastTSC  uint64
@@ -348,6 +351,13 @@ func (r *Replayer) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 	}
 }
 
+// maxHits breakpoint hits on one landmark's RIP without finding it switch
+// the replayer to single steps for at least stepBurst steps.
+const (
+	maxHits   = 32
+	stepBurst = 256
+)
+
 // rflagsRF is RFLAGS.RF, set when an instruction was interrupted midway.
 const rflagsRF = 1 << 16
 
@@ -403,6 +413,21 @@ func (r *Replayer) atCandidate(vm *vmm.VM, p vmm.Point) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	if r.phase == phaseStepping && r.hits >= maxHits {
+		// Stepping because the breakpoint was hit too often. A loop
+		// short enough that its RIP comes round within stepBurst steps
+		// is cheaper to step; otherwise go back to the breakpoint.
+		r.burst++
+		if regs.RIP == lm.Rip {
+			r.burstSawRIP = true
+		}
+		if r.burst >= stepBurst {
+			if !r.burstSawRIP {
+				r.hits, r.phase = 0, phaseChoose
+			}
+			r.burst, r.burstSawRIP = 0, false
+		}
+	}
 	if regs.RIP != lm.Rip {
 		return false, nil
 	}
@@ -454,10 +479,9 @@ func (r *Replayer) NextEntry() vmm.EntryMode {
 		return vmm.EntryComplete
 	case phaseChoose:
 		rip := r.target.GetDeliver().GetLandmark().GetRip()
-		// In a loop the breakpoint is hit every iteration, and each hit
-		// costs a step over it: still far cheaper than stepping every
-		// instruction of the loop, so the limit only stops a runaway.
-		const maxHits = 1 << 20
+		// In a tight loop the breakpoint is hit every iteration and each
+		// hit costs a step over it as well: past maxHits, step a while
+		// (see atCandidate for the way back to breakpoints).
 		// A landmark inside a rep string instruction (RF set: the kick
 		// stopped it between iterations) is stepped to from the exit: the
 		// emulator runs such an instruction in chunks, and arriving at it
