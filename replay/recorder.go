@@ -148,6 +148,9 @@ func (r *Recorder) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 	}
 	r.userSince = time.Time{}
 	d := &logpb.Deliver{Timer: a.Timer, Input: a.Input}
+	for _, c := range a.DMA {
+		d.Dma = append(d.Dma, &logpb.Dma{Tag: c.Tag, Data: c.Data, Error: c.Err})
+	}
 	if p.Kind != vmm.AtExit {
 		lm, err := captureLandmark(vm)
 		if err != nil {

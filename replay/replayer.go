@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/devices"
 	"github.com/ftkvm/ftkvm/replay/logpb"
 	"github.com/ftkvm/ftkvm/vmm"
@@ -156,6 +157,9 @@ func (r *Replayer) ended(p vmm.Point) bool {
 		return false
 	}
 	r.clock.goLive()
+	if e := r.vm.Bounce(); e != nil {
+		e.SetLive()
+	}
 	r.live = vmm.NewLiveDriver(r.cfg.LiveInput)
 	r.live.KickAfter = r.cfg.LiveKickAfter
 	r.live.SchedClock = r.clock.Now
@@ -289,9 +293,22 @@ func (c *replayClock) Now() int64 {
 	return c.last
 }
 
-// Start implements vmm.Driver.
+// asyncOf turns a logged delivery back into the events it delivered.
+func asyncOf(d *logpb.Deliver) vmm.Async {
+	a := vmm.Async{Timer: d.Timer, Input: d.Input}
+	for _, c := range d.Dma {
+		a.DMA = append(a.DMA, bounce.Completion{Tag: c.Tag, Data: c.Data, Err: c.Error})
+	}
+	return a
+}
+
+// Start implements vmm.Driver. A DMA device's bounce engine is put in
+// replay mode: its backend is never called, the log has its data.
 func (r *Replayer) Start(vm *vmm.VM) error {
 	r.vm = vm
+	if e := vm.Bounce(); e != nil {
+		e.SetReplay()
+	}
 	return nil
 }
 
@@ -341,7 +358,7 @@ func (r *Replayer) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 				return delivered, nil
 			}
 			r.consume()
-			vm.DeliverAsync(vmm.Async{Timer: k.Deliver.Timer, Input: k.Deliver.Input})
+			vm.DeliverAsync(asyncOf(k.Deliver))
 			delivered = true
 		default:
 			// Injections, TSC values, reads and the end are consumed
@@ -451,7 +468,7 @@ func (r *Replayer) atCandidate(vm *vmm.VM, p vmm.Point) (bool, error) {
 	r.consume()
 	r.stats.Landmarks++
 	d := ev.GetDeliver()
-	vm.DeliverAsync(vmm.Async{Timer: d.Timer, Input: d.Input})
+	vm.DeliverAsync(asyncOf(d))
 	return true, nil
 }
 

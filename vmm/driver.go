@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ftkvm/ftkvm/bounce"
 )
 
 // PointKind says where in the instruction stream a Point lies.
@@ -76,12 +78,13 @@ const (
 
 // Async is a batch of asynchronous events delivered at one point.
 type Async struct {
-	Timer bool   // the PIT's deadline has passed: the PIT reads the clock and may raise IRQ0
-	Input []byte // console bytes for COM1
+	Timer bool                // the PIT's deadline has passed: the PIT reads the clock and may raise IRQ0
+	Input []byte              // console bytes for COM1
+	DMA   []bounce.Completion // filled bounce buffers for the DMA device
 }
 
 // Empty reports whether a has nothing to deliver.
-func (a Async) Empty() bool { return !a.Timer && len(a.Input) == 0 }
+func (a Async) Empty() bool { return !a.Timer && len(a.Input) == 0 && len(a.DMA) == 0 }
 
 // Driver supplies every nondeterministic input of a run and decides where
 // asynchronous events enter. LiveDriver takes them from the host; the
@@ -157,6 +160,9 @@ func NewLiveDriver(in interface{ Read([]byte) (int, error) }) *LiveDriver {
 func (d *LiveDriver) Start(vm *VM) error {
 	d.vm = vm
 	d.wake = make(chan struct{}, 1)
+	if vm.bounce != nil {
+		vm.bounce.SetNotify(d.eventDue)
+	}
 	if d.Input == nil {
 		d.inputEOF = true
 		return nil
@@ -208,7 +214,14 @@ func (d *LiveDriver) eventDue() {
 func (d *LiveDriver) KickSoon() { d.eventDue() }
 
 // Pending reports whether an event is due that Poll would return.
-func (d *LiveDriver) Pending() bool { return d.timerDue.Load() || len(d.input) > 0 }
+func (d *LiveDriver) Pending() bool {
+	if d.vm != nil && d.vm.bounce != nil {
+		if ready, _ := d.vm.bounce.Pending(); ready {
+			return true
+		}
+	}
+	return d.timerDue.Load() || len(d.input) > 0
+}
 
 // Poll collects the events due now without delivering them.
 func (d *LiveDriver) Poll() Async {
@@ -231,6 +244,9 @@ func (d *LiveDriver) Poll() Async {
 		default:
 		}
 		break
+	}
+	if d.vm != nil && d.vm.bounce != nil {
+		a.DMA = d.vm.bounce.Poll()
 	}
 	if !a.Empty() {
 		d.kickArmed.Store(false)
@@ -296,7 +312,12 @@ func (d *LiveDriver) Halted(ctx context.Context, vm *VM, p Point) error {
 	d.mu.Lock()
 	armed := d.armed
 	d.mu.Unlock()
-	if !armed && !d.timerDue.Load() && d.inputEOF && len(d.input) == 0 {
+	dma := false
+	if vm.bounce != nil {
+		ready, inflight := vm.bounce.Pending()
+		dma = ready || inflight
+	}
+	if !armed && !dma && !d.timerDue.Load() && d.inputEOF && len(d.input) == 0 {
 		return ErrNoWakeup
 	}
 	select {

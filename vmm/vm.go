@@ -14,6 +14,7 @@ import (
 	"github.com/bobuhiro11/gokvm/kvm"
 	"golang.org/x/sys/unix"
 
+	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/devices"
 	"github.com/ftkvm/ftkvm/replay/tscpatch"
 )
@@ -150,12 +151,14 @@ type VM struct {
 	exitRequested  bool
 
 	// The kick, the driver, and where the run is.
-	tid          atomic.Int32
-	driver       Driver
-	point        Point
-	lastExit     Exit
-	breakpoints  map[uint64]breakpoint // by linear address
-	inputBacklog []byte
+	tid            atomic.Int32
+	driver         Driver
+	point          Point
+	lastExit       Exit
+	breakpoints    map[uint64]breakpoint // by linear address
+	inputBacklog   []byte
+	bounce         *bounce.Engine
+	bounceComplete func(bounce.Completion)
 
 	stats Stats
 }
@@ -405,6 +408,53 @@ func (v *VM) DeliverAsync(a Async) {
 		v.inputBacklog = append(v.inputBacklog, a.Input...)
 	}
 	v.offerInput()
+	for _, c := range a.DMA {
+		if v.bounce != nil {
+			v.bounce.Delivered(c.Tag)
+			v.bounceComplete(c)
+		}
+	}
+}
+
+// AttachBounce connects a device's bounce engine to the run: its
+// completions are delivered, on the vCPU thread at delivery points, to
+// complete. One engine per VM.
+func (v *VM) AttachBounce(e *bounce.Engine, complete func(bounce.Completion)) error {
+	if v.bounce != nil {
+		return fmt.Errorf("a bounce engine is already attached")
+	}
+	v.bounce, v.bounceComplete = e, complete
+	return nil
+}
+
+// Bounce returns the attached bounce engine, or nil.
+func (v *VM) Bounce() *bounce.Engine { return v.bounce }
+
+// DMABase is where AddDMATest maps the DMA test device; DMAIRQ its
+// interrupt line.
+const (
+	DMABase = MMIOBase + 0x10000
+	DMAIRQ  = 5
+)
+
+// AddDMATest maps the DMA test device (devices.DMATest) at DMABase on IRQ
+// 5, with backend filling its bounce buffers.
+func (v *VM) AddDMATest(backend bounce.Backend) (*devices.DMATest, error) {
+	e := bounce.NewEngine(backend)
+	d := devices.NewDMATest(e, func(high bool) { v.PIC.SetIRQ(DMAIRQ, high) }, func(addr uint64, n int) ([]byte, bool) {
+		if n < 0 || addr >= v.mem.Size() || uint64(n) > v.mem.Size()-addr {
+			return nil, false
+		}
+		b, err := v.mem.Slice(GuestAddress(addr), uint64(n))
+		return b, err == nil
+	})
+	if err := v.MMIO.Register("dma-test", DMABase, 0x1000, d); err != nil {
+		return nil, err
+	}
+	if err := v.AttachBounce(e, d.Complete); err != nil {
+		return nil, err
+	}
+	return d, nil
 }
 
 // offerInput gives COM1 what it will take of the console backlog. It runs

@@ -17,8 +17,7 @@
 // plain, …); the table gives medians, and the ratios are medians of the
 // per-repetition ratios, which cancels most of the drift of a shared host.
 //
-// Linux is recorded but not replayed: its replay is known to diverge
-// today (issue 3). The Linux guest is GUEST_DIR/vmlinux with the
+// The Linux guest is GUEST_DIR/vmlinux with the
 // uncompressed GUEST_DIR/initramfs.cpio, loaded as `ftvm run` does (rdtsc
 // sites patched, 128 MiB, ftvm's default command line); GUEST_DIR is
 // $FTKVM_GUEST_DIR, else guest/out under the current directory or the
@@ -272,9 +271,6 @@ func run() error {
 		}
 		fmt.Printf("%-10s %-8s %9s %9s %7.2f %9s %7s %-6s %10.0f %10.0f %7.0f %9.0f %10s\n",
 			g.name, ss[0].plainEnd, secs(plain), secs(record), recPlain, replayCol, repRec, same, logBytes, bps, events, landmarks, steps)
-		if g.linux {
-			notes = append(notes, g.name+" replay: not measured (known divergence, see issue 3)")
-		}
 		for i, s := range ss {
 			if s.recEnd != s.plainEnd || s.plainEnd != ss[0].plainEnd {
 				notes = append(notes, fmt.Sprintf("%s run %d: plain run ended %s after %d exits, recording ended %s", g.name, i+1, s.plainEnd, s.plainExits, s.recEnd))
@@ -347,13 +343,13 @@ func measure(g *guest) (sample, error) {
 		return s, err
 	}
 
+	// Replay. Bare guests run only in kernel mode, where breakpoints
+	// work; Linux user code cannot be breakpointed (as in ftvm replay).
+	bp := replay.BreakAll
 	if g.linux {
-		return s, nil // not replayed: see run
+		bp = replay.BreakKernel
 	}
-
-	// Replay.
-	// Bare guests run only in kernel mode, where breakpoints work (as in ftvm replay).
-	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: &replay.MemLog{Events: log.Events}, Breakpoints: replay.BreakAll})
+	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: &replay.MemLog{Events: log.Events}, Breakpoints: bp})
 	if err != nil {
 		return s, err
 	}

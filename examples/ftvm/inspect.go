@@ -147,6 +147,12 @@ func formatEvent(ev *logpb.Event) string {
 		if in := d.GetInput(); len(in) > 0 {
 			fmt.Fprintf(&b, ", input %s", quoteBytes(in))
 		}
+		for _, c := range d.GetDma() {
+			fmt.Fprintf(&b, ", dma tag %d %d bytes", c.GetTag(), len(c.GetData()))
+			if c.GetError() != "" {
+				fmt.Fprintf(&b, " error %q", c.GetError())
+			}
+		}
 		return b.String()
 	case *logpb.Event_Inject:
 		return fmt.Sprintf("inject  vector %#x", k.Inject)

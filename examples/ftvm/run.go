@@ -6,12 +6,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/guest/bare"
 	"github.com/ftkvm/ftkvm/replay/tscpatch"
 	"github.com/ftkvm/ftkvm/vmm"
@@ -35,6 +37,7 @@ type guestOptions struct {
 	traceMem                bool
 	traceMemFrom            uint64
 	traceSteps              bool
+	dma                     bool
 }
 
 func (o *guestOptions) register(fs *flag.FlagSet) {
@@ -52,6 +55,7 @@ func (o *guestOptions) register(fs *flag.FlagSet) {
 	fs.BoolVar(&o.traceMem, "trace-memory", false, "with --trace: add a CRC of all guest memory to each line (slow: reads all memory at every exit)")
 	fs.Uint64Var(&o.traceMemFrom, "trace-memory-from", 0, "with --trace-memory: start the memory CRCs at this exit")
 	fs.BoolVar(&o.traceSteps, "trace-steps", false, "with --trace: also a line for every single step of a replay")
+	fs.BoolVar(&o.dma, "dma", false, "add the DMA test device (vmm.AddDMATest; on by default for --bare dma); its backend returns random bytes after a random delay")
 	fs.StringVar(&o.trace, "trace", "", "write one line per exit and injection (point, RIP, registers) to this file: diff a recording's trace against its replay's to see where they part")
 }
 
@@ -66,6 +70,7 @@ type preparedGuest struct {
 	sites        *tscpatch.SiteTable
 	nsites       int
 	memory       uint64
+	dma          bool
 	trace        *bufio.Writer
 	traceMem     bool
 	traceMemFrom uint64
@@ -102,7 +107,7 @@ func (o *guestOptions) prepare() (*preparedGuest, error) {
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--mem: %w", err)}
 	}
-	g := &preparedGuest{memory: memBytes}
+	g := &preparedGuest{memory: memBytes, dma: o.dma}
 	if o.trace != "" {
 		f, err := os.Create(o.trace)
 		if err != nil {
@@ -126,6 +131,7 @@ func (o *guestOptions) prepare() (*preparedGuest, error) {
 				return nil, err
 			}
 			g.kernel, g.name = b.Binary, "bare guest "+o.bareName
+			g.dma = g.dma || o.bareName == "dma"
 		} else {
 			if g.kernel, err = vmm.ReadFileLimited(o.image, limit); err != nil {
 				return nil, err
@@ -176,10 +182,28 @@ func (o *guestOptions) prepare() (*preparedGuest, error) {
 
 // load puts the prepared guest into vm.
 func (g *preparedGuest) load(vm *vmm.VM) error {
+	if g.dma {
+		// A replay puts the engine in replay mode: this backend then
+		// never runs and the data comes from the log.
+		if _, err := vm.AddDMATest(randomDMA); err != nil {
+			return err
+		}
+	}
 	if g.bare {
 		return vm.LoadBare(g.kernel)
 	}
 	return vm.LoadLinux(vmm.LinuxSpec{Kernel: g.kernel, Initrd: g.initrd, Cmdline: g.cmdline})
+}
+
+// randomDMA is the DMA test device's backend: random bytes after a random
+// delay of up to 3 ms.
+func randomDMA(req bounce.Request) ([]byte, error) {
+	time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
+	b := make([]byte, req.Len)
+	for i := range b {
+		b[i] = byte(rand.Uint32())
+	}
+	return b, nil
 }
 
 func parseSize(s string) (uint64, error) {

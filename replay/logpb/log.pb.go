@@ -233,18 +233,79 @@ func (x *Landmark) GetPagesSha256() []byte {
 }
 
 // Deliver is a batch of asynchronous events handed to the devices.
+type Dma struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tag           uint64                 `protobuf:"varint,1,opt,name=tag,proto3" json:"tag,omitempty"`    // the device's transfer tag
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`   // the filled bounce buffer
+	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"` // the backend's error (no data)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Dma) Reset() {
+	*x = Dma{}
+	mi := &file_replay_logpb_log_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Dma) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Dma) ProtoMessage() {}
+
+func (x *Dma) ProtoReflect() protoreflect.Message {
+	mi := &file_replay_logpb_log_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Dma.ProtoReflect.Descriptor instead.
+func (*Dma) Descriptor() ([]byte, []int) {
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Dma) GetTag() uint64 {
+	if x != nil {
+		return x.Tag
+	}
+	return 0
+}
+
+func (x *Dma) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *Dma) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type Deliver struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Landmark      *Landmark              `protobuf:"bytes,1,opt,name=landmark,proto3" json:"landmark,omitempty"` // absent: at the exit itself
 	Timer         bool                   `protobuf:"varint,2,opt,name=timer,proto3" json:"timer,omitempty"`      // the PIT was serviced (it reads the clock: Clock events follow)
 	Input         []byte                 `protobuf:"bytes,3,opt,name=input,proto3" json:"input,omitempty"`       // console input bytes
+	Dma           []*Dma                 `protobuf:"bytes,4,rep,name=dma,proto3" json:"dma,omitempty"`           // DMA completions (bounce buffers copied into guest memory here)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Deliver) Reset() {
 	*x = Deliver{}
-	mi := &file_replay_logpb_log_proto_msgTypes[2]
+	mi := &file_replay_logpb_log_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -256,7 +317,7 @@ func (x *Deliver) String() string {
 func (*Deliver) ProtoMessage() {}
 
 func (x *Deliver) ProtoReflect() protoreflect.Message {
-	mi := &file_replay_logpb_log_proto_msgTypes[2]
+	mi := &file_replay_logpb_log_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -269,7 +330,7 @@ func (x *Deliver) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deliver.ProtoReflect.Descriptor instead.
 func (*Deliver) Descriptor() ([]byte, []int) {
-	return file_replay_logpb_log_proto_rawDescGZIP(), []int{2}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Deliver) GetLandmark() *Landmark {
@@ -293,6 +354,13 @@ func (x *Deliver) GetInput() []byte {
 	return nil
 }
 
+func (x *Deliver) GetDma() []*Dma {
+	if x != nil {
+		return x.Dma
+	}
+	return nil
+}
+
 // Read is a PIO or MMIO read's value (verify mode only).
 type Read struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -305,7 +373,7 @@ type Read struct {
 
 func (x *Read) Reset() {
 	*x = Read{}
-	mi := &file_replay_logpb_log_proto_msgTypes[3]
+	mi := &file_replay_logpb_log_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -317,7 +385,7 @@ func (x *Read) String() string {
 func (*Read) ProtoMessage() {}
 
 func (x *Read) ProtoReflect() protoreflect.Message {
-	mi := &file_replay_logpb_log_proto_msgTypes[3]
+	mi := &file_replay_logpb_log_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -330,7 +398,7 @@ func (x *Read) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Read.ProtoReflect.Descriptor instead.
 func (*Read) Descriptor() ([]byte, []int) {
-	return file_replay_logpb_log_proto_rawDescGZIP(), []int{3}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Read) GetMmio() bool {
@@ -365,7 +433,7 @@ type Fingerprint struct {
 
 func (x *Fingerprint) Reset() {
 	*x = Fingerprint{}
-	mi := &file_replay_logpb_log_proto_msgTypes[4]
+	mi := &file_replay_logpb_log_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -377,7 +445,7 @@ func (x *Fingerprint) String() string {
 func (*Fingerprint) ProtoMessage() {}
 
 func (x *Fingerprint) ProtoReflect() protoreflect.Message {
-	mi := &file_replay_logpb_log_proto_msgTypes[4]
+	mi := &file_replay_logpb_log_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -390,7 +458,7 @@ func (x *Fingerprint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fingerprint.ProtoReflect.Descriptor instead.
 func (*Fingerprint) Descriptor() ([]byte, []int) {
-	return file_replay_logpb_log_proto_rawDescGZIP(), []int{4}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Fingerprint) GetSha256() []byte {
@@ -413,7 +481,7 @@ type End struct {
 
 func (x *End) Reset() {
 	*x = End{}
-	mi := &file_replay_logpb_log_proto_msgTypes[5]
+	mi := &file_replay_logpb_log_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -425,7 +493,7 @@ func (x *End) String() string {
 func (*End) ProtoMessage() {}
 
 func (x *End) ProtoReflect() protoreflect.Message {
-	mi := &file_replay_logpb_log_proto_msgTypes[5]
+	mi := &file_replay_logpb_log_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -438,7 +506,7 @@ func (x *End) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use End.ProtoReflect.Descriptor instead.
 func (*End) Descriptor() ([]byte, []int) {
-	return file_replay_logpb_log_proto_rawDescGZIP(), []int{5}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *End) GetReason() uint32 {
@@ -479,7 +547,7 @@ type Output struct {
 
 func (x *Output) Reset() {
 	*x = Output{}
-	mi := &file_replay_logpb_log_proto_msgTypes[6]
+	mi := &file_replay_logpb_log_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -491,7 +559,7 @@ func (x *Output) String() string {
 func (*Output) ProtoMessage() {}
 
 func (x *Output) ProtoReflect() protoreflect.Message {
-	mi := &file_replay_logpb_log_proto_msgTypes[6]
+	mi := &file_replay_logpb_log_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -504,7 +572,7 @@ func (x *Output) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Output.ProtoReflect.Descriptor instead.
 func (*Output) Descriptor() ([]byte, []int) {
-	return file_replay_logpb_log_proto_rawDescGZIP(), []int{6}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Output) GetData() []byte {
@@ -542,7 +610,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_replay_logpb_log_proto_msgTypes[7]
+	mi := &file_replay_logpb_log_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -554,7 +622,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_replay_logpb_log_proto_msgTypes[7]
+	mi := &file_replay_logpb_log_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -567,7 +635,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_replay_logpb_log_proto_rawDescGZIP(), []int{7}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -739,11 +807,16 @@ const file_replay_logpb_log_proto_rawDesc = "" +
 	"\x06rflags\x18\x02 \x01(\x04R\x06rflags\x12\x12\n" +
 	"\x04gprs\x18\x03 \x03(\x04R\x04gprs\x12\x14\n" +
 	"\x05pages\x18\x04 \x03(\rR\x05pages\x12!\n" +
-	"\fpages_sha256\x18\x05 \x01(\fR\vpagesSha256\"l\n" +
+	"\fpages_sha256\x18\x05 \x01(\fR\vpagesSha256\"A\n" +
+	"\x03Dma\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\x04R\x03tag\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\x94\x01\n" +
 	"\aDeliver\x125\n" +
 	"\blandmark\x18\x01 \x01(\v2\x19.ftkvm.replay.v1.LandmarkR\blandmark\x12\x14\n" +
 	"\x05timer\x18\x02 \x01(\bR\x05timer\x12\x14\n" +
-	"\x05input\x18\x03 \x01(\fR\x05input\"B\n" +
+	"\x05input\x18\x03 \x01(\fR\x05input\x12&\n" +
+	"\x03dma\x18\x04 \x03(\v2\x14.ftkvm.replay.v1.DmaR\x03dma\"B\n" +
 	"\x04Read\x12\x12\n" +
 	"\x04mmio\x18\x01 \x01(\bR\x04mmio\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\x04R\x04addr\x12\x12\n" +
@@ -784,30 +857,32 @@ func file_replay_logpb_log_proto_rawDescGZIP() []byte {
 	return file_replay_logpb_log_proto_rawDescData
 }
 
-var file_replay_logpb_log_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_replay_logpb_log_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_replay_logpb_log_proto_goTypes = []any{
 	(*Header)(nil),      // 0: ftkvm.replay.v1.Header
 	(*Landmark)(nil),    // 1: ftkvm.replay.v1.Landmark
-	(*Deliver)(nil),     // 2: ftkvm.replay.v1.Deliver
-	(*Read)(nil),        // 3: ftkvm.replay.v1.Read
-	(*Fingerprint)(nil), // 4: ftkvm.replay.v1.Fingerprint
-	(*End)(nil),         // 5: ftkvm.replay.v1.End
-	(*Output)(nil),      // 6: ftkvm.replay.v1.Output
-	(*Event)(nil),       // 7: ftkvm.replay.v1.Event
+	(*Dma)(nil),         // 2: ftkvm.replay.v1.Dma
+	(*Deliver)(nil),     // 3: ftkvm.replay.v1.Deliver
+	(*Read)(nil),        // 4: ftkvm.replay.v1.Read
+	(*Fingerprint)(nil), // 5: ftkvm.replay.v1.Fingerprint
+	(*End)(nil),         // 6: ftkvm.replay.v1.End
+	(*Output)(nil),      // 7: ftkvm.replay.v1.Output
+	(*Event)(nil),       // 8: ftkvm.replay.v1.Event
 }
 var file_replay_logpb_log_proto_depIdxs = []int32{
 	1, // 0: ftkvm.replay.v1.Deliver.landmark:type_name -> ftkvm.replay.v1.Landmark
-	4, // 1: ftkvm.replay.v1.End.fingerprint:type_name -> ftkvm.replay.v1.Fingerprint
-	2, // 2: ftkvm.replay.v1.Event.deliver:type_name -> ftkvm.replay.v1.Deliver
-	3, // 3: ftkvm.replay.v1.Event.read:type_name -> ftkvm.replay.v1.Read
-	4, // 4: ftkvm.replay.v1.Event.fingerprint:type_name -> ftkvm.replay.v1.Fingerprint
-	5, // 5: ftkvm.replay.v1.Event.end:type_name -> ftkvm.replay.v1.End
-	6, // 6: ftkvm.replay.v1.Event.output:type_name -> ftkvm.replay.v1.Output
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	2, // 1: ftkvm.replay.v1.Deliver.dma:type_name -> ftkvm.replay.v1.Dma
+	5, // 2: ftkvm.replay.v1.End.fingerprint:type_name -> ftkvm.replay.v1.Fingerprint
+	3, // 3: ftkvm.replay.v1.Event.deliver:type_name -> ftkvm.replay.v1.Deliver
+	4, // 4: ftkvm.replay.v1.Event.read:type_name -> ftkvm.replay.v1.Read
+	5, // 5: ftkvm.replay.v1.Event.fingerprint:type_name -> ftkvm.replay.v1.Fingerprint
+	6, // 6: ftkvm.replay.v1.Event.end:type_name -> ftkvm.replay.v1.End
+	7, // 7: ftkvm.replay.v1.Event.output:type_name -> ftkvm.replay.v1.Output
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_replay_logpb_log_proto_init() }
@@ -815,7 +890,7 @@ func file_replay_logpb_log_proto_init() {
 	if File_replay_logpb_log_proto != nil {
 		return
 	}
-	file_replay_logpb_log_proto_msgTypes[7].OneofWrappers = []any{
+	file_replay_logpb_log_proto_msgTypes[8].OneofWrappers = []any{
 		(*Event_Clock)(nil),
 		(*Event_Deliver)(nil),
 		(*Event_Inject)(nil),
@@ -831,7 +906,7 @@ func file_replay_logpb_log_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_replay_logpb_log_proto_rawDesc), len(file_replay_logpb_log_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/guest/bare"
 	"github.com/ftkvm/ftkvm/replay"
 	"github.com/ftkvm/ftkvm/replay/logio"
@@ -37,6 +38,7 @@ type guest struct {
 	image []byte
 	sites *tscpatch.SiteTable
 	n     int
+	dma   bool // has the DMA test device (vmm.AddDMATest)
 }
 
 func load(t *testing.T, name string) guest {
@@ -45,7 +47,7 @@ func load(t *testing.T, name string) guest {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := guest{name: name, image: img.Binary}
+	g := guest{name: name, image: img.Binary, dma: name == "dma"}
 	sites, err := tscpatch.ScanFlat(img.Binary, vmm.BareLoadAddr)
 	if err != nil {
 		t.Fatal(err)
@@ -114,6 +116,22 @@ func record(t *testing.T, g guest, input string, rng *rand.Rand) recording {
 	if err := vm.LoadBare(g.image); err != nil {
 		t.Fatal(err)
 	}
+	if g.dma {
+		// A backend with random delays and random data: only the log
+		// can make the replay's memory match.
+		seed := rng.Uint64()
+		if _, err := vm.AddDMATest(func(req bounce.Request) ([]byte, error) {
+			r := rand.New(rand.NewPCG(seed, req.Tag))
+			time.Sleep(time.Duration(r.IntN(3000)) * time.Microsecond)
+			b := make([]byte, req.Len)
+			for i := range b {
+				b[i] = byte(r.Uint32())
+			}
+			return b, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	stop := busyCore(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	res, err := vm.Run(ctx)
@@ -151,6 +169,14 @@ func replayEvents(t *testing.T, g guest, src replay.Source) replayed {
 	if err := vm.LoadBare(g.image); err != nil {
 		t.Fatal(err)
 	}
+	if g.dma {
+		if _, err := vm.AddDMATest(func(bounce.Request) ([]byte, error) {
+			t.Error("the replay called the DMA backend")
+			return nil, errors.New("replay must not read a backend")
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	_, err = vm.Run(ctx)
@@ -175,6 +201,7 @@ func TestReplayReachesRecordedState(t *testing.T) {
 		{guest: "rdtsc_loop", want: "rdtsc_loop: sum=", minTSC: 4000},
 		{guest: "uart_irq", input: "replay me\n", want: "REPLAY ME\n"},
 		{guest: "hostile"},
+		{guest: "dma", want: "dma: checksum ", minLandmarks: 1},
 	}
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("random seed %d (set FTKVM_SUITE_SEED to repeat)", seed)

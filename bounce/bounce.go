@@ -1,0 +1,163 @@
+// Package bounce moves device data into guest memory only through bounce
+// buffers, so that DMA is a logged, replayable event (DESIGN.md, rule 3).
+//
+// A device model submits a Request on the vCPU thread. In a live run the
+// Engine hands it to the Backend on a goroutine of its own, which fills a
+// fresh buffer (reading a disk, receiving a packet...) while the guest runs
+// on; guest memory is never touched from that goroutine. When the buffer is
+// ready the Engine calls its notify hook (the VMM's driver kicks the vCPU)
+// and the completion waits in the Engine until the driver polls it at a
+// delivery point. There, on the vCPU thread, the driver hands it to the
+// device model, which copies the buffer into guest memory and raises its
+// interrupt. A recorder logs the completion (tag and bytes) at that point; a
+// replayer delivers the logged completion at the same point and the Engine,
+// in replay mode, never calls the Backend.
+package bounce
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+)
+
+// MaxLen bounds one transfer: a guest cannot make the VMM allocate more.
+const MaxLen = 1 << 20
+
+// Request asks the backend for Len bytes. Tag identifies the transfer to
+// the device model; the Engine does not interpret it.
+type Request struct {
+	Tag uint64
+	Len int
+}
+
+// Completion is a filled bounce buffer, or the backend's error (Data nil).
+type Completion struct {
+	Tag  uint64
+	Data []byte
+	Err  string
+}
+
+// Backend fills a buffer for a request. It runs on its own goroutine and
+// must not touch guest memory.
+type Backend func(Request) ([]byte, error)
+
+// Engine stages transfers between a backend and the vCPU thread.
+type Engine struct {
+	backend Backend
+
+	mu        sync.Mutex
+	ready     []Completion
+	notify    func()
+	replaying bool
+	inflight  int
+	// outstanding: requests submitted in replay mode whose completion has
+	// not been delivered yet (SetLive starts them).
+	outstanding map[uint64]Request
+}
+
+// NewEngine returns an engine feeding completions from backend.
+func NewEngine(backend Backend) *Engine { return &Engine{backend: backend} }
+
+// SetNotify sets the hook called (from the backend's goroutine) when a
+// completion becomes ready. The live driver sets it to its kick.
+func (e *Engine) SetNotify(f func()) {
+	e.mu.Lock()
+	e.notify = f
+	e.mu.Unlock()
+}
+
+// SetReplay puts the engine in replay mode: Submit no longer calls the
+// backend; completions come from the log.
+func (e *Engine) SetReplay() {
+	e.mu.Lock()
+	e.replaying = true
+	e.mu.Unlock()
+}
+
+// Submit starts a transfer. It returns an error, and starts nothing, for a
+// length outside 1..MaxLen.
+func (e *Engine) Submit(req Request) error {
+	if req.Len <= 0 || req.Len > MaxLen {
+		return fmt.Errorf("bounce: transfer of %d bytes: must be 1..%d", req.Len, MaxLen)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.replaying {
+		if e.outstanding == nil {
+			e.outstanding = map[uint64]Request{}
+		}
+		e.outstanding[req.Tag] = req
+		return nil
+	}
+	e.start(req)
+	return nil
+}
+
+// start runs the backend for req; e.mu is held.
+func (e *Engine) start(req Request) {
+	e.inflight++
+	go func() {
+		data, err := e.backend(req)
+		c := Completion{Tag: req.Tag}
+		switch {
+		case err != nil:
+			c.Err = err.Error()
+		case len(data) != req.Len:
+			c.Err = fmt.Sprintf("backend returned %d bytes for a %d-byte transfer", len(data), req.Len)
+		default:
+			c.Data = data
+		}
+		e.mu.Lock()
+		e.ready = append(e.ready, c)
+		e.inflight--
+		notify := e.notify
+		e.mu.Unlock()
+		if notify != nil {
+			notify()
+		}
+	}()
+}
+
+// Delivered tells the engine that the completion for tag reached the
+// device (the VMM calls it for every delivered completion, live or
+// replayed).
+func (e *Engine) Delivered(tag uint64) {
+	e.mu.Lock()
+	delete(e.outstanding, tag)
+	e.mu.Unlock()
+}
+
+// SetLive leaves replay mode (an FT backup going live): transfers the
+// guest started whose completion the log did not have are started on the
+// backend now, in tag order.
+func (e *Engine) SetLive() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.replaying = false
+	tags := make([]uint64, 0, len(e.outstanding))
+	for t := range e.outstanding {
+		tags = append(tags, t)
+	}
+	slices.Sort(tags)
+	for _, t := range tags {
+		e.start(e.outstanding[t])
+	}
+	e.outstanding = nil
+}
+
+// Poll takes the completions ready now, in the order they became ready.
+func (e *Engine) Poll() []Completion {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c := e.ready
+	e.ready = nil
+	return c
+}
+
+// Pending reports whether a completion is ready or a transfer is in
+// flight (a halted guest may be waiting for it).
+func (e *Engine) Pending() (ready, inflight bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.ready) > 0, e.inflight > 0
+}
