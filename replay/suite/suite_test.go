@@ -191,12 +191,11 @@ func TestReplayReachesRecordedState(t *testing.T) {
 	cases := []struct {
 		guest, input string
 		want         string // console must contain it
-		knownBroken  string // why the case is skipped today
 		minLandmarks uint64
 		minTSC       uint64
 	}{
-		{guest: "spin_repeat", want: "spin_repeat: spins=", minLandmarks: 1, knownBroken: "about one recording in three has a landmark the replay does not find, even with breakpoints (issue 3)"},
-		{guest: "rep_movs", want: "rep_movs: sum=", knownBroken: "a kick can stop the primary between iterations of rep movsb, and single-stepping a rep string instruction on this host's KVM emulator sometimes runs all remaining iterations at once, so such a landmark is not always found (issue 3)"},
+		{guest: "spin_repeat", want: "spin_repeat: spins=", minLandmarks: 1},
+		{guest: "rep_movs", want: "rep_movs: sum=", minLandmarks: 1},
 		{guest: "pit_read", want: "pit_read: sum="},
 		{guest: "rdtsc_loop", want: "rdtsc_loop: sum=", minTSC: 4000},
 		{guest: "uart_irq", input: "replay me\n", want: "REPLAY ME\n"},
@@ -211,9 +210,6 @@ func TestReplayReachesRecordedState(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 	for _, c := range cases {
 		t.Run(c.guest, func(t *testing.T) {
-			if c.knownBroken != "" && os.Getenv("FTKVM_SUITE_ALL") != "1" {
-				t.Skipf("known failure: %s; FTKVM_SUITE_ALL=1 runs it", c.knownBroken)
-			}
 			g := load(t, c.guest)
 			rec := record(t, g, c.input, rng)
 			t.Logf("recorded %d events (%d landmarks, %d injections, %d rdtsc, %d clock, %d fingerprints) in %v; console %q",
