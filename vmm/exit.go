@@ -38,13 +38,15 @@ const (
 	ExitFailEntry
 	ExitDebug
 	ExitIntr
+	ExitRDMSR
+	ExitWRMSR
 	ExitOther
 )
 
 var exitKindNames = map[ExitKind]string{
 	ExitIOIn: "io-in", ExitIOOut: "io-out", ExitMMIORead: "mmio-read", ExitMMIOWrite: "mmio-write",
 	ExitHLT: "hlt", ExitIRQWindow: "irq-window", ExitShutdown: "shutdown", ExitInternalError: "internal-error",
-	ExitFailEntry: "fail-entry", ExitDebug: "debug", ExitIntr: "intr", ExitOther: "other",
+	ExitFailEntry: "fail-entry", ExitDebug: "debug", ExitIntr: "intr", ExitRDMSR: "rdmsr", ExitWRMSR: "wrmsr", ExitOther: "other",
 }
 
 func (k ExitKind) String() string {
@@ -69,6 +71,10 @@ type Exit struct {
 	Suberror     uint32   // internal error
 	InternalData []uint64 // internal error payload
 	HardwareCode uint64   // fail-entry
+
+	MSR      uint32 // RDMSR/WRMSR: the MSR's index
+	MSRData  []byte // RDMSR: 8 bytes for the handler to fill; WRMSR: the value
+	MSRError []byte // RDMSR/WRMSR: 1 byte; the handler sets 1 to inject #GP
 }
 
 // decodeExit reads the exit union of a kvm_run mapping. It never indexes
@@ -130,6 +136,15 @@ func decodeExit(run []byte) (Exit, error) {
 		e.Kind = ExitDebug
 	case exitIntr:
 		e.Kind = ExitIntr
+	case exitX86RDMSR, exitX86WRMSR:
+		// struct { u8 error; u8 pad[7]; u32 reason; u32 index; u64 data; }
+		e.Kind = ExitRDMSR
+		if h.ExitReason == exitX86WRMSR {
+			e.Kind = ExitWRMSR
+		}
+		e.MSRError = u[0:1]
+		e.MSR = binary.LittleEndian.Uint32(u[12:])
+		e.MSRData = u[16:24]
 	default:
 		e.Kind = ExitOther
 	}

@@ -8,6 +8,8 @@ package vmm
 // checked before use.
 
 import (
+	"fmt"
+	"runtime"
 	"unsafe"
 
 	"github.com/bobuhiro11/gokvm/kvm"
@@ -19,8 +21,10 @@ const (
 	kvmio = 0xAE
 
 	// VM fd.
-	ioctlGetDirtyLog    = (1 << 30) | (16 << 16) | (kvmio << 8) | 0x42 // _IOW(KVMIO, 0x42, kvm_dirty_log)
-	ioctlSetIdentityMap = (1 << 30) | (8 << 16) | (kvmio << 8) | 0x48  // _IOW(KVMIO, 0x48, __u64)
+	ioctlGetDirtyLog    = (1 << 30) | (16 << 16) | (kvmio << 8) | 0x42  // _IOW(KVMIO, 0x42, kvm_dirty_log)
+	ioctlSetIdentityMap = (1 << 30) | (8 << 16) | (kvmio << 8) | 0x48   // _IOW(KVMIO, 0x48, __u64)
+	ioctlEnableCap      = (1 << 30) | (104 << 16) | (kvmio << 8) | 0xA3 // _IOW(KVMIO, 0xa3, kvm_enable_cap)
+	ioctlSetMSRFilter   = (1 << 30) | (392 << 16) | (kvmio << 8) | 0xC6 // _IOW(KVMIO, 0xc6, kvm_msr_filter)
 
 	// vCPU fd.
 	ioctlRun           = (kvmio << 8) | 0x80                           // _IO(KVMIO, 0x80)
@@ -85,6 +89,65 @@ const (
 func setGuestDebug(vcpuFd int, control uint32) error {
 	g := guestDebug{Control: control}
 	return ioctlPtr(vcpuFd, ioctlSetGuestDebug, &g)
+}
+
+// enableCap mirrors struct kvm_enable_cap.
+type enableCap struct {
+	Cap   uint32
+	Flags uint32
+	Args  [4]uint64
+	_     [64]byte
+}
+
+const (
+	capX86UserSpaceMSR    = 188
+	msrExitReasonFilter   = 1 << 1
+	msrFilterRead         = 1 << 0
+	msrFilterWrite        = 1 << 1
+	msrFilterMaxRanges    = 16
+	msrFilterDefaultAllow = 0
+)
+
+// msrFilterRange mirrors struct kvm_msr_filter_range.
+type msrFilterRange struct {
+	Flags  uint32
+	NMSRs  uint32
+	Base   uint32
+	_      uint32
+	Bitmap uintptr
+}
+
+// msrFilter mirrors struct kvm_msr_filter.
+type msrFilter struct {
+	Flags  uint32
+	_      uint32
+	Ranges [msrFilterMaxRanges]msrFilterRange
+}
+
+// trapMSRs makes every read and write of the listed MSRs exit to
+// userspace (KVM_EXIT_X86_RDMSR/WRMSR): KVM_CAP_X86_USER_SPACE_MSR with
+// the filter reason, and a default-allow filter whose ranges deny each.
+func trapMSRs(vmFd int, msrs []uint32) error {
+	c := enableCap{Cap: capX86UserSpaceMSR}
+	c.Args[0] = msrExitReasonFilter
+	if err := ioctlPtr(vmFd, ioctlEnableCap, &c); err != nil {
+		return fmt.Errorf("KVM_ENABLE_CAP(X86_USER_SPACE_MSR): %w", err)
+	}
+	if len(msrs) > msrFilterMaxRanges {
+		return fmt.Errorf("%d MSRs to trap: at most %d", len(msrs), msrFilterMaxRanges)
+	}
+	var deny [1]byte // one MSR per range, its bit clear: denied
+	f := msrFilter{Flags: msrFilterDefaultAllow}
+	for i, m := range msrs {
+		// deny outlives the ioctl, which copies the bitmaps.
+		f.Ranges[i] = msrFilterRange{Flags: msrFilterRead | msrFilterWrite, NMSRs: 1, Base: m, Bitmap: uintptr(unsafe.Pointer(&deny[0]))}
+	}
+	err := ioctlPtr(vmFd, ioctlSetMSRFilter, &f)
+	runtime.KeepAlive(&deny)
+	if err != nil {
+		return fmt.Errorf("KVM_X86_SET_MSR_FILTER: %w", err)
+	}
+	return nil
 }
 
 func setIdentityMapAddr(vmFd int, addr uint64) error {

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -215,6 +216,9 @@ func New(cfg Config) (vm *VM, err error) {
 	}
 	if err := setUserMemoryRegion(v.vmFd, 0, 0, v.mem.Bytes(), flags); err != nil {
 		return nil, fmt.Errorf("KVM_SET_USER_MEMORY_REGION: %w", err)
+	}
+	if err := trapMSRs(v.vmFd, timeMSRs); err != nil {
+		return nil, fmt.Errorf("routing the time MSRs to the VMM: %w", err)
 	}
 	fd, err = kvm.CreateVCPU(uintptr(v.vmFd), 0)
 	if err != nil {
@@ -467,6 +471,42 @@ func (v *VM) offerInput() {
 	}
 }
 
+// timeMSRs are the MSRs through which a guest can read time or program
+// timers: KVM's MSR filter sends every access to them to the VMM
+// (timeMSR), so that a recording logs what they read.
+var timeMSRs = []uint32{
+	0x10,       // IA32_TSC
+	0x3B,       // IA32_TSC_ADJUST
+	0xE7, 0xE8, // IA32_MPERF, IA32_APERF
+	0x6E0,      // IA32_TSC_DEADLINE
+	0x11, 0x12, // KVM's old kvmclock MSRs
+	0x4B564D00, 0x4B564D01, // KVM's kvmclock MSRs
+}
+
+// timeMSR answers a trapped access to one of timeMSRs. IA32_TSC, MPERF and
+// APERF read the driver's TSC (logged by a recorder, replayed from the log);
+// the others read 0: this VM has no TSC adjustment, local APIC timer or
+// kvmclock. Writes raise #GP: the guest's TSC is the VMM's.
+func (v *VM) timeMSR(e Exit) error {
+	if e.Kind == ExitWRMSR {
+		e.MSRError[0] = 1
+		return nil
+	}
+	var val uint64
+	switch e.MSR {
+	case 0x10, 0xE7, 0xE8:
+		tsc, err := v.driver.TSC(v, v.point)
+		if err != nil {
+			return err
+		}
+		val = tsc
+		v.stats.TSCReads++
+	}
+	binary.LittleEndian.PutUint64(e.MSRData, val)
+	e.MSRError[0] = 0
+	return nil
+}
+
 // LastExit describes the most recent synchronous exit (for diagnostics).
 func (v *VM) LastExit() string {
 	e := v.lastExit
@@ -706,6 +746,10 @@ func (v *VM) handleExit(ctx context.Context, e Exit) *stopRun {
 		return v.halt(ctx)
 	case ExitIntr:
 		// Nothing to do: the loop injects before re-entering.
+	case ExitRDMSR, ExitWRMSR:
+		if err := v.timeMSR(e); err != nil {
+			return fail(err)
+		}
 	case ExitShutdown:
 		return fail(v.guestError("triple fault", "the vCPU shut down (an exception while delivering a double fault)"))
 	case ExitInternalError:

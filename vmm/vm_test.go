@@ -325,3 +325,20 @@ func TestSingleStepIsInvisibleToGuest(t *testing.T) {
 	r = runBare(t, "pushf", vmm.Config{}, time.Minute, nil)
 	wantExit(t, r, 0)
 }
+
+// TestTimeMSRsAreTrapped: a guest's rdmsr of IA32_TSC or kvmclock never
+// reads the host's time. Where KVM hands filtered MSR accesses to the VMM
+// they read the driver's TSC (1000 reads, none faulting, the write
+// faulting); on kvm_pvm, which turns a filtered access into #GP instead,
+// every access faults. Both are deterministic; a read of the host TSC
+// (no fault on reads) is the failure.
+func TestTimeMSRsAreTrapped(t *testing.T) {
+	r := runBare(t, "msr_tsc", vmm.Config{}, time.Minute, nil)
+	wantExit(t, r, 0)
+	trapped := strings.Contains(r.out, " faults=1\n") && r.res.Stats.TSCReads == 1000
+	denied := strings.Contains(r.out, "msr_tsc: sum=0 faults=1002\n") && r.res.Stats.TSCReads == 0
+	if !trapped && !denied {
+		t.Fatalf("time MSRs neither answered by the VMM nor denied: console %q, %d TSC reads through the driver", r.out, r.res.Stats.TSCReads)
+	}
+	t.Logf("console %q: handed to the VMM %v, denied with #GP %v", r.out, trapped, denied)
+}

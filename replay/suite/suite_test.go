@@ -201,6 +201,7 @@ func TestReplayReachesRecordedState(t *testing.T) {
 		{guest: "uart_irq", input: "replay me\n", want: "REPLAY ME\n"},
 		{guest: "hostile"},
 		{guest: "dma", want: "dma: checksum ", minLandmarks: 1},
+		{guest: "msr_tsc", want: "msr_tsc: sum="},
 	}
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("random seed %d (set FTKVM_SUITE_SEED to repeat)", seed)
