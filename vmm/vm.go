@@ -152,14 +152,18 @@ type VM struct {
 	exitRequested  bool
 
 	// The kick, the driver, and where the run is.
-	tid            atomic.Int32
-	driver         Driver
-	point          Point
-	lastExit       Exit
-	breakpoints    map[uint64]breakpoint // by linear address
-	inputBacklog   []byte
-	bounce         *bounce.Engine
-	bounceComplete func(bounce.Completion)
+	tid          atomic.Int32
+	driver       Driver
+	point        Point
+	lastExit     Exit
+	breakpoints  map[uint64]breakpoint // by linear address
+	inputBacklog []byte
+	// exceptionQueued: this exit queued an exception (completing int3 or
+	// fwait) that KVM delivers on the next entry; no interrupt is
+	// injected at the same exit (see Run).
+	exceptionQueued bool
+	bounce          *bounce.Engine
+	bounceComplete  func(bounce.Completion)
 
 	stats Stats
 }
@@ -630,7 +634,16 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 		if err != nil {
 			return Result{}, err
 		}
-		if v.point.Kind == AtExit || delivered {
+		if v.exceptionQueued {
+			// With an exception and an interrupt both queued at one exit,
+			// which one the guest takes first differed from run to run
+			// on this host (the kernel's int3 self-test then failed in a
+			// replay). Deliver the exception alone; the interrupt waits
+			// for a window or the next exit.
+			if v.PIC.Pending() && v.driver.Windows() {
+				runHeader(v.run).RequestInterruptWindow = 1
+			}
+		} else if v.point.Kind == AtExit || delivered {
 			if err := v.injectInterrupt(); err != nil {
 				return Result{}, err
 			}
@@ -651,7 +664,15 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 		if mode == EntryComplete {
 			setImmediateExit(v.run, 1)
 		}
-		switch errno := runVCPU(v.vcpuFd); errno {
+		errno := runVCPU(v.vcpuFd)
+		if v.exceptionQueued {
+			// Delivered unless KVM_RUN returned before entering the guest.
+			var ev kvm.VCPUEvents
+			if errno != unix.EINTR || kvm.GetVCPUEvents(uintptr(v.vcpuFd), &ev) != nil || ev.E.Inject == 0 {
+				v.exceptionQueued = false
+			}
+		}
+		switch errno {
 		case 0:
 		case unix.EINTR:
 			setImmediateExit(v.run, 0)
@@ -1045,6 +1066,7 @@ func (v *VM) completeUnemulated() (bool, error) {
 		if err := kvm.SetVCPUEvents(uintptr(v.vcpuFd), &ev); err != nil {
 			return false, fmt.Errorf("completing %x: KVM_SET_VCPU_EVENTS: %w", b[0], err)
 		}
+		v.exceptionQueued = true
 	}
 	v.stats.Completed++
 	return true, nil

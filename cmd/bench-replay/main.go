@@ -38,6 +38,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -46,6 +47,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/guest/bare"
 	"github.com/ftkvm/ftkvm/replay"
 	"github.com/ftkvm/ftkvm/replay/logio"
@@ -62,7 +64,7 @@ const (
 	linuxMemory = 128 << 20
 )
 
-const defaultGuests = "pit_ticks,memloop,hello,linux"
+const defaultGuests = "pit_ticks,memloop,hello,pit_read,rdtsc_loop,uart_irq,hostile,dma,msr_tsc,rep_movs,spin_repeat,linux"
 
 var (
 	guestsFlag = flag.String("guests", defaultGuests, "comma-separated guests to measure: bare guest names ("+strings.Join(bare.Names(), ", ")+") and linux")
@@ -87,9 +89,31 @@ type guest struct {
 	sites  *tscpatch.SiteTable
 	nsites int
 	memory uint64
+	input  string // console input (uart_irq)
+}
+
+// input returns a fresh reader of g's console input, or nil.
+func (g *guest) inputReader() io.Reader {
+	if g.input == "" {
+		return nil
+	}
+	return strings.NewReader(g.input)
 }
 
 func (g *guest) load(vm *vmm.VM) error {
+	if g.name == "dma" {
+		// Random data after a random delay; a replay never calls it.
+		if _, err := vm.AddDMATest(func(req bounce.Request) ([]byte, error) {
+			time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
+			b := make([]byte, req.Len)
+			for i := range b {
+				b[i] = byte(rand.Uint32())
+			}
+			return b, nil
+		}); err != nil {
+			return err
+		}
+	}
 	if g.linux {
 		return vm.LoadLinux(vmm.LinuxSpec{Kernel: g.kernel, Initrd: g.initrd, Cmdline: linuxCmdline})
 	}
@@ -117,6 +141,9 @@ func bareGuest(name string) (*guest, error) {
 		return nil, err
 	}
 	g := &guest{name: name, kernel: img.Binary, memory: bareMemory}
+	if name == "uart_irq" {
+		g.input = "replay me\n"
+	}
 	sites, err := tscpatch.ScanFlat(g.kernel, vmm.BareLoadAddr)
 	if err != nil {
 		return nil, fmt.Errorf("%s: scanning for rdtsc: %w", name, err)
@@ -297,7 +324,11 @@ func measure(g *guest) (sample, error) {
 	var s sample
 
 	// Plain.
-	vm, err := vmm.New(vmm.Config{MemoryBytes: g.memory, Console: io.Discard, TSCSites: g.sites})
+	cfg := vmm.Config{MemoryBytes: g.memory, Console: io.Discard, TSCSites: g.sites}
+	if in := g.inputReader(); in != nil {
+		cfg.ConsoleInput = in
+	}
+	vm, err := vmm.New(cfg)
 	if err != nil {
 		return s, err
 	}
@@ -316,7 +347,11 @@ func measure(g *guest) (sample, error) {
 	// Record.
 	epoch := time.Now()
 	log := &replay.MemLog{}
-	rec, err := replay.NewRecorder(replay.RecorderConfig{Sink: log})
+	rcfg := replay.RecorderConfig{Sink: log}
+	if in := g.inputReader(); in != nil {
+		rcfg.Input = in
+	}
+	rec, err := replay.NewRecorder(rcfg)
 	if err != nil {
 		return s, err
 	}
