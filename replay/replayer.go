@@ -636,6 +636,11 @@ func (r *Replayer) Stop(vm *vmm.VM, p vmm.Point, res vmm.Result, runErr error) e
 		_, ok := ev.Kind.(*logpb.Event_End)
 		return ok
 	})
+	if err == errLive {
+		// The log ended before the run did: went live at its very end.
+		r.live.Stop(vm, p, res, runErr)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
