@@ -18,9 +18,13 @@ build:
 guest:
 	guest/build.sh $(GUEST_DIR)
 
-# Boot the example Linux guest.
+# The FT pair on this machine: backup and primary on loopback, a temporary
+# directory as shared storage, the example Linux guest; the primary is
+# killed with SIGKILL partway and the backup takes over. `bin/ftvm demo
+# --chatter` does the same with a bare guest that prints numbered lines.
+# The plain single-VM boot is `bin/ftvm run`.
 demo: build guest
-	$(BIN)/ftvm run
+	$(BIN)/ftvm demo
 
 # Everything, including the end-to-end Linux boot (run once, in ./e2e).
 test: build guest
@@ -37,6 +41,7 @@ bench: build guest
 	$(BIN)/ftvm record -q -o $(BIN)/linux.log > /dev/null
 	$(GO) run ./cmd/bench-logchannel -log $(BIN)/linux.log
 	$(GO) run ./cmd/bench-replay
+	$(GO) run ./cmd/bench-ft
 
 lint:
 	gofmt -l . | tee /dev/stderr | (! read)

@@ -1,6 +1,8 @@
 // Command ftvm runs a virtual machine under ftkvm.
 //
 //	ftvm run [flags]      boot the example Linux guest (or --kernel, or a bare --image)
+//	ftvm primary/backup   the two sides of a fault-tolerant pair
+//	ftvm demo             an FT pair on this machine, with a failover
 //
 // Run `ftvm run -h` for the flags.
 package main
@@ -22,6 +24,9 @@ commands:
   record   run a guest and log every nondeterministic input to -o FILE
   replay   replay a log on the same guest; stops at the first divergence
   inspect  print a log's header, event counts and bytes by kind
+  primary  run a guest as the primary of an FT pair: --listen ADDR --split-dir DIR [guest flags]
+  backup   run the backup of an FT pair: --connect ADDR --split-dir DIR [the same guest flags]
+  demo     run an FT pair on this machine, kill the primary partway, watch the backup take over
 
 Run 'ftvm <command> -h' for a command's flags.
 `
@@ -44,6 +49,12 @@ func main() {
 		code, err = cmdReplay(ctx, os.Args[2:])
 	case "inspect":
 		code, err = cmdInspect(os.Args[2:])
+	case "primary":
+		code, err = cmdPrimary(ctx, os.Args[2:])
+	case "backup":
+		code, err = cmdBackup(ctx, os.Args[2:])
+	case "demo":
+		code, err = cmdDemo(ctx, os.Args[2:])
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

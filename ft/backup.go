@@ -1,0 +1,309 @@
+package ft
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ftkvm/ftkvm/logchannel"
+	"github.com/ftkvm/ftkvm/replay"
+	"github.com/ftkvm/ftkvm/replay/logio"
+	"github.com/ftkvm/ftkvm/replay/logpb"
+	"github.com/ftkvm/ftkvm/split"
+	"github.com/ftkvm/ftkvm/vmm"
+)
+
+const consumedBatch = 64
+
+type backup struct {
+	cfg  Config
+	log  *logger
+	ctx  context.Context
+	recv *logchannel.Receiver
+	rp   *replay.Replayer
+	vm   *vmm.VM
+	arb  split.Arbiter
+
+	replayed  atomic.Uint64 // last channel seq handed to the replay
+	lastExits atomic.Uint64
+	live      atomic.Bool
+	lostAt    atomic.Int64 // unix nanos when the primary was declared lost
+	ended     int          // 0: log still open, 1: orderly end, 2: disconnected
+	cause     error
+
+	buf      []byte // console output not yet known to be released by the primary
+	base     uint64 // console offset of buf[0]
+	released uint64 // bytes this side wrote to Output
+}
+
+// RunBackup runs the guest as the backup of an FT pair: it connects to the
+// primary at addr (retrying for up to connectWait), checks that both run
+// the same VM, and replays the primary's log in lockstep with its own
+// console output suppressed. When the primary is lost it replays every
+// entry it received, runs the split-brain test-and-set and, if it wins,
+// goes live: it re-sends the console output the primary may not have
+// released (duplicates are allowed, losses are not) and runs on as a
+// standalone VM. If it loses it halts; if the storage cannot be reached it
+// does not go live.
+func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Duration) (Result, error) {
+	cfg.defaults("backup")
+	b := &backup{cfg: cfg, log: &logger{w: cfg.Log, role: "backup"}, ctx: ctx}
+
+	// The configuration hash, from a VM built the same way as the real one
+	// (whose RTC epoch comes from the primary).
+	hash, err := b.probeHash()
+	if err != nil {
+		return Result{}, err
+	}
+	conn, err := dialRetry(ctx, addr, connectWait)
+	if err != nil {
+		return Result{}, fmt.Errorf("connecting to the primary at %s: %w", addr, err)
+	}
+	b.recv, err = logchannel.NewReceiver(ctx, conn, cfg.channel(hash))
+	if err != nil {
+		conn.Close()
+		if errors.Is(err, logchannel.ErrConfigMismatch) {
+			return Result{}, fmt.Errorf("%w (refused in the logging channel's handshake: %v)", ErrConfigMismatch, err)
+		}
+		return Result{}, fmt.Errorf("handshake with the primary at %s: %w", addr, err)
+	}
+	defer b.recv.Close()
+	b.log.printf("connected to the primary at %s", addr)
+
+	seq, entry, err := b.recv.Next(ctx)
+	if err != nil {
+		return Result{}, fmt.Errorf("waiting for the primary's hello: %w", err)
+	}
+	var h hello
+	hdr := &logpb.Header{}
+	if err := json.Unmarshal(entry, &h); err != nil {
+		return Result{}, fmt.Errorf("the primary's hello: %w", err)
+	}
+	if err := proto.Unmarshal(h.Header, hdr); err != nil {
+		return Result{}, fmt.Errorf("the primary's log header: %w", err)
+	}
+	b.recv.Consumed(seq)
+	b.replayed.Store(seq)
+	if b.arb, err = cfg.arbiter(h.Generation); err != nil {
+		return Result{}, err
+	}
+
+	bp := replay.BreakKernel
+	if cfg.Guest.Bare {
+		bp = replay.BreakAll
+	}
+	b.rp, err = replay.NewReplayer(replay.ReplayerConfig{Source: b, Breakpoints: bp, GoLive: b.goLive, LiveInput: cfg.Input, LiveKickAfter: cfg.KickAfter})
+	if err != nil {
+		return Result{}, err
+	}
+	epoch := time.Unix(0, hdr.EpochUnixNano)
+	vc := cfg.Guest.Config
+	vc.Console, vc.ConsoleInput, vc.Clock, vc.Driver, vc.Epoch = b, nil, b.rp.Clock(), b.rp, epoch
+	if b.vm, err = vmm.New(vc); err != nil {
+		return Result{}, err
+	}
+	defer b.vm.Close()
+	if err := cfg.Guest.Load(b.vm); err != nil {
+		return Result{}, err
+	}
+	if err := logio.CompareHeaders(hdr, cfg.Guest.Header(b.vm, epoch)); err != nil {
+		return Result{}, fmt.Errorf("%w: %v", ErrConfigMismatch, err)
+	}
+	b.log.printf("pair %q generation %d with primary %s: replaying its log (console output suppressed)", h.Pair, h.Generation, h.Primary)
+
+	failDone := make(chan struct{})
+	go b.watch(failDone)
+	defer close(failDone)
+	statusStop := make(chan struct{})
+	go b.status(statusStop)
+	defer close(statusStop)
+
+	res, runErr := b.vm.Run(ctx)
+	r := Result{Run: res}
+	switch {
+	case b.live.Load():
+	case runErr == nil && b.ended == 2:
+		// The guest finished in the replay, but the primary died before
+		// closing the log in order: the end of the output may not have
+		// left it.
+		b.log.printf("the guest finished in the replay, but the primary was lost before it closed the log: %v", b.cause)
+		if err := b.goLive(b.vm, b.vm.Point()); err != nil {
+			runErr = err
+		}
+	}
+	r.Released = b.released
+	switch {
+	case b.live.Load():
+		r.Outcome, r.Live = "went live", true
+	case runErr == nil:
+		r.Outcome = "finished as backup (the primary completed the run)"
+	default:
+		r.Outcome = "stopped: " + runErr.Error()
+	}
+	st := b.rp.Stats()
+	live := ""
+	if st.LiveAt != nil {
+		live = fmt.Sprintf(", live from %v", *st.LiveAt)
+	}
+	b.log.printf("%s after %d exits; replayed %d events (%d landmarks)%s; released %d console bytes",
+		r.Outcome, res.Stats.SyncExits(), st.Events, st.Landmarks, live, r.Released)
+	return r, runErr
+}
+
+func (b *backup) probeHash() ([32]byte, error) {
+	vm, err := vmm.New(b.cfg.Guest.Config)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	defer vm.Close()
+	if err := b.cfg.Guest.Load(vm); err != nil {
+		return [32]byte{}, err
+	}
+	return configHash(b.cfg.Guest.Header(vm, time.Unix(0, 0)))
+}
+
+func dialRetry(ctx context.Context, addr string, wait time.Duration) (net.Conn, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			return c, nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return nil, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Next is the replay's Source: the primary's log as it arrives.
+func (b *backup) Next() (*logpb.Event, error) {
+	if b.ended != 0 {
+		return nil, io.EOF
+	}
+	seq, entry, err := b.recv.Next(b.ctx)
+	if err != nil {
+		switch {
+		case errors.Is(err, io.EOF):
+			b.ended = 1
+			return nil, io.EOF
+		case errors.Is(err, logchannel.ErrDisconnected):
+			b.ended, b.cause = 2, err
+			return nil, io.EOF
+		}
+		return nil, err
+	}
+	ev := &logpb.Event{}
+	if err := proto.Unmarshal(append([]byte(nil), entry...), ev); err != nil {
+		return nil, fmt.Errorf("log entry %d: %w", seq, err)
+	}
+	// Report consumption in batches: each report may wake the receiver's
+	// writer, and the window (bytes) is far larger than a batch.
+	if seq%consumedBatch == 0 {
+		b.recv.Consumed(seq)
+	}
+	if ev.Seq+1 != seq {
+		return nil, fmt.Errorf("log entry %d carries event %d", seq, ev.Seq)
+	}
+	b.replayed.Store(seq)
+	b.lastExits.Store(ev.Exits)
+	return ev, nil
+}
+
+// goLive is the replay's GoLive, called on the vCPU thread once every
+// received entry has been replayed.
+func (b *backup) goLive(vm *vmm.VM, p vmm.Point) error {
+	why := "the primary closed the log"
+	if b.cause != nil {
+		why = b.cause.Error()
+	}
+	b.log.printf("log ended (%s) after entry %d; replayed all of it, at %v: claiming the pair on shared storage", why, b.replayed.Load(), p)
+	start := time.Now()
+	err := claim(b.arb, b.cfg.ClaimTimeout)
+	switch {
+	case err == nil:
+	case errors.Is(err, split.ErrLost):
+		b.log.printf("LOST the test-and-set: %v; the primary is live: HALTING", err)
+		return fmt.Errorf("halted: the primary is live (%w)", err)
+	default:
+		b.log.printf("cannot reach the split-brain storage: %v; NOT going live", err)
+		return fmt.Errorf("not going live: %w", err)
+	}
+	from := b.rp.Released()
+	if from < b.base {
+		from = b.base // cannot happen: only bytes below Released are dropped
+	}
+	tail := b.buf[from-b.base:]
+	since := ""
+	if t := b.lostAt.Load(); t != 0 {
+		since = fmt.Sprintf(", %v after the primary was declared lost", time.Since(time.Unix(0, t)).Round(time.Millisecond))
+	}
+	b.log.printf("WON the test-and-set in %v: LIVE at %v%s; re-sending %d console bytes from offset %d",
+		time.Since(start).Round(time.Millisecond), p, since, len(tail), from)
+	b.live.Store(true)
+	b.cfg.Output.Write(tail)
+	b.released += uint64(len(tail))
+	b.buf, b.base = nil, b.base+uint64(len(b.buf))
+	return nil
+}
+
+// Write is the guest's console: checked against the log and held while
+// replaying, written out once live.
+func (b *backup) Write(data []byte) (int, error) {
+	if b.live.Load() {
+		n, err := b.cfg.Output.Write(data)
+		b.released += uint64(n)
+		return n, err
+	}
+	if err := b.rp.Output(b.vm.Point(), data); err != nil {
+		return len(data), nil // the replay's sticky error stops the run
+	}
+	b.buf = append(b.buf, data...)
+	if rel := b.rp.Released(); rel > b.base {
+		cut := min(rel-b.base, uint64(len(b.buf)))
+		b.buf = b.buf[cut:]
+		b.base += cut
+		if len(b.buf) == 0 {
+			b.buf = nil
+		}
+	}
+	return len(data), nil
+}
+
+func (b *backup) watch(done chan struct{}) {
+	select {
+	case <-done:
+	case f := <-b.recv.Failed():
+		b.lostAt.Store(time.Now().UnixNano())
+		b.log.printf("PRIMARY LOST: %v; %d received entries still to replay", f, int64(f.LastReceived)-int64(b.replayed.Load()))
+	}
+}
+
+func (b *backup) status(stop chan struct{}) {
+	if b.cfg.StatusEvery < 0 {
+		return
+	}
+	t := time.NewTicker(b.cfg.StatusEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		if b.live.Load() {
+			b.log.printf("LIVE: running standalone")
+			continue
+		}
+		rcv, rep := b.recv.Received(), b.replayed.Load()
+		b.log.printf("BACKUP (replaying): at exit %d, replayed entry %d of %d received (lag %d entries)", b.lastExits.Load(), rep, rcv, int64(rcv)-int64(rep))
+	}
+}

@@ -1,0 +1,34 @@
+// Package ft runs a VM as one side of a VMware-FT-style fault-tolerant
+// pair: RunPrimary runs the guest and streams every nondeterministic input
+// (a replay.Recorder) to the backup over a logchannel; RunBackup replays
+// that log in lockstep (a replay.Replayer) and takes over when the primary
+// dies.
+//
+// The rules it implements (see DESIGN.md, "Fault tolerance protocol"):
+//
+//   - Output commit: the guest's console output is logged (an Output event)
+//     and held by the primary until the backup has acknowledged that log
+//     entry; the vCPU keeps running meanwhile, only the bytes wait.
+//   - Flow control: the log's window (Config.WindowBytes) bounds what is in
+//     flight; when the backup lags the primary's vCPU waits at its next
+//     exit inside the recorder's sink.
+//   - Failure detection: heartbeats and log traffic on the channel; a side
+//     that hears nothing for Config.Timeout declares its peer dead.
+//   - Split brain: a side that lost its peer claims the pair with an atomic
+//     test-and-set on shared storage (package split) before it goes live
+//     (backup) or releases unacknowledged output (primary). The loser halts;
+//     a side that cannot reach the storage does not go live (the primary
+//     halts without releasing held output, since it cannot know whether the
+//     backup went live).
+//   - Go-live: the backup replays every entry it received, wins the
+//     test-and-set, re-sends the console output from the last Released
+//     count the primary logged (duplicates allowed, losses not), and runs on
+//     with live devices.
+//
+// The channel's first entry is a hello (JSON) carrying the primary's log
+// header (whose RTC epoch the backup adopts) and the split-brain
+// generation; every later entry is one marshalled logpb.Event, entry N+1
+// carrying event N. The channel's ConfigHash is the SHA-256 of the log
+// header without its epoch, so a backup built for another VM is refused in
+// the handshake.
+package ft

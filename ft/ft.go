@@ -1,0 +1,189 @@
+package ft
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ftkvm/ftkvm/logchannel"
+	"github.com/ftkvm/ftkvm/replay/logpb"
+	"github.com/ftkvm/ftkvm/split"
+	"github.com/ftkvm/ftkvm/vmm"
+)
+
+// Guest describes the VM both sides of a pair build. The two sides must
+// describe the same VM: the primary's log header (without its RTC epoch)
+// is hashed into the logging channel's ConfigHash, so a backup with a
+// different kernel, initrd, command line, image, memory size or CPUID
+// table is refused in the channel's handshake.
+type Guest struct {
+	// Config is the VM's configuration: memory size, rdtsc sites, exit
+	// trace. ft sets Console, ConsoleInput, Clock, Driver, Epoch and
+	// TrackDirty itself.
+	Config vmm.Config
+	// Load puts the guest into a new VM (vm.LoadLinux or vm.LoadBare).
+	Load func(vm *vmm.VM) error
+	// Header describes the loaded VM (replay.NewHeader).
+	Header func(vm *vmm.VM, epoch time.Time) *logpb.Header
+	// Bare says the guest runs only in kernel mode, so the backup's replay
+	// may locate every landmark with a breakpoint (replay.BreakAll);
+	// otherwise it uses replay.BreakKernel (Linux: user code is stepped).
+	Bare bool
+}
+
+// Config configures either side of a pair.
+type Config struct {
+	Guest Guest
+
+	// SplitDir, Pair and Node configure the default arbiter, a
+	// split.FileArbiter on SplitDir (shared storage both hosts mount). The
+	// generation comes from the primary, in the pair's first log entry.
+	SplitDir string
+	Pair     string // default "ftvm"
+	Node     string // default "primary" / "backup" plus the host name
+	// NewArbiter, if set, replaces the FileArbiter.
+	NewArbiter func(generation uint64) (split.Arbiter, error)
+	// ClaimTimeout bounds the test-and-set, retries included (an
+	// unreachable storage is retried until then). Default 5 s.
+	ClaimTimeout time.Duration
+
+	// Timeout and Heartbeat are the failure detector: a side that hears
+	// nothing from its peer for Timeout declares it dead. Heartbeats are
+	// sent every Heartbeat when there is no log traffic. Defaults 1 s and
+	// 100 ms. Both sides should use the same values.
+	Timeout, Heartbeat time.Duration
+	// WindowBytes bounds the log in flight (unacknowledged on the primary,
+	// buffered and not yet replayed on the backup): the primary's vCPU
+	// waits when it is full. A smaller window means less to replay at
+	// failover. Default 1 MiB.
+	WindowBytes int
+	// WindowEntries bounds the same in log entries (default: the channel's,
+	// 1 Mi). The backup's lag, and so the replay a failover needs, is at
+	// most this many entries; a small value slows the primary to the
+	// backup's replay speed.
+	WindowEntries int
+
+	// Output receives the guest's console output once it may leave the
+	// machine (default os.Stdout). Input is the console input (primary; the
+	// backup's after it goes live). Log receives status lines (default
+	// os.Stderr); StatusEvery is the period of the progress line (default
+	// 2 s, negative: none).
+	Output      io.Writer
+	Input       io.Reader
+	Log         io.Writer
+	StatusEvery time.Duration
+	// KickAfter: see replay.RecorderConfig.KickAfter.
+	KickAfter time.Duration
+}
+
+func (c *Config) defaults(role string) {
+	if c.Pair == "" {
+		c.Pair = "ftvm"
+	}
+	if c.Node == "" {
+		h, _ := os.Hostname()
+		c.Node = role + "@" + h
+	}
+	if c.ClaimTimeout == 0 {
+		c.ClaimTimeout = 5 * time.Second
+	}
+	if c.Timeout == 0 {
+		c.Timeout = time.Second
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = 100 * time.Millisecond
+	}
+	if c.WindowBytes == 0 {
+		c.WindowBytes = 1 << 20
+	}
+	if c.Output == nil {
+		c.Output = os.Stdout
+	}
+	if c.Log == nil {
+		c.Log = os.Stderr
+	}
+	if c.StatusEvery == 0 {
+		c.StatusEvery = 2 * time.Second
+	}
+}
+
+func (c *Config) channel(hash [32]byte) logchannel.Config {
+	return logchannel.Config{
+		ConfigHash:        hash,
+		WindowBytes:       c.WindowBytes,
+		WindowEntries:     c.WindowEntries,
+		MaxEntryBytes:     min(c.WindowBytes/2, logchannel.DefaultMaxEntryBytes),
+		HeartbeatInterval: c.Heartbeat,
+		Timeout:           c.Timeout,
+	}
+}
+
+func (c *Config) arbiter(gen uint64) (split.Arbiter, error) {
+	if c.NewArbiter != nil {
+		return c.NewArbiter(gen)
+	}
+	if c.SplitDir == "" {
+		return nil, errors.New("no split-brain arbiter: set the shared storage directory (--split-dir)")
+	}
+	return split.NewFileArbiter(split.FileConfig{Dir: c.SplitDir, Pair: c.Pair, Node: c.Node, Generation: gen})
+}
+
+// ErrConfigMismatch is returned when the backup's VM is not the primary's.
+var ErrConfigMismatch = errors.New("backup's VM configuration (kernel/initrd/cmdline/CPUID/memory) differs from the primary's")
+
+// configHash hashes everything the two VMs must agree on: the log header
+// without the RTC epoch (which the primary sends in its hello) and the
+// free-text recorder field.
+func configHash(h *logpb.Header) ([32]byte, error) {
+	c := proto.Clone(h).(*logpb.Header)
+	c.EpochUnixNano, c.Recorder = 0, ""
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	return sha256.Sum256(b), nil
+}
+
+// hello is the pair's first log entry: the primary's full header (with the
+// RTC epoch the backup must use) and the split-brain generation.
+type hello struct {
+	Header     []byte `json:"header"`
+	Generation uint64 `json:"generation"`
+	Pair       string `json:"pair"`
+	Primary    string `json:"primary"`
+}
+
+// claim runs the test-and-set, retrying an unreachable storage until
+// ClaimTimeout. It returns nil (won), an error wrapping split.ErrLost, or
+// another error (do not go live).
+func claim(a split.Arbiter, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := contextWithDeadline(deadline)
+		err := a.TestAndSet(ctx)
+		cancel()
+		if err == nil || errors.Is(err, split.ErrLost) || time.Now().Add(200*time.Millisecond).After(deadline) {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// logger writes timestamped status lines.
+type logger struct {
+	mu   sync.Mutex
+	w    io.Writer
+	role string
+}
+
+func (l *logger) printf(format string, a ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fmt.Fprintf(l.w, "ft %s %s: %s\n", time.Now().Format("15:04:05.000"), l.role, fmt.Sprintf(format, a...))
+}
