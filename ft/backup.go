@@ -288,22 +288,12 @@ func (b *backup) watch(done chan struct{}) {
 }
 
 func (b *backup) status(stop chan struct{}) {
-	if b.cfg.StatusEvery < 0 {
-		return
-	}
-	t := time.NewTicker(b.cfg.StatusEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
+	every(stop, b.cfg.StatusEvery, func() {
 		if b.live.Load() {
 			b.log.printf("LIVE: running standalone")
-			continue
+			return
 		}
 		rcv, rep := b.recv.Received(), b.replayed.Load()
 		b.log.printf("BACKUP (replaying): at exit %d, replayed entry %d of %d received (lag %d entries)", b.lastExits.Load(), rep, rcv, int64(rcv)-int64(rep))
-	}
+	})
 }

@@ -520,17 +520,7 @@ func (p *primary) releaseLoop() {
 }
 
 func (p *primary) status(stop chan struct{}) {
-	if p.cfg.StatusEvery < 0 {
-		return
-	}
-	t := time.NewTicker(p.cfg.StatusEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
+	every(stop, p.cfg.StatusEvery, func() {
 		mode := [...]string{"PROTECTED", "UNPROTECTED", "HALTED"}[p.mode.Load()]
 		if p.sender != nil && p.mode.Load() == protected {
 			app, ack := p.events.Load()+1, p.sender.Acked()
@@ -539,5 +529,5 @@ func (p *primary) status(stop chan struct{}) {
 		} else {
 			p.log.printf("%s: exit %d, output %d bytes released", mode, p.lastExits.Load(), p.released.Load())
 		}
-	}
+	})
 }
