@@ -30,6 +30,7 @@ func NewHeader(vm *vmm.VM, g Guest, epoch time.Time, verify bool) *logpb.Header 
 		EpochUnixNano: epoch.UnixNano(),
 		Verify:        verify,
 		RdtscSites:    uint32(g.RDTSCSites),
+		Devices:       vm.ExtraDevices(),
 	}
 	sum := func(b []byte) []byte {
 		if b == nil {

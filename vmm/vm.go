@@ -162,6 +162,7 @@ type VM struct {
 	// fwait) that KVM delivers on the next entry; no interrupt is
 	// injected at the same exit (see Run).
 	exceptionQueued bool
+	extraDevices    []string
 	bounce          *bounce.Engine
 	bounceComplete  func(bounce.Completion)
 
@@ -462,7 +463,14 @@ func (v *VM) AddDMATest(backend bounce.Backend) (*devices.DMATest, error) {
 	if err := v.AttachBounce(e, d.Complete); err != nil {
 		return nil, err
 	}
+	v.extraDevices = append(v.extraDevices, "dma-test")
 	return d, nil
+}
+
+// ExtraDevices names the devices added beyond the standard PC set (a log
+// header pins them: a replay needs the same devices).
+func (v *VM) ExtraDevices() []string {
+	return append([]string(nil), v.extraDevices...)
 }
 
 // offerInput gives COM1 what it will take of the console backlog. It runs

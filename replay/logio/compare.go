@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ftkvm/ftkvm/replay/logpb"
@@ -46,10 +47,21 @@ func CompareHeaders(recorded, running *logpb.Header) error {
 	if a, b := recorded.GetRdtscSites(), running.GetRdtscSites(); a != b {
 		add("%d patched rdtsc sites vs %d", a, b)
 	}
+	if a, b := devicesString(recorded.GetDevices()), devicesString(running.GetDevices()); a != b {
+		add("extra devices %s vs %s", a, b)
+	}
 	if diffs == nil {
 		return nil
 	}
 	return &ConfigMismatchError{Diffs: diffs}
+}
+
+// devicesString lists extra devices for people: "none" or "a, b".
+func devicesString(d []string) string {
+	if len(d) == 0 {
+		return "none"
+	}
+	return strings.Join(d, ", ")
 }
 
 // shortHashes abbreviates two different hashes for people: 12 hex digits,

@@ -92,3 +92,17 @@ func hexPrefix(b []byte) string {
 	}
 	return string(s)
 }
+
+func TestCompareHeadersExtraDevices(t *testing.T) {
+	rec, run := testHeader(), testHeader()
+	rec.Devices = []string{"dma-test"}
+	err := CompareHeaders(rec, run)
+	var me *ConfigMismatchError
+	if !errors.As(err, &me) || len(me.Diffs) != 1 || me.Diffs[0] != "extra devices dma-test vs none" {
+		t.Errorf("CompareHeaders = %#v", err)
+	}
+	run.Devices = []string{"dma-test"}
+	if err := CompareHeaders(rec, run); err != nil {
+		t.Errorf("same devices: %v", err)
+	}
+}

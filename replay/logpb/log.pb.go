@@ -41,6 +41,7 @@ type Header struct {
 	Verify        bool                   `protobuf:"varint,9,opt,name=verify,proto3" json:"verify,omitempty"`                                      // every PIO/MMIO read value is logged
 	RdtscSites    uint32                 `protobuf:"varint,10,opt,name=rdtsc_sites,json=rdtscSites,proto3" json:"rdtsc_sites,omitempty"`           // patched rdtsc/rdtscp sites
 	Recorder      string                 `protobuf:"bytes,11,opt,name=recorder,proto3" json:"recorder,omitempty"`                                  // free text: program and host
+	Devices       []string               `protobuf:"bytes,12,rep,name=devices,proto3" json:"devices,omitempty"`                                    // devices beyond the standard PC set (vmm.VM.ExtraDevices), e.g. "dma-test"
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -150,6 +151,13 @@ func (x *Header) GetRecorder() string {
 		return x.Recorder
 	}
 	return ""
+}
+
+func (x *Header) GetDevices() []string {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
 }
 
 // Landmark pins a point between two synchronous exits: the vCPU's general
@@ -787,7 +795,7 @@ var File_replay_logpb_log_proto protoreflect.FileDescriptor
 
 const file_replay_logpb_log_proto_rawDesc = "" +
 	"\n" +
-	"\x16replay/logpb/log.proto\x12\x0fftkvm.replay.v1\"\xec\x02\n" +
+	"\x16replay/logpb/log.proto\x12\x0fftkvm.replay.v1\"\x86\x03\n" +
 	"\x06Header\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12!\n" +
 	"\fcpuid_sha256\x18\x02 \x01(\fR\vcpuidSha256\x12!\n" +
@@ -801,7 +809,8 @@ const file_replay_logpb_log_proto_rawDesc = "" +
 	"\vrdtsc_sites\x18\n" +
 	" \x01(\rR\n" +
 	"rdtscSites\x12\x1a\n" +
-	"\brecorder\x18\v \x01(\tR\brecorder\"\x81\x01\n" +
+	"\brecorder\x18\v \x01(\tR\brecorder\x12\x18\n" +
+	"\adevices\x18\f \x03(\tR\adevices\"\x81\x01\n" +
 	"\bLandmark\x12\x10\n" +
 	"\x03rip\x18\x01 \x01(\x04R\x03rip\x12\x16\n" +
 	"\x06rflags\x18\x02 \x01(\x04R\x06rflags\x12\x12\n" +
