@@ -245,6 +245,24 @@ func handshakeErr(ctx context.Context, what string, err error) error {
 }
 
 // startTLS runs the TLS 1.3 handshake with mutual authentication.
+// openConn begins a handshake on raw: it puts the handshake deadline on
+// the connection and runs TLS if configured. The caller calls stop once the
+// channel handshake is done. On error raw is closed.
+func openConn(ctx context.Context, raw net.Conn, cfg *Config, sender bool) (conn net.Conn, stop func(), err error) {
+	stop = handshakeDeadline(ctx, raw, cfg)
+	conn, err = startTLS(ctx, raw, cfg, sender)
+	if err != nil {
+		stop()
+		raw.Close()
+		role := "receiver"
+		if sender {
+			role = "sender"
+		}
+		return nil, nil, handshakeErr(ctx, role, err)
+	}
+	return conn, stop, nil
+}
+
 func startTLS(ctx context.Context, conn net.Conn, cfg *Config, sender bool) (net.Conn, error) {
 	if cfg.TLS == nil {
 		return conn, nil

@@ -138,12 +138,9 @@ func (r *Receiver) Resume(ctx context.Context, conn net.Conn) error {
 }
 
 func (r *Receiver) attach(ctx context.Context, raw net.Conn) error {
-	stopDeadline := handshakeDeadline(ctx, raw, &r.cfg)
-	conn, err := startTLS(ctx, raw, &r.cfg, false)
+	conn, stopDeadline, err := openConn(ctx, raw, &r.cfg, false)
 	if err != nil {
-		stopDeadline()
-		raw.Close()
-		return handshakeErr(ctx, "receiver", err)
+		return err
 	}
 	maxFrame := r.cfg.maxFrameBytes()
 	fw := newFrameWriter(conn, CompressNone)

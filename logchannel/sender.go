@@ -144,12 +144,9 @@ func (s *Sender) Resume(ctx context.Context, conn net.Conn) error {
 }
 
 func (s *Sender) attach(ctx context.Context, raw net.Conn) error {
-	stopDeadline := handshakeDeadline(ctx, raw, &s.cfg)
-	conn, err := startTLS(ctx, raw, &s.cfg, true)
+	conn, stopDeadline, err := openConn(ctx, raw, &s.cfg, true)
 	if err != nil {
-		stopDeadline()
-		raw.Close()
-		return handshakeErr(ctx, "sender", err)
+		return err
 	}
 	s.mu.Lock()
 	h := hello{
