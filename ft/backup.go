@@ -95,11 +95,7 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 		return Result{}, err
 	}
 
-	bp := replay.BreakKernel
-	if cfg.Guest.Bare {
-		bp = replay.BreakAll
-	}
-	b.rp, err = replay.NewReplayer(replay.ReplayerConfig{Source: b, Breakpoints: bp, GoLive: b.goLive, LiveInput: cfg.Input, LiveKickAfter: cfg.KickAfter})
+	b.rp, err = replay.NewReplayer(replay.ReplayerConfig{Source: b, GoLive: b.goLive, LiveInput: cfg.Input, LiveKickAfter: cfg.KickAfter})
 	if err != nil {
 		return Result{}, err
 	}

@@ -31,9 +31,7 @@ type Guest struct {
 	Load func(vm *vmm.VM) error
 	// Header describes the loaded VM (replay.NewHeader).
 	Header func(vm *vmm.VM, epoch time.Time) *logpb.Header
-	// Bare says the guest runs only in kernel mode, so the backup's replay
-	// may locate every landmark with a breakpoint (replay.BreakAll);
-	// otherwise it uses replay.BreakKernel (Linux: user code is stepped).
+	// Bare says the guest is a bare test image (no Linux kernel).
 	Bare bool
 }
 

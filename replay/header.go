@@ -31,6 +31,7 @@ func NewHeader(vm *vmm.VM, g Guest, epoch time.Time, verify bool) *logpb.Header 
 		Verify:        verify,
 		RdtscSites:    uint32(g.RDTSCSites),
 		Devices:       vm.ExtraDevices(),
+		Landmarks:     StrategyStateTransfer,
 	}
 	sum := func(b []byte) []byte {
 		if b == nil {

@@ -42,18 +42,19 @@ type Recorder struct {
 	seq   uint64
 	since uint64 // events since the last fingerprint
 	err   error  // first failure to log; sticky
-	stats RecordStats
-	// userSince is when the recorder first declined a user-mode point
-	// since the last delivery (zero: none declined).
-	userSince time.Time
+	// exitRegs are the registers at exitAt, the last synchronous exit
+	// (see logpb.Landmark.exit_regs).
+	exitAt   vmm.Point
+	exitRegs []uint64
+	stats    RecordStats
 }
 
 // RecordStats counts what a recording logged.
 type RecordStats struct {
 	Events, Clock, Delivers, Landmarks, Injects, TSC, Reads, Fingerprints, Outputs uint64
-	// Declined counts points in user mode passed over (declineUserPoint);
-	// UserLandmarks the ones taken there anyway after MaxUserDelay.
-	Declined, UserLandmarks uint64
+	// LandmarkPages counts the pages state-transfer landmarks carried
+	// (ZeroPages of them all zeros, sent without data).
+	LandmarkPages, ZeroPages uint64
 }
 
 // NewRecorder returns a recorder. Create the VM with Config.Clock set to
@@ -126,6 +127,13 @@ func (r *Recorder) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 	if r.err != nil {
 		return false, r.err
 	}
+	if p.Kind == vmm.AtExit && p != r.exitAt {
+		regs, err := vm.Regs()
+		if err != nil {
+			return false, err
+		}
+		r.exitAt, r.exitRegs = p, exitRegs(regs)
+	}
 	if p.Kind == vmm.AtExit && r.cfg.FingerprintEvery > 0 && r.since >= r.cfg.FingerprintEvery {
 		fp, err := vm.Fingerprint()
 		if err != nil {
@@ -135,18 +143,11 @@ func (r *Recorder) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 		r.stats.Fingerprints++
 		r.since = 0
 	}
-	if p.Kind != vmm.AtExit {
-		decline, err := r.declineUserPoint(vm, p)
-		if err != nil || decline {
-			return false, err
-		}
-	}
 	r.live.Arm()
 	a := r.live.Poll()
 	if a.Empty() && p.Kind != vmm.Window && !(p.Kind == vmm.Kicked && vm.PIC.Pending()) {
 		return false, r.err
 	}
-	r.userSince = time.Time{}
 	d := &logpb.Deliver{Timer: a.Timer, Input: a.Input}
 	for _, c := range a.DMA {
 		d.Dma = append(d.Dma, &logpb.Dma{Tag: c.Tag, Data: c.Data, Error: c.Err})
@@ -156,8 +157,15 @@ func (r *Recorder) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 		if err != nil {
 			return false, err
 		}
+		lm.ExitRegs = r.exitRegs
 		d.Landmark = lm
 		r.stats.Landmarks++
+		r.stats.LandmarkPages += uint64(len(lm.PageData))
+		for _, pg := range lm.PageData {
+			if pg.Zero {
+				r.stats.ZeroPages++
+			}
+		}
 	}
 	r.emit(p, &logpb.Event{Kind: &logpb.Event_Deliver{Deliver: d}})
 	r.stats.Delivers++
@@ -165,43 +173,17 @@ func (r *Recorder) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 	return true, r.err
 }
 
-// MaxUserDelay bounds how long the recorder declines delivery points in
-// user mode (see declineUserPoint) before it takes one anyway.
-const MaxUserDelay = 500 * time.Millisecond
-
-// declineUserPoint decides whether a point between exits in user mode is
-// passed over. On this host (kvm_pvm) guest user code runs natively, where
-// neither breakpoints nor single steps can be used by a replay: an int3 or
-// a debug register breakpoint is taken by the guest itself, and a single
-// step there can leave the trap flag visible to the guest kernel (it shows
-// up as TIF_SINGLESTEP) or be lost across a return to user mode. So an
-// asynchronous event waits, with another kick, for a point in kernel mode
-// (or the next exit), up to MaxUserDelay; past that (a user loop that
-// never enters the kernel) it is taken in user mode anyway.
-func (r *Recorder) declineUserPoint(vm *vmm.VM, p vmm.Point) (bool, error) {
-	user, err := vm.UserMode()
-	if err != nil || !user {
-		return false, err
-	}
-	if r.userSince.IsZero() {
-		r.userSince = time.Now()
-	} else if time.Since(r.userSince) > MaxUserDelay {
-		r.stats.UserLandmarks++
-		return false, nil
-	}
-	if p.Kind == vmm.Window {
-		vm.CancelWindow()
-	}
-	if vm.PIC.Pending() || r.live.Pending() {
-		r.live.KickSoon()
-	}
-	r.stats.Declined++
-	return true, nil
-}
-
-// captureLandmark records where the vCPU stands between two exits.
+// captureLandmark records where the vCPU stands between two exits, with
+// what a replay needs to get there without locating the point: the whole
+// vCPU state and the contents of every page written since the previous
+// landmark (state transfer, see the package doc). Pages written only
+// before the last exit are carried too, needlessly but harmlessly: the
+// replay has the same contents. Resetting KVM's dirty log at every exit
+// instead would cost a write-protection fault per page written after
+// each exit, which on an emulated host made recording several times
+// slower.
 func captureLandmark(vm *vmm.VM) (*logpb.Landmark, error) {
-	regs, err := vm.Regs()
+	st, err := vm.CaptureVCPUState()
 	if err != nil {
 		return nil, err
 	}
@@ -213,7 +195,36 @@ func captureLandmark(vm *vmm.VM) (*logpb.Landmark, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &logpb.Landmark{Rip: regs.RIP, Rflags: regs.RFLAGS, Gprs: vmm.GPRs(regs), Pages: pages, PagesSha256: h[:]}, nil
+	blob, err := st.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	lm := &logpb.Landmark{Rip: st.Regs.RIP, Rflags: st.Regs.RFLAGS, Gprs: vmm.GPRs(st.Regs), Pages: pages, PagesSha256: h[:], VcpuState: blob}
+	var raw []byte
+	for _, pfn := range pages {
+		data, err := vm.PageContents(pfn)
+		if err != nil {
+			return nil, err
+		}
+		zero := isZero(data)
+		lm.PageData = append(lm.PageData, &logpb.Page{Pfn: pfn, Zero: zero})
+		if !zero {
+			raw = append(raw, data...)
+		}
+	}
+	if len(raw) > 0 {
+		lm.PagesZstd = pageEncoder.EncodeAll(raw, nil)
+	}
+	return lm, nil
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // Halted implements vmm.Driver.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"time"
 
 	"github.com/ftkvm/ftkvm/bounce"
@@ -17,46 +16,10 @@ import (
 
 var errEOF = io.EOF
 
-// BreakpointMode says where the replayer may set breakpoints.
-type BreakpointMode int
-
-const (
-	// BreakKernel: only at kernel-half addresses (Linux guests: their
-	// kernel code is emulated here, so an int3 there exits to the VMM; user
-	// code runs natively and would take the int3 itself).
-	BreakKernel BreakpointMode = iota
-	// BreakAll: at any address (bare guests, which run only in kernel mode).
-	BreakAll
-	// BreakNever: always single-step.
-	BreakNever
-)
-
-func (m BreakpointMode) allows(rip uint64) bool {
-	switch m {
-	case BreakAll:
-		return true
-	case BreakKernel:
-		return rip >= 0xFFFF_8000_0000_0000
-	}
-	return false
-}
-
 // ReplayerConfig configures a Replayer.
 type ReplayerConfig struct {
 	// Source yields the recorded events. Required.
 	Source Source
-	// MaxSteps bounds the single steps spent looking for one landmark
-	// before the replay is declared diverged. Default 50 M.
-	MaxSteps uint64
-	// Breakpoints says where landmarks may be located with a breakpoint
-	// (run to an int3 at the landmark's RIP) instead of single-stepping
-	// all the way: faster, and it sees code that runs with TF cleared
-	// (interrupt handlers entered while stepping). Default BreakKernel.
-	Breakpoints BreakpointMode
-	// NearMiss, if set, is called when the registers match a landmark's
-	// but the written pages do not (for diagnosing a divergence).
-	NearMiss func(vm *vmm.VM, lm *logpb.Landmark)
-
 	// GoLive, if set, makes the end of the Source a handover instead of a
 	// divergence (an FT backup whose primary is gone): at the first point
 	// where the replay needs an event the log does not have, the replayer
@@ -85,15 +48,9 @@ type Replayer struct {
 	eof   bool
 	err   error // first divergence; sticky
 
-	target *logpb.Event // a delivery with a landmark being located
-	phase  int          // see the phase constants
-	steps  uint64
-	hits   uint64 // breakpoint hits for this landmark
-	near   string // the closest miss so far, for the divergence report
-	burst  uint64 // steps in the current stepping burst (see atCandidate)
-	// burstSawRIP: the landmark's RIP came round during the burst.
-	burstSawRIP bool
-	stats       ReplayStats
+	// loc reaches the landmark of the delivery being replayed, if any.
+	loc   locator
+	stats ReplayStats
 
 	live     *vmm.LiveDriver // non-nil once the replay has gone live
 	lastTSC  uint64
@@ -102,7 +59,9 @@ type Replayer struct {
 
 // ReplayStats counts what a replay did.
 type ReplayStats struct {
-	Events, Landmarks, Steps, Breakpoints, Fingerprints, Outputs uint64
+	Events, Landmarks, Fingerprints, Outputs uint64
+	// LandmarkPages counts the pages state-transfer landmarks loaded.
+	LandmarkPages uint64
 	// LiveAt is where the replay went live (Config.GoLive), if it did.
 	LiveAt *vmm.Point
 }
@@ -112,9 +71,6 @@ type ReplayStats struct {
 func NewReplayer(cfg ReplayerConfig) (*Replayer, error) {
 	if cfg.Source == nil {
 		return nil, fmt.Errorf("replayer needs a Source")
-	}
-	if cfg.MaxSteps == 0 {
-		cfg.MaxSteps = 50_000_000
 	}
 	r := &Replayer{cfg: cfg}
 	r.clock = &replayClock{r: r}
@@ -149,7 +105,7 @@ func (r *Replayer) ended(p vmm.Point) bool {
 	if r.live != nil {
 		return true
 	}
-	if r.cfg.GoLive == nil || r.err != nil || r.target != nil || r.peek() != nil || !r.eof {
+	if r.cfg.GoLive == nil || r.err != nil || r.loc.busy() || r.peek() != nil || !r.eof {
 		return false
 	}
 	if err := r.cfg.GoLive(r.vm, p); err != nil {
@@ -320,8 +276,8 @@ func (r *Replayer) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 	if r.live != nil {
 		return r.live.Deliver(vm, p)
 	}
-	if r.target != nil {
-		return r.atCandidate(vm, p)
+	if r.loc.busy() {
+		return r.atLandmark(vm, p)
 	}
 	if p.Kind != vmm.AtExit {
 		return false, nil // a kick from cancellation: nothing recorded here
@@ -354,8 +310,7 @@ func (r *Replayer) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 			r.stats.Fingerprints++
 		case *logpb.Event_Deliver:
 			if k.Deliver.Landmark != nil {
-				r.target, r.phase, r.steps, r.hits, r.near = ev, phaseComplete, 0, 0, ""
-				return delivered, nil
+				return delivered, r.startLandmark(vm, p, ev)
 			}
 			r.consume()
 			vm.DeliverAsync(asyncOf(k.Deliver))
@@ -368,154 +323,24 @@ func (r *Replayer) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 	}
 }
 
-// maxHits breakpoint hits on one landmark's RIP without finding it switch
-// the replayer to single steps for at least stepBurst steps.
-const (
-	maxHits   = 32
-	stepBurst = 256
-)
-
-// rflagsRF is RFLAGS.RF, set when an instruction was interrupted midway.
-const rflagsRF = 1 << 16
-
-// Phases of locating a landmark.
-const (
-	phaseComplete = iota // complete the exit without running on
-	phaseChoose          // arm a breakpoint if allowed, else step
-	phaseStepping        // single-stepping towards it
-	phaseArmed           // running to the breakpoint
-	phaseStepOver        // at the breakpoint but not the landmark: step one instruction, then re-arm
-)
-
-// atCandidate checks whether the vCPU has reached the target landmark.
-func (r *Replayer) atCandidate(vm *vmm.VM, p vmm.Point) (bool, error) {
-	ev := r.target
-	lm := ev.GetDeliver().Landmark
-	if p.Exits != ev.Exits {
-		near := r.near
-		if near == "" {
-			near = "RIP never matched"
-		}
-		return false, r.diverge(p, ev.Seq, fmt.Sprintf("the replay reached a synchronous exit (%s) before the landmark (%d steps; %s)", vm.LastExit(), r.steps, near),
-			fmt.Sprintf("RIP %#x after %d exits", lm.Rip, ev.Exits), fmt.Sprintf("exit %d", p.Exits))
-	}
-	if p.Kind == vmm.AtExit {
-		return false, nil // about to complete and step towards it
-	}
-	switch {
-	case p.Kind == vmm.Kicked:
-		r.phase = phaseChoose // after the completion entry
-	case r.phase == phaseArmed:
-		r.phase = phaseStepOver // the breakpoint was hit
-		r.steps++
-		r.hits++
-		r.stats.Breakpoints++
-	case r.phase == phaseStepOver:
-		r.steps++
-		r.stats.Steps++
-		// Stepped over it. A rep-prefixed string instruction stays at the
-		// same RIP for each iteration: keep stepping until it moves on,
-		// then arm the breakpoint again.
-		if regs, err := vm.Regs(); err != nil || regs.RIP != lm.Rip {
-			r.phase = phaseChoose
-		}
-	default:
-		r.steps++
-		r.stats.Steps++
-	}
-	if r.steps > r.cfg.MaxSteps {
-		return false, r.diverge(p, ev.Seq, fmt.Sprintf("landmark not found within %d single steps", r.cfg.MaxSteps), fmt.Sprintf("RIP %#x", lm.Rip), "")
-	}
-	regs, err := vm.Regs()
-	if err != nil {
-		return false, err
-	}
-	if r.phase == phaseStepping && r.hits >= maxHits {
-		// Stepping because the breakpoint was hit too often. A loop
-		// short enough that its RIP comes round within stepBurst steps
-		// is cheaper to step; otherwise go back to the breakpoint.
-		r.burst++
-		if regs.RIP == lm.Rip {
-			r.burstSawRIP = true
-		}
-		if r.burst >= stepBurst {
-			if !r.burstSawRIP {
-				r.hits, r.phase = 0, phaseChoose
-			}
-			r.burst, r.burstSawRIP = 0, false
-		}
-	}
-	if regs.RIP != lm.Rip {
-		return false, nil
-	}
-	if regs.RFLAGS != lm.Rflags || !slices.Equal(vmm.GPRs(regs), lm.Gprs) {
-		r.near = fmt.Sprintf("at RIP %#x after %d steps: %s", regs.RIP, r.steps, regDiff(regs, lm))
-		return false, nil
-	}
-	h, err := vm.HashPages(lm.Pages)
-	if err != nil {
-		return false, r.diverge(p, ev.Seq, "landmark names pages outside guest memory", "", err.Error())
-	}
-	if !bytes.Equal(h[:], lm.PagesSha256) {
-		// Same registers, different memory: a later iteration of a loop.
-		if r.cfg.NearMiss != nil {
-			r.cfg.NearMiss(vm, lm)
-		}
-		r.near = fmt.Sprintf("at RIP %#x after %d steps the registers matched but %d written pages differed", regs.RIP, r.steps, len(lm.Pages))
-		return false, nil
-	}
-	r.target = nil
-	r.consume()
-	r.stats.Landmarks++
-	d := ev.GetDeliver()
-	vm.DeliverAsync(asyncOf(d))
-	return true, nil
-}
-
-// NextEntry implements vmm.Driver: run freely, except when a landmark is
-// being located: first complete the exit without running on (the primary
-// may have been kicked right there), then single-step.
+// NextEntry implements vmm.Driver: run freely, except when a landmark
+// is next: then complete the exit without running on (see locator).
 func (r *Replayer) NextEntry() vmm.EntryMode {
 	if r.err != nil || r.live != nil {
 		return vmm.EntryRun
 	}
-	if r.target == nil && r.vm != nil {
-		// A landmark can follow other events at the same exit: the
-		// primary injected at the exit and was kicked before the vector
-		// reached the guest, so the landmark is zero instructions on.
+	if !r.loc.busy() && r.vm != nil {
+		// A landmark can follow other events at the same exit (the
+		// primary injected at the exit and was kicked before running an
+		// instruction, or two landmarks share an exit).
 		p := r.vm.Point()
 		if ev := r.peek(); ev != nil && ev.Exits == p.Exits && ev.GetDeliver().GetLandmark() != nil {
-			r.target, r.phase, r.steps, r.hits, r.near = ev, phaseComplete, 0, 0, ""
-		}
-	}
-	if r.target == nil {
-		return vmm.EntryRun
-	}
-	switch r.phase {
-	case phaseComplete:
-		return vmm.EntryComplete
-	case phaseChoose:
-		rip := r.target.GetDeliver().GetLandmark().GetRip()
-		// In a tight loop the breakpoint is hit every iteration and each
-		// hit costs a step over it as well: past maxHits, step a while
-		// (see atCandidate for the way back to breakpoints).
-		// A landmark inside a rep string instruction (RF set: the kick
-		// stopped it between iterations) is stepped to from the exit: the
-		// emulator runs such an instruction in chunks, and arriving at it
-		// by a breakpoint gave different chunks than the recording's.
-		midRep := r.target.GetDeliver().GetLandmark().GetRflags()&rflagsRF != 0 && r.repStringAt(rip)
-		if r.cfg.Breakpoints.allows(rip) && r.hits < maxHits && !midRep {
-			if ok, err := r.vm.SetBreakpoint(rip); err == nil && ok {
-				r.phase = phaseArmed
-				return vmm.EntryRun
+			if r.startLandmark(r.vm, p, ev) != nil {
+				return vmm.EntryRun // the sticky error stops the run at the next point
 			}
 		}
-		r.phase = phaseStepping
-		return vmm.EntryStep
-	case phaseArmed:
-		return vmm.EntryRun
 	}
-	return vmm.EntryStep
+	return r.loc.entry()
 }
 
 // Windows implements vmm.Driver: a replay injects only where the log
@@ -660,55 +485,4 @@ func (r *Replayer) Stop(vm *vmm.VM, p vmm.Point, res vmm.Result, runErr error) e
 		return r.diverge(p, extra.Seq, "the log goes on after its end", "nothing", describe(extra))
 	}
 	return nil
-}
-
-var gprNames = []string{"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"}
-
-// regDiff names the registers that differ from a landmark's.
-func regDiff(regs vmm.Regs, lm *logpb.Landmark) string {
-	var s string
-	if regs.RFLAGS != lm.Rflags {
-		s += fmt.Sprintf(" rflags %#x (want %#x)", regs.RFLAGS, lm.Rflags)
-	}
-	for i, v := range vmm.GPRs(regs) {
-		if i < len(lm.Gprs) && v != lm.Gprs[i] {
-			s += fmt.Sprintf(" %s %#x (want %#x)", gprNames[i], v, lm.Gprs[i])
-		}
-	}
-	if s == "" {
-		return "registers match"
-	}
-	return "registers differ:" + s
-}
-
-// repStringAt reports whether the instruction at rip is a rep-prefixed
-// string instruction (or cannot be read).
-func (r *Replayer) repStringAt(rip uint64) bool {
-	b, ok := r.vm.CodeAt(rip, 4)
-	return !ok || isRepString(b)
-}
-
-// isRepString reports whether code starts with a rep-prefixed string
-// instruction. A kick can stop one between iterations, and single-stepping
-// it on this host's emulator sometimes runs every remaining iteration at
-// once, so such a point cannot be located reliably; the replayer does not
-// set a breakpoint on one but single-steps to it (which is not reliable
-// either: see the rep_movs case of the replay suite).
-func isRepString(b []byte) bool {
-	i := 0
-	rep := false
-	for i < len(b) && (b[i] == 0xF3 || b[i] == 0xF2 || b[i] == 0x66 || b[i] == 0x67 || (b[i] >= 0x40 && b[i] <= 0x4F)) {
-		if b[i] == 0xF3 || b[i] == 0xF2 {
-			rep = true
-		}
-		i++
-	}
-	if !rep || i >= len(b) {
-		return false
-	}
-	switch b[i] {
-	case 0x6C, 0x6D, 0x6E, 0x6F, 0xA4, 0xA5, 0xA6, 0xA7, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF:
-		return true
-	}
-	return false
 }

@@ -18,8 +18,6 @@ const (
 	AtExit PointKind = iota + 1
 	// Kicked: between exits, where a kick (EINTR) stopped the vCPU.
 	Kicked
-	// Stepped: between exits, after a single step (replay).
-	Stepped
 	// Window: between exits, where KVM reported that the guest can take
 	// the interrupt the VM asked to inject (an interrupt-window exit). On
 	// this platform such an exit does not land at a predictable
@@ -35,8 +33,6 @@ func (k PointKind) String() string {
 		return "at-exit"
 	case Kicked:
 		return "kicked"
-	case Stepped:
-		return "stepped"
 	case Window:
 		return "window"
 	}
@@ -71,9 +67,6 @@ const (
 	// any further instruction (immediate_exit); the loop then reaches a
 	// Kicked point.
 	EntryComplete
-	// EntryStep runs one instruction (KVM_GUESTDBG_SINGLESTEP); the loop
-	// then reaches a Stepped point, or an exit if the instruction exits.
-	EntryStep
 )
 
 // Async is a batch of asynchronous events delivered at one point.
@@ -95,7 +88,7 @@ type Driver interface {
 	Start(vm *VM) error
 	// Deliver is called at every point before interrupts are injected.
 	// It hands events due at p to vm.DeliverAsync and reports whether p is
-	// a delivery point. At Kicked, Stepped and Window points the VM
+	// a delivery point. At Kicked and Window points the VM
 	// injects only if it is, so every injection between exits has a
 	// landmark.
 	Deliver(vm *VM, p Point) (bool, error)

@@ -27,10 +27,9 @@ const (
 	ioctlSetMSRFilter   = (1 << 30) | (392 << 16) | (kvmio << 8) | 0xC6 // _IOW(KVMIO, 0xc6, kvm_msr_filter)
 
 	// vCPU fd.
-	ioctlRun           = (kvmio << 8) | 0x80                           // _IO(KVMIO, 0x80)
-	ioctlInterrupt     = (1 << 30) | (4 << 16) | (kvmio << 8) | 0x86   // _IOW(KVMIO, 0x86, kvm_interrupt)
-	ioctlGetFPU        = (2 << 30) | (416 << 16) | (kvmio << 8) | 0x8C // _IOR(KVMIO, 0x8c, kvm_fpu)
-	ioctlSetGuestDebug = (1 << 30) | (72 << 16) | (kvmio << 8) | 0x9B  // _IOW(KVMIO, 0x9b, kvm_guest_debug)
+	ioctlRun       = (kvmio << 8) | 0x80                           // _IO(KVMIO, 0x80)
+	ioctlInterrupt = (1 << 30) | (4 << 16) | (kvmio << 8) | 0x86   // _IOW(KVMIO, 0x86, kvm_interrupt)
+	ioctlGetFPU    = (2 << 30) | (416 << 16) | (kvmio << 8) | 0x8C // _IOR(KVMIO, 0x8c, kvm_fpu)
 )
 
 func ioctl(fd int, req, arg uintptr) (uintptr, unix.Errno) {
@@ -72,23 +71,6 @@ type dirtyLog struct {
 func getDirtyLog(vmFd int, slot uint32, bitmap []uint64) error {
 	d := dirtyLog{Slot: slot, Bitmap: uint64(uintptr(unsafe.Pointer(&bitmap[0])))}
 	return ioctlPtr(vmFd, ioctlGetDirtyLog, &d)
-}
-
-// guestDebug mirrors struct kvm_guest_debug (x86: 8 debug registers).
-type guestDebug struct {
-	Control  uint32
-	_        uint32
-	DebugReg [8]uint64
-}
-
-const (
-	guestDebugEnable     = 0x1
-	guestDebugSingleStep = 0x2
-)
-
-func setGuestDebug(vcpuFd int, control uint32) error {
-	g := guestDebug{Control: control}
-	return ioctlPtr(vcpuFd, ioctlSetGuestDebug, &g)
 }
 
 // enableCap mirrors struct kvm_enable_cap.
@@ -208,23 +190,79 @@ func injectInterrupt(vcpuFd int, vector uint8) error {
 	return ioctlPtr(vcpuFd, ioctlInterrupt, &irq)
 }
 
-// fpuState mirrors struct kvm_fpu.
-type fpuState struct {
-	FPR        [8][16]uint8
-	FCW        uint16
-	FSW        uint16
-	FTWX       uint8
-	_          uint8
-	LastOpcode uint16
-	LastIP     uint64
-	LastDP     uint64
-	XMM        [16][16]uint8
-	MXCSR      uint32
-	_          uint32
+// More vCPU-state ioctls (state-transfer landmarks, vcpustate.go).
+const (
+	ioctlGetXSAVE = (2 << 30) | (4096 << 16) | (kvmio << 8) | 0xA4 // _IOR(KVMIO, 0xa4, kvm_xsave)
+	ioctlSetXSAVE = (1 << 30) | (4096 << 16) | (kvmio << 8) | 0xA5 // _IOW(KVMIO, 0xa5, kvm_xsave)
+	ioctlGetMSRs  = (3 << 30) | (8 << 16) | (kvmio << 8) | 0x88    // _IOWR(KVMIO, 0x88, kvm_msrs)
+	ioctlSetMSRs  = (1 << 30) | (8 << 16) | (kvmio << 8) | 0x89    // _IOW(KVMIO, 0x89, kvm_msrs)
+)
+
+// xsaveArea mirrors struct kvm_xsave (the legacy 4 KiB form: enough for
+// the features the CPUID table exposes, which excludes AMX).
+type xsaveArea struct{ Region [1024]uint32 }
+
+func getXSAVE(vcpuFd int, x *xsaveArea) error { return ioctlPtr(vcpuFd, ioctlGetXSAVE, x) }
+func setXSAVE(vcpuFd int, x *xsaveArea) error { return ioctlPtr(vcpuFd, ioctlSetXSAVE, x) }
+
+// msrEntry mirrors struct kvm_msr_entry.
+type msrEntry struct {
+	Index uint32
+	_     uint32
+	Data  uint64
 }
 
-func getFPU(vcpuFd int) (fpuState, error) {
-	var f fpuState
-	err := ioctlPtr(vcpuFd, ioctlGetFPU, &f)
-	return f, err
+// maxStateMSRs bounds msrBuffer; stateMSRs is far shorter.
+const maxStateMSRs = 64
+
+// msrBuffer mirrors struct kvm_msrs followed by its entries.
+type msrBuffer struct {
+	NMSRs   uint32
+	_       uint32
+	Entries [maxStateMSRs]msrEntry
+}
+
+// getMSRs reads the listed MSRs; it fails unless KVM read all of them.
+func getMSRs(vcpuFd int, index []uint32) ([]uint64, error) {
+	if len(index) > maxStateMSRs {
+		return nil, fmt.Errorf("%d MSRs: at most %d", len(index), maxStateMSRs)
+	}
+	var b msrBuffer
+	b.NMSRs = uint32(len(index))
+	for i, m := range index {
+		b.Entries[i].Index = m
+	}
+	// KVM reads NMSRs entries after the header: all inside b.
+	n, errno := ioctl(vcpuFd, ioctlGetMSRs, uintptr(unsafe.Pointer(&b)))
+	if errno != 0 {
+		return nil, errno
+	}
+	if int(n) != len(index) {
+		return nil, fmt.Errorf("KVM read %d of %d MSRs (stopped at %#x)", n, len(index), index[n])
+	}
+	out := make([]uint64, len(index))
+	for i := range out {
+		out[i] = b.Entries[i].Data
+	}
+	return out, nil
+}
+
+// setMSRs writes the MSRs; it fails unless KVM wrote all of them.
+func setMSRs(vcpuFd int, index []uint32, values []uint64) error {
+	if len(index) > maxStateMSRs || len(values) != len(index) {
+		return fmt.Errorf("%d MSRs with %d values (at most %d)", len(index), len(values), maxStateMSRs)
+	}
+	var b msrBuffer
+	b.NMSRs = uint32(len(index))
+	for i, m := range index {
+		b.Entries[i] = msrEntry{Index: m, Data: values[i]}
+	}
+	n, errno := ioctl(vcpuFd, ioctlSetMSRs, uintptr(unsafe.Pointer(&b)))
+	if errno != 0 {
+		return errno
+	}
+	if int(n) != len(index) {
+		return fmt.Errorf("KVM wrote %d of %d MSRs (refused %#x = %#x)", n, len(index), index[n], values[n])
+	}
+	return nil
 }

@@ -58,8 +58,6 @@ type Config struct {
 	// all of guest memory at every exit: a diagnostic for finding the first
 	// exit at which two runs' memory differs, slow on large guests.
 	TraceMemory bool
-	// TraceSteps adds a line for every single step (replay).
-	TraceSteps bool
 	// TraceMemoryFrom skips the memory CRC before this many exits.
 	TraceMemoryFrom uint64
 }
@@ -102,8 +100,6 @@ type Stats struct {
 	Kicks          uint64                // KVM_RUN returns with EINTR
 	Windows        uint64                // interrupt-window exits (Window points, not counted in Exits)
 	Interrupts     uint64                // vectors injected with KVM_INTERRUPT
-	Int3Completed  uint64                // int3s completed in userspace
-	Completed      uint64                // all instructions completed in userspace (int3, clac, stac, fwait)
 	UnhandledPorts uint64                // accesses to ports with no device
 	TSCReads       uint64                // trapped rdtsc/rdtscp
 }
@@ -156,15 +152,13 @@ type VM struct {
 	driver       Driver
 	point        Point
 	lastExit     Exit
-	breakpoints  map[uint64]breakpoint // by linear address
 	inputBacklog []byte
-	// exceptionQueued: this exit queued an exception (completing int3 or
-	// fwait) that KVM delivers on the next entry; no interrupt is
-	// injected at the same exit (see Run).
-	exceptionQueued bool
-	extraDevices    []string
-	bounce          *bounce.Engine
-	bounceComplete  func(bounce.Completion)
+	extraDevices []string
+	// stateMSRs: the MSRs a VCPUState carries (those of
+	// stateMSRCandidates this KVM reads).
+	stateMSRs      []uint32
+	bounce         *bounce.Engine
+	bounceComplete func(bounce.Completion)
 
 	stats Stats
 }
@@ -249,6 +243,7 @@ func New(cfg Config) (vm *VM, err error) {
 	if err := kvm.SetCPUID2(uintptr(v.vcpuFd), &kvm.CPUID{Nent: uint32(len(v.cpuid)), Entries: v.cpuid}); err != nil {
 		return nil, fmt.Errorf("KVM_SET_CPUID2: %w", err)
 	}
+	v.stateMSRs = probeStateMSRs(v.vcpuFd)
 
 	if err := v.attachDevices(epoch); err != nil {
 		return nil, err
@@ -619,7 +614,6 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 	stopWatch := context.AfterFunc(ctx, v.Kick)
 	defer stopWatch()
 	defer func() {
-		v.ClearBreakpoints()
 		res.Stats, res.Duration = v.stats, time.Since(began)
 		if derr := v.driver.Stop(v, v.point, res, err); derr != nil && err == nil {
 			err = derr
@@ -629,8 +623,6 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 		return Result{}, err
 	}
 	v.point = Point{Kind: AtExit}
-	stepping := false
-	debugCtl := uint32(0)
 	for {
 		if err := ctx.Err(); err != nil {
 			return Result{}, fmt.Errorf("run interrupted at %d exits: %w", v.point.Exits, err)
@@ -642,44 +634,15 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 		if err != nil {
 			return Result{}, err
 		}
-		if v.exceptionQueued {
-			// With an exception and an interrupt both queued at one exit,
-			// which one the guest takes first differed from run to run
-			// on this host (the kernel's int3 self-test then failed in a
-			// replay). Deliver the exception alone; the interrupt waits
-			// for a window or the next exit.
-			if v.PIC.Pending() && v.driver.Windows() {
-				runHeader(v.run).RequestInterruptWindow = 1
-			}
-		} else if v.point.Kind == AtExit || delivered {
+		if v.point.Kind == AtExit || delivered {
 			if err := v.injectInterrupt(); err != nil {
 				return Result{}, err
 			}
 		}
-		mode := v.driver.NextEntry()
-		stepping = mode == EntryStep
-		ctl := uint32(0)
-		if stepping {
-			ctl = guestDebugEnable | guestDebugSingleStep
-		}
-		if ctl != debugCtl {
-			if err := setGuestDebug(v.vcpuFd, ctl); err != nil {
-				return Result{}, fmt.Errorf("KVM_SET_GUEST_DEBUG: %w", err)
-			}
-			debugCtl = ctl
-		}
-
-		if mode == EntryComplete {
+		if v.driver.NextEntry() == EntryComplete {
 			setImmediateExit(v.run, 1)
 		}
 		errno := runVCPU(v.vcpuFd)
-		if v.exceptionQueued {
-			// Delivered unless KVM_RUN returned before entering the guest.
-			var ev kvm.VCPUEvents
-			if errno != unix.EINTR || kvm.GetVCPUEvents(uintptr(v.vcpuFd), &ev) != nil || ev.E.Inject == 0 {
-				v.exceptionQueued = false
-			}
-		}
 		switch errno {
 		case 0:
 		case unix.EINTR:
@@ -697,23 +660,11 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 		if err != nil {
 			return Result{}, v.guestError("malformed exit", err.Error())
 		}
-		if exit.Kind == ExitDebug && stepping {
-			v.point.Kind = Stepped
-			if v.cfg.TraceSteps {
-				v.traceLine("step")
-			}
-			continue
-		}
 		if exit.Kind == ExitIRQWindow {
 			// Not a synchronous exit: where it lands varies from run to run.
 			v.stats.Windows++
 			v.point.Kind = Window
 			v.traceLine("window")
-			continue
-		}
-		if exit.Kind == ExitInternalError && len(v.breakpoints) > 0 && v.hitBreakpoint() {
-			// A replay's own breakpoint: not a guest exit.
-			v.point.Kind = Stepped
 			continue
 		}
 		v.point = Point{Exits: v.point.Exits + 1, Kind: AtExit}
@@ -784,20 +735,13 @@ func (v *VM) handleExit(ctx context.Context, e Exit) *stopRun {
 	case ExitInternalError:
 		const emulationFailure = 1
 		if e.Suberror == emulationFailure {
-			done, err := v.completeUnemulated()
-			if err != nil {
-				return fail(err)
-			}
-			if done {
-				return nil
-			}
 			return fail(v.guestError("emulation failure", "KVM's instruction emulator cannot execute this instruction"))
 		}
 		return fail(v.guestError("internal error", fmt.Sprintf("KVM internal error suberror %d data %#x", e.Suberror, e.InternalData)))
 	case ExitFailEntry:
 		return fail(v.guestError("entry failure", fmt.Sprintf("hardware entry failure reason %#x", e.HardwareCode)))
 	case ExitDebug:
-		return fail(v.guestError("unexpected debug exit", "single-stepping is off"))
+		return fail(v.guestError("unexpected debug exit", "the VMM sets no breakpoints and does not single-step"))
 	default:
 		return fail(v.guestError("unexpected exit", fmt.Sprintf("KVM exit reason %d", e.Reason)))
 	}
@@ -896,86 +840,6 @@ func (v *VM) trappedTSC(e Exit) *stopRun {
 	return nil
 }
 
-// breakpoint is an int3 the VMM wrote over guest code.
-type breakpoint struct {
-	gpa  uint64
-	orig byte
-}
-
-// SetBreakpoint writes an int3 at the linear address rip, which must be
-// mapped now. On this host an int3 in guest code the KVM emulator runs
-// (kernel mode) ends KVM_RUN; Run reports it as a Stepped point with the
-// original byte back in place, and does not count it as an exit. It
-// reports false if rip is not mapped. Guest code that reads the byte while
-// the breakpoint is set sees 0xcc.
-func (v *VM) SetBreakpoint(rip uint64) (bool, error) {
-	if _, ok := v.breakpoints[rip]; ok {
-		return true, nil
-	}
-	sregs, err := v.Sregs()
-	if err != nil {
-		return false, err
-	}
-	gpa, ok := v.translate(sregs, rip)
-	if !ok || gpa >= v.mem.Size() {
-		return false, nil
-	}
-	b, _ := v.mem.Slice(GuestAddress(gpa), 1)
-	if v.breakpoints == nil {
-		v.breakpoints = map[uint64]breakpoint{}
-	}
-	v.breakpoints[rip] = breakpoint{gpa: gpa, orig: b[0]}
-	b[0] = 0xCC
-	return true, nil
-}
-
-// CodeAt reads up to n bytes of guest code at the linear address rip,
-// within its page; false if rip is not mapped.
-func (v *VM) CodeAt(rip uint64, n int) ([]byte, bool) {
-	sregs, err := v.Sregs()
-	if err != nil {
-		return nil, false
-	}
-	gpa, ok := v.translate(sregs, rip)
-	if !ok || gpa >= v.mem.Size() {
-		return nil, false
-	}
-	m := min(uint64(n), pageSize-gpa%pageSize, v.mem.Size()-gpa)
-	b := make([]byte, m)
-	if v.mem.ReadAt(b, GuestAddress(gpa)) != nil {
-		return nil, false
-	}
-	return b, true
-}
-
-// ClearBreakpoints restores the code under every breakpoint.
-func (v *VM) ClearBreakpoints() {
-	for rip, bp := range v.breakpoints {
-		if b, err := v.mem.Slice(GuestAddress(bp.gpa), 1); err == nil {
-			b[0] = bp.orig
-		}
-		delete(v.breakpoints, rip)
-	}
-}
-
-// hitBreakpoint reports whether an emulation failure is one of the VMM's
-// breakpoints, and if so removes them all.
-func (v *VM) hitBreakpoint() bool {
-	regs, err := v.Regs()
-	if err != nil {
-		return false
-	}
-	bp, ok := v.breakpoints[regs.RIP]
-	if !ok {
-		return false
-	}
-	if b, err := v.mem.Slice(GuestAddress(bp.gpa), 1); err != nil || b[0] != 0xCC {
-		return false
-	}
-	v.ClearBreakpoints()
-	return true
-}
-
 // translate maps a linear address to a guest physical one.
 func (v *VM) translate(sregs Sregs, linear uint64) (uint64, bool) {
 	if sregs.CR0&cr0PG == 0 {
@@ -1013,71 +877,6 @@ func (v *VM) instructionAt() (Regs, []byte) {
 		return regs, nil
 	}
 	return regs, b
-}
-
-// completeUnemulated finishes, in userspace, the instructions KVM's
-// emulator on these hosts cannot run, with the architectural effect of each:
-//   - int3: RIP moves past it and #BP is injected (a trap: the handler sees
-//     the next instruction's address);
-//   - clac/stac in kernel mode: RFLAGS.AC cleared/set;
-//   - fwait: #MF if an unmasked x87 exception is pending (FSW.ES with
-//     CR0.NE), otherwise nothing.
-//
-// It reports false for any other instruction.
-func (v *VM) completeUnemulated() (bool, error) {
-	regs, b := v.instructionAt()
-	var exception int = -1
-	switch {
-	case len(b) >= 1 && b[0] == 0xCC:
-		regs.RIP++
-		exception = 3
-		v.stats.Int3Completed++
-	case len(b) >= 3 && b[0] == 0x0F && b[1] == 0x01 && (b[2] == 0xCA || b[2] == 0xCB):
-		sregs, err := v.Sregs()
-		if err != nil || sregs.CS.DPL != 0 {
-			return false, err
-		}
-		regs.RIP += 3
-		if b[2] == 0xCA {
-			regs.RFLAGS &^= rflagsAC
-		} else {
-			regs.RFLAGS |= rflagsAC
-		}
-	case len(b) >= 1 && b[0] == 0x9B:
-		fpu, err := getFPU(v.vcpuFd)
-		if err != nil {
-			return false, fmt.Errorf("completing fwait: KVM_GET_FPU: %w", err)
-		}
-		sregs, err := v.Sregs()
-		if err != nil {
-			return false, err
-		}
-		const fswES = 1 << 7
-		if fpu.FSW&fswES != 0 && sregs.CR0&cr0NE != 0 {
-			exception = 16 // #MF, a fault: RIP stays at the fwait
-		} else {
-			regs.RIP++
-		}
-	default:
-		return false, nil
-	}
-	if err := kvm.SetRegs(uintptr(v.vcpuFd), &regs); err != nil {
-		return false, fmt.Errorf("completing %x: KVM_SET_REGS: %w", b[0], err)
-	}
-	if exception >= 0 {
-		var ev kvm.VCPUEvents
-		if err := kvm.GetVCPUEvents(uintptr(v.vcpuFd), &ev); err != nil {
-			return false, fmt.Errorf("completing %x: KVM_GET_VCPU_EVENTS: %w", b[0], err)
-		}
-		ev.E = kvm.Exception{Inject: 1, Nr: uint8(exception)}
-		ev.Flags = 0
-		if err := kvm.SetVCPUEvents(uintptr(v.vcpuFd), &ev); err != nil {
-			return false, fmt.Errorf("completing %x: KVM_SET_VCPU_EVENTS: %w", b[0], err)
-		}
-		v.exceptionQueued = true
-	}
-	v.stats.Completed++
-	return true, nil
 }
 
 func (v *VM) guestError(what, more string) error {

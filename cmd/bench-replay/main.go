@@ -273,7 +273,7 @@ func run() error {
 	}
 
 	fmt.Printf("%-10s %-8s %9s %9s %7s %9s %7s %-6s %10s %10s %7s %9s %10s\n",
-		"guest", "end", "plain", "record", "rec/pln", "replay", "rep/rec", "same", "log bytes", "bytes/s", "events", "landmarks", "steps")
+		"guest", "end", "plain", "record", "rec/pln", "replay", "rep/rec", "same", "log bytes", "bytes/s", "events", "landmarks", "lm pages")
 	for gi, g := range guests {
 		ss := samples[gi]
 		plain := medianDur(ss, func(s sample) time.Duration { return s.plain })
@@ -294,7 +294,7 @@ func run() error {
 				}
 			}
 			same = fmt.Sprintf("%d/%d", nsame, len(ss))
-			steps = fmt.Sprintf("%.0f", medianF(ss, func(s sample) float64 { return float64(s.rep.Steps) }))
+			steps = fmt.Sprintf("%.0f", medianF(ss, func(s sample) float64 { return float64(s.rep.LandmarkPages) }))
 		}
 		fmt.Printf("%-10s %-8s %9s %9s %7.2f %9s %7s %-6s %10.0f %10.0f %7.0f %9.0f %10s\n",
 			g.name, ss[0].plainEnd, secs(plain), secs(record), recPlain, replayCol, repRec, same, logBytes, bps, events, landmarks, steps)
@@ -311,7 +311,7 @@ func run() error {
 	fmt.Println("end: how the plain run ended (runs that ended otherwise are listed below);")
 	fmt.Println("plain/record/replay: wall time of vm.Run (record and replay include a fingerprint of all guest memory at the end);")
 	fmt.Println("rec/pln, rep/rec: time ratios; same: replays whose final fingerprint equals the recording's;")
-	fmt.Println("log bytes: the log as 'ftvm record' writes it; bytes/s: log bytes per second of plain run; landmarks: recorded; steps: single steps plus breakpoint hits in replay")
+	fmt.Println("log bytes: the log as 'ftvm record' writes it; bytes/s: log bytes per second of plain run; landmarks: recorded; lm pages: pages the state-transfer landmarks carried (loaded by the replay)")
 	for _, n := range notes {
 		fmt.Println(n)
 	}
@@ -378,13 +378,7 @@ func measure(g *guest) (sample, error) {
 		return s, err
 	}
 
-	// Replay. Bare guests run only in kernel mode, where breakpoints
-	// work; Linux user code cannot be breakpointed (as in ftvm replay).
-	bp := replay.BreakAll
-	if g.linux {
-		bp = replay.BreakKernel
-	}
-	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: &replay.MemLog{Events: log.Events}, Breakpoints: bp})
+	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: &replay.MemLog{Events: log.Events}})
 	if err != nil {
 		return s, err
 	}

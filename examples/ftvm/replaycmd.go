@@ -21,7 +21,6 @@ func cmdReplay(ctx context.Context, args []string) (int, error) {
 	console := fs.Bool("console", false, "show the guest's console output (off: a replay's output is the recording's)")
 	timeout := fs.Duration("timeout", 0, "stop the replay after this long (0: no limit)")
 	quiet := fs.Bool("q", false, "no progress or summary lines on stderr")
-	bpFlag := fs.String("breakpoints", "", "where landmarks may be located with breakpoints: kernel, all or never (default: all for bare guests, kernel for Linux)")
 	// The log file is the one positional argument, before or after flags.
 	var file string
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
@@ -53,24 +52,10 @@ func cmdReplay(ctx context.Context, args []string) (int, error) {
 	}
 	defer g.close()
 	recorded := lr.Header()
-	// Bare guests run only in kernel mode, where breakpoints work here;
-	// Linux user code runs natively and is single-stepped instead.
-	bp := replay.BreakKernel
-	if g.bare {
-		bp = replay.BreakAll
+	if s := recorded.GetLandmarks(); s != "" && s != replay.StrategyStateTransfer {
+		return 1, fmt.Errorf("%s: landmarks recorded with strategy %q; this replayer loads %q", file, s, replay.StrategyStateTransfer)
 	}
-	switch *bpFlag {
-	case "":
-	case "kernel":
-		bp = replay.BreakKernel
-	case "all":
-		bp = replay.BreakAll
-	case "never":
-		bp = replay.BreakNever
-	default:
-		return 2, usageError{fmt.Errorf("--breakpoints %q: want kernel, all or never", *bpFlag)}
-	}
-	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: lr, Breakpoints: bp})
+	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: lr})
 	if err != nil {
 		return 1, err
 	}
@@ -96,7 +81,7 @@ func cmdReplay(ctx context.Context, args []string) (int, error) {
 	defer cancel()
 	res, runErr := vm.Run(ctx)
 	st := rp.Stats()
-	info("replayed %d events, %d landmarks located with %d single steps and %d breakpoint hits", st.Events, st.Landmarks, st.Steps, st.Breakpoints)
+	info("replayed %d events, %d landmarks (%s: %d pages loaded)", st.Events, st.Landmarks, replay.StrategyStateTransfer, st.LandmarkPages)
 	code, err := report(info, res, runErr)
 	if err == nil {
 		info("replay reached the recorded end state")

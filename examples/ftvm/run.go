@@ -36,7 +36,6 @@ type guestOptions struct {
 	trace                   string
 	traceMem                bool
 	traceMemFrom            uint64
-	traceSteps              bool
 	dma                     bool
 }
 
@@ -54,7 +53,6 @@ func (o *guestOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.mem, "mem", "128M", "guest memory (K, M or G suffix)")
 	fs.BoolVar(&o.traceMem, "trace-memory", false, "with --trace: add a CRC of all guest memory to each line (slow: reads all memory at every exit)")
 	fs.Uint64Var(&o.traceMemFrom, "trace-memory-from", 0, "with --trace-memory: start the memory CRCs at this exit")
-	fs.BoolVar(&o.traceSteps, "trace-steps", false, "with --trace: also a line for every single step of a replay")
 	fs.BoolVar(&o.dma, "dma", false, "add the DMA test device (vmm.AddDMATest; on by default for --bare dma); its backend returns random bytes after a random delay")
 	fs.StringVar(&o.trace, "trace", "", "write one line per exit and injection (point, RIP, registers) to this file: diff a recording's trace against its replay's to see where they part")
 }
@@ -74,7 +72,6 @@ type preparedGuest struct {
 	trace        *bufio.Writer
 	traceMem     bool
 	traceMemFrom uint64
-	traceSteps   bool
 	traceF       *os.File
 }
 
@@ -83,7 +80,7 @@ type preparedGuest struct {
 func (g *preparedGuest) config(c vmm.Config) vmm.Config {
 	c.MemoryBytes, c.TSCSites = g.memory, g.sites
 	if g.trace != nil {
-		c.ExitTrace, c.TraceMemory, c.TraceMemoryFrom, c.TraceSteps = g.trace, g.traceMem, g.traceMemFrom, g.traceSteps
+		c.ExitTrace, c.TraceMemory, c.TraceMemoryFrom = g.trace, g.traceMem, g.traceMemFrom
 	}
 	return c
 }
@@ -113,7 +110,7 @@ func (o *guestOptions) prepare() (*preparedGuest, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--trace: %w", err)
 		}
-		g.traceF, g.trace, g.traceMem, g.traceMemFrom, g.traceSteps = f, bufio.NewWriterSize(f, 1<<20), o.traceMem, o.traceMemFrom, o.traceSteps
+		g.traceF, g.trace, g.traceMem, g.traceMemFrom = f, bufio.NewWriterSize(f, 1<<20), o.traceMem, o.traceMemFrom
 	}
 	limit := int64(memBytes)
 	var sites []tscpatch.Site

@@ -47,6 +47,9 @@ func CompareHeaders(recorded, running *logpb.Header) error {
 	if a, b := recorded.GetRdtscSites(), running.GetRdtscSites(); a != b {
 		add("%d patched rdtsc sites vs %d", a, b)
 	}
+	if a, b := recorded.GetLandmarks(), running.GetLandmarks(); a != b {
+		add("landmark strategy %s vs %s", orNone(a), orNone(b))
+	}
 	if a, b := devicesString(recorded.GetDevices()), devicesString(running.GetDevices()); a != b {
 		add("extra devices %s vs %s", a, b)
 	}
@@ -104,4 +107,11 @@ func onOff(b bool) string {
 		return "on"
 	}
 	return "off"
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
 }

@@ -42,6 +42,7 @@ type Header struct {
 	RdtscSites    uint32                 `protobuf:"varint,10,opt,name=rdtsc_sites,json=rdtscSites,proto3" json:"rdtsc_sites,omitempty"`           // patched rdtsc/rdtscp sites
 	Recorder      string                 `protobuf:"bytes,11,opt,name=recorder,proto3" json:"recorder,omitempty"`                                  // free text: program and host
 	Devices       []string               `protobuf:"bytes,12,rep,name=devices,proto3" json:"devices,omitempty"`                                    // devices beyond the standard PC set (vmm.VM.ExtraDevices), e.g. "dma-test"
+	Landmarks     string                 `protobuf:"bytes,13,opt,name=landmarks,proto3" json:"landmarks,omitempty"`                                // how deliveries between exits are pinned down (replay.Strategy*), e.g. "state-transfer"
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -160,17 +161,38 @@ func (x *Header) GetDevices() []string {
 	return nil
 }
 
+func (x *Header) GetLandmarks() string {
+	if x != nil {
+		return x.Landmarks
+	}
+	return ""
+}
+
 // Landmark pins a point between two synchronous exits: the vCPU's general
 // registers there, and a hash of the pages written since the previous
 // point both sides agree on (pages lists them; the replayer hashes the same
 // pages, so the set may be a superset).
+//
+// A state-transfer landmark (strategy "state-transfer", the default) also
+// carries the whole vCPU state there and the contents of those pages: the
+// replayer does not run from the exit to the landmark, it loads the state
+// (see package replay's doc). rip, rflags, gprs and pages_sha256 then
+// describe the point for diagnostics and are checked after loading.
 type Landmark struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Rip           uint64                 `protobuf:"varint,1,opt,name=rip,proto3" json:"rip,omitempty"`
-	Rflags        uint64                 `protobuf:"varint,2,opt,name=rflags,proto3" json:"rflags,omitempty"`
-	Gprs          []uint64               `protobuf:"varint,3,rep,packed,name=gprs,proto3" json:"gprs,omitempty"`   // rax rbx rcx rdx rsi rdi rsp rbp r8..r15
-	Pages         []uint32               `protobuf:"varint,4,rep,packed,name=pages,proto3" json:"pages,omitempty"` // guest page frame numbers, ascending
-	PagesSha256   []byte                 `protobuf:"bytes,5,opt,name=pages_sha256,json=pagesSha256,proto3" json:"pages_sha256,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Rip         uint64                 `protobuf:"varint,1,opt,name=rip,proto3" json:"rip,omitempty"`
+	Rflags      uint64                 `protobuf:"varint,2,opt,name=rflags,proto3" json:"rflags,omitempty"`
+	Gprs        []uint64               `protobuf:"varint,3,rep,packed,name=gprs,proto3" json:"gprs,omitempty"`   // rax rbx rcx rdx rsi rdi rsp rbp r8..r15
+	Pages       []uint32               `protobuf:"varint,4,rep,packed,name=pages,proto3" json:"pages,omitempty"` // guest page frame numbers, ascending
+	PagesSha256 []byte                 `protobuf:"bytes,5,opt,name=pages_sha256,json=pagesSha256,proto3" json:"pages_sha256,omitempty"`
+	VcpuState   []byte                 `protobuf:"bytes,6,opt,name=vcpu_state,json=vcpuState,proto3" json:"vcpu_state,omitempty"` // vmm.VCPUState, binary (state transfer)
+	PageData    []*Page                `protobuf:"bytes,7,rep,name=page_data,json=pageData,proto3" json:"page_data,omitempty"`    // the pages carried, same order as pages (state transfer)
+	PagesZstd   []byte                 `protobuf:"bytes,8,opt,name=pages_zstd,json=pagesZstd,proto3" json:"pages_zstd,omitempty"` // zstd frame: the contents of the non-zero pages, in order, 4096 bytes each
+	// The registers at the last synchronous exit before the landmark (rip,
+	// rflags, then gprs), as the exit left them: the replay checks its own
+	// there before loading, so a divergence is reported rather than
+	// overwritten by the loaded state.
+	ExitRegs      []uint64 `protobuf:"varint,9,rep,packed,name=exit_regs,json=exitRegs,proto3" json:"exit_regs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -240,6 +262,88 @@ func (x *Landmark) GetPagesSha256() []byte {
 	return nil
 }
 
+func (x *Landmark) GetVcpuState() []byte {
+	if x != nil {
+		return x.VcpuState
+	}
+	return nil
+}
+
+func (x *Landmark) GetPageData() []*Page {
+	if x != nil {
+		return x.PageData
+	}
+	return nil
+}
+
+func (x *Landmark) GetPagesZstd() []byte {
+	if x != nil {
+		return x.PagesZstd
+	}
+	return nil
+}
+
+func (x *Landmark) GetExitRegs() []uint64 {
+	if x != nil {
+		return x.ExitRegs
+	}
+	return nil
+}
+
+// Page is one guest page in a state-transfer landmark; its contents are
+// in the landmark's pages_zstd unless zero is set.
+type Page struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pfn           uint32                 `protobuf:"varint,1,opt,name=pfn,proto3" json:"pfn,omitempty"`
+	Zero          bool                   `protobuf:"varint,3,opt,name=zero,proto3" json:"zero,omitempty"` // the page is all zeros
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Page) Reset() {
+	*x = Page{}
+	mi := &file_replay_logpb_log_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Page) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Page) ProtoMessage() {}
+
+func (x *Page) ProtoReflect() protoreflect.Message {
+	mi := &file_replay_logpb_log_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Page.ProtoReflect.Descriptor instead.
+func (*Page) Descriptor() ([]byte, []int) {
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Page) GetPfn() uint32 {
+	if x != nil {
+		return x.Pfn
+	}
+	return 0
+}
+
+func (x *Page) GetZero() bool {
+	if x != nil {
+		return x.Zero
+	}
+	return false
+}
+
 // Deliver is a batch of asynchronous events handed to the devices.
 type Dma struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -252,7 +356,7 @@ type Dma struct {
 
 func (x *Dma) Reset() {
 	*x = Dma{}
-	mi := &file_replay_logpb_log_proto_msgTypes[2]
+	mi := &file_replay_logpb_log_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -264,7 +368,7 @@ func (x *Dma) String() string {
 func (*Dma) ProtoMessage() {}
 
 func (x *Dma) ProtoReflect() protoreflect.Message {
-	mi := &file_replay_logpb_log_proto_msgTypes[2]
+	mi := &file_replay_logpb_log_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -277,7 +381,7 @@ func (x *Dma) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Dma.ProtoReflect.Descriptor instead.
 func (*Dma) Descriptor() ([]byte, []int) {
-	return file_replay_logpb_log_proto_rawDescGZIP(), []int{2}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Dma) GetTag() uint64 {
@@ -313,7 +417,7 @@ type Deliver struct {
 
 func (x *Deliver) Reset() {
 	*x = Deliver{}
-	mi := &file_replay_logpb_log_proto_msgTypes[3]
+	mi := &file_replay_logpb_log_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -325,7 +429,7 @@ func (x *Deliver) String() string {
 func (*Deliver) ProtoMessage() {}
 
 func (x *Deliver) ProtoReflect() protoreflect.Message {
-	mi := &file_replay_logpb_log_proto_msgTypes[3]
+	mi := &file_replay_logpb_log_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -338,7 +442,7 @@ func (x *Deliver) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deliver.ProtoReflect.Descriptor instead.
 func (*Deliver) Descriptor() ([]byte, []int) {
-	return file_replay_logpb_log_proto_rawDescGZIP(), []int{3}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Deliver) GetLandmark() *Landmark {
@@ -381,7 +485,7 @@ type Read struct {
 
 func (x *Read) Reset() {
 	*x = Read{}
-	mi := &file_replay_logpb_log_proto_msgTypes[4]
+	mi := &file_replay_logpb_log_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -393,7 +497,7 @@ func (x *Read) String() string {
 func (*Read) ProtoMessage() {}
 
 func (x *Read) ProtoReflect() protoreflect.Message {
-	mi := &file_replay_logpb_log_proto_msgTypes[4]
+	mi := &file_replay_logpb_log_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -406,7 +510,7 @@ func (x *Read) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Read.ProtoReflect.Descriptor instead.
 func (*Read) Descriptor() ([]byte, []int) {
-	return file_replay_logpb_log_proto_rawDescGZIP(), []int{4}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Read) GetMmio() bool {
@@ -441,7 +545,7 @@ type Fingerprint struct {
 
 func (x *Fingerprint) Reset() {
 	*x = Fingerprint{}
-	mi := &file_replay_logpb_log_proto_msgTypes[5]
+	mi := &file_replay_logpb_log_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -453,7 +557,7 @@ func (x *Fingerprint) String() string {
 func (*Fingerprint) ProtoMessage() {}
 
 func (x *Fingerprint) ProtoReflect() protoreflect.Message {
-	mi := &file_replay_logpb_log_proto_msgTypes[5]
+	mi := &file_replay_logpb_log_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -466,7 +570,7 @@ func (x *Fingerprint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fingerprint.ProtoReflect.Descriptor instead.
 func (*Fingerprint) Descriptor() ([]byte, []int) {
-	return file_replay_logpb_log_proto_rawDescGZIP(), []int{5}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Fingerprint) GetSha256() []byte {
@@ -489,7 +593,7 @@ type End struct {
 
 func (x *End) Reset() {
 	*x = End{}
-	mi := &file_replay_logpb_log_proto_msgTypes[6]
+	mi := &file_replay_logpb_log_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -501,7 +605,7 @@ func (x *End) String() string {
 func (*End) ProtoMessage() {}
 
 func (x *End) ProtoReflect() protoreflect.Message {
-	mi := &file_replay_logpb_log_proto_msgTypes[6]
+	mi := &file_replay_logpb_log_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -514,7 +618,7 @@ func (x *End) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use End.ProtoReflect.Descriptor instead.
 func (*End) Descriptor() ([]byte, []int) {
-	return file_replay_logpb_log_proto_rawDescGZIP(), []int{6}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *End) GetReason() uint32 {
@@ -555,7 +659,7 @@ type Output struct {
 
 func (x *Output) Reset() {
 	*x = Output{}
-	mi := &file_replay_logpb_log_proto_msgTypes[7]
+	mi := &file_replay_logpb_log_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -567,7 +671,7 @@ func (x *Output) String() string {
 func (*Output) ProtoMessage() {}
 
 func (x *Output) ProtoReflect() protoreflect.Message {
-	mi := &file_replay_logpb_log_proto_msgTypes[7]
+	mi := &file_replay_logpb_log_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -580,7 +684,7 @@ func (x *Output) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Output.ProtoReflect.Descriptor instead.
 func (*Output) Descriptor() ([]byte, []int) {
-	return file_replay_logpb_log_proto_rawDescGZIP(), []int{7}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Output) GetData() []byte {
@@ -618,7 +722,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_replay_logpb_log_proto_msgTypes[8]
+	mi := &file_replay_logpb_log_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +734,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_replay_logpb_log_proto_msgTypes[8]
+	mi := &file_replay_logpb_log_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,7 +747,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_replay_logpb_log_proto_rawDescGZIP(), []int{8}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -795,7 +899,7 @@ var File_replay_logpb_log_proto protoreflect.FileDescriptor
 
 const file_replay_logpb_log_proto_rawDesc = "" +
 	"\n" +
-	"\x16replay/logpb/log.proto\x12\x0fftkvm.replay.v1\"\x86\x03\n" +
+	"\x16replay/logpb/log.proto\x12\x0fftkvm.replay.v1\"\xa4\x03\n" +
 	"\x06Header\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12!\n" +
 	"\fcpuid_sha256\x18\x02 \x01(\fR\vcpuidSha256\x12!\n" +
@@ -810,13 +914,23 @@ const file_replay_logpb_log_proto_rawDesc = "" +
 	" \x01(\rR\n" +
 	"rdtscSites\x12\x1a\n" +
 	"\brecorder\x18\v \x01(\tR\brecorder\x12\x18\n" +
-	"\adevices\x18\f \x03(\tR\adevices\"\x81\x01\n" +
+	"\adevices\x18\f \x03(\tR\adevices\x12\x1c\n" +
+	"\tlandmarks\x18\r \x01(\tR\tlandmarks\"\x90\x02\n" +
 	"\bLandmark\x12\x10\n" +
 	"\x03rip\x18\x01 \x01(\x04R\x03rip\x12\x16\n" +
 	"\x06rflags\x18\x02 \x01(\x04R\x06rflags\x12\x12\n" +
 	"\x04gprs\x18\x03 \x03(\x04R\x04gprs\x12\x14\n" +
 	"\x05pages\x18\x04 \x03(\rR\x05pages\x12!\n" +
-	"\fpages_sha256\x18\x05 \x01(\fR\vpagesSha256\"A\n" +
+	"\fpages_sha256\x18\x05 \x01(\fR\vpagesSha256\x12\x1d\n" +
+	"\n" +
+	"vcpu_state\x18\x06 \x01(\fR\tvcpuState\x122\n" +
+	"\tpage_data\x18\a \x03(\v2\x15.ftkvm.replay.v1.PageR\bpageData\x12\x1d\n" +
+	"\n" +
+	"pages_zstd\x18\b \x01(\fR\tpagesZstd\x12\x1b\n" +
+	"\texit_regs\x18\t \x03(\x04R\bexitRegs\",\n" +
+	"\x04Page\x12\x10\n" +
+	"\x03pfn\x18\x01 \x01(\rR\x03pfn\x12\x12\n" +
+	"\x04zero\x18\x03 \x01(\bR\x04zero\"A\n" +
 	"\x03Dma\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\x04R\x03tag\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x14\n" +
@@ -866,32 +980,34 @@ func file_replay_logpb_log_proto_rawDescGZIP() []byte {
 	return file_replay_logpb_log_proto_rawDescData
 }
 
-var file_replay_logpb_log_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_replay_logpb_log_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_replay_logpb_log_proto_goTypes = []any{
 	(*Header)(nil),      // 0: ftkvm.replay.v1.Header
 	(*Landmark)(nil),    // 1: ftkvm.replay.v1.Landmark
-	(*Dma)(nil),         // 2: ftkvm.replay.v1.Dma
-	(*Deliver)(nil),     // 3: ftkvm.replay.v1.Deliver
-	(*Read)(nil),        // 4: ftkvm.replay.v1.Read
-	(*Fingerprint)(nil), // 5: ftkvm.replay.v1.Fingerprint
-	(*End)(nil),         // 6: ftkvm.replay.v1.End
-	(*Output)(nil),      // 7: ftkvm.replay.v1.Output
-	(*Event)(nil),       // 8: ftkvm.replay.v1.Event
+	(*Page)(nil),        // 2: ftkvm.replay.v1.Page
+	(*Dma)(nil),         // 3: ftkvm.replay.v1.Dma
+	(*Deliver)(nil),     // 4: ftkvm.replay.v1.Deliver
+	(*Read)(nil),        // 5: ftkvm.replay.v1.Read
+	(*Fingerprint)(nil), // 6: ftkvm.replay.v1.Fingerprint
+	(*End)(nil),         // 7: ftkvm.replay.v1.End
+	(*Output)(nil),      // 8: ftkvm.replay.v1.Output
+	(*Event)(nil),       // 9: ftkvm.replay.v1.Event
 }
 var file_replay_logpb_log_proto_depIdxs = []int32{
-	1, // 0: ftkvm.replay.v1.Deliver.landmark:type_name -> ftkvm.replay.v1.Landmark
-	2, // 1: ftkvm.replay.v1.Deliver.dma:type_name -> ftkvm.replay.v1.Dma
-	5, // 2: ftkvm.replay.v1.End.fingerprint:type_name -> ftkvm.replay.v1.Fingerprint
-	3, // 3: ftkvm.replay.v1.Event.deliver:type_name -> ftkvm.replay.v1.Deliver
-	4, // 4: ftkvm.replay.v1.Event.read:type_name -> ftkvm.replay.v1.Read
-	5, // 5: ftkvm.replay.v1.Event.fingerprint:type_name -> ftkvm.replay.v1.Fingerprint
-	6, // 6: ftkvm.replay.v1.Event.end:type_name -> ftkvm.replay.v1.End
-	7, // 7: ftkvm.replay.v1.Event.output:type_name -> ftkvm.replay.v1.Output
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	2, // 0: ftkvm.replay.v1.Landmark.page_data:type_name -> ftkvm.replay.v1.Page
+	1, // 1: ftkvm.replay.v1.Deliver.landmark:type_name -> ftkvm.replay.v1.Landmark
+	3, // 2: ftkvm.replay.v1.Deliver.dma:type_name -> ftkvm.replay.v1.Dma
+	6, // 3: ftkvm.replay.v1.End.fingerprint:type_name -> ftkvm.replay.v1.Fingerprint
+	4, // 4: ftkvm.replay.v1.Event.deliver:type_name -> ftkvm.replay.v1.Deliver
+	5, // 5: ftkvm.replay.v1.Event.read:type_name -> ftkvm.replay.v1.Read
+	6, // 6: ftkvm.replay.v1.Event.fingerprint:type_name -> ftkvm.replay.v1.Fingerprint
+	7, // 7: ftkvm.replay.v1.Event.end:type_name -> ftkvm.replay.v1.End
+	8, // 8: ftkvm.replay.v1.Event.output:type_name -> ftkvm.replay.v1.Output
+	9, // [9:9] is the sub-list for method output_type
+	9, // [9:9] is the sub-list for method input_type
+	9, // [9:9] is the sub-list for extension type_name
+	9, // [9:9] is the sub-list for extension extendee
+	0, // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_replay_logpb_log_proto_init() }
@@ -899,7 +1015,7 @@ func file_replay_logpb_log_proto_init() {
 	if File_replay_logpb_log_proto != nil {
 		return
 	}
-	file_replay_logpb_log_proto_msgTypes[8].OneofWrappers = []any{
+	file_replay_logpb_log_proto_msgTypes[9].OneofWrappers = []any{
 		(*Event_Clock)(nil),
 		(*Event_Deliver)(nil),
 		(*Event_Inject)(nil),
@@ -915,7 +1031,7 @@ func file_replay_logpb_log_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_replay_logpb_log_proto_rawDesc), len(file_replay_logpb_log_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

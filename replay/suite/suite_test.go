@@ -156,7 +156,7 @@ type replayed struct {
 
 func replayEvents(t *testing.T, g guest, src replay.Source) replayed {
 	t.Helper()
-	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: src, Breakpoints: replay.BreakAll})
+	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: src})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func TestReplayReachesRecordedState(t *testing.T) {
 				if r.console != rec.console {
 					t.Fatalf("replay %d console %q, recorded %q", i+1, r.console, rec.console)
 				}
-				t.Logf("replay %d: %d landmarks located with %d single steps", i+1, r.stats.Landmarks, r.stats.Steps)
+				t.Logf("replay %d: %d landmarks loaded with %d pages", i+1, r.stats.Landmarks, r.stats.LandmarkPages)
 			}
 		})
 	}
