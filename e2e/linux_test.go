@@ -36,9 +36,14 @@ func guestDir(t *testing.T) string {
 	return dir
 }
 
-// buildFtvm compiles the ftvm binary once per test binary.
+// buildFtvm compiles the ftvm binary, or returns $FTKVM_FTVM if set (a
+// binary built beforehand: make test sets it for the emulated host, where
+// compiling is slow).
 func buildFtvm(t *testing.T) string {
 	t.Helper()
+	if bin := os.Getenv("FTKVM_FTVM"); bin != "" {
+		return bin
+	}
 	bin := filepath.Join(t.TempDir(), "ftvm")
 	cmd := exec.Command("go", "build", "-o", bin, "./examples/ftvm")
 	cmd.Dir = repoRoot(t)

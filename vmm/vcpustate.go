@@ -38,7 +38,6 @@ type VCPUState struct {
 var stateMSRCandidates = []uint32{
 	0x174, 0x175, 0x176, // SYSENTER_CS/ESP/EIP
 	0x1a0,                                                                       // MISC_ENABLE
-	0x1d9,                                                                       // DEBUGCTL
 	0x277,                                                                       // PAT
 	0x2ff,                                                                       // MTRR default type
 	0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f, // fixed MTRRs

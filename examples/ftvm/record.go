@@ -62,7 +62,7 @@ func cmdRecord(ctx context.Context, args []string) (int, error) {
 		return 1, err
 	}
 	info := infof(*quiet)
-	info("recording %s with %d MiB (%d rdtsc sites patched) to %s", g.name, g.memory>>20, g.nsites, *out)
+	info("recording %s with %d MiB (%d rdtsc sites patched) to %s; landmarks: %s", g.name, g.memory>>20, g.nsites, *out, replay.StrategyStateTransfer)
 	ctx, cancel := withTimeout(ctx, *timeout)
 	defer cancel()
 	res, runErr := vm.Run(ctx)
@@ -70,8 +70,8 @@ func cmdRecord(ctx context.Context, args []string) (int, error) {
 		runErr = fmt.Errorf("writing %s: %w", *out, err)
 	}
 	st := rec.Stats()
-	info("logged %d events (%d clock, %d deliveries, %d at landmarks, %d injections, %d rdtsc, %d reads), %d bytes",
-		st.Events, st.Clock, st.Delivers, st.Landmarks, st.Injects, st.TSC, st.Reads, sink.w.Bytes())
+	info("logged %d events (%d clock, %d deliveries, %d at landmarks carrying %d pages (%d zero), %d injections, %d rdtsc, %d reads), %d bytes",
+		st.Events, st.Clock, st.Delivers, st.Landmarks, st.LandmarkPages, st.ZeroPages, st.Injects, st.TSC, st.Reads, sink.w.Bytes())
 	code, err := report(info, res, runErr)
 	printFingerprint(vm)
 	return code, err
