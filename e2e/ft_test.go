@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"github.com/ftkvm/ftkvm/internal/kvmtest"
 	"math/rand"
 	"net"
 	"os"
@@ -40,9 +41,7 @@ var (
 
 func setupFT(t *testing.T) ftEnv {
 	t.Helper()
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		t.Skipf("needs /dev/kvm: %v", err)
-	}
+	kvmtest.Require(t)
 	ftOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "ftkvm-ft-e2e-")
 		if err != nil {

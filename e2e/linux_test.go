@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"github.com/ftkvm/ftkvm/internal/kvmtest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,9 +31,7 @@ func guestDir(t *testing.T) string {
 		}
 		t.Skipf("example guest not built in %s (run 'make guest'): %v", dir, err)
 	}
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		t.Skipf("needs /dev/kvm: %v", err)
-	}
+	kvmtest.Require(t)
 	return dir
 }
 
@@ -96,9 +95,7 @@ func TestLinuxBootsRunsWorkloadAndPowersOff(t *testing.T) {
 // TestWrongKernelIsRefused checks that a file that is not a vmlinux gives
 // a clear error and a non-zero exit, not a hang or a crash.
 func TestWrongKernelIsRefused(t *testing.T) {
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		t.Skipf("needs /dev/kvm: %v", err)
-	}
+	kvmtest.Require(t)
 	bin := buildFtvm(t)
 	for name, content := range map[string][]byte{
 		"garbage": []byte("definitely not a kernel"),

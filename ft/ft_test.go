@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/ftkvm/ftkvm/internal/kvmtest"
 	"net"
 	"os"
 	"sync"
@@ -64,9 +65,7 @@ func (s *syncBuf) String() string {
 
 func chatter(t *testing.T, spec ftguest.Spec) []byte {
 	t.Helper()
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		t.Skipf("needs /dev/kvm: %v", err)
-	}
+	kvmtest.Require(t)
 	path, err := ftguest.Build(t.TempDir(), spec)
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -14,17 +13,14 @@ import (
 	"time"
 
 	"github.com/ftkvm/ftkvm/guest/bare"
+	"github.com/ftkvm/ftkvm/internal/kvmtest"
 	"github.com/ftkvm/ftkvm/vmm"
 )
 
-// requireKVM skips tests that need /dev/kvm where it is missing.
+// requireKVM: see internal/kvmtest (skips, or fails under CI=true).
 func requireKVM(t *testing.T) {
 	t.Helper()
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		t.Skipf("needs /dev/kvm: %v", err)
-	}
-	f.Close()
+	kvmtest.Require(t)
 }
 
 type syncBuffer struct {

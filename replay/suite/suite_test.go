@@ -16,6 +16,7 @@ import (
 
 	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/guest/bare"
+	"github.com/ftkvm/ftkvm/internal/kvmtest"
 	"github.com/ftkvm/ftkvm/replay"
 	"github.com/ftkvm/ftkvm/replay/logio"
 	"github.com/ftkvm/ftkvm/replay/logpb"
@@ -27,9 +28,7 @@ const memBytes = 16 << 20
 
 func requireKVM(t *testing.T) {
 	t.Helper()
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		t.Skipf("needs /dev/kvm: %v", err)
-	}
+	kvmtest.Require(t)
 }
 
 // guest is a bare test guest with its rdtsc sites patched.

@@ -1,0 +1,50 @@
+package kvmtest
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestDecide(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		kvmOK bool
+		env   map[string]string
+		want  Action
+		msg   string // a substring of the message
+	}{
+		{"kvm here", true, nil, Run, ""},
+		{"kvm here, CI", true, map[string]string{"CI": "true"}, Run, ""},
+		{"kvm here, elsewhere set", true, map[string]string{"FTKVM_KVM_ELSEWHERE": "1"}, Run, ""},
+		{"no kvm, plain", false, nil, Skip, "make test"},
+		{"no kvm, CI", false, map[string]string{"CI": "true"}, Fail, "CI=true"},
+		{"no kvm, CI and elsewhere", false, map[string]string{"CI": "true", "FTKVM_KVM_ELSEWHERE": "1"}, Skip, "emulated host"},
+		{"no kvm, elsewhere", false, map[string]string{"FTKVM_KVM_ELSEWHERE": "1"}, Skip, "make test's KVM stage"},
+		{"no kvm, elsewhere not 1", false, map[string]string{"FTKVM_KVM_ELSEWHERE": "yes"}, Skip, "make test"},
+		{"no kvm, CI not true", false, map[string]string{"CI": "1"}, Skip, "make test"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, msg := Decide(c.kvmOK, func(k string) string { return c.env[k] })
+			if got != c.want {
+				t.Fatalf("Decide = %v (%q), want %v", got, msg, c.want)
+			}
+			if !strings.Contains(msg, c.msg) {
+				t.Fatalf("message %q lacks %q", msg, c.msg)
+			}
+		})
+	}
+}
+
+// Require itself: on this machine either it returns (KVM here) or it
+// skips; with CI=true and no KVM it would fail, which a subtest cannot
+// show without failing, so that branch is Decide's test above.
+func TestRequire(t *testing.T) {
+	t.Setenv("CI", "")
+	t.Setenv("FTKVM_KVM_ELSEWHERE", "1")
+	ran := false
+	t.Run("require", func(t *testing.T) {
+		Require(t)
+		ran = true
+	})
+	t.Logf("KVM here: %v", ran)
+}
