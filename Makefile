@@ -22,26 +22,26 @@ guest:
 # directory as shared storage, the example Linux guest; the primary is
 # killed with SIGKILL partway and the backup takes over. `bin/ftvm demo
 # --chatter` does the same with a bare guest that prints numbered lines.
-# The plain single-VM boot is `bin/ftvm run`.
+# The plain single-VM boot is `bin/ftvm run`. Without /dev/kvm it runs in an
+# emulated KVM host (QEMU TCG + kvm_amd, package testbed): scripts/demo.sh.
 demo: build guest
-	$(BIN)/ftvm demo
+	GO=$(GO) scripts/demo.sh
 
-# Everything, including the end-to-end Linux boot (run once, in ./e2e).
+# Everything, including the end-to-end Linux boot (run once, in ./e2e):
+# go vet, all tests here, and without /dev/kvm the KVM packages' tests again
+# in one emulated KVM host (QEMU TCG + kvm_amd, package testbed). See
+# scripts/test.sh.
 test: build guest
-	$(GO) vet ./...
-	FTKVM_REQUIRE_GUEST=1 $(GO) test -count=1 -timeout 40m ./...
+	GO=$(GO) scripts/test.sh
 
 # Tests that need neither KVM nor the Linux guest.
 test-unit:
 	$(GO) test -count=1 -short ./...
 
-# Figures, measured side by side in one run each (see README).
+# Figures, measured side by side in one run each (see README); without
+# /dev/kvm the KVM ones run in an emulated KVM host: scripts/bench.sh.
 bench: build guest
-	$(GO) run ./cmd/bench-logchannel
-	$(BIN)/ftvm record -q -o $(BIN)/linux.log > /dev/null
-	$(GO) run ./cmd/bench-logchannel -log $(BIN)/linux.log
-	$(GO) run ./cmd/bench-replay
-	$(GO) run ./cmd/bench-ft
+	GO=$(GO) scripts/bench.sh
 
 lint:
 	gofmt -l . | tee /dev/stderr | (! read)

@@ -59,7 +59,9 @@ type Config struct {
 	// WindowBytes bounds the log in flight (unacknowledged on the primary,
 	// buffered and not yet replayed on the backup): the primary's vCPU
 	// waits when it is full. A smaller window means less to replay at
-	// failover. Default 1 MiB.
+	// failover. Default 16 MiB: a state-transfer landmark carries the
+	// pages written since the previous one, and the window must hold two
+	// of the largest (MaxEntryBytes is half the window, at most 32 MiB).
 	WindowBytes int
 	// WindowEntries bounds the same in log entries (default: the channel's,
 	// 1 Mi). The backup's lag, and so the replay a failover needs, is at
@@ -98,7 +100,7 @@ func (c *Config) defaults(role string) {
 		c.Heartbeat = 100 * time.Millisecond
 	}
 	if c.WindowBytes == 0 {
-		c.WindowBytes = 1 << 20
+		c.WindowBytes = 16 << 20
 	}
 	if c.Output == nil {
 		c.Output = os.Stdout
@@ -116,7 +118,7 @@ func (c *Config) channel(hash [32]byte) logchannel.Config {
 		ConfigHash:        hash,
 		WindowBytes:       c.WindowBytes,
 		WindowEntries:     c.WindowEntries,
-		MaxEntryBytes:     min(c.WindowBytes/2, logchannel.DefaultMaxEntryBytes),
+		MaxEntryBytes:     min(c.WindowBytes/2, 32<<20),
 		HeartbeatInterval: c.Heartbeat,
 		Timeout:           c.Timeout,
 	}

@@ -35,7 +35,7 @@ func (o *pairOptions) register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.timeout, "ft-timeout", time.Second, "failure detection: the peer is declared dead after this long without heartbeats or log traffic")
 	fs.DurationVar(&o.heartbeat, "heartbeat", 100*time.Millisecond, "heartbeat interval (at most half of --ft-timeout)")
 	fs.DurationVar(&o.claim, "claim-timeout", 5*time.Second, "how long to keep trying an unreachable split-brain storage before giving up (and not going live)")
-	fs.IntVar(&o.window, "window", 1<<20, "log bytes in flight before the primary's vCPU waits for the backup")
+	fs.IntVar(&o.window, "window", 16<<20, "log bytes in flight before the primary's vCPU waits for the backup (half of it is the largest log entry, e.g. a landmark's pages)")
 	fs.IntVar(&o.windowEnt, "window-entries", 0, "log entries in flight (the backup's maximum lag) before the primary's vCPU waits (0: the channel's default, 1 Mi)")
 	fs.DurationVar(&o.statusEvery, "status-every", 2*time.Second, "period of the progress line on stderr")
 	fs.BoolVar(&o.quiet, "q", false, "no progress lines on stderr")
