@@ -289,8 +289,11 @@ func (d *LiveDriver) Arm() {
 	}
 	delay := time.Duration(deadline - now())
 	if delay <= 0 {
+		// Due already: a halted guest must not wait for a wake-up that
+		// no timer will send.
 		d.timerDue.Store(true)
 		d.armed = false
+		d.wakeUp()
 		return
 	}
 	d.timer = time.AfterFunc(delay, func() {
@@ -312,6 +315,9 @@ func (d *LiveDriver) Halted(ctx context.Context, vm *VM, p Point) error {
 	}
 	if !armed && !dma && !d.timerDue.Load() && d.inputEOF && len(d.input) == 0 {
 		return ErrNoWakeup
+	}
+	if d.timerDue.Load() {
+		return nil // the caller delivers it
 	}
 	select {
 	case <-d.wake:
