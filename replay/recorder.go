@@ -19,7 +19,7 @@ type RecorderConfig struct {
 	Input interface{ Read([]byte) (int, error) }
 	// KickAfter bounds how long an asynchronous event waits for the next
 	// synchronous exit before the vCPU is kicked to take it at a landmark
-	// (which replay must locate by single-stepping). Default 2 ms.
+	// (a state-transfer landmark). Default 2 ms.
 	KickAfter time.Duration
 	// Verify logs every PIO and MMIO read value, so a replay stops at the
 	// first read that differs.

@@ -37,13 +37,13 @@
 // ends the run as a power-off (Linux without ACPI powers off that way);
 // a byte written to ExitPort ends it with that status.
 //
-// # This host's KVM
+// # Which KVM
 //
-// The project's machines run kvm_pvm nested inside another hypervisor.
-// Its instruction emulator cannot execute int3, clac/stac, popcnt or
-// cmpxchg16b in guest kernel code; the VMM completes int3 and clac/stac
-// itself and reports any other failure as a GuestError. PVM also shows the
-// guest the host's CPUID leaf 1 and 7 feature bits whatever the table says,
-// so LoadLinux appends clearcpuid= (LinuxClearCPUID) to make Linux ignore
-// the features the table hides.
+// Any standard KVM (VMX or SVM). The project's own machines have no
+// /dev/kvm and run the VMM in an emulated AMD host (package testbed), where
+// KVM offers no PMU and no usable breakpoints or invisible single steps;
+// the VMM uses none of them (see package replay for how landmarks work
+// without). LoadLinux appends clearcpuid= (LinuxClearCPUID) so that Linux
+// ignores the features the CPUID table hides even on a host that leaks
+// them (as the kvm_pvm machines the project started on did).
 package vmm

@@ -5,11 +5,11 @@ import (
 	"strings"
 )
 
-// On hosts whose KVM cannot hide CPUID feature bits from the guest (the
-// project's machines run kvm_pvm, which reports the host's leaf 1 and leaf
-// 7 feature bits whatever KVM_SET_CPUID2 says), Linux would use features
-// the table hides: SMAP's clac/stac and popcnt fail in the KVM emulator
-// there, and rdrand/rdseed/rdtscp are unlogged nondeterminism. Linux's
+// On hosts whose KVM cannot hide CPUID feature bits from the guest
+// (kvm_pvm, on which the project started, reports the host's leaf 1 and
+// leaf 7 feature bits whatever KVM_SET_CPUID2 says; a standard KVM honours
+// the table), Linux would use features the table hides: rdrand/rdseed/
+// rdtscp are unlogged nondeterminism. Linux's
 // clearcpuid= option makes the kernel itself ignore them. Linux 6.1 parses
 // it into a 128-byte buffer, so only features the kernel acts on are
 // listed, and features that depend on XSAVE (AVX, AVX2, AVX-512, ...) are
