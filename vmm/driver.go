@@ -319,13 +319,24 @@ func (d *LiveDriver) Halted(ctx context.Context, vm *VM, p Point) error {
 	if d.timerDue.Load() {
 		return nil // the caller delivers it
 	}
+	// Wake up now and then even if no event said so: the caller re-arms
+	// and polls, so a lost wake-up costs at most haltRecheck. (A Linux
+	// guest once stayed halted until its run's deadline in an emulated
+	// host, with its PIT armed; the cause is not known.)
+	recheck := time.NewTimer(haltRecheck)
+	defer recheck.Stop()
 	select {
 	case <-d.wake:
+		return nil
+	case <-recheck.C:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
+
+// haltRecheck bounds how long Halted waits without looking again.
+const haltRecheck = 50 * time.Millisecond
 
 // Injected implements Driver.
 func (d *LiveDriver) Injected(*VM, Point, uint8) error { return nil }
