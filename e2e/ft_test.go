@@ -218,7 +218,7 @@ func killPrimaryCase(t *testing.T, e ftEnv, ref string, delay, limit time.Durati
 	t.Helper()
 	addr := freeAddr(t)
 	p, b := startPair(t, e.bin, addr, addr, t.TempDir(), guest...)
-	p.waitLog(t, "booting the guest PROTECTED", 30*time.Second)
+	p.waitLog(t, "booting the guest PROTECTED", 2*time.Minute)
 	select {
 	case <-time.After(delay):
 	case <-p.done:
@@ -300,12 +300,12 @@ func TestFTKillBackup(t *testing.T) {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
 			addr := freeAddr(t)
 			p, b := startPair(t, e.bin, addr, addr, t.TempDir(), "--image", e.chat)
-			p.waitLog(t, "booting the guest PROTECTED", 30*time.Second)
+			p.waitLog(t, "booting the guest PROTECTED", 2*time.Minute)
 			time.Sleep(delay)
 			if !b.kill9() {
 				t.Fatalf("the backup ended before the kill:\n%s", b.stderr.String())
 			}
-			if err := p.wait(t, 60*time.Second); err != nil {
+			if err := p.wait(t, 3*time.Minute); err != nil {
 				t.Fatalf("primary failed: %v\n%s", err, tail(p.stderr.String(), 20))
 			}
 			pErr := p.stderr.String()
@@ -407,11 +407,11 @@ func TestFTPartition(t *testing.T) {
 			addr := freeAddr(t)
 			px := startProxy(t, addr)
 			p, b := startPairWith(t, e.bin, addr, px.l.Addr().String(), t.TempDir(), nil, []string{"--ft-timeout", c.bTimeout}, "--image", e.chat)
-			p.waitLog(t, "booting the guest PROTECTED", 30*time.Second)
+			p.waitLog(t, "booting the guest PROTECTED", 2*time.Minute)
 			time.Sleep(delay)
 			px.cut.Store(true)
-			perr := p.wait(t, 60*time.Second)
-			berr := b.wait(t, 60*time.Second)
+			perr := p.wait(t, 3*time.Minute)
+			berr := b.wait(t, 3*time.Minute)
 			pErr, bErr := p.stderr.String(), b.stderr.String()
 			pWon := strings.Contains(pErr, "WON the test-and-set")
 			bWon := strings.Contains(bErr, "WON the test-and-set")
@@ -446,13 +446,13 @@ func TestFTLostStorage(t *testing.T) {
 	t.Run("primary_killed", func(t *testing.T) {
 		addr, dir := freeAddr(t), t.TempDir()
 		p, b := startPair(t, e.bin, addr, addr, dir, "--image", e.chat)
-		p.waitLog(t, "booting the guest PROTECTED", 30*time.Second)
+		p.waitLog(t, "booting the guest PROTECTED", 2*time.Minute)
 		time.Sleep(800 * time.Millisecond)
 		if err := os.RemoveAll(dir); err != nil {
 			t.Fatal(err)
 		}
 		p.kill9()
-		berr := b.wait(t, 60*time.Second)
+		berr := b.wait(t, 3*time.Minute)
 		bErr := b.stderr.String()
 		if berr == nil || strings.Contains(bErr, "WON") || !strings.Contains(bErr, "NOT going live") {
 			t.Fatalf("the backup must not go live without the storage (exit %v)\n%s", berr, tail(bErr, 10))
@@ -465,14 +465,14 @@ func TestFTLostStorage(t *testing.T) {
 		addr, dir := freeAddr(t), t.TempDir()
 		px := startProxy(t, addr)
 		p, b := startPair(t, e.bin, addr, px.l.Addr().String(), dir, "--image", e.chat)
-		p.waitLog(t, "booting the guest PROTECTED", 30*time.Second)
+		p.waitLog(t, "booting the guest PROTECTED", 2*time.Minute)
 		time.Sleep(800 * time.Millisecond)
 		if err := os.RemoveAll(dir); err != nil {
 			t.Fatal(err)
 		}
 		px.cut.Store(true)
-		perr := p.wait(t, 60*time.Second)
-		berr := b.wait(t, 60*time.Second)
+		perr := p.wait(t, 3*time.Minute)
+		berr := b.wait(t, 3*time.Minute)
 		pErr, bErr := p.stderr.String(), b.stderr.String()
 		if perr == nil || berr == nil || strings.Contains(pErr, "WON") || strings.Contains(bErr, "WON") {
 			t.Fatalf("neither side may go live without the storage: primary %v, backup %v\nprimary:\n%s\nbackup:\n%s", perr, berr, tail(pErr, 10), tail(bErr, 10))
@@ -512,7 +512,7 @@ func TestFTConfigMismatch(t *testing.T) {
 			common := []string{"--split-dir", dir, "--status-every", "1s"}
 			p := startSide(t, e.bin, "primary", append(append([]string{"--listen", addr, "--wait-backup", "4s"}, common...), c.primary...)...)
 			b := startSide(t, e.bin, "backup", append(append([]string{"--connect", addr}, common...), c.other...)...)
-			berr := b.wait(t, 30*time.Second)
+			berr := b.wait(t, 2*time.Minute)
 			bErr := b.stderr.String()
 			if berr == nil || !strings.Contains(bErr, "backup's VM configuration (kernel/initrd/cmdline/CPUID/memory) differs from the primary's") {
 				t.Fatalf("the backup was not refused clearly (exit %v):\n%s", berr, tail(bErr, 10))
@@ -525,7 +525,7 @@ func TestFTConfigMismatch(t *testing.T) {
 				}
 				return
 			}
-			if err := p.wait(t, 30*time.Second); err != nil && !strings.Contains(err.Error(), "exit status 42") {
+			if err := p.wait(t, 2*time.Minute); err != nil && !strings.Contains(err.Error(), "exit status 42") {
 				t.Fatalf("primary: %v\n%s", err, p.stderr.String())
 			}
 			pErr := p.stderr.String()
@@ -575,7 +575,7 @@ func killJunctionCase(t *testing.T, e ftEnv, delay, limit time.Duration, markers
 	t.Helper()
 	addr := freeAddr(t)
 	p, b := startPair(t, e.bin, addr, addr, t.TempDir(), guest...)
-	p.waitLog(t, "booting the guest PROTECTED", 60*time.Second)
+	p.waitLog(t, "booting the guest PROTECTED", 3*time.Minute)
 	select {
 	case <-time.After(delay):
 	case <-p.done:
