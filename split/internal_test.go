@@ -13,7 +13,19 @@ import (
 
 func newHungArbiter(t *testing.T, timeout time.Duration) (a *FileArbiter, calls *atomic.Int32, release func()) {
 	t.Helper()
-	a, err := NewFileArbiter(FileConfig{Dir: t.TempDir(), Pair: "vm1", Node: "hostA", Generation: 1, Timeout: timeout})
+	// Not t.TempDir: once released, the hung storage call goes on writing
+	// in the directory while t.TempDir's cleanup removes it, and that
+	// removal then fails the test ("directory not empty").
+	dir, err := os.MkdirTemp("", "split-hung-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { // runs after release (cleanups run last first)
+		for i := 0; i < 50 && os.RemoveAll(dir) != nil; i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	a, err = NewFileArbiter(FileConfig{Dir: dir, Pair: "vm1", Node: "hostA", Generation: 1, Timeout: timeout})
 	if err != nil {
 		t.Fatal(err)
 	}
