@@ -46,7 +46,7 @@ if kvm_here; then
 	echo "make test: /dev/kvm is here: every test runs on this machine"
 	elsewhere=()
 else
-	echo "make test: no /dev/kvm here: all tests run on this machine, then the KVM packages (${KVM_PKGS[*]#./}) again in one emulated KVM host (QEMU TCG + kvm_amd)"
+	echo "make test: no /dev/kvm here: all tests run on this machine, then the KVM packages (${KVM_PKGS[*]#./}) again, each in an emulated KVM host (QEMU TCG + kvm_amd)"
 	elsewhere=(FTKVM_KVM_ELSEWHERE=1)
 fi
 
