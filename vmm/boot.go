@@ -45,7 +45,6 @@ const (
 	ptePS = 1 << 7
 
 	rflagsReserved = 1 << 1
-	rflagsAC       = 1 << 18
 	RFlagsIF       = 1 << 9
 )
 
