@@ -10,3 +10,5 @@ require (
 )
 
 require google.golang.org/protobuf v1.36.12
+
+require github.com/cespare/xxhash/v2 v2.3.0 // indirect

@@ -32,6 +32,7 @@ func NewHeader(vm *vmm.VM, g Guest, epoch time.Time, verify bool) *logpb.Header 
 		RdtscSites:    uint32(g.RDTSCSites),
 		Devices:       vm.ExtraDevices(),
 		Landmarks:     StrategyStateTransfer,
+		Fingerprint:   vmm.FingerprintScheme,
 	}
 	sum := func(b []byte) []byte {
 		if b == nil {

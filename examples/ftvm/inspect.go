@@ -101,6 +101,7 @@ func printHeader(w io.Writer, name string, h *logpb.Header) {
 	fmt.Fprintf(w, "verify     %t\n", h.GetVerify())
 	fmt.Fprintf(w, "rdtsc      %d patched sites\n", h.GetRdtscSites())
 	fmt.Fprintf(w, "landmarks  %s\n", orNone(h.GetLandmarks()))
+	fmt.Fprintf(w, "fprints    %s\n", orNone(h.GetFingerprint()))
 	fmt.Fprintf(w, "recorder   %q\n", h.GetRecorder())
 	fmt.Fprintf(w, "epoch      %s\n", time.Unix(0, h.GetEpochUnixNano()).UTC().Format(time.RFC3339Nano))
 }

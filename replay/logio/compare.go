@@ -50,6 +50,9 @@ func CompareHeaders(recorded, running *logpb.Header) error {
 	if a, b := recorded.GetLandmarks(), running.GetLandmarks(); a != b {
 		add("landmark strategy %s vs %s", orNone(a), orNone(b))
 	}
+	if a, b := recorded.GetFingerprint(), running.GetFingerprint(); a != b {
+		add("fingerprint scheme %s vs %s", orNone(a), orNone(b))
+	}
 	if a, b := devicesString(recorded.GetDevices()), devicesString(running.GetDevices()); a != b {
 		add("extra devices %s vs %s", a, b)
 	}

@@ -34,6 +34,7 @@ func TestCompareHeadersListsEveryDifference(t *testing.T) {
 	run.EpochUnixNano = 0
 	run.Verify = false
 	run.RdtscSites = 41
+	run.Fingerprint = "sha256(all)"
 
 	err := CompareHeaders(rec, run)
 	if !errors.Is(err, ErrConfigMismatch) {
@@ -54,6 +55,7 @@ func TestCompareHeadersListsEveryDifference(t *testing.T) {
 		"RTC epoch 2023-11-14T22:13:20.123456789Z vs 1970-01-01T00:00:00Z",
 		"read verification on vs off",
 		"42 patched rdtsc sites vs 41",
+		"fingerprint scheme sha256(regs,xxh64/page) vs sha256(all)",
 	}
 	if strings.Join(me.Diffs, "\n") != strings.Join(want, "\n") {
 		t.Errorf("diffs:\n%s\nwant:\n%s", strings.Join(me.Diffs, "\n"), strings.Join(want, "\n"))

@@ -25,6 +25,7 @@ func testHeader() *logpb.Header {
 		EpochUnixNano: 1_700_000_000_123_456_789,
 		Verify:        true,
 		RdtscSites:    42,
+		Fingerprint:   "sha256(regs,xxh64/page)",
 		Recorder:      "logio test",
 	}
 }

@@ -43,6 +43,7 @@ type Header struct {
 	Recorder      string                 `protobuf:"bytes,11,opt,name=recorder,proto3" json:"recorder,omitempty"`                                  // free text: program and host
 	Devices       []string               `protobuf:"bytes,12,rep,name=devices,proto3" json:"devices,omitempty"`                                    // devices beyond the standard PC set (vmm.VM.ExtraDevices), e.g. "dma-test"
 	Landmarks     string                 `protobuf:"bytes,13,opt,name=landmarks,proto3" json:"landmarks,omitempty"`                                // how deliveries between exits are pinned down (replay.Strategy*), e.g. "state-transfer"
+	Fingerprint   string                 `protobuf:"bytes,14,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`                            // how Fingerprint.sha256 is computed (vmm.FingerprintScheme)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -164,6 +165,13 @@ func (x *Header) GetDevices() []string {
 func (x *Header) GetLandmarks() string {
 	if x != nil {
 		return x.Landmarks
+	}
+	return ""
+}
+
+func (x *Header) GetFingerprint() string {
+	if x != nil {
+		return x.Fingerprint
 	}
 	return ""
 }
@@ -899,7 +907,7 @@ var File_replay_logpb_log_proto protoreflect.FileDescriptor
 
 const file_replay_logpb_log_proto_rawDesc = "" +
 	"\n" +
-	"\x16replay/logpb/log.proto\x12\x0fftkvm.replay.v1\"\xa4\x03\n" +
+	"\x16replay/logpb/log.proto\x12\x0fftkvm.replay.v1\"\xc6\x03\n" +
 	"\x06Header\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12!\n" +
 	"\fcpuid_sha256\x18\x02 \x01(\fR\vcpuidSha256\x12!\n" +
@@ -915,7 +923,8 @@ const file_replay_logpb_log_proto_rawDesc = "" +
 	"rdtscSites\x12\x1a\n" +
 	"\brecorder\x18\v \x01(\tR\brecorder\x12\x18\n" +
 	"\adevices\x18\f \x03(\tR\adevices\x12\x1c\n" +
-	"\tlandmarks\x18\r \x01(\tR\tlandmarks\"\x90\x02\n" +
+	"\tlandmarks\x18\r \x01(\tR\tlandmarks\x12 \n" +
+	"\vfingerprint\x18\x0e \x01(\tR\vfingerprint\"\x90\x02\n" +
 	"\bLandmark\x12\x10\n" +
 	"\x03rip\x18\x01 \x01(\x04R\x03rip\x12\x16\n" +
 	"\x06rflags\x18\x02 \x01(\x04R\x06rflags\x12\x12\n" +
