@@ -15,7 +15,7 @@ import (
 	"github.com/ftkvm/ftkvm/ft/ftguest"
 	"github.com/ftkvm/ftkvm/replay"
 	"github.com/ftkvm/ftkvm/replay/logpb"
-	"github.com/ftkvm/ftkvm/replay/tscpatch"
+	"github.com/ftkvm/ftkvm/tscpatch"
 	"github.com/ftkvm/ftkvm/vmm"
 )
 
@@ -23,19 +23,11 @@ import (
 // would (rdtsc sites patched, as ftvm does).
 func bareGuest(t *testing.T, image []byte, mem uint64) ft.Guest {
 	t.Helper()
-	sites, err := tscpatch.ScanFlat(image, vmm.BareLoadAddr)
+	p, err := tscpatch.PrepareFlat(image, vmm.BareLoadAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var table *tscpatch.SiteTable
-	if len(sites) > 0 {
-		if image, err = tscpatch.Patch(image, sites, tscpatch.DefaultRDTSCPort, tscpatch.DefaultRDTSCPPort); err != nil {
-			t.Fatal(err)
-		}
-		if table, err = tscpatch.NewSiteTable(sites, tscpatch.DefaultRDTSCPort, tscpatch.DefaultRDTSCPPort); err != nil {
-			t.Fatal(err)
-		}
-	}
+	image, table, sites := p.Image, p.Table, p.Sites
 	return ft.Guest{
 		Config: vmm.Config{MemoryBytes: mem, TSCSites: table},
 		Load:   func(vm *vmm.VM) error { return vm.LoadBare(image) },

@@ -17,7 +17,7 @@ import (
 
 	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/devices"
-	"github.com/ftkvm/ftkvm/replay/tscpatch"
+	"github.com/ftkvm/ftkvm/tscpatch"
 )
 
 // Config describes a VM. The zero value of every optional field is a
@@ -44,7 +44,7 @@ type Config struct {
 	// LiveDriver reading ConsoleInput.
 	Driver Driver
 	// TSCSites, if set, are the guest's rdtsc/rdtscp instructions patched
-	// to trapping OUTs (see package replay/tscpatch): an OUT to their ports
+	// to trapping OUTs (see package tscpatch): an OUT to their ports
 	// from a listed site reads the Driver's TSC. Nil: those ports are
 	// ordinary unassigned ports.
 	TSCSites *tscpatch.SiteTable

@@ -52,7 +52,7 @@ import (
 	"github.com/ftkvm/ftkvm/replay"
 	"github.com/ftkvm/ftkvm/replay/logio"
 	"github.com/ftkvm/ftkvm/replay/logpb"
-	"github.com/ftkvm/ftkvm/replay/tscpatch"
+	"github.com/ftkvm/ftkvm/tscpatch"
 	"github.com/ftkvm/ftkvm/vmm"
 )
 
@@ -122,17 +122,12 @@ func (g *guest) load(vm *vmm.VM) error {
 
 // patch replaces the guest's rdtsc/rdtscp sites with trapping OUTs, as
 // ftvm does for every guest.
-func (g *guest) patch(sites []tscpatch.Site) error {
-	g.nsites = len(sites)
-	if len(sites) == 0 {
-		return nil
+func (g *guest) patch(p tscpatch.Prepared, err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", g.name, err)
 	}
-	var err error
-	if g.kernel, err = tscpatch.Patch(g.kernel, sites, tscpatch.DefaultRDTSCPort, tscpatch.DefaultRDTSCPPort); err != nil {
-		return fmt.Errorf("%s: patching rdtsc sites: %w", g.name, err)
-	}
-	g.sites, err = tscpatch.NewSiteTable(sites, tscpatch.DefaultRDTSCPort, tscpatch.DefaultRDTSCPPort)
-	return err
+	g.kernel, g.sites, g.nsites = p.Image, p.Table, len(p.Sites)
+	return nil
 }
 
 func bareGuest(name string) (*guest, error) {
@@ -144,11 +139,7 @@ func bareGuest(name string) (*guest, error) {
 	if name == "uart_irq" {
 		g.input = "replay me\n"
 	}
-	sites, err := tscpatch.ScanFlat(g.kernel, vmm.BareLoadAddr)
-	if err != nil {
-		return nil, fmt.Errorf("%s: scanning for rdtsc: %w", name, err)
-	}
-	return g, g.patch(sites)
+	return g, g.patch(tscpatch.PrepareFlat(g.kernel, vmm.BareLoadAddr))
 }
 
 // guestDir is $FTKVM_GUEST_DIR, else guest/out under the current directory
@@ -195,11 +186,7 @@ func linuxGuest(dir string) (*guest, error) {
 	if err := vmm.CheckKernel(g.kernel); err != nil {
 		return nil, fmt.Errorf("%s/vmlinux: %w", dir, err)
 	}
-	sites, err := tscpatch.Scan(g.kernel)
-	if err != nil {
-		return nil, fmt.Errorf("%s/vmlinux: finding rdtsc sites: %w", dir, err)
-	}
-	return g, g.patch(sites)
+	return g, g.patch(tscpatch.PrepareELF(g.kernel))
 }
 
 // sample is one repetition's measurements of one guest.

@@ -15,7 +15,7 @@ import (
 
 	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/guest/bare"
-	"github.com/ftkvm/ftkvm/replay/tscpatch"
+	"github.com/ftkvm/ftkvm/tscpatch"
 	"github.com/ftkvm/ftkvm/vmm"
 )
 
@@ -113,7 +113,7 @@ func (o *guestOptions) prepare() (*preparedGuest, error) {
 		g.traceF, g.trace, g.traceMem, g.traceMemFrom = f, bufio.NewWriterSize(f, 1<<20), o.traceMem, o.traceMemFrom
 	}
 	limit := int64(memBytes)
-	var sites []tscpatch.Site
+	var prep func() (tscpatch.Prepared, error)
 	switch {
 	case o.image != "" && o.bareName != "":
 		return nil, usageError{errors.New("--image and --bare are exclusive")}
@@ -135,9 +135,7 @@ func (o *guestOptions) prepare() (*preparedGuest, error) {
 			}
 			g.name = "bare guest " + o.image
 		}
-		if sites, err = tscpatch.ScanFlat(g.kernel, vmm.BareLoadAddr); err != nil {
-			return nil, fmt.Errorf("scanning %s for rdtsc: %w", g.name, err)
-		}
+		prep = func() (tscpatch.Prepared, error) { return tscpatch.PrepareFlat(g.kernel, vmm.BareLoadAddr) }
 	default:
 		kernel, initrd := o.kernel, o.initrd
 		if kernel == "" {
@@ -161,19 +159,13 @@ func (o *guestOptions) prepare() (*preparedGuest, error) {
 		if err := vmm.CheckKernel(g.kernel); err != nil {
 			return nil, fmt.Errorf("%s: %w", kernel, err)
 		}
-		if sites, err = tscpatch.Scan(g.kernel); err != nil {
-			return nil, fmt.Errorf("%s: finding rdtsc sites: %w", kernel, err)
-		}
+		prep = func() (tscpatch.Prepared, error) { return tscpatch.PrepareELF(g.kernel) }
 	}
-	if len(sites) > 0 {
-		if g.kernel, err = tscpatch.Patch(g.kernel, sites, tscpatch.DefaultRDTSCPort, tscpatch.DefaultRDTSCPPort); err != nil {
-			return nil, fmt.Errorf("patching rdtsc sites of %s: %w", g.name, err)
-		}
-		if g.sites, err = tscpatch.NewSiteTable(sites, tscpatch.DefaultRDTSCPort, tscpatch.DefaultRDTSCPPort); err != nil {
-			return nil, err
-		}
+	p, err := prep()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", g.name, err)
 	}
-	g.nsites = len(sites)
+	g.kernel, g.sites, g.nsites = p.Image, p.Table, len(p.Sites)
 	return g, nil
 }
 

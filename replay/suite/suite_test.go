@@ -20,7 +20,7 @@ import (
 	"github.com/ftkvm/ftkvm/replay"
 	"github.com/ftkvm/ftkvm/replay/logio"
 	"github.com/ftkvm/ftkvm/replay/logpb"
-	"github.com/ftkvm/ftkvm/replay/tscpatch"
+	"github.com/ftkvm/ftkvm/tscpatch"
 	"github.com/ftkvm/ftkvm/vmm"
 )
 
@@ -47,19 +47,11 @@ func load(t *testing.T, name string) guest {
 		t.Fatal(err)
 	}
 	g := guest{name: name, image: img.Binary, dma: name == "dma"}
-	sites, err := tscpatch.ScanFlat(img.Binary, vmm.BareLoadAddr)
+	p, err := tscpatch.PrepareFlat(img.Binary, vmm.BareLoadAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(sites) > 0 {
-		if g.image, err = tscpatch.Patch(img.Binary, sites, tscpatch.DefaultRDTSCPort, tscpatch.DefaultRDTSCPPort); err != nil {
-			t.Fatal(err)
-		}
-		if g.sites, err = tscpatch.NewSiteTable(sites, tscpatch.DefaultRDTSCPort, tscpatch.DefaultRDTSCPPort); err != nil {
-			t.Fatal(err)
-		}
-	}
-	g.n = len(sites)
+	g.image, g.sites, g.n = p.Image, p.Table, len(p.Sites)
 	return g
 }
 

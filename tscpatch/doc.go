@@ -25,19 +25,17 @@
 // # Usage
 //
 //	vmlinux, _ := os.ReadFile("guest/out/vmlinux")
-//	sites, err := tscpatch.Scan(vmlinux)
+//	p, err := tscpatch.PrepareELF(vmlinux) // Scan, Patch, NewSiteTable
 //	if err != nil { ... }
-//	patched, err := tscpatch.Patch(vmlinux, sites, tscpatch.DefaultRDTSCPort, tscpatch.DefaultRDTSCPPort)
-//	if err != nil { ... }
-//	table, err := tscpatch.NewSiteTable(sites, tscpatch.DefaultRDTSCPort, tscpatch.DefaultRDTSCPPort)
-//	if err != nil { ... }
-//	// load patched (not vmlinux) with vmm.LoadLinux, then in the run loop:
+//	// load p.Image (not vmlinux) with vmm.LoadLinux, pass p.Table as
+//	// vmm.Config.TSCSites; in the run loop (vmm does this):
 //	//   on KVM_EXIT_IO to a port for which table.Reserved(port):
 //	//     complete the exit; pa := translate(RIP-2)
 //	//     site, err := table.Check(port, dir == out, size, pa)
 //
-// For a flat test guest (vmm.LoadBare), use ScanFlat(image, vmm.BareLoadAddr)
-// instead of Scan; the rest is the same.
+// For a flat test guest (vmm.LoadBare), use PrepareFlat(image,
+// vmm.BareLoadAddr). Scan, ScanFlat, Patch and NewSiteTable are the steps,
+// for a VMM that wants other ports.
 //
 // # The VMM's duties
 //

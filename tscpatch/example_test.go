@@ -3,7 +3,7 @@ package tscpatch_test
 import (
 	"fmt"
 
-	"github.com/ftkvm/ftkvm/replay/tscpatch"
+	"github.com/ftkvm/ftkvm/tscpatch"
 )
 
 // A bare guest that reads the TSC twice, patched and checked the way the VMM
