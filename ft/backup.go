@@ -216,7 +216,7 @@ func (b *backup) Next() (*logpb.Event, error) {
 
 // goLive is the replay's GoLive, called on the vCPU thread once every
 // received entry has been replayed.
-func (b *backup) goLive(vm *vmm.VM, p vmm.Point) error {
+func (b *backup) goLive(vm vmm.Machine, p vmm.Point) error {
 	why := "the primary closed the log"
 	if b.cause != nil {
 		why = b.cause.Error()

@@ -2,10 +2,13 @@ package replay
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
-	"github.com/klauspost/compress/zstd"
 	"io"
 	"slices"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/ftkvm/ftkvm/replay/logpb"
 	"github.com/ftkvm/ftkvm/vmm"
@@ -99,7 +102,7 @@ func (l *locator) done() *logpb.Event {
 // startLandmark makes ev the landmark to reach from p. At the exit
 // itself (before it is completed, as the primary's recorder saw it) the
 // registers are checked against the log's.
-func (r *Replayer) startLandmark(vm *vmm.VM, p vmm.Point, ev *logpb.Event) error {
+func (r *Replayer) startLandmark(vm vmm.Machine, p vmm.Point, ev *logpb.Event) error {
 	r.loc.start(ev)
 	if p.Kind != vmm.AtExit {
 		return nil
@@ -115,7 +118,7 @@ func (r *Replayer) startLandmark(vm *vmm.VM, p vmm.Point, ev *logpb.Event) error
 }
 
 // atLandmark drives the locator at point p and loads the landmark there.
-func (r *Replayer) atLandmark(vm *vmm.VM, p vmm.Point) (bool, error) {
+func (r *Replayer) atLandmark(vm vmm.Machine, p vmm.Point) (bool, error) {
 	ev := r.loc.target
 	switch r.loc.at(p) {
 	case locWait:
@@ -125,7 +128,7 @@ func (r *Replayer) atLandmark(vm *vmm.VM, p vmm.Point) (bool, error) {
 			fmt.Sprintf("a delivery after %d exits", ev.Exits), fmt.Sprintf("exit %d", p.Exits))
 	}
 	d := ev.GetDeliver()
-	if err := loadLandmark(vm, vm.Memory().Size(), d.Landmark); err != nil {
+	if err := loadLandmark(vm, vm.MemoryBytes(), d.Landmark); err != nil {
 		return false, r.diverge(p, ev.Seq, "cannot load the landmark's state", "a well-formed state-transfer landmark", err.Error())
 	}
 	r.loc.done()
@@ -208,6 +211,23 @@ func loadLandmark(m landmarkMachine, memBytes uint64, lm *logpb.Landmark) error 
 	raw, err := decodePages(lm.PagesZstd, nonzero)
 	if err != nil {
 		return err
+	}
+	if len(lm.PagesSha256) > 0 {
+		h := sha256.New()
+		zero := make([]byte, 4096)
+		rest := raw
+		for _, pg := range lm.PageData {
+			h.Write(binary.LittleEndian.AppendUint32(nil, pg.Pfn))
+			if pg.Zero {
+				h.Write(zero)
+			} else {
+				h.Write(rest[:4096])
+				rest = rest[4096:]
+			}
+		}
+		if !bytes.Equal(h.Sum(nil), lm.PagesSha256) {
+			return fmt.Errorf("the landmark's pages do not match their SHA-256")
+		}
 	}
 	for _, pg := range lm.PageData {
 		var data []byte

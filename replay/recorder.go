@@ -2,6 +2,8 @@ package replay
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -38,7 +40,7 @@ type Recorder struct {
 	cfg   RecorderConfig
 	live  *vmm.LiveDriver
 	clock *recordingClock
-	vm    *vmm.VM
+	vm    vmm.Machine
 	seq   uint64
 	since uint64 // events since the last fingerprint
 	err   error  // first failure to log; sticky
@@ -117,13 +119,13 @@ func (r *Recorder) emit(p vmm.Point, ev *logpb.Event) {
 }
 
 // Start implements vmm.Driver.
-func (r *Recorder) Start(vm *vmm.VM) error {
+func (r *Recorder) Start(vm vmm.Machine) error {
 	r.vm = vm
 	return r.live.Start(vm)
 }
 
 // Deliver implements vmm.Driver.
-func (r *Recorder) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
+func (r *Recorder) Deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
 	if r.err != nil {
 		return false, r.err
 	}
@@ -145,7 +147,7 @@ func (r *Recorder) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 	}
 	r.live.Arm()
 	a := r.live.Poll()
-	if a.Empty() && p.Kind != vmm.Window && !(p.Kind == vmm.Kicked && vm.PIC.Pending()) {
+	if a.Empty() && p.Kind != vmm.Window && !(p.Kind == vmm.Kicked && vm.InterruptPending()) {
 		return false, r.err
 	}
 	d := &logpb.Deliver{Timer: a.Timer, Input: a.Input}
@@ -182,7 +184,7 @@ func (r *Recorder) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 // instead would cost a write-protection fault per page written after
 // each exit, which on an emulated host made recording several times
 // slower.
-func captureLandmark(vm *vmm.VM) (*logpb.Landmark, error) {
+func captureLandmark(vm vmm.Machine) (*logpb.Landmark, error) {
 	st, err := vm.CaptureVCPUState()
 	if err != nil {
 		return nil, err
@@ -191,27 +193,27 @@ func captureLandmark(vm *vmm.VM) (*logpb.Landmark, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := vm.HashPages(pages)
-	if err != nil {
-		return nil, err
-	}
 	blob, err := st.MarshalBinary()
 	if err != nil {
 		return nil, err
 	}
-	lm := &logpb.Landmark{Rip: st.Regs.RIP, Rflags: st.Regs.RFLAGS, Gprs: vmm.GPRs(st.Regs), Pages: pages, PagesSha256: h[:], VcpuState: blob}
+	lm := &logpb.Landmark{Rip: st.Regs.RIP, Rflags: st.Regs.RFLAGS, Gprs: vmm.GPRs(st.Regs), Pages: pages, VcpuState: blob}
 	var raw []byte
+	h := sha256.New()
 	for _, pfn := range pages {
 		data, err := vm.PageContents(pfn)
 		if err != nil {
 			return nil, err
 		}
+		h.Write(binary.LittleEndian.AppendUint32(nil, pfn))
+		h.Write(data)
 		zero := isZero(data)
 		lm.PageData = append(lm.PageData, &logpb.Page{Pfn: pfn, Zero: zero})
 		if !zero {
 			raw = append(raw, data...)
 		}
 	}
+	lm.PagesSha256 = h.Sum(nil)
 	if len(raw) > 0 {
 		lm.PagesZstd = pageEncoder.EncodeAll(raw, nil)
 	}
@@ -228,12 +230,12 @@ func isZero(b []byte) bool {
 }
 
 // Halted implements vmm.Driver.
-func (r *Recorder) Halted(ctx context.Context, vm *vmm.VM, p vmm.Point) error {
+func (r *Recorder) Halted(ctx context.Context, vm vmm.Machine, p vmm.Point) error {
 	return r.live.Halted(ctx, vm, p)
 }
 
 // Injected implements vmm.Driver.
-func (r *Recorder) Injected(_ *vmm.VM, p vmm.Point, vector uint8) error {
+func (r *Recorder) Injected(_ vmm.Machine, p vmm.Point, vector uint8) error {
 	r.emit(p, &logpb.Event{Kind: &logpb.Event_Inject{Inject: uint32(vector)}})
 	r.stats.Injects++
 	return r.err
@@ -247,7 +249,7 @@ func (r *Recorder) Windows() bool { return true }
 
 // TSC implements vmm.Driver: the virtual TSC follows the host clock (not a
 // device read, so not a clock event) and is logged as a TSC event.
-func (r *Recorder) TSC(_ *vmm.VM, p vmm.Point) (uint64, error) {
+func (r *Recorder) TSC(_ vmm.Machine, p vmm.Point) (uint64, error) {
 	v := uint64(r.clock.inner.Now()) * (vmm.TSCHz / 1_000_000_000)
 	r.emit(p, &logpb.Event{Kind: &logpb.Event_Tsc{Tsc: v}})
 	r.stats.TSC++
@@ -255,7 +257,7 @@ func (r *Recorder) TSC(_ *vmm.VM, p vmm.Point) (uint64, error) {
 }
 
 // Read implements vmm.Driver.
-func (r *Recorder) Read(_ *vmm.VM, p vmm.Point, mmio bool, addr uint64, data []byte) error {
+func (r *Recorder) Read(_ vmm.Machine, p vmm.Point, mmio bool, addr uint64, data []byte) error {
 	if !r.cfg.Verify {
 		return nil
 	}
@@ -282,7 +284,7 @@ func (r *Recorder) Output(data []byte, released uint64) (uint64, error) {
 
 // Stop implements vmm.Driver: it logs the end of the run with the final
 // fingerprint.
-func (r *Recorder) Stop(vm *vmm.VM, p vmm.Point, res vmm.Result, runErr error) error {
+func (r *Recorder) Stop(vm vmm.Machine, p vmm.Point, res vmm.Result, runErr error) error {
 	r.live.Stop(vm, p, res, runErr)
 	end := &logpb.End{Reason: uint32(res.Reason), Status: uint32(res.Status)}
 	if runErr != nil {

@@ -21,15 +21,18 @@ type ReplayerConfig struct {
 	// Source yields the recorded events. Required.
 	Source Source
 	// GoLive, if set, makes the end of the Source a handover instead of a
-	// divergence (an FT backup whose primary is gone): at the first point
-	// where the replay needs an event the log does not have, the replayer
-	// calls GoLive on the vCPU thread. If it returns nil, the replayer
-	// drives the VM from the host from then on, like a vmm.LiveDriver
-	// (the device clock continues from the last logged time, console
-	// input comes from LiveInput); if it returns an error, the run stops
-	// with it. GoLive is never called while a received landmark is being
-	// located: every received event is replayed first.
-	GoLive func(vm *vmm.VM, p vmm.Point) error
+	// divergence (an FT backup whose primary is gone). Once every received
+	// event is replayed, the replayer calls GoLive on the vCPU thread at
+	// the next delivery point (Deliver, Halted or Stop), never inside a
+	// device's clock read. If the log ended in the middle of an exit's
+	// handling, the rest of that exit is served without the log first:
+	// the clock stands at its last logged reading and the TSC moves on
+	// by one tick per read (see handover). If GoLive returns nil, the
+	// replayer drives the VM from the host from then on, like a
+	// vmm.LiveDriver (the device clock continues from the last logged
+	// time, console input comes from LiveInput); if it returns an error,
+	// the run stops with it.
+	GoLive func(vm vmm.Machine, p vmm.Point) error
 	// LiveInput is the console input after going live (may be nil).
 	LiveInput interface{ Read([]byte) (int, error) }
 	// LiveKickAfter is the LiveDriver's KickAfter after going live.
@@ -43,7 +46,7 @@ type ReplayerConfig struct {
 type Replayer struct {
 	cfg   ReplayerConfig
 	clock *replayClock
-	vm    *vmm.VM
+	vm    vmm.Machine
 	next  *logpb.Event // peeked, not yet consumed
 	eof   bool
 	err   error // first divergence; sticky
@@ -52,7 +55,8 @@ type Replayer struct {
 	loc   locator
 	stats ReplayStats
 
-	live     *vmm.LiveDriver // non-nil once the replay has gone live
+	phase    phase
+	live     *vmm.LiveDriver // set by handover
 	lastTSC  uint64
 	released uint64 // Released of the last Output event replayed
 }
@@ -98,38 +102,59 @@ func (r *Replayer) peek() *logpb.Event {
 	return r.next
 }
 
-// ended reports whether the replay has gone live, going live now if the
-// log has ended, GoLive is set and no landmark is being located. An error
-// from GoLive becomes the replay's sticky error.
-func (r *Replayer) ended(p vmm.Point) bool {
-	if r.live != nil {
-		return true
+// phase is where a replay with GoLive stands with its handover.
+type phase uint8
+
+const (
+	// replaying: every input comes from the log.
+	replaying phase = iota
+	// draining: the log ended (GoLive is set) while the vCPU was handling
+	// an exit; what remains of it runs without the log until the next
+	// delivery point, where the handover happens.
+	draining
+	// live: GoLive succeeded; a vmm.LiveDriver drives the VM.
+	live
+)
+
+// logEnded reports whether the replay has used up a log that ends in a
+// handover: GoLive is set, every received event is replayed, and no
+// landmark is being reached.
+func (r *Replayer) logEnded() bool {
+	return r.cfg.GoLive != nil && r.err == nil && !r.loc.busy() && r.peek() == nil && r.eof
+}
+
+// handover goes live at p, a delivery point: GoLive decides (an FT backup
+// claims the right to run there); then the device clock continues from the
+// last logged reading or TSC on host time, the bounce engine re-issues
+// the DMA requests the log did not complete, and a LiveDriver takes over.
+// It is the only place the replay goes live. An error stops the run.
+func (r *Replayer) handover(vm vmm.Machine, p vmm.Point) error {
+	if r.phase == live {
+		return nil
 	}
-	if r.cfg.GoLive == nil || r.err != nil || r.loc.busy() || r.peek() != nil || !r.eof {
-		return false
-	}
-	if err := r.cfg.GoLive(r.vm, p); err != nil {
+	if err := r.cfg.GoLive(vm, p); err != nil {
 		r.err = err
-		return false
+		return err
 	}
 	r.clock.goLive()
-	if e := r.vm.Bounce(); e != nil {
+	if e := vm.Bounce(); e != nil {
 		e.SetLive()
 	}
 	r.live = vmm.NewLiveDriver(r.cfg.LiveInput)
 	r.live.KickAfter = r.cfg.LiveKickAfter
 	r.live.SchedClock = r.clock.Now
-	if err := r.live.Start(r.vm); err != nil {
+	if err := r.live.Start(vm); err != nil {
 		r.err = err
-		return false
+		return err
 	}
+	r.phase = live
 	at := p
 	r.stats.LiveAt = &at
-	return true
+	return nil
 }
 
 // Live reports whether the replay has gone live.
-func (r *Replayer) Live() bool { return r.live != nil }
+func (r *Replayer) Live() bool { return r.phase == live }
 
 // Released returns the Released count of the last Output event replayed:
 // console bytes the primary is known to have let out.
@@ -178,10 +203,15 @@ func describe(ev *logpb.Event) string {
 }
 
 // expect consumes the next event if it is of the kind want at p.Exits, or
-// reports a divergence.
+// reports a divergence. A log that ends in a handover (logEnded) puts the
+// replay in the draining phase and returns errDraining: the caller answers
+// without the log until the next delivery point.
 func (r *Replayer) expect(p vmm.Point, want string, match func(*logpb.Event) bool) (*logpb.Event, error) {
-	if r.ended(p) {
-		return nil, errLive
+	if r.phase != replaying || r.logEnded() {
+		if r.phase == replaying {
+			r.phase = draining
+		}
+		return nil, errDraining
 	}
 	ev := r.peek()
 	if r.err != nil {
@@ -197,8 +227,9 @@ func (r *Replayer) expect(p vmm.Point, want string, match func(*logpb.Event) boo
 	return r.consume(), nil
 }
 
-// errLive tells expect's callers that the replay has just gone live.
-var errLive = errors.New("replay: live")
+// errDraining tells expect's callers that the log has ended: answer
+// without it (the handover follows at the next delivery point).
+var errDraining = errors.New("replay: the log has ended")
 
 type replayClock struct {
 	r    *Replayer
@@ -210,7 +241,8 @@ type replayClock struct {
 }
 
 // goLive makes the clock continue from the last logged reading (or the
-// last TSC, whichever is later) on host time.
+// last TSC, whichever is later) on host time. The clock never runs
+// backwards across it.
 func (c *replayClock) goLive() {
 	base := c.last
 	if t := int64(c.r.lastTSC / (vmm.TSCHz / 1_000_000_000)); t > base {
@@ -224,9 +256,6 @@ func (c *replayClock) Now() int64 {
 	if r.vm == nil {
 		return 0
 	}
-	if !c.isLive {
-		r.ended(r.vm.Point())
-	}
 	if c.isLive {
 		v := c.liveBase + int64(time.Since(c.liveStart))
 		if v > c.last {
@@ -239,11 +268,10 @@ func (c *replayClock) Now() int64 {
 		_, ok := ev.Kind.(*logpb.Event_Clock)
 		return ok
 	})
-	if err == errLive {
-		return c.Now()
-	}
 	if err != nil {
-		return c.last // the sticky error stops the run at the next point
+		// Draining, the clock stands still until the handover; after a
+		// divergence, the sticky error stops the run at the next point.
+		return c.last
 	}
 	c.last = ev.GetClock()
 	return c.last
@@ -260,7 +288,7 @@ func asyncOf(d *logpb.Deliver) vmm.Async {
 
 // Start implements vmm.Driver. A DMA device's bounce engine is put in
 // replay mode: its backend is never called, the log has its data.
-func (r *Replayer) Start(vm *vmm.VM) error {
+func (r *Replayer) Start(vm vmm.Machine) error {
 	r.vm = vm
 	if e := vm.Bounce(); e != nil {
 		e.SetReplay()
@@ -269,11 +297,14 @@ func (r *Replayer) Start(vm *vmm.VM) error {
 }
 
 // Deliver implements vmm.Driver.
-func (r *Replayer) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
+func (r *Replayer) Deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
 	if r.err != nil {
 		return false, r.err
 	}
-	if r.live != nil {
+	if r.phase != replaying {
+		if err := r.handover(vm, p); err != nil {
+			return false, err
+		}
 		return r.live.Deliver(vm, p)
 	}
 	if r.loc.busy() {
@@ -288,8 +319,12 @@ func (r *Replayer) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 		if r.err != nil {
 			return false, r.err
 		}
-		if ev == nil && !delivered && r.ended(p) {
-			return r.live.Deliver(vm, p)
+		if ev == nil && r.logEnded() {
+			if err := r.handover(vm, p); err != nil {
+				return false, err
+			}
+			more, err := r.live.Deliver(vm, p)
+			return delivered || more, err
 		}
 		if ev == nil || ev.Exits != p.Exits {
 			if ev != nil && ev.Exits < p.Exits {
@@ -326,7 +361,7 @@ func (r *Replayer) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
 // NextEntry implements vmm.Driver: run freely, except when a landmark
 // is next: then complete the exit without running on (see locator).
 func (r *Replayer) NextEntry() vmm.EntryMode {
-	if r.err != nil || r.live != nil {
+	if r.err != nil || r.phase != replaying {
 		return vmm.EntryRun
 	}
 	if !r.loc.busy() && r.vm != nil {
@@ -345,16 +380,19 @@ func (r *Replayer) NextEntry() vmm.EntryMode {
 
 // Windows implements vmm.Driver: a replay injects only where the log
 // says, so it never asks for interrupt-window exits.
-func (r *Replayer) Windows() bool { return r.live != nil }
+func (r *Replayer) Windows() bool { return r.phase == live }
 
 // Halted implements vmm.Driver. The recording left this halt only when an
 // event arrived at this exit, and Deliver has delivered all of them: a
 // replay still halted has diverged (or its log ended).
-func (r *Replayer) Halted(ctx context.Context, vm *vmm.VM, p vmm.Point) error {
+func (r *Replayer) Halted(ctx context.Context, vm vmm.Machine, p vmm.Point) error {
 	if r.err != nil {
 		return r.err
 	}
-	if r.ended(p) {
+	if r.phase != replaying || r.logEnded() {
+		if err := r.handover(vm, p); err != nil {
+			return err
+		}
 		return r.live.Halted(ctx, vm, p)
 	}
 	ev := r.peek()
@@ -362,36 +400,40 @@ func (r *Replayer) Halted(ctx context.Context, vm *vmm.VM, p vmm.Point) error {
 }
 
 // Injected implements vmm.Driver.
-func (r *Replayer) Injected(_ *vmm.VM, p vmm.Point, vector uint8) error {
-	if r.live != nil {
-		return nil
-	}
+func (r *Replayer) Injected(_ vmm.Machine, p vmm.Point, vector uint8) error {
 	_, err := r.expect(p, fmt.Sprintf("injection of vector %#x at %d exits", vector, p.Exits), func(ev *logpb.Event) bool {
 		v, ok := ev.Kind.(*logpb.Event_Inject)
 		return ok && v.Inject == uint32(vector)
 	})
-	if err == errLive {
-		return nil
+	if err == errDraining {
+		return nil // no record to check it against
 	}
 	return err
 }
 
 // TSC implements vmm.Driver.
-func (r *Replayer) TSC(vm *vmm.VM, p vmm.Point) (uint64, error) {
-	if r.live == nil {
+func (r *Replayer) TSC(vm vmm.Machine, p vmm.Point) (uint64, error) {
+	var v uint64
+	var err error
+	switch r.phase {
+	case replaying:
 		ev, err := r.expect(p, fmt.Sprintf("an rdtsc at %d exits", p.Exits), func(ev *logpb.Event) bool {
 			_, ok := ev.Kind.(*logpb.Event_Tsc)
 			return ok
 		})
-		if err != errLive {
+		if err != errDraining {
 			if err != nil {
 				return 0, err
 			}
 			r.lastTSC = ev.GetTsc()
 			return r.lastTSC, nil
 		}
+		v = r.lastTSC + 1 // draining: the TSC moves on, by as little as it can
+	case draining:
+		v = r.lastTSC + 1
+	case live:
+		v, err = r.live.TSC(vm, p)
 	}
-	v, err := r.live.TSC(vm, p)
 	if v <= r.lastTSC { // the TSC never runs backwards across the handover
 		v = r.lastTSC + 1
 	}
@@ -404,7 +446,7 @@ func (r *Replayer) TSC(vm *vmm.VM, p vmm.Point) (uint64, error) {
 // did not log output has none), and remembers its Released count. After
 // going live it does nothing.
 func (r *Replayer) Output(p vmm.Point, data []byte) error {
-	if r.err != nil || r.live != nil {
+	if r.err != nil || r.phase != replaying {
 		return r.err
 	}
 	ev := r.peek()
@@ -423,7 +465,7 @@ func (r *Replayer) Output(p vmm.Point, data []byte) error {
 
 // Read implements vmm.Driver: in verify mode the log holds every read's
 // value, and the first that differs stops the replay.
-func (r *Replayer) Read(_ *vmm.VM, p vmm.Point, mmio bool, addr uint64, data []byte) error {
+func (r *Replayer) Read(_ vmm.Machine, p vmm.Point, mmio bool, addr uint64, data []byte) error {
 	ev := r.peek()
 	if ev == nil || ev.GetRead() == nil {
 		return r.err // not a verify-mode log (or nothing here)
@@ -446,8 +488,8 @@ func space(mmio bool) string {
 
 // Stop implements vmm.Driver: the run must end where the recording ended,
 // the same way, in the same state.
-func (r *Replayer) Stop(vm *vmm.VM, p vmm.Point, res vmm.Result, runErr error) error {
-	if r.live != nil {
+func (r *Replayer) Stop(vm vmm.Machine, p vmm.Point, res vmm.Result, runErr error) error {
+	if r.phase == live {
 		r.live.Stop(vm, p, res, runErr)
 		return runErr
 	}
@@ -461,8 +503,11 @@ func (r *Replayer) Stop(vm *vmm.VM, p vmm.Point, res vmm.Result, runErr error) e
 		_, ok := ev.Kind.(*logpb.Event_End)
 		return ok
 	})
-	if err == errLive {
-		// The log ended before the run did: went live at its very end.
+	if err == errDraining {
+		// The log ended before the run did: go live at its very end.
+		if err := r.handover(vm, p); err != nil {
+			return err
+		}
 		r.live.Stop(vm, p, res, runErr)
 		return nil
 	}

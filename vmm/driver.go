@@ -85,13 +85,13 @@ func (a Async) Empty() bool { return !a.Timer && len(a.Input) == 0 && len(a.DMA)
 // replayer feeds them back from a log.
 type Driver interface {
 	// Start is called once, on the vCPU thread, before the first entry.
-	Start(vm *VM) error
+	Start(vm Machine) error
 	// Deliver is called at every point before interrupts are injected.
 	// It hands events due at p to vm.DeliverAsync and reports whether p is
 	// a delivery point. At Kicked and Window points the VM
 	// injects only if it is, so every injection between exits has a
 	// landmark.
-	Deliver(vm *VM, p Point) (bool, error)
+	Deliver(vm Machine, p Point) (bool, error)
 	// Windows reports whether the VM may ask KVM for interrupt-window
 	// exits (Window points) when an interrupt is pending but the guest
 	// cannot take it yet. A replayer says no: it injects only where the
@@ -100,18 +100,18 @@ type Driver interface {
 	// Halted is called when the guest waits in HLT with interrupts enabled
 	// and no interrupt pending. It blocks until something is due at p (the
 	// loop then calls Deliver again) or fails.
-	Halted(ctx context.Context, vm *VM, p Point) error
+	Halted(ctx context.Context, vm Machine, p Point) error
 	// Injected reports each vector injected at p.
-	Injected(vm *VM, p Point, vector uint8) error
+	Injected(vm Machine, p Point, vector uint8) error
 	// NextEntry says how the next KVM_RUN runs the guest.
 	NextEntry() EntryMode
 	// TSC returns what an rdtsc trapped at p reads.
-	TSC(vm *VM, p Point) (uint64, error)
+	TSC(vm Machine, p Point) (uint64, error)
 	// Read sees every value a PIO or MMIO read returned (verify mode);
 	// it may return an error to stop the run.
-	Read(vm *VM, p Point, mmio bool, addr uint64, data []byte) error
+	Read(vm Machine, p Point, mmio bool, addr uint64, data []byte) error
 	// Stop is called once when the run ends, with its result or error.
-	Stop(vm *VM, p Point, res Result, err error) error
+	Stop(vm Machine, p Point, res Result, err error) error
 }
 
 // LiveDriver delivers the host's events: the PIT's timer, fired by a host
@@ -126,10 +126,10 @@ type LiveDriver struct {
 	Input interface{ Read([]byte) (int, error) }
 	// SchedClock tells the driver the time in the devices' clock base
 	// without being a device read (a recorder must not log it). Default:
-	// the VM's host clock.
+	// the machine's Clock.
 	SchedClock func() int64
 
-	vm         *VM
+	vm         Machine
 	timerDue   atomic.Bool
 	wake       chan struct{}
 	mu         sync.Mutex
@@ -150,11 +150,11 @@ func NewLiveDriver(in interface{ Read([]byte) (int, error) }) *LiveDriver {
 }
 
 // Start implements Driver.
-func (d *LiveDriver) Start(vm *VM) error {
+func (d *LiveDriver) Start(vm Machine) error {
 	d.vm = vm
 	d.wake = make(chan struct{}, 1)
-	if vm.bounce != nil {
-		vm.bounce.SetNotify(d.eventDue)
+	if e := vm.Bounce(); e != nil {
+		e.SetNotify(d.eventDue)
 	}
 	if d.Input == nil {
 		d.inputEOF = true
@@ -177,6 +177,13 @@ func (d *LiveDriver) Start(vm *VM) error {
 		}
 	}(d.Input, d.input)
 	return nil
+}
+
+func (d *LiveDriver) bounce() *bounce.Engine {
+	if d.vm == nil {
+		return nil
+	}
+	return d.vm.Bounce()
 }
 
 func (d *LiveDriver) wakeUp() {
@@ -208,8 +215,8 @@ func (d *LiveDriver) KickSoon() { d.eventDue() }
 
 // Pending reports whether an event is due that Poll would return.
 func (d *LiveDriver) Pending() bool {
-	if d.vm != nil && d.vm.bounce != nil {
-		if ready, _ := d.vm.bounce.Pending(); ready {
+	if e := d.bounce(); e != nil {
+		if ready, _ := e.Pending(); ready {
 			return true
 		}
 	}
@@ -238,8 +245,8 @@ func (d *LiveDriver) Poll() Async {
 		}
 		break
 	}
-	if d.vm != nil && d.vm.bounce != nil {
-		a.DMA = d.vm.bounce.Poll()
+	if e := d.bounce(); e != nil {
+		a.DMA = e.Poll()
 	}
 	if !a.Empty() {
 		d.kickArmed.Store(false)
@@ -249,7 +256,7 @@ func (d *LiveDriver) Poll() Async {
 
 // Deliver implements Driver. A Window point is always a delivery point:
 // the guest opened the window the VM asked for.
-func (d *LiveDriver) Deliver(vm *VM, p Point) (bool, error) {
+func (d *LiveDriver) Deliver(vm Machine, p Point) (bool, error) {
 	d.Arm()
 	a := d.Poll()
 	if a.Empty() {
@@ -266,7 +273,7 @@ func (d *LiveDriver) Windows() bool { return true }
 // an interrupt. The PIT's deadline is in Clock time; the host timer runs
 // on the host's own monotonic clock, which a live VM's Clock follows.
 func (d *LiveDriver) Arm() {
-	deadline, ok := d.vm.PIT.NextDeadline()
+	deadline, ok := d.vm.TimerDeadline()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !ok {
@@ -283,7 +290,7 @@ func (d *LiveDriver) Arm() {
 		d.timer.Stop()
 	}
 	d.armed, d.armedFor = true, deadline
-	now := d.vm.hostNow
+	now := d.vm.Clock().Now
 	if d.SchedClock != nil {
 		now = d.SchedClock
 	}
@@ -303,14 +310,14 @@ func (d *LiveDriver) Arm() {
 }
 
 // Halted implements Driver.
-func (d *LiveDriver) Halted(ctx context.Context, vm *VM, p Point) error {
+func (d *LiveDriver) Halted(ctx context.Context, vm Machine, p Point) error {
 	d.Arm()
 	d.mu.Lock()
 	armed := d.armed
 	d.mu.Unlock()
 	dma := false
-	if vm.bounce != nil {
-		ready, inflight := vm.bounce.Pending()
+	if e := vm.Bounce(); e != nil {
+		ready, inflight := e.Pending()
 		dma = ready || inflight
 	}
 	if !armed && !dma && !d.timerDue.Load() && d.inputEOF && len(d.input) == 0 {
@@ -339,7 +346,7 @@ func (d *LiveDriver) Halted(ctx context.Context, vm *VM, p Point) error {
 const haltRecheck = 50 * time.Millisecond
 
 // Injected implements Driver.
-func (d *LiveDriver) Injected(*VM, Point, uint8) error { return nil }
+func (d *LiveDriver) Injected(Machine, Point, uint8) error { return nil }
 
 // NextEntry implements Driver.
 func (d *LiveDriver) NextEntry() EntryMode { return EntryRun }
@@ -349,15 +356,15 @@ func (d *LiveDriver) NextEntry() EntryMode { return EntryRun }
 const TSCHz = 2_000_000_000
 
 // TSC implements Driver: the virtual TSC follows the device clock.
-func (d *LiveDriver) TSC(vm *VM, p Point) (uint64, error) {
-	return uint64(vm.clock.Now()) * (TSCHz / 1_000_000_000), nil
+func (d *LiveDriver) TSC(vm Machine, p Point) (uint64, error) {
+	return uint64(vm.Clock().Now()) * (TSCHz / 1_000_000_000), nil
 }
 
 // Read implements Driver.
-func (d *LiveDriver) Read(*VM, Point, bool, uint64, []byte) error { return nil }
+func (d *LiveDriver) Read(Machine, Point, bool, uint64, []byte) error { return nil }
 
 // Stop implements Driver.
-func (d *LiveDriver) Stop(*VM, Point, Result, error) error {
+func (d *LiveDriver) Stop(Machine, Point, Result, error) error {
 	d.mu.Lock()
 	if d.timer != nil {
 		d.timer.Stop()

@@ -22,15 +22,17 @@ type kickChecker struct {
 	firstBad string
 }
 
-func (k *kickChecker) Deliver(vm *vmm.VM, p vmm.Point) (bool, error) {
+func (k *kickChecker) Deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
 	if p.Kind == vmm.Kicked {
 		regs, err := vm.Regs()
 		if err != nil {
 			return false, err
 		}
-		b := make([]byte, 8)
-		vm.Memory().ReadAt(b, vmm.GuestAddress(k.addr))
-		c := binary.LittleEndian.Uint64(b)
+		page, err := vm.PageContents(uint32(k.addr / 4096))
+		if err != nil {
+			return false, err
+		}
+		c := binary.LittleEndian.Uint64(page[k.addr%4096:]) // the counter is 8-aligned
 		k.kicks++
 		if c != regs.RAX && c != regs.RAX-1 && regs.RAX != 0 {
 			if k.bad == 0 {

@@ -190,12 +190,12 @@ type Landmark struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Rip         uint64                 `protobuf:"varint,1,opt,name=rip,proto3" json:"rip,omitempty"`
 	Rflags      uint64                 `protobuf:"varint,2,opt,name=rflags,proto3" json:"rflags,omitempty"`
-	Gprs        []uint64               `protobuf:"varint,3,rep,packed,name=gprs,proto3" json:"gprs,omitempty"`   // rax rbx rcx rdx rsi rdi rsp rbp r8..r15
-	Pages       []uint32               `protobuf:"varint,4,rep,packed,name=pages,proto3" json:"pages,omitempty"` // guest page frame numbers, ascending
-	PagesSha256 []byte                 `protobuf:"bytes,5,opt,name=pages_sha256,json=pagesSha256,proto3" json:"pages_sha256,omitempty"`
-	VcpuState   []byte                 `protobuf:"bytes,6,opt,name=vcpu_state,json=vcpuState,proto3" json:"vcpu_state,omitempty"` // vmm.VCPUState, binary (state transfer)
-	PageData    []*Page                `protobuf:"bytes,7,rep,name=page_data,json=pageData,proto3" json:"page_data,omitempty"`    // the pages carried, same order as pages (state transfer)
-	PagesZstd   []byte                 `protobuf:"bytes,8,opt,name=pages_zstd,json=pagesZstd,proto3" json:"pages_zstd,omitempty"` // zstd frame: the contents of the non-zero pages, in order, 4096 bytes each
+	Gprs        []uint64               `protobuf:"varint,3,rep,packed,name=gprs,proto3" json:"gprs,omitempty"`                          // rax rbx rcx rdx rsi rdi rsp rbp r8..r15
+	Pages       []uint32               `protobuf:"varint,4,rep,packed,name=pages,proto3" json:"pages,omitempty"`                        // guest page frame numbers, ascending
+	PagesSha256 []byte                 `protobuf:"bytes,5,opt,name=pages_sha256,json=pagesSha256,proto3" json:"pages_sha256,omitempty"` // SHA-256 of each page's frame number (uint32 LE) and 4096 bytes, in order
+	VcpuState   []byte                 `protobuf:"bytes,6,opt,name=vcpu_state,json=vcpuState,proto3" json:"vcpu_state,omitempty"`       // vmm.VCPUState, binary (state transfer)
+	PageData    []*Page                `protobuf:"bytes,7,rep,name=page_data,json=pageData,proto3" json:"page_data,omitempty"`          // the pages carried, same order as pages (state transfer)
+	PagesZstd   []byte                 `protobuf:"bytes,8,opt,name=pages_zstd,json=pagesZstd,proto3" json:"pages_zstd,omitempty"`       // zstd frame: the contents of the non-zero pages, in order, 4096 bytes each
 	// The registers at the last synchronous exit before the landmark (rip,
 	// rflags, then gprs), as the exit left them: the replay checks its own
 	// there before loading, so a divergence is reported rather than

@@ -1,0 +1,65 @@
+package vmm
+
+import (
+	"github.com/ftkvm/ftkvm/bounce"
+	"github.com/ftkvm/ftkvm/devices"
+)
+
+// Machine is what a Driver sees of the VM it drives: the point the run
+// stands at, the vCPU's registers and state, guest memory by page, the
+// devices' clock and timer, and delivery of asynchronous events. *VM
+// implements it; the replay package's tests drive its recorder and
+// replayer with a machine made of plain values, without KVM.
+//
+// Every method is called on the vCPU thread, between two entries into the
+// guest, except Kick, which any goroutine may call.
+type Machine interface {
+	// Point is where the run stands.
+	Point() Point
+	// Regs are the vCPU's general registers.
+	Regs() (Regs, error)
+	// Fingerprint hashes the whole machine state (FingerprintScheme).
+	Fingerprint() ([32]byte, error)
+
+	// CaptureVCPUState and ApplyVCPUState save and load the whole vCPU
+	// state (a state-transfer landmark).
+	CaptureVCPUState() (VCPUState, error)
+	ApplyVCPUState(VCPUState) error
+	// DirtyPages lists the page frames written since the previous call and
+	// resets the log (Config.TrackDirty).
+	DirtyPages() ([]uint32, error)
+	// PageContents returns a copy of one 4 KiB page of guest memory;
+	// LoadPage writes one (nil data: zeros).
+	PageContents(pfn uint32) ([]byte, error)
+	LoadPage(pfn uint32, data []byte) error
+	// MemoryBytes is the size of guest memory.
+	MemoryBytes() uint64
+
+	// DeliverAsync hands a batch of asynchronous events to the devices.
+	DeliverAsync(Async)
+	// InterruptPending reports whether the interrupt controller holds a
+	// request the guest has not taken.
+	InterruptPending() bool
+	// TimerDeadline is when, in Clock time, the PIT next raises IRQ0 (ok
+	// false: it will not).
+	TimerDeadline() (deadline int64, ok bool)
+	// Clock is the devices' time source.
+	Clock() devices.Clock
+	// Bounce is the DMA bounce engine, nil without a DMA device.
+	Bounce() *bounce.Engine
+	// Kick makes the vCPU leave the guest soon (a Kicked point).
+	Kick()
+	// LastExit describes the last synchronous exit, for error messages.
+	LastExit() string
+}
+
+var _ Machine = (*VM)(nil)
+
+// InterruptPending implements Machine.
+func (v *VM) InterruptPending() bool { return v.PIC.Pending() }
+
+// TimerDeadline implements Machine.
+func (v *VM) TimerDeadline() (int64, bool) { return v.PIT.NextDeadline() }
+
+// MemoryBytes implements Machine.
+func (v *VM) MemoryBytes() uint64 { return v.mem.Size() }
