@@ -1,0 +1,337 @@
+package replay
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"sync/atomic"
+
+	"github.com/ftkvm/ftkvm/bounce"
+	"github.com/ftkvm/ftkvm/devices"
+	"github.com/ftkvm/ftkvm/vmm"
+)
+
+// toyMachine is a vmm.Machine made of plain values, with a guest whose
+// whole state is its registers and memory, and a run loop that calls a
+// vmm.Driver in the order vmm.VM.Run does: Deliver at every point, inject
+// after it, NextEntry before entering, then the guest runs to its next
+// exit or kick. It lets the recorder and the replayer be tested without
+// KVM, against each other.
+//
+// The guest runs a program of toyOps. RIP indexes the program, RSI counts
+// iterations of a work op, and every input the drivers supply is folded
+// into a register, so a replay that takes any input at another point ends
+// in another state:
+//
+//	RAX  work iterations so far (each also writes a byte of memory)
+//	RBX  clock readings           RCX  TSC readings
+//	RDX  console bytes read       R8   interrupts taken, with RAX then
+//
+// Devices, as on a real machine, change memory and their own state, never
+// the registers: the timer writes each clock reading it takes into page
+// 14, DMA data lands in page 15.
+type toyMachine struct {
+	prog  []toyOp
+	regs  vmm.Regs
+	mem   []byte
+	dirty map[uint32]bool
+	point vmm.Point
+	clock devices.Clock
+
+	irq      bool   // IRQ0 raised, not yet injected
+	queued   bool   // injected, taken at the next entry (KVM_INTERRUPT)
+	timerAt  int64  // next timer deadline in clock time; 0: none
+	period   int64  // timer period (0: one-shot)
+	console  []byte // COM1 receive buffer
+	bounce   *bounce.Engine
+	kicked   atomic.Bool
+	inRead   bool // inside a device's clock or TSC read
+	spin     int  // busy iterations per work iteration (recordings want kicks to land mid-op)
+	output   func(p vmm.Point, b []byte) error
+	injected []vmm.Point
+	tscs     []uint64
+}
+
+type toyKind uint8
+
+const (
+	opWork  toyKind = iota + 1 // n iterations, no exit (kicks land here)
+	opCli                      // clear IF, no exit
+	opSti                      // set IF, no exit
+	opClock                    // exit whose handling reads the clock
+	opTSC                      // exit: a trapped rdtsc
+	opIn                       // exit: read a console byte (verified by Read)
+	opOut                      // exit: write a console byte (Output)
+	opArm                      // exit: program the timer to fire n µs from now, periodic
+	opDMA                      // exit: submit DMA request n
+	opHalt                     // exit: hlt
+	opEnd                      // exit: the exit port, status n
+)
+
+type toyOp struct {
+	kind toyKind
+	n    int
+}
+
+const toyPages = 16
+
+func newToy(prog []toyOp) *toyMachine {
+	return &toyMachine{prog: prog, mem: make([]byte, toyPages*4096), dirty: map[uint32]bool{},
+		regs: vmm.Regs{RFLAGS: vmm.RFlagsIF | 2}}
+}
+
+func (m *toyMachine) Point() vmm.Point             { return m.point }
+func (m *toyMachine) Regs() (vmm.Regs, error)      { return m.regs, nil }
+func (m *toyMachine) MemoryBytes() uint64          { return uint64(len(m.mem)) }
+func (m *toyMachine) Clock() devices.Clock         { return m.clock }
+func (m *toyMachine) Bounce() *bounce.Engine       { return m.bounce }
+func (m *toyMachine) Kick()                        { m.kicked.Store(true) }
+func (m *toyMachine) InterruptPending() bool       { return m.irq }
+func (m *toyMachine) LastExit() string             { return fmt.Sprintf("toy op %d", m.regs.RIP) }
+func (m *toyMachine) TimerDeadline() (int64, bool) { return m.timerAt, m.timerAt != 0 }
+
+func (m *toyMachine) Fingerprint() ([32]byte, error) {
+	h := sha256.New()
+	binary.Write(h, binary.LittleEndian, &m.regs)
+	h.Write(m.mem)
+	return [32]byte(h.Sum(nil)), nil
+}
+
+func (m *toyMachine) CaptureVCPUState() (vmm.VCPUState, error) {
+	s := vmm.VCPUState{Regs: m.regs}
+	if m.queued {
+		s.Events.I.Inject, s.Events.I.Nr = 1, 0x20
+	}
+	return s, nil
+}
+
+func (m *toyMachine) ApplyVCPUState(s vmm.VCPUState) error {
+	m.regs = s.Regs
+	m.queued = s.Events.I.Inject == 1
+	return nil
+}
+
+func (m *toyMachine) DirtyPages() ([]uint32, error) {
+	var pages []uint32
+	for p := range m.dirty {
+		pages = append(pages, p)
+	}
+	slices.Sort(pages)
+	clear(m.dirty)
+	return pages, nil
+}
+
+func (m *toyMachine) PageContents(pfn uint32) ([]byte, error) {
+	if int(pfn) >= toyPages {
+		return nil, fmt.Errorf("page %d outside memory", pfn)
+	}
+	return slices.Clone(m.mem[pfn*4096 : (pfn+1)*4096]), nil
+}
+
+func (m *toyMachine) LoadPage(pfn uint32, data []byte) error {
+	if int(pfn) >= toyPages {
+		return fmt.Errorf("page %d outside memory", pfn)
+	}
+	page := m.mem[pfn*4096 : (pfn+1)*4096]
+	if data == nil {
+		clear(page)
+	} else {
+		copy(page, data)
+	}
+	return nil
+}
+
+// write is the guest storing a byte: KVM's dirty log sees it.
+func (m *toyMachine) write(addr uint64, b byte) {
+	addr %= uint64(len(m.mem))
+	m.mem[addr] = b
+	m.dirty[uint32(addr/4096)] = true
+}
+
+// deviceWrite is the VMM storing a byte into guest memory: like KVM's,
+// the dirty log does not see it.
+func (m *toyMachine) deviceWrite(addr uint64, b byte) { m.mem[addr%uint64(len(m.mem))] = b }
+
+func (m *toyMachine) readClock() int64 {
+	m.inRead = true
+	defer func() { m.inRead = false }()
+	return m.clock.Now()
+}
+
+// DeliverAsync is the toy's devices taking events: the timer reads the
+// clock (a logged device read, as the PIT's is) and raises IRQ0; console
+// bytes queue; DMA data lands in memory.
+func (m *toyMachine) DeliverAsync(a vmm.Async) {
+	if a.Timer {
+		now := m.readClock()
+		m.latch(now)
+		m.irq = true
+		m.timerAt = 0
+		if m.period > 0 {
+			m.timerAt = now + m.period
+		}
+	}
+	m.console = append(m.console, a.Input...)
+	for _, c := range a.DMA {
+		for i, b := range c.Data {
+			m.deviceWrite(uint64(15*4096+int(c.Tag)*64+i), b)
+		}
+		m.bounce.Delivered(c.Tag)
+	}
+}
+
+// latch is the timer folding a clock reading into memory the guest can
+// see (XOR into one of 512 slots, so no later reading erases it).
+func (m *toyMachine) latch(now int64) {
+	off := 14*4096 + uint64(now%512)*8
+	for i := range 8 {
+		m.deviceWrite(off+uint64(i), m.mem[off+uint64(i)]^byte(now>>(8*i)))
+	}
+}
+
+// run is the toy's vmm.VM.Run.
+func (m *toyMachine) run(ctx context.Context, d vmm.Driver) (res vmm.Result, err error) {
+	defer func() {
+		if derr := d.Stop(m, m.point, res, err); derr != nil && err == nil {
+			err = derr
+		}
+	}()
+	if err := d.Start(m); err != nil {
+		return vmm.Result{}, err
+	}
+	m.point = vmm.Point{Kind: vmm.AtExit}
+	for {
+		if err := ctx.Err(); err != nil {
+			return vmm.Result{}, fmt.Errorf("run interrupted at %d exits: %w", m.point.Exits, err)
+		}
+		delivered, err := d.Deliver(m, m.point)
+		if err != nil {
+			return vmm.Result{}, err
+		}
+		if m.point.Kind == vmm.AtExit || delivered {
+			if err := m.inject(d); err != nil {
+				return vmm.Result{}, err
+			}
+		}
+		if d.NextEntry() == vmm.EntryComplete {
+			m.point.Kind = vmm.Kicked // the exit completed, no instruction ran
+			continue
+		}
+		res, done, err := m.runGuest(ctx, d)
+		if err != nil || done {
+			return res, err
+		}
+	}
+}
+
+func (m *toyMachine) inject(d vmm.Driver) error {
+	if !m.irq || m.queued || m.regs.RFLAGS&vmm.RFlagsIF == 0 {
+		return nil
+	}
+	m.irq, m.queued = false, true
+	m.injected = append(m.injected, m.point)
+	return d.Injected(m, m.point, 0x20)
+}
+
+// runGuest runs the program to its next exit (handled here) or kick. As
+// on KVM, an injected interrupt is taken on entry: its handler folds RAX
+// into R8.
+func (m *toyMachine) runGuest(ctx context.Context, d vmm.Driver) (vmm.Result, bool, error) {
+	if m.queued {
+		m.queued = false
+		m.regs.R8 = m.regs.R8*31 + m.regs.RAX + 0x20
+	}
+	for {
+		if m.kicked.Swap(false) {
+			m.point.Kind = vmm.Kicked
+			return vmm.Result{}, false, nil
+		}
+		if m.regs.RIP >= uint64(len(m.prog)) {
+			return vmm.Result{}, true, errors.New("toy guest ran off its program")
+		}
+		op := m.prog[m.regs.RIP]
+		switch op.kind {
+		case opWork:
+			if m.regs.RSI < uint64(op.n) {
+				m.regs.RSI++
+				m.regs.RAX++
+				m.write(m.regs.RAX*97%(14*4096), byte(m.regs.RAX)) // pages 14 and 15 are the devices'
+				for i := 0; i < m.spin; i++ {
+					m.regs.RBP += uint64(i) // busy, deterministic
+				}
+				continue
+			}
+			m.regs.RSI = 0
+			m.regs.RIP++
+			continue
+		case opCli:
+			m.regs.RFLAGS &^= vmm.RFlagsIF
+			m.regs.RIP++
+			continue
+		case opSti:
+			m.regs.RFLAGS |= vmm.RFlagsIF
+			m.regs.RIP++
+			continue
+		}
+		m.point = vmm.Point{Exits: m.point.Exits + 1, Kind: vmm.AtExit}
+		m.regs.RIP++
+		switch op.kind {
+		case opClock:
+			m.regs.RBX = m.regs.RBX*131 + uint64(m.readClock())
+		case opTSC:
+			m.inRead = true
+			v, err := d.TSC(m, m.point)
+			m.inRead = false
+			if err != nil {
+				return vmm.Result{}, true, err
+			}
+			m.tscs = append(m.tscs, v)
+			m.regs.RCX = m.regs.RCX*131 + v
+		case opIn:
+			b := byte(0xff)
+			if len(m.console) > 0 {
+				b, m.console = m.console[0], m.console[1:]
+			}
+			m.regs.RDX = m.regs.RDX*7 + uint64(b)
+			if err := d.Read(m, m.point, false, 0x3f8, []byte{b}); err != nil {
+				return vmm.Result{}, true, err
+			}
+		case opOut:
+			if m.output != nil {
+				if err := m.output(m.point, []byte{byte(op.n)}); err != nil {
+					return vmm.Result{}, true, err
+				}
+			}
+		case opArm:
+			m.period = int64(op.n) * 1000
+			now := m.readClock()
+			m.latch(now)
+			m.timerAt = now + m.period
+		case opDMA:
+			if err := m.bounce.Submit(bounce.Request{Tag: uint64(op.n), Len: 16}); err != nil {
+				return vmm.Result{}, true, err
+			}
+		case opHalt:
+			if m.regs.RFLAGS&vmm.RFlagsIF == 0 {
+				return vmm.Result{Reason: vmm.StopPowerOff}, true, nil
+			}
+			for {
+				if _, err := d.Deliver(m, m.point); err != nil {
+					return vmm.Result{}, true, err
+				}
+				if m.irq {
+					break
+				}
+				if err := d.Halted(ctx, m, m.point); err != nil {
+					return vmm.Result{}, true, err
+				}
+			}
+		case opEnd:
+			return vmm.Result{Reason: vmm.StopExitPort, Status: op.n}, true, nil
+		}
+		return vmm.Result{}, false, nil
+	}
+}
