@@ -14,13 +14,10 @@ import (
 // Receiver is the backup's end of the channel. Next and Consumed are meant
 // for one consumer goroutine; the rest may be called from any goroutine.
 type Receiver struct {
-	cfg Config
+	endpoint // its mu also guards the fields below up to roomFor
 
-	mu          sync.Mutex
 	core        receiverCore
-	streamID    uint64 // 0 until the first handshake
-	cc          *recvConn
-	closed      bool
+	streamID    uint64        // 0 until the first handshake
 	lastFailure error         // cause of the last connection failure
 	dataCh      chan struct{} // cap 1: Next waits here
 	nextWaiting bool
@@ -28,34 +25,7 @@ type Receiver struct {
 	roomFor     *header       // the frame the reader wants to buffer (nil: not waiting)
 
 	received atomic.Uint64
-	resumeMu sync.Mutex
-	failCh   chan Failure
-	closeCh  chan struct{}
-}
-
-type recvConn struct {
-	conn      net.Conn
-	fr        *frameReader
-	fw        *frameWriter
-	live      *liveness
-	wake      chan struct{} // cap 1: writer wakeup
-	done      chan struct{}
-	wmu       sync.Mutex // serialises writes on fw: the writer's, and the reader's direct acks
-	hbWanted  atomic.Bool
-	closing   atomic.Bool   // the owner closes: the writer sends a close frame
-	closeSent chan struct{} // closed once it has
-	once      sync.Once
-	wg        sync.WaitGroup
-	quiet     bool // guarded by Receiver.mu
-}
-
-func (cc *recvConn) isDone() bool {
-	select {
-	case <-cc.done:
-		return true
-	default:
-		return false
-	}
+	wmu      sync.Mutex // serialises writes on the link: the writer's, and the reader's direct acks
 }
 
 // NewReceiver runs the handshake on conn (TLS first if cfg.TLS is set) and
@@ -68,13 +38,11 @@ func NewReceiver(ctx context.Context, conn net.Conn, cfg Config) (*Receiver, err
 		return nil, err
 	}
 	r := &Receiver{
-		cfg:     cfg,
-		core:    newReceiverCore(&cfg),
-		dataCh:  make(chan struct{}, 1),
-		roomCh:  make(chan struct{}, 1),
-		failCh:  make(chan Failure, 1),
-		closeCh: make(chan struct{}),
+		core:   newReceiverCore(&cfg),
+		dataCh: make(chan struct{}, 1),
+		roomCh: make(chan struct{}, 1),
 	}
+	r.setup(cfg, "sender", r.stoppedLocked)
 	if err := r.attach(ctx, conn); err != nil {
 		return nil, err
 	}
@@ -114,30 +82,17 @@ func Accept(ctx context.Context, l net.Listener, cfg Config) (*Receiver, error) 
 // buffered entry. A live old connection is closed. conn is closed if the
 // handshake fails; the receiver then stays disconnected.
 func (r *Receiver) Resume(ctx context.Context, conn net.Conn) error {
-	r.resumeMu.Lock()
-	defer r.resumeMu.Unlock()
-	r.mu.Lock()
-	if r.closed || r.core.ended {
-		r.mu.Unlock()
-		conn.Close()
-		if r.closed {
-			return ErrClosed
-		}
-		return errorf(ErrHandshake, "the sender closed this stream; a new one needs a new Receiver")
-	}
-	old := r.cc
-	if old != nil {
-		old.quiet = true
-	}
-	r.mu.Unlock()
-	if old != nil {
-		r.stop(old, fmt.Errorf("%w: connection replaced by Resume", ErrClosed))
-		old.wg.Wait()
-	}
-	return r.attach(ctx, conn)
+	return r.resume(conn, func() error { return r.attach(ctx, conn) })
 }
 
 func (r *Receiver) attach(ctx context.Context, raw net.Conn) error {
+	r.mu.Lock()
+	ended := r.core.ended
+	r.mu.Unlock()
+	if ended {
+		raw.Close()
+		return errorf(ErrHandshake, "the sender closed this stream; a new one needs a new Receiver")
+	}
 	conn, stopDeadline, err := openConn(ctx, raw, &r.cfg, false)
 	if err != nil {
 		return err
@@ -202,25 +157,10 @@ func (r *Receiver) attach(ctx context.Context, raw net.Conn) error {
 		conn.Close()
 		return err
 	}
-	cc := &recvConn{
-		conn:      conn,
-		fr:        fr,
-		fw:        fw,
-		live:      newLiveness(),
-		wake:      make(chan struct{}, 1),
-		done:      make(chan struct{}),
-		closeSent: make(chan struct{}),
-	}
-	cc.live.lastRecv.Store(cc.live.now())
-	cc.live.lastSend.Store(cc.live.now())
 	r.mu.Lock()
-	r.cc = cc
 	r.lastFailure = nil
+	r.startLocked(newLink(conn, fr, fw), r.readLoop, r.writeLoop)
 	r.mu.Unlock()
-	cc.wg.Add(3)
-	go r.readLoop(cc)
-	go r.writeLoop(cc)
-	go r.tickLoop(cc)
 	return nil
 }
 
@@ -285,10 +225,7 @@ func (r *Receiver) Consumed(seq uint64) error {
 	cc := r.cc
 	r.mu.Unlock()
 	if moved && cc != nil {
-		select {
-		case cc.wake <- struct{}{}:
-		default:
-		}
+		cc.wakeWriter()
 	}
 	return err
 }
@@ -304,80 +241,35 @@ func (r *Receiver) Failed() <-chan Failure { return r.failCh }
 // Close closes the connection (telling the sender, best effort) and
 // releases a blocked Next with ErrClosed.
 func (r *Receiver) Close() error {
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
-		return nil
-	}
-	r.closed = true
-	close(r.closeCh)
-	cc := r.cc
-	if cc != nil {
-		cc.quiet = true
-	}
-	r.mu.Unlock()
-	r.resumeMu.Lock()
-	defer r.resumeMu.Unlock()
-	r.mu.Lock()
-	cc = r.cc
-	if cc != nil {
-		cc.quiet = true
-	}
-	r.mu.Unlock()
-	if cc != nil {
-		// Tell the sender, best effort and briefly: it would otherwise
-		// see a plain end of stream, also a failure.
-		cc.closing.Store(true)
-		select {
-		case cc.wake <- struct{}{}:
-		default:
-		}
-		t := time.NewTimer(r.cfg.HeartbeatInterval)
-		select {
-		case <-cc.closeSent:
-		case <-cc.done:
-		case <-t.C:
-		}
-		t.Stop()
-		r.stop(cc, ErrClosed)
-		cc.wg.Wait()
-	}
+	// Tell the sender, best effort and briefly: it would otherwise see a
+	// plain end of stream, also a failure.
+	r.close(r.cfg.HeartbeatInterval)
 	return nil
 }
 
-func (r *Receiver) stop(cc *recvConn, err error) {
-	cc.once.Do(func() {
-		r.mu.Lock()
-		f := Failure{Err: err, LastAcked: r.core.acked, LastReceived: r.core.received, LastDelivered: r.core.delivered}
-		quiet := cc.quiet || r.core.ended
-		if !r.core.ended {
-			r.lastFailure = err
-		}
-		if r.nextWaiting {
-			r.nextWaiting = false
-			select {
-			case r.dataCh <- struct{}{}:
-			default:
-			}
-		}
-		r.mu.Unlock()
-		close(cc.done)
-		cc.conn.Close()
-		if !quiet {
-			select {
-			case <-r.failCh:
-			default:
-			}
-			select {
-			case r.failCh <- f:
-			default:
-			}
-		}
-	})
+// stoppedLocked is the receiver's part of a teardown (r.mu held): it
+// releases a waiting Next to see the cause, and keeps quiet after the
+// sender's orderly close.
+func (r *Receiver) stoppedLocked(err error) (Failure, bool) {
+	if !r.core.ended {
+		r.lastFailure = err
+	}
+	r.wakeNextLocked()
+	return Failure{Err: err, LastAcked: r.core.acked, LastReceived: r.core.received, LastDelivered: r.core.delivered}, r.core.ended
 }
 
-func (r *Receiver) readLoop(cc *recvConn) {
-	defer cc.wg.Done()
+// wakeNextLocked releases a Next waiting for an entry. r.mu held.
+func (r *Receiver) wakeNextLocked() {
+	if r.nextWaiting {
+		r.nextWaiting = false
+		select {
+		case r.dataCh <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (r *Receiver) readLoop(cc *link) {
 	for {
 		h, raw, err := cc.fr.read()
 		if err != nil {
@@ -408,13 +300,7 @@ func (r *Receiver) readLoop(cc *recvConn) {
 			}
 			err := r.core.acceptData(&h, raw)
 			r.received.Store(r.core.received)
-			if r.nextWaiting {
-				r.nextWaiting = false
-				select {
-				case r.dataCh <- struct{}{}:
-				default:
-				}
-			}
+			r.wakeNextLocked()
 			r.mu.Unlock()
 			if err != nil {
 				r.stop(cc, err)
@@ -424,13 +310,7 @@ func (r *Receiver) readLoop(cc *recvConn) {
 		case frameClose:
 			r.mu.Lock()
 			err := r.core.closeStream(h.seq)
-			if r.nextWaiting {
-				r.nextWaiting = false
-				select {
-				case r.dataCh <- struct{}{}:
-				default:
-				}
-			}
+			r.wakeNextLocked()
 			r.mu.Unlock()
 			if err == nil {
 				err = errorf(ErrPeerClosed, "the sender closed the stream after seq %d", h.seq)
@@ -454,15 +334,12 @@ func (r *Receiver) readLoop(cc *recvConn) {
 // writing, it is left to send the ack right after. A failed write is left
 // for the reader's next read to explain (the peer's close frame, a
 // truncated frame) and, failing that, for the writer's next write.
-func (r *Receiver) ackNow(cc *recvConn) {
-	if !cc.wmu.TryLock() {
-		select {
-		case cc.wake <- struct{}{}:
-		default:
-		}
+func (r *Receiver) ackNow(cc *link) {
+	if !r.wmu.TryLock() {
+		cc.wakeWriter()
 		return
 	}
-	defer cc.wmu.Unlock()
+	defer r.wmu.Unlock()
 	r.mu.Lock()
 	seq, ok := r.core.ackDue()
 	r.mu.Unlock()
@@ -471,30 +348,26 @@ func (r *Receiver) ackNow(cc *recvConn) {
 	}
 	if err := cc.fw.writeControl(frameAck, seq); err != nil {
 		cc.hbWanted.Store(true)
-		select {
-		case cc.wake <- struct{}{}:
-		default:
-		}
+		cc.wakeWriter()
 		return
 	}
 	cc.live.lastSend.Store(cc.live.now())
 }
 
-func (r *Receiver) writeLoop(cc *recvConn) {
-	defer cc.wg.Done()
+func (r *Receiver) writeLoop(cc *link) {
 	for {
 		select {
 		case <-cc.wake:
 		case <-cc.done:
 			return
 		}
-		cc.wmu.Lock()
+		r.wmu.Lock()
 		if cc.closing.Load() {
 			r.mu.Lock()
 			seq := r.core.acked
 			r.mu.Unlock()
 			cc.fw.writeControl(frameClose, seq)
-			cc.wmu.Unlock()
+			r.wmu.Unlock()
 			close(cc.closeSent)
 			return
 		}
@@ -506,44 +379,16 @@ func (r *Receiver) writeLoop(cc *recvConn) {
 		}
 		r.mu.Unlock()
 		if !ok && !cc.hbWanted.Swap(false) {
-			cc.wmu.Unlock()
+			r.wmu.Unlock()
 			continue
 		}
 		err := cc.fw.writeControl(typ, seq)
-		cc.wmu.Unlock()
+		r.wmu.Unlock()
 		if err != nil {
 			writeFailed(cc.done, &r.cfg)
 			r.stop(cc, err)
 			return
 		}
 		cc.live.lastSend.Store(cc.live.now())
-	}
-}
-
-func (r *Receiver) tickLoop(cc *recvConn) {
-	defer cc.wg.Done()
-	t := time.NewTicker(tickPeriod(&r.cfg))
-	defer t.Stop()
-	for {
-		select {
-		case <-cc.done:
-			return
-		case <-t.C:
-		}
-		now := cc.live.now()
-		lastRecv := cc.live.lastRecv.Load()
-		hb, dead := livenessCheck(now, lastRecv, cc.live.lastSend.Load(), r.cfg.HeartbeatInterval, r.cfg.Timeout, cc.live.paused.Load())
-		if dead {
-			r.stop(cc, errorf(ErrTimeout, "nothing from the sender for %v (timeout %v)",
-				time.Duration(now-lastRecv).Round(time.Millisecond), r.cfg.Timeout))
-			return
-		}
-		if hb {
-			cc.hbWanted.Store(true)
-			select {
-			case cc.wake <- struct{}{}:
-			default:
-			}
-		}
 	}
 }

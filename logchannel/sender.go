@@ -6,80 +6,24 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// Failure reports that a connection failed: the peer fell silent past the
-// timeout, the connection broke, or the peer sent something invalid. It
-// carries where the stream stood, which is what go-live needs.
-type Failure struct {
-	Err error // the cause; wraps one of the package's sentinel errors
-
-	// Sender side: the highest seq the receiver acked, the highest seq
-	// handed to the connection, and the highest seq appended.
-	LastAcked    uint64
-	LastSent     uint64
-	LastAppended uint64
-
-	// Receiver side: the last seq buffered and the last seq delivered by
-	// Next. (LastAcked is the last ack the receiver sent.)
-	LastReceived  uint64
-	LastDelivered uint64
-}
-
-func (f Failure) String() string {
-	return fmt.Sprintf("%v (acked %d, sent %d, appended %d, received %d, delivered %d)",
-		f.Err, f.LastAcked, f.LastSent, f.LastAppended, f.LastReceived, f.LastDelivered)
-}
-
 // Sender is the primary's end of the channel. Append, Acked, WaitAcked and
 // Flush may be called from any goroutine; Resume and Close from one.
 type Sender struct {
-	cfg      Config
+	endpoint // its mu also guards the fields below up to ackCh
 	streamID uint64
 
-	mu           sync.Mutex
 	core         senderCore
-	cc           *senderConn // current (possibly failed) connection
-	closed       bool
 	writerIdle   bool          // the writer waits for work: Append must wake it
 	flushTo      uint64        // a waiter needs entries up to here sent now
 	pendingSince time.Time     // BatchDelay>0: when the oldest unsent entry arrived
 	spaceCh      chan struct{} // closed when window space frees (nil: no waiter)
 	ackCh        chan struct{} // closed when acked advances (nil: no waiter)
 
-	acked    atomic.Uint64 // mirror of core.acked for lock-free Acked
-	resumeMu sync.Mutex
-	failCh   chan Failure
-	closeCh  chan struct{}
-}
-
-// senderConn is one connection's goroutines and state.
-type senderConn struct {
-	conn      net.Conn
-	fr        *frameReader
-	fw        *frameWriter
-	live      *liveness
-	wake      chan struct{} // cap 1
-	done      chan struct{} // closed at teardown
-	closeSent chan struct{} // closed when the writer has sent the close frame
-	hbWanted  atomic.Bool
-	once      sync.Once
-	wg        sync.WaitGroup
-
-	closing bool // guarded by Sender.mu: send the rest, then a close frame
-	quiet   bool // guarded by Sender.mu: teardown by the owner, no Failure
-}
-
-func (cc *senderConn) isDone() bool {
-	select {
-	case <-cc.done:
-		return true
-	default:
-		return false
-	}
+	acked atomic.Uint64 // mirror of core.acked for lock-free Acked
 }
 
 // NewSender runs the handshake on conn (and TLS first if cfg.TLS is set)
@@ -93,12 +37,10 @@ func NewSender(ctx context.Context, conn net.Conn, cfg Config) (*Sender, error) 
 	var id [8]byte
 	rand.Read(id[:])
 	s := &Sender{
-		cfg:      cfg,
 		streamID: binary.LittleEndian.Uint64(id[:]) | 1,
 		core:     newSenderCore(&cfg),
-		failCh:   make(chan Failure, 1),
-		closeCh:  make(chan struct{}),
 	}
+	s.setup(cfg, "receiver", s.stoppedLocked)
 	if err := s.attach(ctx, conn); err != nil {
 		return nil, err
 	}
@@ -123,24 +65,7 @@ func Dial(ctx context.Context, network, addr string, cfg Config) (*Sender, error
 // if the handshake fails; the sender then stays disconnected and Resume
 // may be tried again.
 func (s *Sender) Resume(ctx context.Context, conn net.Conn) error {
-	s.resumeMu.Lock()
-	defer s.resumeMu.Unlock()
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		conn.Close()
-		return ErrClosed
-	}
-	old := s.cc
-	if old != nil {
-		old.quiet = true
-	}
-	s.mu.Unlock()
-	if old != nil {
-		s.stop(old, fmt.Errorf("%w: connection replaced by Resume", ErrClosed))
-		old.wg.Wait()
-	}
-	return s.attach(ctx, conn)
+	return s.resume(conn, func() error { return s.attach(ctx, conn) })
 }
 
 func (s *Sender) attach(ctx context.Context, raw net.Conn) error {
@@ -193,26 +118,8 @@ func (s *Sender) attach(ctx context.Context, raw net.Conn) error {
 		return err
 	}
 	s.ackAdvanced()
-	cc := &senderConn{
-		conn:      conn,
-		fr:        fr,
-		fw:        fw,
-		live:      newLiveness(),
-		wake:      make(chan struct{}, 1),
-		done:      make(chan struct{}),
-		closeSent: make(chan struct{}),
-	}
-	cc.live.lastRecv.Store(cc.live.now())
-	cc.live.lastSend.Store(cc.live.now())
-	s.cc = cc
 	s.pendingSince = time.Now()
-	if s.closed {
-		cc.closing, cc.quiet = true, true
-	}
-	cc.wg.Add(3)
-	go s.writeLoop(cc)
-	go s.readLoop(cc)
-	go s.tickLoop(cc)
+	s.startLocked(newLink(conn, fr, fw), s.readLoop, s.writeLoop)
 	return nil
 }
 
@@ -271,10 +178,7 @@ func (s *Sender) wakeWriterLocked() {
 		return
 	}
 	s.writerIdle = false
-	select {
-	case s.cc.wake <- struct{}{}:
-	default:
-	}
+	s.cc.wakeWriter()
 }
 
 // Acked returns the highest sequence number the receiver has acknowledged.
@@ -347,36 +251,7 @@ func (s *Sender) Failed() <-chan Failure { return s.failCh }
 // with ErrClosed. Entries not yet acked are lost with the sender: call
 // Flush first to wait for them.
 func (s *Sender) Close() error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return nil
-	}
-	s.closed = true
-	close(s.closeCh)
-	cc := s.cc
-	if cc != nil {
-		cc.closing, cc.quiet = true, true
-		s.wakeWriterLocked()
-	}
-	s.mu.Unlock()
-	s.resumeMu.Lock()
-	defer s.resumeMu.Unlock()
-	s.mu.Lock()
-	cc = s.cc // Resume may have replaced it meanwhile
-	s.mu.Unlock()
-	if cc == nil {
-		return nil
-	}
-	t := time.NewTimer(s.cfg.Timeout)
-	defer t.Stop()
-	select {
-	case <-cc.closeSent:
-	case <-cc.done:
-	case <-t.C:
-	}
-	s.stop(cc, ErrClosed)
-	cc.wg.Wait()
+	s.close(s.cfg.Timeout)
 	return nil
 }
 
@@ -393,31 +268,13 @@ func (s *Sender) ackAdvanced() {
 	}
 }
 
-// stop tears a connection down once; a Failure is published unless the
-// owner asked for it (quiet).
-func (s *Sender) stop(cc *senderConn, err error) {
-	cc.once.Do(func() {
-		s.mu.Lock()
-		f := Failure{Err: err, LastAcked: s.core.acked, LastSent: s.core.sent, LastAppended: s.core.lastAppended()}
-		quiet := cc.quiet
-		s.mu.Unlock()
-		close(cc.done)
-		cc.conn.Close()
-		if !quiet {
-			select {
-			case <-s.failCh: // replace an unread older failure
-			default:
-			}
-			select {
-			case s.failCh <- f:
-			default:
-			}
-		}
-	})
+// stoppedLocked is the sender's part of a teardown (s.mu held): where the
+// stream stood.
+func (s *Sender) stoppedLocked(err error) (Failure, bool) {
+	return Failure{Err: err, LastAcked: s.core.acked, LastSent: s.core.sent, LastAppended: s.core.lastAppended()}, false
 }
 
-func (s *Sender) writeLoop(cc *senderConn) {
-	defer cc.wg.Done()
+func (s *Sender) writeLoop(cc *link) {
 	batchesPerWrite := maxBatchesPerWrite
 	if s.cfg.Compression != CompressNone {
 		batchesPerWrite = 4 // each needs its own compression buffer
@@ -440,13 +297,13 @@ func (s *Sender) writeLoop(cc *senderConn) {
 			}
 			var wait time.Duration
 			if b := s.core.oldestUnsent(); b != nil {
-				if s.cfg.BatchDelay == 0 || b.sealed || cc.closing || s.flushTo >= b.first {
+				if s.cfg.BatchDelay == 0 || b.sealed || cc.closing.Load() || s.flushTo >= b.first {
 					break
 				}
 				if wait = s.cfg.BatchDelay - time.Since(s.pendingSince); wait <= 0 {
 					break
 				}
-			} else if cc.closing {
+			} else if cc.closing.Load() {
 				ctl, ctlSeq = frameClose, s.core.sent
 				break
 			} else if cc.hbWanted.Swap(false) {
@@ -474,7 +331,7 @@ func (s *Sender) writeLoop(cc *senderConn) {
 		}
 		taken = s.core.take(taken[:0], batchesPerWrite, maxWriteBytes)
 		if len(taken) > 0 {
-			if cc.closing && !s.core.unsent() {
+			if cc.closing.Load() && !s.core.unsent() {
 				ctl, ctlSeq = frameClose, s.core.sent
 			}
 			if s.cfg.BatchDelay > 0 {
@@ -500,8 +357,7 @@ func (s *Sender) writeLoop(cc *senderConn) {
 	}
 }
 
-func (s *Sender) readLoop(cc *senderConn) {
-	defer cc.wg.Done()
+func (s *Sender) readLoop(cc *link) {
 	for {
 		h, _, err := cc.fr.read()
 		if err != nil {
@@ -527,34 +383,6 @@ func (s *Sender) readLoop(cc *senderConn) {
 		default:
 			s.stop(cc, errorf(ErrProtocol, "unexpected %v frame from the receiver", h.typ))
 			return
-		}
-	}
-}
-
-func (s *Sender) tickLoop(cc *senderConn) {
-	defer cc.wg.Done()
-	t := time.NewTicker(tickPeriod(&s.cfg))
-	defer t.Stop()
-	for {
-		select {
-		case <-cc.done:
-			return
-		case <-t.C:
-		}
-		now := cc.live.now()
-		lastRecv := cc.live.lastRecv.Load()
-		hb, dead := livenessCheck(now, lastRecv, cc.live.lastSend.Load(), s.cfg.HeartbeatInterval, s.cfg.Timeout, false)
-		if dead {
-			s.stop(cc, errorf(ErrTimeout, "nothing from the receiver for %v (timeout %v)",
-				time.Duration(now-lastRecv).Round(time.Millisecond), s.cfg.Timeout))
-			return
-		}
-		if hb {
-			cc.hbWanted.Store(true)
-			select {
-			case cc.wake <- struct{}{}:
-			default:
-			}
 		}
 	}
 }
