@@ -28,19 +28,21 @@ func (v *VM) instructionAt() (Regs, []byte) {
 	if !ok {
 		return regs, nil
 	}
-	n := uint64(15)
-	if gpa >= v.mem.Size() {
-		return regs, nil
-	}
-	// Do not read across the page: the next page may map elsewhere.
-	n = min(n, pageSize-gpa%pageSize, v.mem.Size()-gpa)
-	b := make([]byte, n)
-	if v.mem.ReadAt(b, GuestAddress(gpa)) != nil {
-		return regs, nil
-	}
-	return regs, b
+	return regs, codeAt(v.mem.Bytes(), gpa)
 }
 
+// codeAt returns a copy of up to 15 bytes (the longest x86 instruction) of
+// mem at gpa, or nil if gpa is outside mem. It does not read across the
+// page: the next page may map elsewhere.
+func codeAt(mem []byte, gpa uint64) []byte {
+	if gpa >= uint64(len(mem)) {
+		return nil
+	}
+	n := min(15, pageSize-gpa%pageSize, uint64(len(mem))-gpa)
+	return append([]byte(nil), mem[gpa:gpa+n]...)
+}
+
+// guestError is a GuestError at the vCPU's current instruction.
 func (v *VM) guestError(what, more string) error {
 	regs, b := v.instructionAt()
 	return &GuestError{What: what, RIP: regs.RIP, Bytes: b, More: more}
