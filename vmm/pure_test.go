@@ -5,8 +5,11 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/bobuhiro11/gokvm/kvm"
 )
 
 func TestStrings(t *testing.T) {
@@ -303,5 +306,43 @@ func TestGuestErrorText(t *testing.T) {
 		if got := tc.e.Error(); got != tc.want {
 			t.Errorf("%q, want %q", got, tc.want)
 		}
+	}
+}
+
+func TestVCPUStateRoundTrip(t *testing.T) {
+	for _, xcrs := range []*kvm.XCRS{nil, {NrXRCS: 1, Registers: [16]kvm.XRC{{XRC: 0, Value: 7}}}} {
+		s := VCPUState{
+			Regs:     Regs{RAX: 1, RIP: 0x100000, RFLAGS: 0x202},
+			Sregs:    Sregs{CR0: cr0PG, CR3: 0x1000, EFER: eferLMA},
+			XSAVE:    []byte{1, 2, 3, 0, 5},
+			XCRs:     xcrs,
+			MSRIndex: []uint32{0x174, 0xc0000082},
+			MSRValue: []uint64{0x10, 0xffffffff81000000},
+		}
+		s.Events.SipiVector, s.Events.TripleFault = 0x99, 1
+		b, err := s.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got VCPUState
+		if err := got.UnmarshalBinary(b); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, s) {
+			t.Errorf("round trip:\n got %+v\nwant %+v", got, s)
+		}
+		// Every truncation and a trailing byte are refused, without a panic.
+		for n := 0; n < len(b); n++ {
+			if err := new(VCPUState).UnmarshalBinary(b[:n]); !errors.Is(err, errBadState) {
+				t.Fatalf("%d of %d bytes: %v", n, len(b), err)
+			}
+		}
+		if err := new(VCPUState).UnmarshalBinary(append(b, 0)); !errors.Is(err, errBadState) {
+			t.Errorf("trailing byte: %v", err)
+		}
+	}
+	bad := []byte{vcpuStateVersion + 1}
+	if err := new(VCPUState).UnmarshalBinary(bad); !errors.Is(err, errBadState) {
+		t.Errorf("version %d: %v", bad[0], err)
 	}
 }
