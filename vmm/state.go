@@ -45,11 +45,16 @@ func (v *VM) HashPages(pages []uint32) ([32]byte, error) {
 	if err != nil {
 		return [32]byte{}, err
 	}
+	return hashPages(v.mem, tables, pages)
+}
+
+// hashPages is HashPages over mem, with the page-table frames tables.
+func hashPages(mem *Memory, tables map[uint32]bool, pages []uint32) ([32]byte, error) {
 	h := sha256.New()
 	var n [4]byte
 	masked := make([]byte, pageSize)
 	for _, pfn := range pages {
-		page, err := v.mem.Slice(GuestAddress(uint64(pfn)*pageSize), pageSize)
+		page, err := mem.Slice(GuestAddress(uint64(pfn)*pageSize), pageSize)
 		if err != nil {
 			return [32]byte{}, fmt.Errorf("hashing page %#x: %w", pfn, err)
 		}
@@ -96,6 +101,11 @@ func (v *VM) Fingerprint() ([32]byte, error) {
 	if err != nil {
 		return [32]byte{}, err
 	}
+	return fingerprint(regs, sregs, v.mem.Bytes()), nil
+}
+
+// fingerprint is Fingerprint of the given registers and guest memory.
+func fingerprint(regs Regs, sregs Sregs, mem []byte) [32]byte {
 	h := sha256.New()
 	var b [8]byte
 	put := func(x uint64) {
@@ -118,7 +128,6 @@ func (v *VM) Fingerprint() ([32]byte, error) {
 	for _, x := range []uint64{sregs.CR0, sregs.CR3, sregs.CR4, sregs.EFER, sregs.GDT.Base, sregs.IDT.Base} {
 		put(x)
 	}
-	mem := v.mem.Bytes()
 	digests := make([]byte, 0, 8*len(mem)/pageSize+8)
 	for off := 0; off < len(mem); off += pageSize {
 		digests = binary.LittleEndian.AppendUint64(digests, xxhash.Sum64(mem[off:min(off+pageSize, len(mem))]))
@@ -126,7 +135,7 @@ func (v *VM) Fingerprint() ([32]byte, error) {
 	h.Write(digests)
 	var out [32]byte
 	copy(out[:], h.Sum(nil))
-	return out, nil
+	return out
 }
 
 const (
@@ -145,21 +154,27 @@ func (v *VM) PageTablePages() (map[uint32]bool, error) {
 	if err != nil {
 		return nil, err
 	}
+	return pageTableFrames(v.mem.Bytes(), sregs), nil
+}
+
+// pageTableFrames walks the 4-level paging hierarchy that sregs names
+// over guest memory mem (PageTablePages).
+func pageTableFrames(mem []byte, sregs Sregs) map[uint32]bool {
 	tables := map[uint32]bool{}
 	if sregs.CR0&cr0PG == 0 || sregs.EFER&eferLMA == 0 {
-		return tables, nil
+		return tables
 	}
 	var walk func(addr uint64, level int)
 	walk = func(addr uint64, level int) {
 		pfn := uint32(addr / pageSize)
-		if addr+pageSize > v.mem.Size() || tables[pfn] {
+		if addr+pageSize > uint64(len(mem)) || tables[pfn] {
 			return
 		}
 		tables[pfn] = true
 		if level == 1 {
 			return
 		}
-		page, _ := v.mem.Slice(GuestAddress(addr), pageSize)
+		page := mem[addr : addr+pageSize]
 		for i := 0; i < pageSize; i += 8 {
 			e := binary.LittleEndian.Uint64(page[i:])
 			if e&pteP == 0 || (level <= 3 && e&ptePS != 0) {
@@ -169,7 +184,7 @@ func (v *VM) PageTablePages() (map[uint32]bool, error) {
 		}
 	}
 	walk(sregs.CR3&pteAddrMask, 4)
-	return tables, nil
+	return tables
 }
 
 // memoryCRC is a CRC-32C of all guest memory with the Accessed and Dirty
@@ -179,7 +194,12 @@ func (v *VM) memoryCRC() (uint32, error) {
 	if err != nil {
 		return 0, err
 	}
-	mem := v.mem.Bytes()
+	return maskedCRC(v.mem.Bytes(), tables), nil
+}
+
+// maskedCRC is a CRC-32C of mem with the Accessed and Dirty bits of the
+// entries in the page frames tables left out.
+func maskedCRC(mem []byte, tables map[uint32]bool) uint32 {
 	masked := make([]byte, pageSize)
 	var crc uint32
 	for pfn := 0; pfn*pageSize < len(mem); pfn++ {
@@ -190,7 +210,7 @@ func (v *VM) memoryCRC() (uint32, error) {
 		}
 		crc = crc32.Update(crc, castagnoli, page)
 	}
-	return crc, nil
+	return crc
 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

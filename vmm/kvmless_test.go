@@ -1,0 +1,364 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ftkvm/ftkvm/bounce"
+	"github.com/ftkvm/ftkvm/devices"
+)
+
+// These tests drive the VM's exit handling and device wiring without KVM:
+// a VM with its devices and memory but no file descriptors (every vCPU
+// ioctl fails with EBADF) and a kvm_run page that is plain memory.
+
+// testClock is a device clock that moves only when a test sets it.
+type testClock struct{ now atomic.Int64 }
+
+func (c *testClock) Now() int64 { return c.now.Load() }
+
+// fakeDriver answers TSC reads with tsc and records what the VM reports.
+type fakeDriver struct {
+	tsc     uint64
+	tscErr  error
+	readErr error
+	windows bool
+	reads   []string
+}
+
+func (d *fakeDriver) Start(*VM) error                          { return nil }
+func (d *fakeDriver) Deliver(*VM, Point) (bool, error)         { return false, nil }
+func (d *fakeDriver) Windows() bool                            { return d.windows }
+func (d *fakeDriver) Halted(context.Context, *VM, Point) error { return nil }
+func (d *fakeDriver) Injected(*VM, Point, uint8) error         { return nil }
+func (d *fakeDriver) NextEntry() EntryMode                     { return EntryRun }
+func (d *fakeDriver) TSC(*VM, Point) (uint64, error)           { return d.tsc, d.tscErr }
+func (d *fakeDriver) Stop(*VM, Point, Result, error) error     { return nil }
+func (d *fakeDriver) Read(_ *VM, p Point, mmio bool, addr uint64, data []byte) error {
+	kind := "pio"
+	if mmio {
+		kind = "mmio"
+	}
+	d.reads = append(d.reads, fmt.Sprintf("%v %s %#x % x", p, kind, addr, data))
+	return d.readErr
+}
+
+func kvmlessVM(t *testing.T) (*VM, *fakeDriver, *bytes.Buffer) {
+	t.Helper()
+	mem, err := NewMemory(2 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mem.Close() }) // not v.Close: v.run is not a mapping
+	console := &bytes.Buffer{}
+	d := &fakeDriver{tsc: 0x1122334455667788}
+	v := &VM{
+		cfg:   Config{MemoryBytes: mem.Size(), Console: console},
+		sysFd: -1, vmFd: -1, vcpuFd: -1,
+		mem: mem, clock: &testClock{}, run: fakeRun(),
+		driver: d, point: Point{Exits: 5, Kind: AtExit},
+	}
+	if err := v.attachDevices(time.Unix(0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	return v, d, console
+}
+
+func ioExit(kind ExitKind, port uint16, size int, data ...byte) Exit {
+	return Exit{Kind: kind, Port: port, Size: size, Count: len(data) / size, Data: data}
+}
+
+func TestHandleExitPortIO(t *testing.T) {
+	v, d, console := kvmlessVM(t)
+	ctx := context.Background()
+	for _, e := range []Exit{
+		ioExit(ExitIOOut, 0x3F8, 1, 'h'),
+		ioExit(ExitIOOut, 0x3F8, 1, 'i', '!', '\n'), // rep outsb
+		ioExit(ExitIOOut, 0x80, 1, 0x12),            // POST code: ignored
+		ioExit(ExitIOOut, 0x1234, 2, 1, 2),          // no device
+	} {
+		if stop := v.handleExit(ctx, e); stop != nil {
+			t.Fatalf("%v: stopped: %+v", describeExit(e), stop)
+		}
+	}
+	if console.String() != "hi!\n" {
+		t.Errorf("console %q", console.String())
+	}
+	in := ioExit(ExitIOIn, 0x1234, 2, 0, 0)
+	post := ioExit(ExitIOIn, 0x80, 1, 0x55)
+	for _, e := range []Exit{in, post} {
+		if stop := v.handleExit(ctx, e); stop != nil {
+			t.Fatalf("%v: stopped: %+v", describeExit(e), stop)
+		}
+	}
+	if !bytes.Equal(in.Data, []byte{0xFF, 0xFF}) || post.Data[0] != 0 {
+		t.Errorf("unassigned port read %x, POST port read %x; want ffff, 00", in.Data, post.Data)
+	}
+	if v.stats.UnhandledPorts != 2 {
+		t.Errorf("UnhandledPorts = %d, want 2", v.stats.UnhandledPorts)
+	}
+	want := []string{"exit 5 pio 0x1234 ff ff", "exit 5 pio 0x80 00"}
+	if strings.Join(d.reads, "|") != strings.Join(want, "|") {
+		t.Errorf("driver saw reads %q, want %q", d.reads, want)
+	}
+	d.readErr = errors.New("verify: differs")
+	if stop := v.handleExit(ctx, ioExit(ExitIOIn, 0x3FD, 1, 0)); stop == nil || stop.err != d.readErr {
+		t.Errorf("driver read error: %+v", stop)
+	}
+}
+
+func TestHandleExitStops(t *testing.T) {
+	v, _, _ := kvmlessVM(t)
+	if stop := v.handleExit(context.Background(), ioExit(ExitIOOut, ExitPort, 1, 7)); stop == nil || stop.reason != StopExitPort || stop.err != nil || v.exitStatus != 7 {
+		t.Errorf("exit port: %+v, status %d", stop, v.exitStatus)
+	}
+	v, _, _ = kvmlessVM(t)
+	if stop := v.handleExit(context.Background(), ioExit(ExitIOOut, 0x64, 1, 0xFE)); stop == nil || stop.reason != StopReset || stop.err != nil {
+		t.Errorf("i8042 reset: %+v", stop)
+	}
+}
+
+func TestHandleExitMMIO(t *testing.T) {
+	v, d, _ := kvmlessVM(t)
+	dev := &recorder{}
+	if err := v.MMIO.Register("rec", MMIOBase, 0x1000, dev); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if stop := v.handleExit(ctx, Exit{Kind: ExitMMIOWrite, Addr: MMIOBase + 8, Data: []byte{1, 2, 3, 4}}); stop != nil {
+		t.Fatalf("write: %+v", stop)
+	}
+	if stop := v.handleExit(ctx, Exit{Kind: ExitMMIORead, Addr: MMIOBase + 16, Data: []byte{0, 0}}); stop != nil {
+		t.Fatalf("read: %+v", stop)
+	}
+	if len(dev.writes) != 1 || dev.writes[0] != 8 || len(dev.reads) != 1 || dev.reads[0] != 16 {
+		t.Errorf("device saw reads %v writes %v", dev.reads, dev.writes)
+	}
+	if len(d.reads) != 1 || d.reads[0] != "exit 5 mmio 0xd0000010 00 00" {
+		t.Errorf("driver saw %q", d.reads)
+	}
+	for kind, want := range map[ExitKind]string{
+		ExitMMIORead:  "unmapped MMIO read",
+		ExitMMIOWrite: "KVM has completed the store",
+	} {
+		stop := v.handleExit(ctx, Exit{Kind: kind, Addr: 0x400000, Data: []byte{0}})
+		var ge *GuestError
+		if stop == nil || !errors.As(stop.err, &ge) || !strings.Contains(ge.Error(), want) || !strings.Contains(ge.More, "guest RAM ends at 0x200000") {
+			t.Errorf("%v outside RAM: %+v", kind, stop)
+		}
+	}
+}
+
+func TestHandleExitFatal(t *testing.T) {
+	v, _, _ := kvmlessVM(t)
+	for _, tc := range []struct {
+		e    Exit
+		want string
+	}{
+		{Exit{Kind: ExitShutdown}, "guest triple fault"},
+		{Exit{Kind: ExitInternalError, Suberror: 1}, "guest emulation failure"},
+		{Exit{Kind: ExitInternalError, Suberror: 3, InternalData: []uint64{0x80000b0e}}, "suberror 3 data [0x80000b0e]"},
+		{Exit{Kind: ExitFailEntry, HardwareCode: 0x21}, "entry failure reason 0x21"},
+		{Exit{Kind: ExitDebug}, "unexpected debug exit"},
+		{Exit{Kind: ExitOther, Reason: 42}, "KVM exit reason 42"},
+	} {
+		stop := v.handleExit(context.Background(), tc.e)
+		var ge *GuestError
+		if stop == nil || !errors.As(stop.err, &ge) || !strings.Contains(ge.Error(), tc.want) {
+			t.Errorf("%v: %+v, want a GuestError with %q", tc.e.Kind, stop, tc.want)
+		}
+	}
+	if stop := v.handleExit(context.Background(), Exit{Kind: ExitIntr}); stop != nil {
+		t.Errorf("intr: %+v", stop)
+	}
+	// HLT reads RFLAGS first; without a vCPU that fails as a host error.
+	if stop := v.handleExit(context.Background(), Exit{Kind: ExitHLT}); stop == nil || stop.err == nil {
+		t.Errorf("hlt without a vCPU: %+v", stop)
+	}
+}
+
+func msrExit(kind ExitKind, msr uint32) Exit {
+	return Exit{Kind: kind, MSR: msr, MSRData: make([]byte, 8), MSRError: []byte{0xAA}}
+}
+
+func TestTimeMSRs(t *testing.T) {
+	v, d, _ := kvmlessVM(t)
+	for _, tc := range []struct {
+		msr  uint32
+		want uint64
+	}{
+		{0x10, d.tsc}, {0xE7, d.tsc}, {0xE8, d.tsc},
+		{0x3B, 0}, {0x6E0, 0}, {0x11, 0}, {0x12, 0}, {0x4B564D00, 0}, {0x4B564D01, 0},
+	} {
+		e := msrExit(ExitRDMSR, tc.msr)
+		if stop := v.handleExit(context.Background(), e); stop != nil {
+			t.Fatalf("rdmsr %#x: %+v", tc.msr, stop)
+		}
+		if got := binary.LittleEndian.Uint64(e.MSRData); got != tc.want || e.MSRError[0] != 0 {
+			t.Errorf("rdmsr %#x = %#x (error %d), want %#x", tc.msr, got, e.MSRError[0], tc.want)
+		}
+	}
+	if v.stats.TSCReads != 3 {
+		t.Errorf("TSCReads = %d, want 3", v.stats.TSCReads)
+	}
+	for _, msr := range timeMSRs {
+		e := msrExit(ExitWRMSR, msr)
+		if err := v.timeMSR(e); err != nil || e.MSRError[0] != 1 {
+			t.Errorf("wrmsr %#x: %v, error byte %d; want #GP", msr, err, e.MSRError[0])
+		}
+	}
+	d.tscErr = errors.New("log exhausted")
+	if stop := v.handleExit(context.Background(), msrExit(ExitRDMSR, 0x10)); stop == nil || stop.err != d.tscErr {
+		t.Errorf("driver TSC error: %+v", stop)
+	}
+}
+
+func TestInjectInterruptAsksForWindow(t *testing.T) {
+	v, d, _ := kvmlessVM(t)
+	h := runHeader(v.run)
+	h.RequestInterruptWindow = 1
+	if err := v.injectInterrupt(); err != nil || h.RequestInterruptWindow != 0 {
+		t.Errorf("nothing pending: %v, window request %d", err, h.RequestInterruptWindow)
+	}
+	v.PIC.SetIRQ(0, true)
+	if !v.PIC.Pending() {
+		t.Fatal("IRQ 0 not pending")
+	}
+	for _, tc := range []struct {
+		ready, ifFlag uint8
+		windows       bool
+		want          uint8
+	}{
+		{0, 1, true, 1}, {1, 0, true, 1}, {0, 0, true, 1}, {0, 1, false, 0}, {1, 0, false, 0},
+	} {
+		h.ReadyForInterruptInjection, h.IfFlag, d.windows = tc.ready, tc.ifFlag, tc.windows
+		h.RequestInterruptWindow = 1 - tc.want
+		if err := v.injectInterrupt(); err != nil || h.RequestInterruptWindow != tc.want {
+			t.Errorf("%+v: %v, window request %d", tc, err, h.RequestInterruptWindow)
+		}
+	}
+	v.CancelWindow()
+	if h.RequestInterruptWindow != 0 {
+		t.Error("CancelWindow left the request")
+	}
+	// Ready: the vector goes to KVM_INTERRUPT, which fails without a vCPU.
+	h.ReadyForInterruptInjection, h.IfFlag = 1, 1
+	if err := v.injectInterrupt(); err == nil || !strings.Contains(err.Error(), "KVM_INTERRUPT vector") {
+		t.Errorf("inject without a vCPU: %v", err)
+	}
+}
+
+func TestDeliverAsyncHoldsBackInput(t *testing.T) {
+	v, _, _ := kvmlessVM(t)
+	in := bytes.Repeat([]byte{'x'}, devices.UARTInputLimit+5)
+	in[0] = 'a'
+	v.DeliverAsync(Async{Timer: true, Input: in, DMA: []bounce.Completion{{Tag: 1}}})
+	if len(v.inputBacklog) != 5 {
+		t.Fatalf("backlog %d bytes, want 5", len(v.inputBacklog))
+	}
+	v.offerInput() // the UART is full: nothing moves
+	if len(v.inputBacklog) != 5 {
+		t.Errorf("backlog %d bytes after offering to a full UART", len(v.inputBacklog))
+	}
+	rbr := ioExit(ExitIOIn, 0x3F8, 1, 0)
+	if stop := v.handleExit(context.Background(), rbr); stop != nil || rbr.Data[0] != 'a' {
+		t.Fatalf("reading COM1: %+v, %q", stop, rbr.Data)
+	}
+	v.offerInput()
+	if len(v.inputBacklog) != 4 {
+		t.Errorf("backlog %d bytes after the guest read one, want 4", len(v.inputBacklog))
+	}
+}
+
+func TestBounceAndDMAWiring(t *testing.T) {
+	v, _, _ := kvmlessVM(t)
+	if v.Bounce() != nil || len(v.ExtraDevices()) != 0 {
+		t.Fatal("a new VM has a bounce engine or extra devices")
+	}
+	dma, err := v.AddDMATest(func(bounce.Request) ([]byte, error) { return nil, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Bounce() != dma.Engine() {
+		t.Error("Bounce is not the DMA device's engine")
+	}
+	if got := v.ExtraDevices(); len(got) != 1 || got[0] != "dma-test" {
+		t.Errorf("ExtraDevices = %q", got)
+	}
+	v.ExtraDevices()[0] = "changed"
+	if v.ExtraDevices()[0] != "dma-test" {
+		t.Error("ExtraDevices aliases the VM's list")
+	}
+	if err := v.AttachBounce(bounce.NewEngine(nil), func(bounce.Completion) {}); err == nil {
+		t.Error("second bounce engine attached")
+	}
+	if _, err := v.AddDMATest(nil); err == nil {
+		t.Error("second DMA test device added")
+	}
+	if dev, off, ok := v.MMIO.Lookup(DMABase + 4); !ok || dev != dma || off != 4 {
+		t.Errorf("DMA registers not at DMABase: %v %d %v", dev, off, ok)
+	}
+}
+
+func TestAccessorsWithoutVCPU(t *testing.T) {
+	v, _, _ := kvmlessVM(t)
+	if v.Memory() != v.mem || v.Clock() != v.clock || v.Point() != (Point{Exits: 5, Kind: AtExit}) || v.Cmdline() != "" || v.CPUID() != nil {
+		t.Error("accessors")
+	}
+	if _, err := v.Regs(); err == nil {
+		t.Error("Regs without a vCPU")
+	}
+	if _, err := v.UserMode(); err == nil {
+		t.Error("UserMode without a vCPU")
+	}
+	if err := v.SetState(BootState{}); err == nil {
+		t.Error("SetState without a vCPU")
+	}
+	var g *GuestError
+	if err := v.guestError("test", "more"); !errors.As(err, &g) || g.Bytes != nil || g.More != "more" {
+		t.Errorf("guestError without a vCPU: %v", err)
+	}
+	v.Kick() // no vCPU thread: only immediate_exit is set
+	if v.run[1] != 1 {
+		t.Error("Kick did not set immediate_exit")
+	}
+	(&VM{}).Kick() // no kvm_run (closed, or never created): a no-op
+}
+
+func TestPageContentsAndLoadPage(t *testing.T) {
+	v, _, _ := kvmlessVM(t)
+	page := bytes.Repeat([]byte{0x5A}, pageSize)
+	if err := v.LoadPage(3, page); err != nil {
+		t.Fatal(err)
+	}
+	got, err := v.PageContents(3)
+	if err != nil || !bytes.Equal(got, page) {
+		t.Fatalf("PageContents: %v", err)
+	}
+	got[0] = 0
+	if again, _ := v.PageContents(3); again[0] != 0x5A {
+		t.Error("PageContents aliases guest memory")
+	}
+	if err := v.LoadPage(3, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := v.PageContents(3); !bytes.Equal(got, make([]byte, pageSize)) {
+		t.Error("LoadPage(nil) did not zero the page")
+	}
+	if err := v.LoadPage(3, page[:100]); err == nil {
+		t.Error("short page loaded")
+	}
+	if err := v.LoadPage(512, page); err == nil {
+		t.Error("page beyond memory loaded")
+	}
+	if _, err := v.PageContents(512); err == nil {
+		t.Error("page beyond memory read")
+	}
+}

@@ -1,0 +1,235 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrNoWakeup is returned when the guest halts with interrupts enabled but
+// no device can ever interrupt it (no timer armed, no console input).
+var ErrNoWakeup = errors.New("guest halted with interrupts enabled, but no interrupt source is armed: it would wait forever")
+
+// stopRun is a StopReason or an error, ending Run.
+type stopRun struct {
+	reason StopReason
+	err    error
+}
+
+// exitClass is what one return from KVM_RUN means to the run: whether it
+// is a synchronous exit, and so which Point the loop is at afterwards
+// (classify).
+type exitClass uint8
+
+const (
+	// classSync: a synchronous exit. It counts in Point.Exits and
+	// Stats.Exits, is traced and handled (handleExit), and the loop is then
+	// at Point{Exits+1, AtExit}.
+	classSync exitClass = iota + 1
+	// classKicked: the vCPU was stopped between exits (EINTR). The loop is
+	// at Point{Exits, Kicked}.
+	classKicked
+	// classWindow: an interrupt-window exit. The loop is at
+	// Point{Exits, Window}.
+	classWindow
+	// classRetry: KVM_RUN returned without running the guest (EAGAIN). The
+	// point does not move.
+	classRetry
+	// classFailed: KVM_RUN failed; Run ends with a host error.
+	classFailed
+)
+
+func (c exitClass) String() string {
+	switch c {
+	case classSync:
+		return "sync"
+	case classKicked:
+		return "kicked"
+	case classWindow:
+		return "window"
+	case classRetry:
+		return "retry"
+	case classFailed:
+		return "failed"
+	}
+	return fmt.Sprintf("exitClass(%d)", int(c))
+}
+
+// classify decides what a KVM_RUN return is, from its errno and, when the
+// errno is 0, its decoded exit (e is ignored otherwise: the exit union is
+// stale after a failed KVM_RUN). It is the run's determinism contract: a
+// recording and its replay number points alike only because both sides
+// classify every return the same way.
+//
+//   - Synchronous exits (classSync): every successful return except an
+//     interrupt-window exit — port and MMIO accesses, HLT, trapped MSR
+//     accesses, KVM_EXIT_INTR, and the fatal ones (shutdown, internal
+//     error, entry failure, debug, any other reason). The guest's own
+//     instructions cause them, so the same guest state makes the same
+//     exits at the same instructions: they are what Point.Exits counts.
+//   - Kicked points (classKicked): EINTR, which is how KVM_RUN ends when a
+//     kick's signal or immediate_exit stops the vCPU — including the
+//     immediate_exit of EntryComplete, which completes a pending I/O or
+//     MMIO exit without running a further instruction. Where a kick lands
+//     depends on host timing: the point is pinned by a landmark, not a
+//     count.
+//   - Window points (classWindow): an interrupt-window exit. It is asked
+//     for (injectInterrupt), not caused by an instruction, and on this
+//     platform it can come several instructions after the guest set IF, so
+//     it is not counted either; a recorder pins it like a kick.
+//   - No point (classRetry): EAGAIN, KVM_RUN did not enter the guest; the
+//     loop enters again at the same point.
+//   - Failure (classFailed): any other errno.
+func classify(errno unix.Errno, e Exit) exitClass {
+	switch errno {
+	case 0:
+	case unix.EINTR:
+		return classKicked
+	case unix.EAGAIN:
+		return classRetry
+	default:
+		return classFailed
+	}
+	if e.Kind == ExitIRQWindow {
+		return classWindow
+	}
+	return classSync
+}
+
+// next is the point the loop is at after a return of class c at p.
+func (c exitClass) next(p Point) Point {
+	switch c {
+	case classSync:
+		return Point{Exits: p.Exits + 1, Kind: AtExit}
+	case classKicked:
+		return Point{Exits: p.Exits, Kind: Kicked}
+	case classWindow:
+		return Point{Exits: p.Exits, Kind: Window}
+	}
+	return p
+}
+
+// offersInput reports whether the loop hands COM1 console input it holds
+// back at p: only at synchronous exits, which a replay reproduces, never
+// between exits.
+func offersInput(p Point) bool { return p.Kind == AtExit }
+
+// mayInject reports whether the loop may inject an interrupt at p: at every
+// synchronous exit, and between exits only at a delivery point (delivered:
+// the driver's Deliver said so), so that every injection between exits has
+// a landmark.
+func mayInject(p Point, delivered bool) bool { return p.Kind == AtExit || delivered }
+
+// Run runs the guest until it stops, fails, or ctx is cancelled. It locks
+// the calling goroutine to its OS thread for the duration.
+func (v *VM) Run(ctx context.Context) (res Result, err error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	v.tid.Store(int32(unix.Gettid()))
+	defer v.tid.Store(0)
+	began := time.Now()
+	v.driver = v.cfg.Driver
+	if v.driver == nil {
+		v.driver = NewLiveDriver(v.cfg.ConsoleInput)
+	}
+	stopWatch := context.AfterFunc(ctx, v.Kick)
+	defer stopWatch()
+	defer func() {
+		res.Stats, res.Duration = v.stats, time.Since(began)
+		if derr := v.driver.Stop(v, v.point, res, err); derr != nil && err == nil {
+			err = derr
+		}
+	}()
+	if err := v.driver.Start(v); err != nil {
+		return Result{}, err
+	}
+	v.point = Point{Kind: AtExit}
+	for {
+		if err := ctx.Err(); err != nil {
+			return Result{}, fmt.Errorf("run interrupted at %d exits: %w", v.point.Exits, err)
+		}
+		if offersInput(v.point) {
+			v.offerInput()
+		}
+		delivered, err := v.driver.Deliver(v, v.point)
+		if err != nil {
+			return Result{}, err
+		}
+		if mayInject(v.point, delivered) {
+			if err := v.injectInterrupt(); err != nil {
+				return Result{}, err
+			}
+		}
+		if v.driver.NextEntry() == EntryComplete {
+			setImmediateExit(v.run, 1)
+		}
+		errno := runVCPU(v.vcpuFd)
+		var exit Exit
+		if errno == 0 {
+			var derr error
+			if exit, derr = decodeExit(v.run); derr != nil {
+				return Result{}, v.guestError("malformed exit", derr.Error())
+			}
+		}
+		class := classify(errno, exit)
+		switch class {
+		case classFailed:
+			return Result{}, fmt.Errorf("KVM_RUN: %w", errno)
+		case classRetry:
+			continue
+		case classKicked:
+			setImmediateExit(v.run, 0)
+			v.stats.Kicks++
+			v.point = class.next(v.point)
+			continue
+		case classWindow:
+			v.stats.Windows++
+			v.point = class.next(v.point)
+			v.traceLine("window")
+			continue
+		}
+		v.point = class.next(v.point)
+		v.lastExit = exit
+		v.traceLine(v.LastExit())
+		v.stats.Exits[exit.Kind]++
+		if stop := v.handleExit(ctx, exit); stop != nil {
+			if stop.err != nil {
+				return Result{}, stop.err
+			}
+			return Result{Reason: stop.reason, Status: v.exitStatus}, nil
+		}
+	}
+}
+
+// injectInterrupt hands the PIC's highest-priority request to the vCPU if
+// it can take one now, and otherwise asks KVM to exit when it can.
+func (v *VM) injectInterrupt() error {
+	h := runHeader(v.run)
+	if !v.PIC.Pending() {
+		h.RequestInterruptWindow = 0
+		return nil
+	}
+	if h.ReadyForInterruptInjection == 0 || h.IfFlag == 0 {
+		h.RequestInterruptWindow = 0
+		if v.driver.Windows() {
+			h.RequestInterruptWindow = 1
+		}
+		return nil
+	}
+	vector := v.PIC.Acknowledge()
+	if err := injectInterrupt(v.vcpuFd, vector); err != nil {
+		return fmt.Errorf("KVM_INTERRUPT vector %#x: %w", vector, err)
+	}
+	v.stats.Interrupts++
+	h.RequestInterruptWindow = 0
+	v.traceLine(fmt.Sprintf("inject %#x", vector))
+	return v.driver.Injected(v, v.point, vector)
+}
+
+// CancelWindow withdraws a request for an interrupt-window exit (a driver
+// that declined a Window point asks again later, with a kick).
+func (v *VM) CancelWindow() { runHeader(v.run).RequestInterruptWindow = 0 }
