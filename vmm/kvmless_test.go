@@ -33,15 +33,15 @@ type fakeDriver struct {
 	reads   []string
 }
 
-func (d *fakeDriver) Start(*VM) error                          { return nil }
-func (d *fakeDriver) Deliver(*VM, Point) (bool, error)         { return false, nil }
-func (d *fakeDriver) Windows() bool                            { return d.windows }
-func (d *fakeDriver) Halted(context.Context, *VM, Point) error { return nil }
-func (d *fakeDriver) Injected(*VM, Point, uint8) error         { return nil }
-func (d *fakeDriver) NextEntry() EntryMode                     { return EntryRun }
-func (d *fakeDriver) TSC(*VM, Point) (uint64, error)           { return d.tsc, d.tscErr }
-func (d *fakeDriver) Stop(*VM, Point, Result, error) error     { return nil }
-func (d *fakeDriver) Read(_ *VM, p Point, mmio bool, addr uint64, data []byte) error {
+func (d *fakeDriver) Start(Machine) error                          { return nil }
+func (d *fakeDriver) Deliver(Machine, Point) (bool, error)         { return false, nil }
+func (d *fakeDriver) Windows() bool                                { return d.windows }
+func (d *fakeDriver) Halted(context.Context, Machine, Point) error { return nil }
+func (d *fakeDriver) Injected(Machine, Point, uint8) error         { return nil }
+func (d *fakeDriver) NextEntry() EntryMode                         { return EntryRun }
+func (d *fakeDriver) TSC(Machine, Point) (uint64, error)           { return d.tsc, d.tscErr }
+func (d *fakeDriver) Stop(Machine, Point, Result, error) error     { return nil }
+func (d *fakeDriver) Read(_ Machine, p Point, mmio bool, addr uint64, data []byte) error {
 	kind := "pio"
 	if mmio {
 		kind = "mmio"
