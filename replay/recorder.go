@@ -59,8 +59,9 @@ type RecordStats struct {
 	LandmarkPages, ZeroPages uint64
 }
 
-// NewRecorder returns a recorder. Create the VM with Config.Clock set to
-// r.Clock(), Config.Driver set to r, and Config.TrackDirty on.
+// NewRecorder returns a recorder. Create the VM with Options.Driver set
+// to it: the VM then reads time through r.Clock() and keeps KVM's dirty
+// log (vmm.ClockDriver, vmm.DirtyLogDriver).
 func NewRecorder(cfg RecorderConfig) (*Recorder, error) {
 	if cfg.Sink == nil {
 		return nil, fmt.Errorf("recorder needs a Sink")
@@ -79,8 +80,13 @@ func NewRecorder(cfg RecorderConfig) (*Recorder, error) {
 	return r, nil
 }
 
-// Clock is the device clock to give the VM: every reading is logged.
+// Clock is the VM's device clock (vmm.ClockDriver): every reading is
+// logged.
 func (r *Recorder) Clock() devices.Clock { return r.clock }
+
+// NeedsDirtyLog implements vmm.DirtyLogDriver: landmarks carry the pages
+// written since the previous one.
+func (r *Recorder) NeedsDirtyLog() bool { return true }
 
 // Stats returns what has been logged so far.
 func (r *Recorder) Stats() RecordStats { return r.stats }

@@ -70,8 +70,8 @@ type ReplayStats struct {
 	LiveAt *vmm.Point
 }
 
-// NewReplayer returns a replayer. Create the VM with Config.Clock set to
-// r.Clock() and Config.Driver set to r.
+// NewReplayer returns a replayer. Create the VM with Options.Driver set
+// to it: the VM then reads time through r.Clock() (vmm.ClockDriver).
 func NewReplayer(cfg ReplayerConfig) (*Replayer, error) {
 	if cfg.Source == nil {
 		return nil, fmt.Errorf("replayer needs a Source")
@@ -81,7 +81,8 @@ func NewReplayer(cfg ReplayerConfig) (*Replayer, error) {
 	return r, nil
 }
 
-// Clock is the device clock to give the VM: it answers from the log.
+// Clock is the VM's device clock (vmm.ClockDriver): it answers from the
+// log.
 func (r *Replayer) Clock() devices.Clock { return r.clock }
 
 // Stats returns what the replay has done.

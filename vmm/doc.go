@@ -6,7 +6,7 @@
 //
 // # Usage
 //
-//	vm, err := vmm.New(vmm.Config{MemoryBytes: 128 << 20, Console: os.Stdout})
+//	vm, err := vmm.New(vmm.Config{Spec: vmm.Spec{MemoryBytes: 128 << 20}, Options: vmm.Options{Console: os.Stdout}})
 //	defer vm.Close()
 //	err = vm.LoadLinux(vmm.LinuxSpec{Kernel: vmlinux, Initrd: initrd, Cmdline: "console=ttyS0"})
 //	// or: err = vm.LoadBare(image)

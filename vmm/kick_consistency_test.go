@@ -57,7 +57,7 @@ func TestKickStateIsConsistent(t *testing.T) {
 		t.Fatal(err)
 	}
 	kc := &kickChecker{t: t, addr: img.Symbols["counter"]}
-	vm, err := vmm.New(vmm.Config{MemoryBytes: 16 << 20, Driver: kc})
+	vm, err := vmm.New(vmm.Config{Spec: vmm.Spec{MemoryBytes: 16 << 20}, Options: vmm.Options{Driver: kc}})
 	if err != nil {
 		t.Fatal(err)
 	}

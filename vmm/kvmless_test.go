@@ -60,7 +60,7 @@ func kvmlessVM(t *testing.T) (*VM, *fakeDriver, *bytes.Buffer) {
 	console := &bytes.Buffer{}
 	d := &fakeDriver{tsc: 0x1122334455667788}
 	v := &VM{
-		cfg:   Config{MemoryBytes: mem.Size(), Console: console},
+		cfg:   Config{Spec: Spec{MemoryBytes: mem.Size()}, Options: Options{Console: console}},
 		sysFd: -1, vmFd: -1, vcpuFd: -1,
 		mem: mem, clock: &testClock{}, run: fakeRun(),
 		driver: d, point: Point{Exits: 5, Kind: AtExit},

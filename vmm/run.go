@@ -133,9 +133,6 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 	defer v.tid.Store(0)
 	began := time.Now()
 	v.driver = v.cfg.Driver
-	if v.driver == nil {
-		v.driver = NewLiveDriver(v.cfg.ConsoleInput)
-	}
 	stopWatch := context.AfterFunc(ctx, v.Kick)
 	defer stopWatch()
 	defer func() {

@@ -2,7 +2,6 @@ package vmm
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"sync/atomic"
 	"time"
@@ -12,57 +11,7 @@ import (
 
 	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/devices"
-	"github.com/ftkvm/ftkvm/tscpatch"
 )
-
-// Config describes a VM. The zero value of every optional field is a
-// sensible default.
-type Config struct {
-	// MemoryBytes is the guest RAM size: a multiple of 4 KiB, at least
-	// 2 MiB, at most MaxMemory.
-	MemoryBytes uint64
-	// Console receives what the guest writes to COM1. Default: io.Discard.
-	Console io.Writer
-	// ConsoleInput, if set, is read on its own goroutine and fed to COM1's
-	// receiver at vCPU exits.
-	ConsoleInput io.Reader
-	// Clock is the only time source of the device models. Default: a
-	// HostClock started when the VM is created.
-	Clock devices.Clock
-	// Epoch is the wall-clock time the RTC shows when Clock reads zero.
-	// Default: the host's time at creation.
-	Epoch time.Time
-	// TrackDirty turns on KVM's dirty-page log for guest RAM (recorders
-	// need it for landmarks).
-	TrackDirty bool
-	// Driver supplies the run's nondeterministic inputs. Default: a
-	// LiveDriver reading ConsoleInput.
-	Driver Driver
-	// TSCSites, if set, are the guest's rdtsc/rdtscp instructions patched
-	// to trapping OUTs (see package tscpatch): an OUT to their ports
-	// from a listed site reads the Driver's TSC. Nil: those ports are
-	// ordinary unassigned ports.
-	TSCSites *tscpatch.SiteTable
-	// ExitTrace, if set, receives one line per synchronous exit and per
-	// injection: the point, what happened, RIP and the general registers.
-	// Two runs that should be identical (a recording and its replay) can
-	// be compared line by line to find where they part (ftvm --trace).
-	ExitTrace io.Writer
-	// TraceMemory adds to each ExitTrace line a CRC-32C of guest memory
-	// (page-table Accessed/Dirty bits left out, as in HashPages). It reads
-	// all of guest memory at every exit: a diagnostic for finding the first
-	// exit at which two runs' memory differs, slow on large guests.
-	TraceMemory bool
-	// TraceMemoryFrom skips the memory CRC before this many exits.
-	TraceMemoryFrom uint64
-}
-
-func (c *Config) validate() error {
-	if c.MemoryBytes < 2<<20 || c.MemoryBytes > MaxMemory || c.MemoryBytes%pageSize != 0 {
-		return fmt.Errorf("memory size %d bytes: must be a multiple of 4 KiB between 2 MiB and %d MiB", c.MemoryBytes, MaxMemory>>20)
-	}
-	return nil
-}
 
 // VM is a single-vCPU KVM virtual machine with userspace devices.
 type VM struct {
@@ -110,11 +59,8 @@ type VM struct {
 // table, and the legacy devices on the port bus. The guest image is loaded
 // with LoadLinux or LoadBare, and started with Run.
 func New(cfg Config) (vm *VM, err error) {
-	if err := cfg.validate(); err != nil {
+	if cfg, err = cfg.withDefaults(); err != nil {
 		return nil, err
-	}
-	if cfg.Console == nil {
-		cfg.Console = io.Discard
 	}
 	v := &VM{cfg: cfg, sysFd: -1, vmFd: -1, vcpuFd: -1, start: time.Now()}
 	defer func() {
@@ -125,6 +71,10 @@ func New(cfg Config) (vm *VM, err error) {
 	v.clock = cfg.Clock
 	if v.clock == nil {
 		v.clock = &HostClock{start: v.start}
+	}
+	if cfg.Driver == nil {
+		cfg.Driver = NewLiveDriver(cfg.ConsoleInput)
+		v.cfg.Driver = cfg.Driver
 	}
 	epoch := cfg.Epoch
 	if epoch.IsZero() {

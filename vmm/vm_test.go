@@ -123,7 +123,7 @@ func TestPITTicksDuringLongLoop(t *testing.T) {
 }
 
 func TestUARTInterruptDrivenInput(t *testing.T) {
-	r := runBare(t, "uart_irq", vmm.Config{ConsoleInput: strings.NewReader("ftkvm ok\n")}, time.Minute, nil)
+	r := runBare(t, "uart_irq", vmm.Config{Options: vmm.Options{ConsoleInput: strings.NewReader("ftkvm ok\n")}}, time.Minute, nil)
 	wantExit(t, r, 9)
 	if r.out != "FTKVM OK\n" {
 		t.Errorf("echo %q", r.out)
@@ -264,7 +264,7 @@ func TestCancelStopsARunningGuest(t *testing.T) {
 
 func TestConfigValidation(t *testing.T) {
 	for _, mem := range []uint64{0, 1 << 20, 3<<30 + 4096, 5<<20 + 1} {
-		if _, err := vmm.New(vmm.Config{MemoryBytes: mem}); err == nil {
+		if _, err := vmm.New(vmm.Config{Spec: vmm.Spec{MemoryBytes: mem}}); err == nil {
 			t.Errorf("memory %d accepted", mem)
 		}
 	}

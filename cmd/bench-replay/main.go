@@ -311,7 +311,7 @@ func measure(g *guest) (sample, error) {
 	var s sample
 
 	// Plain.
-	cfg := vmm.Config{MemoryBytes: g.memory, Console: io.Discard, TSCSites: g.sites}
+	cfg := vmm.Config{Spec: vmm.Spec{MemoryBytes: g.memory, TSCSites: g.sites}, Options: vmm.Options{Console: io.Discard}}
 	if in := g.inputReader(); in != nil {
 		cfg.ConsoleInput = in
 	}
@@ -343,8 +343,7 @@ func measure(g *guest) (sample, error) {
 		return s, err
 	}
 	recOut, recConsole := console(g)
-	vm, err = vmm.New(vmm.Config{MemoryBytes: g.memory, Console: recOut, Clock: rec.Clock(), Driver: rec,
-		TrackDirty: true, TSCSites: g.sites, Epoch: epoch})
+	vm, err = vmm.New(vmm.Config{Spec: vmm.Spec{MemoryBytes: g.memory, TSCSites: g.sites, Epoch: epoch}, Options: vmm.Options{Console: recOut, Driver: rec}})
 	if err != nil {
 		return s, err
 	}
@@ -370,8 +369,7 @@ func measure(g *guest) (sample, error) {
 		return s, err
 	}
 	repOut, repConsole := console(g)
-	vm, err = vmm.New(vmm.Config{MemoryBytes: g.memory, Console: repOut, Clock: rp.Clock(), Driver: rp,
-		TSCSites: g.sites, Epoch: epoch})
+	vm, err = vmm.New(vmm.Config{Spec: vmm.Spec{MemoryBytes: g.memory, TSCSites: g.sites, Epoch: epoch}, Options: vmm.Options{Console: repOut, Driver: rp}})
 	if err != nil {
 		return s, err
 	}

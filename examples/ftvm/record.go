@@ -50,7 +50,7 @@ func cmdRecord(ctx context.Context, args []string) (int, error) {
 		return 1, err
 	}
 	epoch := time.Now()
-	vm, err := vmm.New(g.config(vmm.Config{Console: os.Stdout, Clock: rec.Clock(), Driver: rec, TrackDirty: true, Epoch: epoch}))
+	vm, err := vmm.New(g.config(vmm.Config{Spec: vmm.Spec{Epoch: epoch}, Options: vmm.Options{Console: os.Stdout, Driver: rec}}))
 	if err != nil {
 		return 1, err
 	}

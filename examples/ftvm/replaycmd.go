@@ -64,7 +64,7 @@ func cmdReplay(ctx context.Context, args []string) (int, error) {
 		out = os.Stdout
 	}
 	epoch := time.Unix(0, recorded.EpochUnixNano)
-	vm, err := vmm.New(g.config(vmm.Config{Console: out, Clock: rp.Clock(), Driver: rp, Epoch: epoch}))
+	vm, err := vmm.New(g.config(vmm.Config{Spec: vmm.Spec{Epoch: epoch}, Options: vmm.Options{Console: out, Driver: rp}}))
 	if err != nil {
 		return 1, err
 	}

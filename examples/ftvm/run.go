@@ -229,7 +229,7 @@ func cmdRun(ctx context.Context, args []string) (int, error) {
 		return 1, err
 	}
 	defer g.close()
-	vm, err := vmm.New(g.config(vmm.Config{Console: os.Stdout, ConsoleInput: os.Stdin}))
+	vm, err := vmm.New(g.config(vmm.Config{Options: vmm.Options{Console: os.Stdout, ConsoleInput: os.Stdin}}))
 	if err != nil {
 		return 1, err
 	}

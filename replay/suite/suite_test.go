@@ -99,7 +99,7 @@ func record(t *testing.T, g guest, input string, rng *rand.Rand) recording {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	vm, err := vmm.New(vmm.Config{MemoryBytes: memBytes, Console: &out, Clock: rec.Clock(), Driver: rec, TrackDirty: true, TSCSites: g.sites})
+	vm, err := vmm.New(vmm.Config{Spec: vmm.Spec{MemoryBytes: memBytes, TSCSites: g.sites}, Options: vmm.Options{Console: &out, Driver: rec}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func replayEvents(t *testing.T, g guest, src replay.Source) replayed {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	vm, err := vmm.New(vmm.Config{MemoryBytes: memBytes, Console: &out, Clock: rp.Clock(), Driver: rp, TSCSites: g.sites})
+	vm, err := vmm.New(vmm.Config{Spec: vmm.Spec{MemoryBytes: memBytes, TSCSites: g.sites}, Options: vmm.Options{Console: &out, Driver: rp}})
 	if err != nil {
 		t.Fatal(err)
 	}
