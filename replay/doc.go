@@ -45,22 +45,44 @@
 // (RecorderConfig.FingerprintEvery), not at the instruction that caused
 // it.
 //
+// # The machine seam
+//
+// The recorder and the replayer see the VM only as a vmm.Machine: the
+// point, registers, whole vCPU state, guest pages, the dirty log, the
+// devices' clock and timer, and delivery of asynchronous events. *vmm.VM
+// is one; the package's tests drive both drivers against a toy machine
+// made of plain values (machine_test.go), so round trips, tampered logs
+// and every cut of a log that ends in a go-live run in milliseconds
+// without KVM. The landmark locator (landmark.go) is a typed state machine
+// with no I/O.
+//
 // # Usage
 //
 // Record:
 //
 //  1. r, _ := NewRecorder(RecorderConfig{Sink: sink})
-//  2. create the VM with Clock r.Clock(), Driver r and TrackDirty;
+//  2. vm, _ := vmm.New(vmm.Config{Spec: spec, Options: vmm.Options{Driver: r}})
+//     (the VM takes its clock and the dirty log from r);
 //  3. load the guest, write NewHeader(vm, ...) first in the log, vm.Run.
 //
 // Replay:
 //
 //  1. rp, _ := NewReplayer(ReplayerConfig{Source: src})
-//  2. create a VM of the same configuration with Clock rp.Clock() and
-//     Driver rp, load the same guest, compare headers
-//     (logio.CompareHeaders), vm.Run: it ends with the recorded result or
-//     a *DivergenceError naming the first event that disagreed.
+//  2. create a VM with the same Spec and Driver rp, load the same guest,
+//     compare headers (logio.CompareHeaders), vm.Run: it ends with the
+//     recorded result or a *DivergenceError naming the first event that
+//     disagreed.
 //
-// Go-live (an FT backup whose primary died): ReplayerConfig.GoLive makes
-// the end of the Source a handover to host inputs instead of an error.
+// # Go-live
+//
+// ReplayerConfig.GoLive makes the end of the Source a handover to host
+// inputs instead of an error (an FT backup whose primary died). The
+// handover (handover.go) happens only at a delivery point, once every
+// received event is replayed: at the next Deliver, Halted or Stop, never
+// inside a device's clock read. If the log ended in the middle of an
+// exit's handling, the rest of that exit runs without the log: the clock
+// stands at its last logged reading and each rdtsc reads one tick more
+// than the last. After the handover the clock continues from there on
+// host time, the TSC never runs backwards, and DMA transfers the log had
+// not completed are started on their backend.
 package replay
