@@ -59,6 +59,7 @@ type toyKind uint8
 
 const (
 	opWork  toyKind = iota + 1 // n iterations, no exit (kicks land here)
+	opSpin                     // a loop whose registers repeat: count a memory word up to n, no exit
 	opCli                      // clear IF, no exit
 	opSti                      // set IF, no exit
 	opClock                    // exit whose handling reads the clock
@@ -77,6 +78,8 @@ type toyOp struct {
 }
 
 const toyPages = 16
+
+var spinSink uint64
 
 func newToy(prog []toyOp) *toyMachine {
 	return &toyMachine{prog: prog, mem: make([]byte, toyPages*4096), dirty: map[uint32]bool{},
@@ -265,6 +268,22 @@ func (m *toyMachine) runGuest(ctx context.Context, d vmm.Driver) (vmm.Result, bo
 				continue
 			}
 			m.regs.RSI = 0
+			m.regs.RIP++
+			continue
+		case opSpin:
+			// The progress is in memory only: every iteration has the
+			// same registers, which defeats locating a point by them.
+			const word = 13 * 4096
+			if v := int(m.mem[word]) | int(m.mem[word+1])<<8; v < op.n {
+				m.write(word, byte(v+1))
+				m.write(word+1, byte((v+1)>>8))
+				for i := 0; i < m.spin; i++ {
+					spinSink += uint64(i) // as busy as a work iteration, registers unchanged
+				}
+				continue
+			}
+			m.write(word, 0)
+			m.write(word+1, 0)
 			m.regs.RIP++
 			continue
 		case opCli:

@@ -36,7 +36,7 @@ func randomProgram(rng *rand.Rand, dma bool) []toyOp {
 	tag := 0
 	for i := 0; i < 40; i++ {
 		prog = append(prog, toyOp{opWork, 500 + rng.IntN(4000)})
-		switch rng.IntN(9) {
+		switch rng.IntN(10) {
 		case 0:
 			prog = append(prog, toyOp{opClock, 0})
 		case 1:
@@ -56,6 +56,8 @@ func randomProgram(rng *rand.Rand, dma bool) []toyOp {
 			}
 		case 7:
 			prog = append(prog, toyOp{opTSC, 0}, toyOp{opClock, 0}, toyOp{opOut, '\n'})
+		case 8:
+			prog = append(prog, toyOp{opSpin, 500 + rng.IntN(3000)})
 		}
 	}
 	return append(prog, toyOp{opEnd, 7})
