@@ -127,9 +127,7 @@ func TestPairProtectionAndNames(t *testing.T) {
 // after winning the claim; a side that halted or finished never runs on;
 // each side claims at most once.
 func TestPairNeverTwoLive(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(seed, 10))
+	rng := rand.New(rand.NewPCG(testSeed(t), 10))
 	events := []pairEvent{evPeerLost, evLogEnded, evRunEndedLogShut, evRunEndedLogBroke, evAckFailed, evBackupJoined, evNoBackup}
 	for trial := 0; trial < 2000; trial++ {
 		cores := [2]pairCore{newPrimaryCore(), newBackupCore()}
