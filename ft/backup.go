@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -33,14 +34,17 @@ type backup struct {
 
 	replayed  atomic.Uint64 // last channel seq handed to the replay
 	lastExits atomic.Uint64
-	live      atomic.Bool
+	live      atomic.Bool  // mirrors console.live for the status goroutine
 	lostAt    atomic.Int64 // unix nanos when the primary was declared lost
 	ended     int          // 0: log still open, 1: orderly end, 2: disconnected
 	cause     error
 
-	buf      []byte // console output not yet known to be released by the primary
-	base     uint64 // console offset of buf[0]
-	released uint64 // bytes this side wrote to Output
+	mu   sync.Mutex // guards pair: the watch goroutine steps it too
+	pair pairCore
+
+	// console is the output the primary may not have let out; used on the
+	// vCPU thread only (and after the run).
+	console resendLog
 }
 
 // RunBackup runs the guest as the backup of an FT pair: it connects to the
@@ -54,7 +58,7 @@ type backup struct {
 // does not go live.
 func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Duration) (Result, error) {
 	cfg.defaults("backup")
-	b := &backup{cfg: cfg, log: &logger{w: cfg.Log, role: "backup"}, ctx: ctx}
+	b := &backup{cfg: cfg, log: &logger{w: cfg.Log, role: "backup"}, ctx: ctx, pair: newBackupCore()}
 
 	// The configuration hash, from a VM built the same way as the real one
 	// (whose RTC epoch comes from the primary).
@@ -124,17 +128,19 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 	res, runErr := b.vm.Run(ctx)
 	r := Result{Run: res}
 	switch {
-	case b.live.Load():
-	case runErr == nil && b.ended == 2:
+	case b.live.Load() || runErr != nil:
+	case b.ended == 2:
 		// The guest finished in the replay, but the primary died before
 		// closing the log in order: the end of the output may not have
 		// left it.
 		b.log.printf("the guest finished in the replay, but the primary was lost before it closed the log: %v", b.cause)
-		if err := b.goLive(b.vm, b.vm.Point()); err != nil {
+		if err := b.takeOver(evRunEndedLogBroke, b.vm.Point()); err != nil {
 			runErr = err
 		}
+	default:
+		b.step(evRunEndedLogShut, "the primary completed the run")
 	}
-	r.Released = b.released
+	r.Released = b.console.sent
 	switch {
 	case b.live.Load():
 		r.Outcome, r.Live = "went live", true
@@ -222,22 +228,39 @@ func (b *backup) goLive(vm vmm.Machine, p vmm.Point) error {
 		why = b.cause.Error()
 	}
 	b.log.printf("log ended (%s) after entry %d; replayed all of it, at %v: claiming the pair on shared storage", why, b.replayed.Load(), p)
-	start := time.Now()
-	err := claim(b.arb, b.cfg.ClaimTimeout)
-	switch {
-	case err == nil:
-	case errors.Is(err, split.ErrLost):
-		b.log.printf("LOST the test-and-set: %v; the primary is live: HALTING", err)
-		return fmt.Errorf("halted: the primary is live (%w)", err)
-	default:
-		b.log.printf("cannot reach the split-brain storage: %v; NOT going live", err)
+	return b.takeOver(evLogEnded, p)
+}
+
+// takeOver claims the pair after ev (the log ended) and, if it wins,
+// re-sends the console output the primary may not have let out. An error
+// means this side does not go live.
+func (b *backup) takeOver(ev pairEvent, p vmm.Point) error {
+	if err := b.console.check(); err != nil {
+		b.log.printf("%v; NOT going live", err)
 		return fmt.Errorf("not going live: %w", err)
 	}
-	from := b.rp.Released()
-	if from < b.base {
-		from = b.base // cannot happen: only bytes below Released are dropped
+	if act := b.step(ev, ""); act != actClaim {
+		return fmt.Errorf("not going live: the backup does not claim the pair after %q (%s)", ev, act)
 	}
-	tail := b.buf[from-b.base:]
+	start := time.Now()
+	ev, err := claim(b.arb, b.cfg.ClaimTimeout)
+	switch ev {
+	case evClaimLost:
+		b.log.printf("LOST the test-and-set: %v; the primary is live: HALTING", err)
+		b.step(ev, "the primary is live ("+err.Error()+")")
+		return fmt.Errorf("halted: the primary is live (%w)", err)
+	case evClaimUnreachable:
+		b.log.printf("cannot reach the split-brain storage: %v; NOT going live", err)
+		b.step(ev, "split-brain storage unreachable ("+err.Error()+")")
+		return fmt.Errorf("not going live: %w", err)
+	}
+	if act := b.step(ev, "went live"); act != actGoLive {
+		return fmt.Errorf("not going live: the backup does not go live after %q (%s)", ev, act)
+	}
+	from, tail, err := b.console.goLive()
+	if err != nil { // cannot happen: checked before the claim
+		return fmt.Errorf("not going live: %w", err)
+	}
 	since := ""
 	if t := b.lostAt.Load(); t != 0 {
 		since = fmt.Sprintf(", %v after the primary was declared lost", time.Since(time.Unix(0, t)).Round(time.Millisecond))
@@ -246,30 +269,38 @@ func (b *backup) goLive(vm vmm.Machine, p vmm.Point) error {
 		time.Since(start).Round(time.Millisecond), p, since, len(tail), from)
 	b.live.Store(true)
 	b.cfg.Output.Write(tail)
-	b.released += uint64(len(tail))
-	b.buf, b.base = nil, b.base+uint64(len(b.buf))
+	b.console.wrote(len(tail))
 	return nil
+}
+
+// step feeds the pair's state machine an event; the caller carries out
+// the action.
+func (b *backup) step(ev pairEvent, why string) pairAction {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	act, err := b.pair.step(ev, why)
+	if err != nil {
+		b.log.printf("%v", err) // a bug, but the state is unchanged
+	}
+	return act
 }
 
 // Write is the guest's console: checked against the log and held while
 // replaying, written out once live.
 func (b *backup) Write(data []byte) (int, error) {
-	if b.live.Load() {
+	if b.console.live {
 		n, err := b.cfg.Output.Write(data)
-		b.released += uint64(n)
+		b.console.wrote(n)
 		return n, err
 	}
 	if err := b.rp.Output(b.vm.Point(), data); err != nil {
 		return len(data), nil // the replay's sticky error stops the run
 	}
-	b.buf = append(b.buf, data...)
-	if rel := b.rp.Released(); rel > b.base {
-		cut := min(rel-b.base, uint64(len(b.buf)))
-		b.buf = b.buf[cut:]
-		b.base += cut
-		if len(b.buf) == 0 {
-			b.buf = nil
-		}
+	if err := b.console.check(); err != nil {
+		return len(data), nil // reported once, below, and when the log ends
+	}
+	if err := b.console.replayed(data, b.rp.Released()); err != nil {
+		b.log.printf("at %v: %v: this backup will not go live", b.vm.Point(), err)
 	}
 	return len(data), nil
 }
@@ -279,6 +310,7 @@ func (b *backup) watch(done chan struct{}) {
 	case <-done:
 	case f := <-b.recv.Failed():
 		b.lostAt.Store(time.Now().UnixNano())
+		b.step(evPeerLost, "")
 		b.log.printf("PRIMARY LOST: %v; %d received entries still to replay", f, int64(f.LastReceived)-int64(b.replayed.Load()))
 	}
 }

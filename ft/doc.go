@@ -4,7 +4,7 @@
 // that log in lockstep (a replay.Replayer) and takes over when the primary
 // dies.
 //
-// The rules it implements (see DESIGN.md, "Fault tolerance protocol"):
+// The rules it implements (see README.md, "FT pair"):
 //
 //   - Output commit: the guest's console output is logged (an Output event)
 //     and held by the primary until the backup has acknowledged that log
@@ -24,6 +24,24 @@
 //     test-and-set, re-sends the console output from the last Released
 //     count the primary logged (duplicates allowed, losses not), and runs on
 //     with live devices.
+//
+// The decisions are made by pure cores, which do no IO, start no
+// goroutine and read no clock, and are tested without KVM or sockets; the
+// goroutines of RunPrimary and RunBackup feed them and carry out what they
+// decide:
+//
+//   - outputCommit (commit.go): which held console output the primary may
+//     let out, given the log entries appended and acknowledged and the
+//     pair's state; a byte counts as released only once written out.
+//   - resendLog (resend.go): the output a backup keeps while replaying, and
+//     what it must send when it goes live.
+//   - pairCore (pair.go): joining, declaring the peer lost, claiming the
+//     pair, and what each side does on winning or losing the claim;
+//     judgeClaim classifies one test-and-set attempt.
+//
+// failover_test.go checks them together: for random interleavings of log
+// entries, outputs, acks and the primary's crash, the outside world sees
+// one execution's output with at most a duplicated overlap.
 //
 // The channel's first entry is a hello (JSON) carrying the primary's log
 // header (whose RTC epoch the backup adopts) and the split-brain

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"sync"
 	"time"
 
@@ -16,6 +17,35 @@ import (
 	"github.com/ftkvm/ftkvm/split"
 	"github.com/ftkvm/ftkvm/vmm"
 )
+
+// Result is how one side's run ended.
+type Result struct {
+	Run vmm.Result // the guest's run (zero if it never started)
+	// Outcome says in words how the side ended, e.g. "finished protected",
+	// "went live", "halted: the backup is live".
+	Outcome string
+	// Live: the primary ran to the end, or the backup went live.
+	Live bool
+	// Released counts the console bytes this side let out.
+	Released uint64
+	// Commit describes the output-commit delay (primary only): time from
+	// the guest writing a console byte to the byte being released.
+	Commit LatencyStats
+}
+
+// LatencyStats summarises a set of durations.
+type LatencyStats struct {
+	N             int
+	P50, P99, Max time.Duration
+}
+
+func summarize(d []time.Duration) LatencyStats {
+	if len(d) == 0 {
+		return LatencyStats{}
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return LatencyStats{N: len(d), P50: d[len(d)/2], P99: d[len(d)*99/100], Max: d[len(d)-1]}
+}
 
 // Guest describes the VM both sides of a pair build. The two sides must
 // describe the same VM: the primary's log header (without its RTC epoch)
@@ -160,18 +190,20 @@ type hello struct {
 }
 
 // claim runs the test-and-set, retrying an unreachable storage until
-// ClaimTimeout. It returns nil (won), an error wrapping split.ErrLost, or
-// another error (do not go live).
-func claim(a split.Arbiter, timeout time.Duration) error {
+// ClaimTimeout (judgeClaim decides). It returns evClaimWon,
+// evClaimLost with an error wrapping split.ErrLost, or evClaimUnreachable
+// with the last error (do not go live).
+func claim(a split.Arbiter, timeout time.Duration) (pairEvent, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		ctx, cancel := contextWithDeadline(deadline)
 		err := a.TestAndSet(ctx)
 		cancel()
-		if err == nil || errors.Is(err, split.ErrLost) || time.Now().Add(200*time.Millisecond).After(deadline) {
-			return err
+		ev, retry := judgeClaim(err, time.Now(), deadline)
+		if !retry {
+			return ev, err
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(claimRetry)
 	}
 }
 

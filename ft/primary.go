@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,54 +15,9 @@ import (
 
 	"github.com/ftkvm/ftkvm/logchannel"
 	"github.com/ftkvm/ftkvm/replay"
-	"github.com/ftkvm/ftkvm/replay/logpb"
 	"github.com/ftkvm/ftkvm/split"
 	"github.com/ftkvm/ftkvm/vmm"
 )
-
-// The primary's protection mode.
-const (
-	protected   int32 = iota // output waits for the backup's ack
-	unprotected              // no backup: output leaves at once, the log is dropped
-	halted                   // lost the pair (or cannot tell): held output is dropped
-)
-
-// Result is how one side's run ended.
-type Result struct {
-	Run vmm.Result // the guest's run (zero if it never started)
-	// Outcome says in words how the side ended, e.g. "finished protected",
-	// "went live", "halted: the backup is live".
-	Outcome string
-	// Live: the primary ran to the end, or the backup went live.
-	Live bool
-	// Released counts the console bytes this side let out.
-	Released uint64
-	// Commit describes the output-commit delay (primary only): time from
-	// the guest writing a console byte to the byte being released.
-	Commit LatencyStats
-}
-
-// LatencyStats summarises a set of durations.
-type LatencyStats struct {
-	N             int
-	P50, P99, Max time.Duration
-}
-
-func summarize(d []time.Duration) LatencyStats {
-	if len(d) == 0 {
-		return LatencyStats{}
-	}
-	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-	return LatencyStats{N: len(d), P50: d[len(d)/2], P99: d[len(d)*99/100], Max: d[len(d)-1]}
-}
-
-// outItem is console output held until the log entry after which it was
-// produced is acknowledged.
-type outItem struct {
-	seq  uint64 // channel seq of the Output event
-	data []byte
-	at   time.Time
-}
 
 type primary struct {
 	cfg    Config
@@ -77,15 +31,12 @@ type primary struct {
 	ackCtx    context.Context
 	ackCancel context.CancelFunc
 
-	mode    atomic.Int32
-	decided chan struct{} // closed when mode leaves protected
-	decOnce sync.Once
-	why     string // the decision, for the result
+	// mode mirrors pair.protection() for the vCPU thread and the pump,
+	// which read it without the lock.
+	mode atomic.Int32
 
 	events    atomic.Uint64 // events logged
 	lastExits atomic.Uint64
-	released  atomic.Uint64 // console bytes let out
-	held      atomic.Int64  // console bytes waiting for an ack
 
 	// The vCPU thread hands log entries and output to the pump goroutine
 	// instead of calling the channel itself, and wakes it only through a
@@ -94,24 +45,18 @@ type primary struct {
 	// (measured: hundreds of µs on every ack). The runtime's poller
 	// delivers the pipe's readiness on another P.
 	qmu      sync.Mutex
-	qcond    *sync.Cond // release loop: output queued or appended
-	pending  [][]byte   // marshalled events not yet appended
+	qcond    *sync.Cond   // release loop: output queued or appended, state changed
+	pair     pairCore     // the pair's state: joined, lost, claimed
+	commit   outputCommit // console output held for the backup's acks
+	pending  [][]byte     // marshalled events not yet appended
 	pendSize int
 	space    chan struct{} // closed by the pump when pending drains
 	outDirty bool          // output queued since the pump last looked
-	queue    []outItem
-	qclosed  bool
-	appended uint64          // last channel seq the pump appended
-	sinkErr  error           // the pump's failure to append, reported by the sink
-	lat      []time.Duration // output-commit delays, one per write
+	sinkErr  error         // the pump's failure to append, reported by the sink
 
 	pumpIdle     atomic.Bool
 	pokeR, pokeW *os.File
 }
-
-// maxPending bounds the log the vCPU may queue ahead of the pump (the
-// channel's window bounds the rest).
-const maxPending = 256 << 10
 
 // RunPrimary runs the guest as the primary of an FT pair. It waits up to
 // waitBackup for a backup to connect on l (0: wait forever; a backup
@@ -128,7 +73,7 @@ const maxPending = 256 << 10
 // risk two live copies).
 func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time.Duration) (Result, error) {
 	cfg.defaults("primary")
-	p := &primary{cfg: cfg, log: &logger{w: cfg.Log, role: "primary"}, decided: make(chan struct{})}
+	p := &primary{cfg: cfg, log: &logger{w: cfg.Log, role: "primary"}, pair: newPrimaryCore()}
 	p.qcond = sync.NewCond(&p.qmu)
 	var err error
 	p.rec, err = replay.NewRecorder(replay.RecorderConfig{Sink: p, Input: cfg.Input, KickAfter: cfg.KickAfter})
@@ -162,7 +107,7 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 			return Result{}, ctx.Err()
 		}
 		p.log.printf("no backup connected within %v: running UNPROTECTED", waitBackup)
-		p.decide(unprotected, "ran unprotected (no backup)")
+		p.step(evNoBackup, "ran unprotected (no backup)")
 	} else {
 		gen := uint64(time.Now().UnixNano())
 		if p.arb, err = cfg.arbiter(gen); err != nil {
@@ -181,6 +126,7 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 			p.sender.Close()
 			return Result{}, fmt.Errorf("sending the hello to the backup: %w", err)
 		}
+		p.step(evBackupJoined, "")
 		p.log.printf("backup attached; pair %q generation %d; booting the guest PROTECTED (output held until the backup acks)", cfg.Pair, gen)
 	}
 
@@ -202,7 +148,7 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 	defer close(statusStop)
 
 	res, runErr := vm.Run(p.runCtx)
-	if errors.Is(runErr, context.Canceled) && p.mode.Load() == halted {
+	if errors.Is(runErr, context.Canceled) && p.protection() == halted {
 		runErr = nil
 	}
 
@@ -210,13 +156,13 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 	// release what it acknowledges, then close the channel in order.
 	p.pokeW.Close() // the pump drains what is pending and stops
 	<-pumpDone
-	if p.sender != nil && p.mode.Load() == protected {
-		if err := p.sender.Flush(p.ackCtx); err != nil && p.mode.Load() == protected {
+	if p.sender != nil && p.protection() == protected {
+		if err := p.sender.Flush(p.ackCtx); err != nil && p.protection() == protected {
 			p.log.printf("flushing the log: %v", err)
 		}
 	}
 	p.qmu.Lock()
-	p.qclosed = true
+	p.commit.close()
 	p.qcond.Broadcast()
 	p.qmu.Unlock()
 	<-relDone
@@ -226,17 +172,17 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 		p.sender.Close()
 	}
 
-	r := Result{Run: res, Released: p.released.Load()}
 	p.qmu.Lock()
-	r.Commit = summarize(p.lat)
+	r := Result{Run: res, Released: p.commit.released, Commit: summarize(p.commit.delays)}
+	prot, why := p.pair.protection(), p.pair.why
 	p.qmu.Unlock()
-	switch p.mode.Load() {
+	switch prot {
 	case protected:
 		r.Outcome, r.Live = "finished protected", true
 	case unprotected:
-		r.Outcome, r.Live = "finished unprotected: "+p.why, true
+		r.Outcome, r.Live = "finished unprotected: "+why, true
 	default:
-		r.Outcome = "halted: " + p.why
+		r.Outcome = "halted: " + why
 		if runErr == nil {
 			runErr = errors.New(r.Outcome)
 		}
@@ -296,19 +242,43 @@ func (p *primary) acceptBackup(ctx context.Context, l net.Listener, wait time.Du
 	}
 }
 
-func (p *primary) decide(mode int32, why string) {
-	p.decOnce.Do(func() {
-		p.why = why
-		p.mode.Store(mode)
-		close(p.decided)
-		p.ackCancel()
-		p.qmu.Lock()
-		p.qcond.Broadcast()
-		p.qmu.Unlock()
-	})
+// step feeds the pair's state machine an event and carries out the
+// action it returns (claim is the caller's: only watch claims). why
+// describes the event for the result.
+func (p *primary) step(ev pairEvent, why string) pairAction {
+	p.qmu.Lock()
+	act, err := p.pair.step(ev, why)
+	prot := p.pair.protection()
+	p.mode.Store(int32(prot))
+	p.commit.setPolicy(prot)
+	p.qcond.Broadcast()
+	p.qmu.Unlock()
+	if err != nil {
+		p.log.printf("%v", err) // a bug, but the state is unchanged
+		return actNone
+	}
+	switch act {
+	case actRunAlone:
+		p.ackCancel() // the release loop lets held output out
+	case actHalt:
+		p.ackCancel() // the release loop drops held output
+		p.runCancel()
+	}
+	return act
 }
 
-// watch handles the loss of the backup.
+// protection is the current output policy.
+func (p *primary) protection() protection { return protection(p.mode.Load()) }
+
+// held is the console output waiting for an ack, in bytes.
+func (p *primary) held() int {
+	p.qmu.Lock()
+	defer p.qmu.Unlock()
+	return p.commit.heldBytes
+}
+
+// watch handles the loss of the backup: the pair's state machine says to
+// claim the pair, and the claim's outcome what to do next.
 func (p *primary) watch(stop chan struct{}) {
 	if p.sender == nil {
 		return
@@ -320,214 +290,107 @@ func (p *primary) watch(stop chan struct{}) {
 	case f = <-p.sender.Failed():
 	}
 	detected := time.Now()
-	p.log.printf("BACKUP LOST: %v; holding %d output bytes; claiming the pair on shared storage", f, p.held.Load())
-	err := claim(p.arb, p.cfg.ClaimTimeout)
-	switch {
-	case err == nil:
-		p.log.printf("WON the test-and-set (%v after detection): running UNPROTECTED from here", time.Since(detected).Round(time.Millisecond))
-		p.decide(unprotected, "the backup was lost at exit "+fmt.Sprint(p.lastExits.Load()))
-	case errors.Is(err, split.ErrLost):
-		p.log.printf("LOST the test-and-set: %v; the backup is live: HALTING", err)
-		p.decide(halted, "the backup is live ("+err.Error()+")")
-		p.runCancel()
-	default:
-		p.log.printf("cannot reach the split-brain storage: %v; HALTING without releasing the %d held bytes (the backup may be live)", err, p.held.Load())
-		p.decide(halted, "split-brain storage unreachable ("+err.Error()+")")
-		p.runCancel()
+	p.log.printf("BACKUP LOST: %v; holding %d output bytes; claiming the pair on shared storage", f, p.held())
+	if p.step(evPeerLost, "") == actClaim {
+		switch ev, err := claim(p.arb, p.cfg.ClaimTimeout); ev {
+		case evClaimWon:
+			p.log.printf("WON the test-and-set (%v after detection): running UNPROTECTED from here", time.Since(detected).Round(time.Millisecond))
+			p.step(ev, "the backup was lost at exit "+fmt.Sprint(p.lastExits.Load()))
+		case evClaimLost:
+			p.log.printf("LOST the test-and-set: %v; the backup is live: HALTING", err)
+			p.step(ev, "the backup is live ("+err.Error()+")")
+		default:
+			p.log.printf("cannot reach the split-brain storage: %v; HALTING without releasing the %d held bytes (the backup may be live)", err, p.held())
+			p.step(ev, "split-brain storage unreachable ("+err.Error()+")")
+		}
 	}
 	p.sender.Close() // releases a vCPU waiting for window space
-}
-
-// Append is the recorder's sink, on the vCPU thread: each event goes to
-// the pump, which appends it to the channel. The vCPU waits here while
-// maxPending bytes are queued (the pump itself waits for window space).
-func (p *primary) Append(ev *logpb.Event) error {
-	p.events.Add(1)
-	p.lastExits.Store(ev.Exits)
-	switch p.mode.Load() {
-	case halted:
-		return errors.New("halted")
-	case unprotected:
-		return nil
-	}
-	b, err := proto.Marshal(ev)
-	if err != nil {
-		return err
-	}
-	p.qmu.Lock()
-	for p.pendSize >= maxPending && p.sinkErr == nil && p.mode.Load() == protected {
-		if p.space == nil {
-			p.space = make(chan struct{})
-		}
-		ch := p.space
-		p.qmu.Unlock()
-		p.poke()
-		select {
-		case <-ch:
-		case <-p.runCtx.Done():
-			return p.runCtx.Err()
-		}
-		p.qmu.Lock()
-	}
-	if err := p.sinkErr; err != nil {
-		p.qmu.Unlock()
-		return err
-	}
-	p.pending = append(p.pending, b)
-	p.pendSize += len(b)
-	p.qmu.Unlock()
-	p.poke()
-	return nil
-}
-
-// poke wakes the pump if it is idle.
-func (p *primary) poke() {
-	if p.pumpIdle.CompareAndSwap(true, false) {
-		p.pokeW.Write([]byte{0})
-	}
 }
 
 // Write is the guest's console, on the vCPU thread: it logs the output and
 // queues it for release.
 func (p *primary) Write(b []byte) (int, error) {
-	seq, err := p.rec.Output(b, p.released.Load())
-	if err != nil && p.mode.Load() == protected {
+	p.qmu.Lock()
+	released := p.commit.released // read before logging: a lower bound once logged
+	p.qmu.Unlock()
+	seq, err := p.rec.Output(b, released)
+	if err != nil && p.protection() == protected {
 		return 0, err
 	}
 	p.qmu.Lock()
-	p.queue = append(p.queue, outItem{seq: seq + 1, data: append([]byte(nil), b...), at: time.Now()})
+	// Channel entry 1 is the hello: recorder event n is entry n+1.
+	err = p.commit.hold(seq+1, b, time.Now())
 	p.outDirty = true
 	p.qmu.Unlock()
-	p.held.Add(int64(len(b)))
+	if err != nil {
+		return 0, err
+	}
 	p.poke()
 	return len(b), nil
 }
 
-// pump appends the vCPU's events to the channel, in order, and wakes the
-// release loop. It ends when pokeW is closed and everything is appended.
-func (p *primary) pump() {
-	buf := make([]byte, 256)
-	closed := false
+// releaseLoop carries out the output-commit core's decisions: it waits for
+// the backup's ack of the oldest held output, then lets out everything the
+// (cumulative) ack covers, so bytes queued meanwhile do not wait for a
+// further round trip; everything at once when unprotected; nothing once
+// halted. It ends when the queue is closed and empty.
+func (p *primary) releaseLoop() {
+	p.qmu.Lock()
+	defer p.qmu.Unlock()
 	for {
-		p.qmu.Lock()
-		batch, space, dirty := p.pending, p.space, p.outDirty
-		p.pending, p.pendSize, p.space, p.outDirty = nil, 0, nil, false
-		if len(batch) == 0 && !dirty {
-			if closed {
-				p.qmu.Unlock()
+		st := p.commit.next(time.Now())
+		switch st.action {
+		case commitRelease:
+			p.qmu.Unlock()
+			p.cfg.Output.Write(st.data)
+			p.qmu.Lock()
+			p.commit.written()
+		case commitDrop:
+			// The backup, if live, re-sends it.
+		case commitWaitAck:
+			p.qmu.Unlock()
+			err := p.sender.WaitAcked(p.ackCtx, st.entry)
+			acked := p.sender.Acked()
+			p.qmu.Lock()
+			p.commit.ackedTo(acked)
+			if err != nil && p.pair.protection() == protected {
+				// Not a decision's cancellation: the wait failed for good.
+				p.ackFailed(err)
+			}
+		case commitUnlogged:
+			p.ackFailed(fmt.Errorf("console output logged in entry %d never reached the log channel", st.entry))
+		default:
+			if p.commit.finished() {
 				return
 			}
-			p.pumpIdle.Store(true)
-			p.qmu.Unlock()
-			if _, err := p.pokeR.Read(buf); err != nil {
-				closed = true // the run is over: one more pass
-				p.pumpIdle.Store(false)
-			}
-			continue
+			p.qcond.Wait()
 		}
-		p.qmu.Unlock()
-		if space != nil {
-			close(space)
-		}
-		var last uint64
-		var appendErr error
-		for _, e := range batch {
-			if p.mode.Load() != protected || appendErr != nil {
-				break
-			}
-			seq, err := p.sender.Append(p.runCtx, e)
-			if err != nil {
-				appendErr = err
-				break
-			}
-			last = seq
-		}
-		p.qmu.Lock()
-		if last > 0 {
-			p.appended = last
-		}
-		if appendErr != nil && p.mode.Load() == protected && p.sinkErr == nil {
-			p.sinkErr = fmt.Errorf("logging to the backup: %w", appendErr)
-		}
-		p.qcond.Broadcast()
-		p.qmu.Unlock()
 	}
 }
 
-// releaseLoop lets queued output out once the backup has acknowledged the
-// log up to it (or at once when unprotected; never once halted). It waits
-// for the oldest held output's entry and then releases everything the
-// (cumulative) ack covers, so bytes queued meanwhile do not wait for a
-// further round trip.
-func (p *primary) releaseLoop() {
-	for {
-		p.qmu.Lock()
-		for !p.qclosed && (len(p.queue) == 0 || (p.mode.Load() == protected && p.queue[0].seq > p.appended)) {
-			p.qcond.Wait()
-		}
-		if len(p.queue) == 0 {
-			p.qmu.Unlock()
-			return
-		}
-		first := p.queue[0].seq
-		p.qmu.Unlock()
-		for p.mode.Load() == protected {
-			err := p.sender.WaitAcked(p.ackCtx, first)
-			if err == nil {
-				break
-			}
-			if !errors.Is(err, context.Canceled) {
-				p.log.printf("waiting for the backup's ack: %v: HALTING", err)
-				p.decide(halted, err.Error())
-				p.runCancel()
-			}
-			<-p.decided
-		}
-		mode := p.mode.Load()
-		var acked uint64
-		if mode == protected {
-			acked = p.sender.Acked()
-		}
-		p.qmu.Lock()
-		n := len(p.queue)
-		if mode == protected {
-			n = sort.Search(len(p.queue), func(i int) bool { return p.queue[i].seq > acked })
-		}
-		items := p.queue[:n:n]
-		p.queue = p.queue[n:]
-		p.qmu.Unlock()
-		now := time.Now()
-		var size int
-		for _, it := range items {
-			size += len(it.data)
-		}
-		p.held.Add(-int64(size))
-		if mode == halted {
-			continue // dropped: the backup (if live) re-sends it
-		}
-		out := make([]byte, 0, size)
-		for _, it := range items {
-			out = append(out, it.data...)
-		}
-		p.cfg.Output.Write(out)
-		p.released.Add(uint64(size))
-		p.qmu.Lock()
-		for _, it := range items {
-			p.lat = append(p.lat, now.Sub(it.at))
-		}
-		p.qmu.Unlock()
+// ackFailed handles a failure to get the backup's ack; called with qmu
+// held.
+func (p *primary) ackFailed(err error) {
+	p.commit.stopAcks()
+	p.qmu.Unlock()
+	defer p.qmu.Lock()
+	if p.step(evAckFailed, err.Error()) == actHalt {
+		p.log.printf("waiting for the backup's ack: %v: HALTING", err)
 	}
 }
 
 func (p *primary) status(stop chan struct{}) {
 	every(stop, p.cfg.StatusEvery, func() {
-		mode := [...]string{"PROTECTED", "UNPROTECTED", "HALTED"}[p.mode.Load()]
-		if p.sender != nil && p.mode.Load() == protected {
+		p.qmu.Lock()
+		prot, released, held := p.pair.protection(), p.commit.released, p.commit.heldBytes
+		p.qmu.Unlock()
+		mode := [...]string{"PROTECTED", "UNPROTECTED", "HALTED"}[prot]
+		if p.sender != nil && prot == protected {
 			app, ack := p.events.Load()+1, p.sender.Acked()
 			p.log.printf("%s: exit %d, log %d entries sent / %d acked by the backup, output %d bytes released / %d held",
-				mode, p.lastExits.Load(), app, ack, p.released.Load(), p.held.Load())
+				mode, p.lastExits.Load(), app, ack, released, held)
 		} else {
-			p.log.printf("%s: exit %d, output %d bytes released", mode, p.lastExits.Load(), p.released.Load())
+			p.log.printf("%s: exit %d, output %d bytes released", mode, p.lastExits.Load(), released)
 		}
 	})
 }
