@@ -104,8 +104,10 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 		return Result{}, err
 	}
 	epoch := time.Unix(0, hdr.EpochUnixNano)
-	vc := cfg.Guest.Config
-	vc.Console, vc.ConsoleInput, vc.Clock, vc.Driver, vc.Epoch = b, nil, b.rp.Clock(), b.rp, epoch
+	vc, err := cfg.Guest.vmConfig(epoch, b, b.rp)
+	if err != nil {
+		return Result{}, err
+	}
 	if b.vm, err = vmm.New(vc); err != nil {
 		return Result{}, err
 	}
@@ -160,7 +162,7 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 }
 
 func (b *backup) probeHash() ([32]byte, error) {
-	vm, err := vmm.New(b.cfg.Guest.Config)
+	vm, err := vmm.New(vmm.Config{Spec: b.cfg.Guest.Spec})
 	if err != nil {
 		return [32]byte{}, err
 	}

@@ -40,8 +40,8 @@ func Example() {
 		log.Fatal(err)
 	}
 	guest := ft.Guest{
-		Config: vmm.Config{MemoryBytes: 64 << 20, TSCSites: prep.Table},
-		Load:   func(vm *vmm.VM) error { return vm.LoadBare(prep.Image) },
+		Spec: vmm.Spec{MemoryBytes: 64 << 20, TSCSites: prep.Table},
+		Load: func(vm *vmm.VM) error { return vm.LoadBare(prep.Image) },
 		Header: func(vm *vmm.VM, epoch time.Time) *logpb.Header {
 			return replay.NewHeader(vm, replay.Guest{Bare: true, Kernel: prep.Image, RDTSCSites: len(prep.Sites)}, epoch, false)
 		},

@@ -53,10 +53,13 @@ func summarize(d []time.Duration) LatencyStats {
 // different kernel, initrd, command line, image, memory size or CPUID
 // table is refused in the channel's handshake.
 type Guest struct {
-	// Config is the VM's configuration: memory size, rdtsc sites, exit
-	// trace. ft sets Console, ConsoleInput, Clock, Driver, Epoch and
-	// TrackDirty itself.
-	Config vmm.Config
+	// Spec is the machine: memory size and rdtsc sites. Its Epoch is
+	// ft's: the primary's start time, which the backup reads from the log.
+	Spec vmm.Spec
+	// Options are diagnostics such as the exit trace. ft supplies the
+	// console, console input, driver and clock itself (vmm.Options'
+	// Console, ConsoleInput, Driver, Clock): setting them here is an error.
+	Options vmm.Options
 	// Load puts the guest into a new VM (vm.LoadLinux or vm.LoadBare).
 	Load func(vm *vmm.VM) error
 	// Header describes the loaded VM (replay.NewHeader).
@@ -218,4 +221,17 @@ func (l *logger) printf(format string, a ...any) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	fmt.Fprintf(l.w, "ft %s %s: %s\n", time.Now().Format("15:04:05.000"), l.role, fmt.Sprintf(format, a...))
+}
+
+// vmConfig is the VM configuration of one side: the guest's Spec with
+// ft's epoch, and its diagnostic Options with ft's console and driver.
+func (g *Guest) vmConfig(epoch time.Time, console io.Writer, d vmm.Driver) (vmm.Config, error) {
+	o := g.Options
+	if o.Console != nil || o.ConsoleInput != nil || o.Driver != nil || o.Clock != nil {
+		return vmm.Config{}, fmt.Errorf("%w: ft.Guest.Options sets the console, console input, driver or clock, which ft supplies", vmm.ErrInvalidConfig)
+	}
+	s := g.Spec
+	s.Epoch = epoch
+	o.Console, o.Driver = console, d
+	return vmm.Config{Spec: s, Options: o}, nil
 }

@@ -29,8 +29,8 @@ func bareGuest(t *testing.T, image []byte, mem uint64) ft.Guest {
 	}
 	image, table, sites := p.Image, p.Table, p.Sites
 	return ft.Guest{
-		Config: vmm.Config{Spec: vmm.Spec{MemoryBytes: mem, TSCSites: table}},
-		Load:   func(vm *vmm.VM) error { return vm.LoadBare(image) },
+		Spec: vmm.Spec{MemoryBytes: mem, TSCSites: table},
+		Load: func(vm *vmm.VM) error { return vm.LoadBare(image) },
 		Header: func(vm *vmm.VM, epoch time.Time) *logpb.Header {
 			return replay.NewHeader(vm, replay.Guest{Bare: true, Kernel: image, RDTSCSites: len(sites)}, epoch, false)
 		},

@@ -81,8 +81,10 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 		return Result{}, err
 	}
 	epoch := time.Now()
-	vc := cfg.Guest.Config
-	vc.Console, vc.ConsoleInput, vc.Clock, vc.Driver, vc.TrackDirty, vc.Epoch = p, nil, p.rec.Clock(), p.rec, true, epoch
+	vc, err := cfg.Guest.vmConfig(epoch, p, p.rec)
+	if err != nil {
+		return Result{}, err
+	}
 	vm, err := vmm.New(vc)
 	if err != nil {
 		return Result{}, err

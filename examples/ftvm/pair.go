@@ -54,10 +54,11 @@ func (o *pairOptions) config() (ft.Config, *preparedGuest, error) {
 	log := os.Stderr
 	cfg := ft.Config{
 		Guest: ft.Guest{
-			Config: g.config(vmm.Config{}),
-			Load:   g.load,
-			Header: func(vm *vmm.VM, epoch time.Time) *logpb.Header { return header(g, vm, epoch, false) },
-			Bare:   g.bare,
+			Spec:    g.config(vmm.Config{}).Spec,
+			Options: g.config(vmm.Config{}).Options,
+			Load:    g.load,
+			Header:  func(vm *vmm.VM, epoch time.Time) *logpb.Header { return header(g, vm, epoch, false) },
+			Bare:    g.bare,
 		},
 		SplitDir: o.splitDir, Pair: o.pair, Node: o.node,
 		ClaimTimeout: o.claim, Timeout: o.timeout, Heartbeat: o.heartbeat, WindowBytes: o.window, WindowEntries: o.windowEnt,
