@@ -4,13 +4,15 @@
 # software-emulated x86 host with a standard KVM (QEMU TCG + kvm_amd; see
 # package testbed). On the machine itself those tests skip because
 # FTKVM_KVM_ELSEWHERE=1 (internal/kvmtest); in the emulated host they run.
-# Where /dev/kvm exists, the native pass runs everything and that is all.
+# Where /dev/kvm exists, the native pass runs everything else. Last, in
+# both cases, the two-host stage: the FT pair across two emulated hosts
+# (package e2e/twohost), whose test binary runs here and starts the hosts.
 #
 # Environment: GO (default go), FTKVM_GUEST_DIR (the Makefile sets it),
 # CI (passed into the emulated host), FTKVM_TEST_TIMEOUT (native go test
 # -timeout, default 40m), FTKVM_KVM_PKG_TIMEOUT (each KVM package in the
 # emulated host, default 40m), FTKVM_KVM_STAGE_TIMEOUT (the emulated host as
-# a whole, boot included, default 75m: CI allows 90 for everything), FTKVM_TESTBED_MEM (MB, default 4096).
+# a whole, boot included, default 45m; the two-host stage has FTKVM_TWOHOST_TIMEOUT, default 35m: CI allows 90 for everything), FTKVM_TESTBED_MEM (MB, default 4096).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,8 @@ cd "$(dirname "$0")/.."
 # emulated host. The one list: add a package here when its tests call
 # kvmtest.Require.
 KVM_PKGS=(./vmm ./replay/suite ./ft ./e2e)
+# The package that starts emulated hosts itself (two per test).
+TWOHOST_PKG=./e2e/twohost
 
 GO=${GO:-go}
 ROOT=$PWD
@@ -25,7 +29,7 @@ MODULE=$("$GO" list -m)
 export FTKVM_GUEST_DIR=${FTKVM_GUEST_DIR:-$ROOT/guest/out}
 NATIVE_TIMEOUT=${FTKVM_TEST_TIMEOUT:-40m}
 PKG_TIMEOUT=${FTKVM_KVM_PKG_TIMEOUT:-40m}
-STAGE_TIMEOUT=${FTKVM_KVM_STAGE_TIMEOUT:-75m}
+STAGE_TIMEOUT=${FTKVM_KVM_STAGE_TIMEOUT:-45m}
 
 # Opening it read-write is what the tests need, not its mere presence (-c
 # first: <> would create a plain file where there is none).
@@ -55,9 +59,28 @@ echo "== go vet ./..."
 
 status=0
 echo "== go test ./... (this machine)"
-env "${elsewhere[@]}" FTKVM_REQUIRE_GUEST=1 "$GO" test -count=1 -timeout "$NATIVE_TIMEOUT" ./... || status=1
+env "${elsewhere[@]}" FTKVM_TWOHOST=0 FTKVM_REQUIRE_GUEST=1 "$GO" test -count=1 -timeout "$NATIVE_TIMEOUT" ./... || status=1
+
+summary=
+# twohost_stage runs the two-host FT tests here: each test boots its own
+# pair of emulated hosts (testbed), so the stage needs them set up.
+twohost_stage() {
+	local t0=$SECONDS rc=0 ftvm=()
+	echo "== two-host stage: the FT pair across two emulated hosts ($TWOHOST_PKG)"
+	"$GO" run ./cmd/testbed -v setup
+	[[ -x $ROOT/bin/ftvm ]] && ftvm=(FTKVM_FTVM="$ROOT/bin/ftvm")
+	env "${ftvm[@]}" FTKVM_TWOHOST=1 "$GO" test -count=1 -v -timeout "${FTKVM_TWOHOST_TIMEOUT:-35m}" "$TWOHOST_PKG" || rc=$?
+	if ((rc == 0)); then
+		summary+="ok  	$MODULE/${TWOHOST_PKG#./}	$((SECONDS - t0)).000s (two hosts)"$'\n'
+	else
+		summary+="FAIL	$MODULE/${TWOHOST_PKG#./}	$((SECONDS - t0)).000s (two hosts)"$'\n'
+		status=1
+	fi
+}
 
 if kvm_here; then
+	twohost_stage
+	printf '%s' "$summary"
 	exit $status
 fi
 
@@ -107,7 +130,6 @@ envs=(
 [[ -z ${CI+x} ]] || envs+=(-e CI)
 
 echo "== KVM stage: ${KVM_PKGS[*]#./}, each in an emulated host (stage limit $STAGE_TIMEOUT)"
-summary=
 stage_end=$((SECONDS + $(dur_seconds "$STAGE_TIMEOUT")))
 for p in "${KVM_PKGS[@]}"; do
 	name=${p#./}
@@ -139,6 +161,7 @@ for p in "${KVM_PKGS[@]}"; do
 		status=1
 	fi
 done
+twohost_stage
 echo "== KVM stage summary (emulated hosts)"
 printf '%s' "$summary"
 if ((status != 0)); then

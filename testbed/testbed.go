@@ -269,38 +269,47 @@ func (h *Host) sinceHeartbeat() time.Duration {
 // monitor runs one human-monitor command on the running QEMU and returns
 // its output ("" if the monitor does not answer within a few seconds).
 func (h *Host) monitor(command string) string {
+	out, _ := h.monitorCmd(command)
+	return out
+}
+
+// monitorCmd runs one human-monitor command and returns its output, or
+// why the monitor could not be asked.
+func (h *Host) monitorCmd(command string) (string, error) {
 	c, err := net.DialTimeout("unix", filepath.Join(h.ctl, monitorSocket), 2*time.Second)
 	if err != nil {
-		return ""
+		return "", fmt.Errorf("testbed: QEMU monitor: %w", err)
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	var buf bytes.Buffer
-	readPrompt := func() bool {
+	readPrompt := func() error {
 		b := make([]byte, 4096)
 		for !bytes.HasSuffix(buf.Bytes(), []byte("(qemu) ")) {
 			n, err := c.Read(b)
 			buf.Write(b[:n])
 			if err != nil {
-				return false
+				return fmt.Errorf("testbed: QEMU monitor: %w", err)
 			}
 		}
-		return true
+		return nil
 	}
-	if !readPrompt() {
-		return ""
+	if err := readPrompt(); err != nil {
+		return "", err
 	}
 	buf.Reset()
 	if _, err := io.WriteString(c, command+"\n"); err != nil {
-		return ""
+		return "", fmt.Errorf("testbed: QEMU monitor: %w", err)
 	}
-	readPrompt()
+	if err := readPrompt(); err != nil {
+		return "", err
+	}
 	out := strings.TrimSuffix(buf.String(), "(qemu) ")
 	// The monitor echoes the command line, with terminal escapes.
 	if i := strings.IndexByte(out, '\n'); i >= 0 {
 		out = out[i+1:]
 	}
-	return strings.ReplaceAll(out, "\r", "")
+	return strings.ReplaceAll(out, "\r", ""), nil
 }
 
 // registerSummary keeps the lines of `info registers` that tell a halted
@@ -410,6 +419,27 @@ func (h *Host) Wait() (Result, error) {
 // inside. Wait then returns an error matching ErrKilled.
 func (h *Host) Kill() {
 	h.stop(fmt.Errorf("%w (SIGKILL)", ErrKilled))
+}
+
+// SetLink cuts (up false) or restores the host's Link, as a pulled cable
+// would: the card stays, frames stop in both directions, neither end sees
+// a reset. It is QEMU's set_link on the link's netdev.
+func (h *Host) SetLink(up bool) error {
+	if h.opts.Link == nil {
+		return errors.New("testbed: SetLink on a host without a Link")
+	}
+	state := "off"
+	if up {
+		state = "on"
+	}
+	out, err := h.monitorCmd("set_link link0 " + state)
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(out) != "" {
+		return fmt.Errorf("testbed: set_link link0 %s: %s", state, strings.TrimSpace(out))
+	}
+	return nil
 }
 
 // ScriptStarted is closed when the script starts (the host has booted).
