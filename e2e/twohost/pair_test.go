@@ -3,7 +3,6 @@ package twohost
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,29 +13,13 @@ import (
 	"time"
 
 	"github.com/ftkvm/ftkvm/ft/ftguest"
+	"github.com/ftkvm/ftkvm/internal/pairhost"
 	"github.com/ftkvm/ftkvm/testbed"
 )
 
-// The FT pair across two emulated hosts: each side runs `ftvm` in a host
-// of its own (its own kernel and KVM), the two hosts are joined by a
-// private Ethernet link (IPv6 link-local, fe80::a is the primary's host),
-// and one directory of this machine, shared into both over 9p, stands for
-// the NFS export both hosts mount: it holds the split-brain claims and
-// each side's console output and log. Writes to it reach this machine
-// before they return, so a side's output file is what the outside world
-// saw of it, whatever happens to its host afterwards.
-//
-// Host death is SIGKILL of that host's QEMU (testbed.Host.Kill): the
-// other host's TCP connection sees no reset and no FIN, only silence. A
-// partition is the link cut in QEMU (testbed.Host.SetLink). Storage loss
-// is the shared directory renamed away on this machine: every later open
-// through the share fails.
-
-const (
-	primaryAddr = "fe80::a"
-	backupAddr  = "fe80::b"
-	ftPort      = "7700"
-)
+// The FT pair across two emulated hosts (package internal/pairhost has
+// the set-up: a private link, a shared directory standing for NFS, host
+// death by SIGKILL of QEMU, partitions by cutting the link).
 
 // env is what every two-host test needs: the ftvm binary and built guests.
 type env struct {
@@ -112,88 +95,27 @@ func setup(t *testing.T) env {
 	return envV
 }
 
-// side is one ftvm process in an emulated host of its own.
-type side struct {
-	role string // "primary" or "backup"
-	dir  string // the shared directory
-	host *testbed.Host
-	done chan struct{}
-	res  testbed.Result
-	err  error
-}
+// side wraps a pairhost.Side with test failures.
+type side struct{ *pairhost.Side }
 
-func (s *side) file(ext string) string {
-	b, _ := os.ReadFile(filepath.Join(s.dir, s.role+ext))
-	return string(b)
-}
+func (s side) out() string           { return s.Out() }
+func (s side) log() string           { return s.Log() }
+func (s side) status() int           { return s.Status() }
+func (s side) exited() bool          { return s.Exited() }
+func (s side) done() <-chan struct{} { return s.Done() }
 
-// out is the console output the side released (what the outside saw).
-func (s *side) out() string { return s.file(".out") }
-
-// log is the side's stderr: its progress and decisions.
-func (s *side) log() string { return s.file(".log") }
-
-// status is ftvm's exit status, or -1 if the host died first.
-func (s *side) status() int {
-	var rc int
-	if _, err := fmt.Sscan(s.file(".rc"), &rc); err != nil {
-		return -1
-	}
-	return rc
-}
-
-func (s *side) exited() bool {
-	select {
-	case <-s.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// wait waits for the side's host to stop (the script ends with ftvm).
-func (s *side) wait(t *testing.T, d time.Duration) {
+func (s side) wait(t *testing.T, d time.Duration) {
 	t.Helper()
-	select {
-	case <-s.done:
-	case <-time.After(d):
-		s.host.Kill()
-		<-s.done
-		t.Fatalf("%s did not finish within %v\n%s", s.role, d, tail(s.log(), 20))
+	if err := s.Wait(d); err != nil {
+		t.Fatalf("%v\n%s", err, tail(s.Log(), 20))
 	}
 }
 
-// waitLog waits until the side's log contains sub.
-func (s *side) waitLog(t *testing.T, sub string, d time.Duration) {
+func (s side) waitLog(t *testing.T, sub string, d time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !strings.Contains(s.log(), sub) {
-		if s.exited() {
-			t.Fatalf("%s ended before logging %q (host: %v)\n%s\n%s", s.role, sub, s.err, tail(s.log(), 20), tail(s.res.Output, 10))
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not log %q within %v\n%s", s.role, sub, d, tail(s.log(), 20))
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := s.WaitLog(sub, d); err != nil {
+		t.Fatalf("%v\n%s", err, tail(s.Log(), 20))
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func shellQuote(args []string) string {
-	q := make([]string, len(args))
-	for i, a := range args {
-		q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
-	}
-	return strings.Join(q, " ")
 }
 
 // pairOpts are the flags of one pair run.
@@ -204,47 +126,18 @@ type pairOpts struct {
 	limit          time.Duration
 }
 
-// startPair boots the primary's host and the backup's, joined by a link,
-// sharing dir, and starts ftvm in each.
-func startPair(t *testing.T, e env, o pairOpts) (p, b *side) {
+// startPair boots the primary's host and the backup's (pairhost) in a
+// fresh shared directory and starts ftvm in each.
+func startPair(t *testing.T, e env, o pairOpts) (p, b side) {
 	t.Helper()
-	if o.limit == 0 {
-		o.limit = 5 * time.Minute
-	}
-	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, "split"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	port := freePort(t)
-	common := []string{"--split-dir", filepath.Join(dir, "split"), "--status-every", "1s", "--claim-timeout", "2s"}
-	bGuest := o.guest
-	if o.bGuest != nil {
-		bGuest = o.bGuest
-	}
-	pArgs := append(append(append([]string{"primary", "--listen", "[" + primaryAddr + "%eth0]:" + ftPort, "--wait-backup", "90s"}, common...), o.guest...), o.pExtra...)
-	bArgs := append(append(append([]string{"backup", "--connect", "[" + primaryAddr + "%eth0]:" + ftPort, "--connect-wait", "90s"}, common...), bGuest...), o.bExtra...)
-	p = startSide(t, e, "primary", dir, pArgs, &testbed.Link{Port: port, Listen: true, Addr: primaryAddr}, o.limit)
-	b = startSide(t, e, "backup", dir, bArgs, &testbed.Link{Port: port, Addr: backupAddr}, o.limit)
-	return p, b
-}
-
-func startSide(t *testing.T, e env, role, dir string, args []string, link *testbed.Link, limit time.Duration) *side {
-	t.Helper()
-	s := &side{role: role, dir: dir, done: make(chan struct{})}
-	script := fmt.Sprintf("%s %s > %s.out 2> %s.log; echo $? > %s.rc", shellQuote([]string{e.bin}), shellQuote(args), role, role, role)
-	h, err := testbed.Start(context.Background(), testbed.Options{
-		Script: script, Dir: dir, Link: link, Timeout: limit, Hostname: role + "-host", MemMB: 2048,
+	pr, err := pairhost.Start(context.Background(), pairhost.Options{
+		Bin: e.bin, Guest: o.guest, BGuest: o.bGuest, PExtra: o.pExtra, BExtra: o.bExtra, Dir: t.TempDir(), Limit: o.limit,
 	})
 	if err != nil {
-		t.Fatalf("starting the %s's host: %v", role, err)
+		t.Fatal(err)
 	}
-	s.host = h
-	go func() { s.res, s.err = h.Wait(); close(s.done) }()
-	t.Cleanup(func() {
-		h.Kill()
-		<-s.done
-	})
-	return s
+	t.Cleanup(pr.Close)
+	return side{pr.Primary}, side{pr.Backup}
 }
 
 // checkFailoverOutput requires the outside world's view — the primary's

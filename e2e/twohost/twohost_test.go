@@ -44,15 +44,14 @@ func killPrimaryHost(t *testing.T, e env, ref string, delay time.Duration, guest
 	p.waitLog(t, "booting the guest PROTECTED", 3*time.Minute)
 	select {
 	case <-time.After(delay):
-	case <-p.done:
+	case <-p.done():
 	}
 	killed := !p.exited()
-	p.host.Kill()
-	<-p.done
+	p.Kill()
 	b.wait(t, 4*time.Minute)
 	pOut, bOut, bLog := p.out(), b.out(), b.log()
 	if b.status() != 0 {
-		t.Fatalf("backup exited %d (host: %v)\nbackup log:\n%s\nprimary log:\n%s", b.status(), b.err, tail(bLog, 25), tail(p.log(), 10))
+		t.Fatalf("backup exited %d (host: %v)\nbackup log:\n%s\nprimary log:\n%s", b.status(), b.HostErr(), tail(bLog, 25), tail(p.log(), 10))
 	}
 	switch {
 	case strings.Contains(bLog, "WON the test-and-set"):
@@ -116,15 +115,14 @@ func TestHostDeathLinux(t *testing.T) {
 			p.waitLog(t, "booting the guest PROTECTED", 3*time.Minute)
 			select {
 			case <-time.After(delay):
-			case <-p.done:
+			case <-p.done():
 			}
 			killed := !p.exited()
-			p.host.Kill()
-			<-p.done
+			p.Kill()
 			b.wait(t, 10*time.Minute)
 			pOut, bOut, bLog := p.out(), b.out(), b.log()
 			if b.status() != 0 {
-				t.Fatalf("backup exited %d (host: %v)\n%s", b.status(), b.err, tail(bLog, 25))
+				t.Fatalf("backup exited %d (host: %v)\n%s", b.status(), b.HostErr(), tail(bLog, 25))
 			}
 			out := pOut
 			var nb, from int
@@ -155,8 +153,7 @@ func TestBackupHostDeath(t *testing.T) {
 	p, b := startPair(t, e, pairOpts{guest: []string{"--image", e.chat}})
 	p.waitLog(t, "booting the guest PROTECTED", 3*time.Minute)
 	time.Sleep(time.Second)
-	b.host.Kill()
-	<-b.done
+	b.Kill()
 	p.wait(t, 4*time.Minute)
 	pLog := p.log()
 	if p.status() != 0 || !strings.Contains(pLog, "WON the test-and-set") {
@@ -179,7 +176,7 @@ func TestPartition(t *testing.T) {
 			p, b := startPair(t, e, pairOpts{guest: []string{"--image", e.chat}})
 			p.waitLog(t, "booting the guest PROTECTED", 3*time.Minute)
 			time.Sleep(delay)
-			if err := p.host.SetLink(false); err != nil {
+			if err := p.Host.SetLink(false); err != nil {
 				t.Fatal(err)
 			}
 			p.wait(t, 4*time.Minute)
@@ -213,12 +210,11 @@ func TestStorageLoss(t *testing.T) {
 	p, b := startPair(t, e, pairOpts{guest: []string{"--image", e.chat}})
 	p.waitLog(t, "booting the guest PROTECTED", 3*time.Minute)
 	time.Sleep(800 * time.Millisecond)
-	split := filepath.Join(p.dir, "split")
+	split := filepath.Join(p.Dir, "split")
 	if err := os.Rename(split, split+".gone"); err != nil {
 		t.Fatal(err)
 	}
-	p.host.Kill()
-	<-p.done
+	p.Kill()
 	b.wait(t, 4*time.Minute)
 	bLog := b.log()
 	if b.status() == 0 || strings.Contains(bLog, "WON") || !strings.Contains(bLog, "NOT going live") {
