@@ -54,6 +54,9 @@ type Options struct {
 	Limit time.Duration
 	// MemMB is each host's RAM. Default 2048.
 	MemMB int
+	// PPre is shell run in the primary's host before ftvm (its output
+	// goes to primary.pre in the shared directory).
+	PPre string
 }
 
 // Pair is a running pair.
@@ -101,11 +104,11 @@ func Start(ctx context.Context, o Options) (*Pair, error) {
 	}
 	pArgs := concat([]string{"primary", "--listen", target, "--wait-backup", "90s"}, common, o.Guest, o.PExtra)
 	bArgs := concat([]string{"backup", "--connect", target, "--connect-wait", "90s"}, common, bGuest, o.BExtra)
-	p, err := startSide(ctx, o, "primary", pArgs, &testbed.Link{Port: port, Listen: true, Addr: PrimaryAddr})
+	p, err := startSide(ctx, o, "primary", o.PPre, pArgs, &testbed.Link{Port: port, Listen: true, Addr: PrimaryAddr})
 	if err != nil {
 		return nil, err
 	}
-	b, err := startSide(ctx, o, "backup", bArgs, &testbed.Link{Port: port, Addr: BackupAddr})
+	b, err := startSide(ctx, o, "backup", "", bArgs, &testbed.Link{Port: port, Addr: BackupAddr})
 	if err != nil {
 		p.Host.Kill()
 		<-p.done
@@ -122,9 +125,12 @@ func (p *Pair) Close() {
 	}
 }
 
-func startSide(ctx context.Context, o Options, role string, args []string, link *testbed.Link) (*Side, error) {
+func startSide(ctx context.Context, o Options, role, pre string, args []string, link *testbed.Link) (*Side, error) {
 	s := &Side{Role: role, Dir: o.Dir, done: make(chan struct{})}
 	script := fmt.Sprintf("%s %s > %s.out 2> %s.log; echo $? > %s.rc", shellQuote(o.Bin), shellQuote(args...), role, role, role)
+	if pre != "" {
+		script = fmt.Sprintf("( %s ) > %s.pre 2>&1\n%s", pre, role, script)
+	}
 	h, err := testbed.Start(ctx, testbed.Options{
 		Script: script, Dir: o.Dir, Link: link, Timeout: o.Limit, Hostname: role + "-host", MemMB: o.MemMB,
 	})

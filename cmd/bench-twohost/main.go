@@ -1,0 +1,263 @@
+// Command bench-twohost measures the FT pair across two emulated hosts
+// (internal/pairhost), side by side in one run:
+//
+//   - failover after a silent host death: detection (how long the backup
+//     heard nothing before declaring the primary lost) and go-live (from
+//     that declaration to running live), for a bare guest and Linux;
+//   - the output-commit delay per console write (p50, p99) against the
+//     round trip between the two hosts (ping over their link);
+//   - the primary's slowdown: its run time protected, with the backup on
+//     the other host, against `ftvm run` of the same guest alone.
+//
+// Each repetition runs the three configurations of a guest back to back,
+// so a ratio compares runs under the same machine load.
+//
+//	bench-twohost [-n 3] [-linux] [-heartbeat 50ms] [-timeout 300ms] [-ftvm bin/ftvm]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ftkvm/ftkvm/ft/ftguest"
+	"github.com/ftkvm/ftkvm/internal/pairhost"
+	"github.com/ftkvm/ftkvm/testbed"
+)
+
+func main() {
+	n := flag.Int("n", 3, "repetitions per guest")
+	linux := flag.Bool("linux", true, "also measure the example Linux guest")
+	hb := flag.Duration("heartbeat", 100*time.Millisecond, "heartbeat interval")
+	to := flag.Duration("ft-timeout", time.Second, "failure-detection timeout (300ms made the backup time out waiting for the primary's hello on the emulated hosts)")
+	ftvm := flag.String("ftvm", "bin/ftvm", "the ftvm binary")
+	guestDir := flag.String("guest-dir", envOr("FTKVM_GUEST_DIR", "guest/out"), "the example Linux guest")
+	flag.Parse()
+	if err := run(*n, *linux, *hb, *to, *ftvm, *guestDir); err != nil {
+		fmt.Fprintf(os.Stderr, "bench-twohost: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+type guest struct {
+	name  string
+	flags []string
+}
+
+type sample struct {
+	alone, protected     time.Duration
+	commitP50, commitP99 time.Duration
+	rtt                  time.Duration
+	detect, golive       time.Duration
+	falseFailover        bool
+	failoverOK           bool
+}
+
+func run(n int, linux bool, hb, to time.Duration, ftvm, guestDir string) error {
+	var err error
+	if ftvm, err = filepath.Abs(ftvm); err != nil {
+		return err
+	}
+	if err := testbed.Setup(os.Stderr); err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "ftkvm-bench-twohost-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	chat, err := ftguest.Build(work, ftguest.Spec{Lines: 1500, Spin: 1000})
+	if err != nil {
+		return err
+	}
+	guests := []guest{{"chatter (bare)", []string{"--image", chat}}}
+	if linux {
+		gd, err := filepath.Abs(guestDir)
+		if err != nil {
+			return err
+		}
+		guests = append(guests, guest{"linux", []string{"--guest-dir", gd, "--window-entries", "1500"}})
+	}
+	timing := []string{"--heartbeat", hb.String(), "--ft-timeout", to.String()}
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	fmt.Printf("bench-twohost: %d repetitions, heartbeat %v, timeout %v, two emulated hosts (2048 MB each)\n", n, hb, to)
+	for _, g := range guests {
+		var ss []sample
+		for i := 0; i < n; i++ {
+			s, err := measure(work, ftvm, g, timing, rng)
+			if err != nil {
+				return fmt.Errorf("%s, repetition %d: %w", g.name, i+1, err)
+			}
+			fmt.Printf("  %s #%d: alone %v, protected %v (%.2fx), commit p50 %v p99 %v, rtt %v, detection %v, go-live %v%s\n",
+				g.name, i+1, s.alone.Round(time.Millisecond), s.protected.Round(time.Millisecond), ratio(s.protected, s.alone),
+				s.commitP50, s.commitP99, s.rtt, s.detect, s.golive, flags(s))
+			ss = append(ss, s)
+		}
+		report(g.name, ss)
+	}
+	return nil
+}
+
+func flags(s sample) string {
+	out := ""
+	if s.falseFailover {
+		out += " FALSE FAILOVER in the protected run"
+	}
+	if !s.failoverOK {
+		out += " (failover run: the backup did not go live)"
+	}
+	return out
+}
+
+func ratio(a, b time.Duration) float64 {
+	if b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+func measure(work, ftvm string, g guest, timing []string, rng *rand.Rand) (sample, error) {
+	var s sample
+	ctx := context.Background()
+
+	// Alone: ftvm run in one host.
+	dir, err := os.MkdirTemp(work, "alone-")
+	if err != nil {
+		return s, err
+	}
+	res, err := testbed.Run(ctx, testbed.Options{
+		Script: fmt.Sprintf("%q run %s > /tmp/alone.out 2> alone.log", ftvm, strings.Join(quoteAll(g.flags), " ")), // output to the host's tmpfs: a 9p write per console line would slow the vCPU
+		Dir:    dir, Timeout: 20 * time.Minute, MemMB: 2048,
+	})
+	if err != nil {
+		return s, err
+	}
+	log, _ := os.ReadFile(filepath.Join(dir, "alone.log"))
+	if s.alone, err = runTime(string(log), `after ([0-9.]+)s,`); err != nil || res.ExitStatus > 1 {
+		return s, fmt.Errorf("alone: exit %d, %v\n%s", res.ExitStatus, err, log)
+	}
+
+	// Protected: the pair, no failure. The primary's host pings the
+	// backup's over the link first, for the round trip.
+	dir, err = os.MkdirTemp(work, "pair-")
+	if err != nil {
+		return s, err
+	}
+	ping := fmt.Sprintf("for i in $(seq 120); do busybox ping -6 -c 1 -W 1 %s%%eth0 >/dev/null 2>&1 && break; sleep 0.5; done; busybox ping -6 -c 20 -i 0.2 %s%%eth0", pairhost.BackupAddr, pairhost.BackupAddr)
+	p, err := pairhost.Start(ctx, pairhost.Options{Bin: ftvm, Dir: dir, Guest: g.flags, PExtra: timing, BExtra: timing, Limit: 20 * time.Minute, PPre: ping})
+	if err != nil {
+		return s, err
+	}
+	p.Primary.Wait(20 * time.Minute)
+	p.Backup.Wait(2 * time.Minute)
+	p.Close()
+	pl, bl := p.Primary.Log(), p.Backup.Log()
+	if s.protected, err = runTime(pl, ` in ([0-9.]+m?s); released`); err != nil {
+		return s, fmt.Errorf("protected run: %v\n%s", err, tail(pl, 8))
+	}
+	s.commitP50, _ = runTime(pl, `commit delay p50 ([0-9.]+[µmn]?s)`)
+	s.commitP99, _ = runTime(pl, `p99 ([0-9.]+[µmn]?s) over`)
+	s.falseFailover = strings.Contains(bl, "WON the test-and-set") || strings.Contains(pl, "WON the test-and-set")
+	pre, _ := os.ReadFile(filepath.Join(dir, "primary.pre"))
+	if m := regexp.MustCompile(`= [0-9.]+/([0-9.]+)/[0-9.]+ ms`).FindStringSubmatch(string(pre)); m != nil {
+		ms, _ := strconv.ParseFloat(m[1], 64) // busybox ping's average, in ms
+		s.rtt = time.Duration(ms * float64(time.Millisecond))
+	}
+	// Failover: kill the primary's host between 20% and 80% of the run.
+	dir, err = os.MkdirTemp(work, "failover-")
+	if err != nil {
+		return s, err
+	}
+	p, err = pairhost.Start(ctx, pairhost.Options{Bin: ftvm, Dir: dir, Guest: g.flags, PExtra: timing, BExtra: timing, Limit: 20 * time.Minute})
+	if err != nil {
+		return s, err
+	}
+	defer p.Close()
+	if err := p.Primary.WaitLog("booting the guest PROTECTED", 5*time.Minute); err != nil {
+		return s, err
+	}
+	time.Sleep(time.Duration(float64(s.protected) * (0.2 + 0.6*rng.Float64())))
+	p.Primary.Kill()
+	p.Backup.Wait(20 * time.Minute)
+	bl = p.Backup.Log()
+	s.failoverOK = strings.Contains(bl, "WON the test-and-set")
+	s.detect, _ = runTime(bl, `nothing from the sender for ([0-9.]+m?s)`)
+	s.golive, _ = runTime(bl, `LIVE at exit [0-9]+, ([0-9.]+[µm]?s) after`)
+	return s, nil
+}
+
+func quoteAll(a []string) []string {
+	q := make([]string, len(a))
+	for i, s := range a {
+		q[i] = strconv.Quote(s)
+	}
+	return q
+}
+
+// runTime finds re's first group in s and parses it as a duration (a bare
+// number is seconds).
+func runTime(s, re string) (time.Duration, error) {
+	m := regexp.MustCompile(re).FindStringSubmatch(s)
+	if m == nil {
+		return 0, fmt.Errorf("no %q in the log", re)
+	}
+	v := m[1]
+	if _, err := strconv.ParseFloat(v, 64); err == nil {
+		v += "s"
+	}
+	return time.ParseDuration(v)
+}
+
+func median(d []time.Duration) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	d = slices.Clone(d)
+	slices.Sort(d)
+	return d[len(d)/2]
+}
+
+func report(name string, ss []sample) {
+	var det, live, c50, rtt []time.Duration
+	var ratios []float64
+	falseN, failed := 0, 0
+	for _, s := range ss {
+		if s.failoverOK {
+			det, live = append(det, s.detect), append(live, s.golive)
+		} else {
+			failed++
+		}
+		c50, rtt = append(c50, s.commitP50), append(rtt, s.rtt)
+		ratios = append(ratios, ratio(s.protected, s.alone))
+		if s.falseFailover {
+			falseN++
+		}
+	}
+	slices.Sort(ratios)
+	fmt.Printf("%s: detection median %v max %v; go-live after detection median %v max %v; commit delay p50 median %v vs link RTT median %v (%.1fx); protected/alone median %.2fx; %d false failovers, %d failovers without go-live\n",
+		name, median(det), slices.Max(append(det, 0)), median(live), slices.Max(append(live, 0)), median(c50), median(rtt), ratio(median(c50), median(rtt)),
+		ratios[len(ratios)/2], falseN, failed)
+}
+
+func tail(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
