@@ -626,6 +626,25 @@ func (p *PIT) Save() PITState { return p.st }
 
 // Restore replaces the PIT's state with s after checking it; on error the
 // PIT is unchanged. The Clock must continue the saved VM's timeline.
+//
+// Restore accepts exactly the states a PIT can reach (FuzzDevices restores
+// them at random points) and refuses any other: a state no guest could have
+// produced could trap later on ordinary guest I/O, e.g. an armed channel
+// 2 whose count is 0 divides by zero once the guest raises its gate and
+// reads it (FuzzPITRestore). The invariants:
+//
+//   - Mode 0-7, Access 1-3, port 0x61 bits 0-3, the gates of channels 0
+//     and 1 high and channel 2's equal to port 0x61 bit 0;
+//   - a channel counts only once a count was written (Counting ⇒ Armed),
+//     and an armed channel holds counts CR and Count of 1 to the modulus
+//     (65536, or 10000 in BCD), whatever it does next;
+//   - Pending (a reload at the end of the period) only in modes 2 and 3
+//     while counting; CRStale only in modes 1 and 5 while counting;
+//     Paused exactly when counting in mode 0 or 4 with the gate low;
+//   - a latched count of at most 2 bytes in LSB-then-MSB access and 1
+//     otherwise; WriteHigh and ReadHigh only in LSB-then-MSB access;
+//   - ticks within ±2^60 (PausedPulses and IRQCheckedTick not negative),
+//     far beyond any VM's run and far from overflow.
 func (p *PIT) Restore(s PITState) error {
 	const limit = 1 << 60
 	if s.Port61&^0x0f != 0 {
@@ -639,7 +658,11 @@ func (p *PIT) Restore(s PITState) error {
 		bad := func(what string, v any) error {
 			return fmt.Errorf("devices: PIT channel %d: %s %v out of range", i, what, v)
 		}
+		inconsistent := func(what string) error {
+			return fmt.Errorf("devices: PIT channel %d (mode %d, access %d): %s", i, ch.Mode, ch.Access, what)
+		}
 		m := uint32(ch.modulus())
+		mode := ch.mode()
 		switch {
 		case ch.Mode > 7:
 			return bad("mode", ch.Mode)
@@ -647,18 +670,26 @@ func (p *PIT) Restore(s PITState) error {
 			return bad("access mode", ch.Access)
 		case ch.Armed && (ch.CR < 1 || ch.CR > m):
 			return bad("count register", ch.CR)
-		case ch.Counting && (ch.Count < 1 || ch.Count > m):
+		case ch.Armed && (ch.Count < 1 || ch.Count > m):
 			return bad("count", ch.Count)
-		case ch.Pending && (ch.CR < 1 || ch.CR > m):
-			return bad("pending count", ch.CR)
+		case ch.Counting && !ch.Armed:
+			return inconsistent("counting without a count written")
+		case ch.Pending && (!ch.Counting || mode != 2 && mode != 3):
+			return inconsistent("a count pending at the end of the period while not counting in mode 2 or 3")
+		case ch.CRStale && (!ch.Counting || mode != 1 && mode != 5):
+			return inconsistent("a count waiting for the next trigger while not counting in mode 1 or 5")
+		case ch.Paused != (ch.Counting && (mode == 0 || mode == 4) && !ch.Gate):
+			return inconsistent(fmt.Sprintf("paused %v with counting %v and gate %v", ch.Paused, ch.Counting, ch.Gate))
 		case ch.LoadTick < -limit || ch.LoadTick > limit:
 			return bad("load tick", ch.LoadTick)
 		case ch.PendingTick < -limit || ch.PendingTick > limit:
 			return bad("pending tick", ch.PendingTick)
 		case ch.PausedPulses < 0 || ch.PausedPulses > limit:
 			return bad("paused clocks", ch.PausedPulses)
-		case ch.LatchBytes > 2:
+		case ch.LatchBytes > 2 || ch.LatchBytes > 1 && ch.Access != 3:
 			return bad("latched bytes", ch.LatchBytes)
+		case (ch.WriteHigh || ch.ReadHigh) && ch.Access != 3:
+			return inconsistent("the second byte of a count to write or read outside LSB-then-MSB access")
 		case i != 2 && !ch.Gate:
 			return bad("gate (wired high)", ch.Gate)
 		case i == 2 && ch.Gate != (s.Port61&1 != 0):

@@ -254,21 +254,20 @@ func TestReceiverCoreAckConsumedAndRoom(t *testing.T) {
 	cfg := coreConfig()
 	cfg.AckMode = AckConsumed
 	c := newReceiverCore(&cfg)
-	big := dataFrame(1, make([]byte, 600))
-	h, raw, _, _ := decodeFrame(big, 1<<20, 1<<20)
-	if !c.hasRoom(&h) {
+	h, raw := readInto(t, &c, dataFrame(1, make([]byte, 600)))
+	if !c.hasRoom(&h, raw) {
 		t.Fatal("empty buffer refuses a frame")
 	}
 	c.acceptData(&h, raw)
-	h2, raw2, _, _ := decodeFrame(dataFrame(2, make([]byte, 600)), 1<<20, 1<<20)
-	if c.hasRoom(&h2) {
+	h2, raw2 := readInto(t, &c, dataFrame(2, make([]byte, 600)))
+	if c.hasRoom(&h2, raw2) {
 		t.Fatal("buffer over the window takes another frame")
 	}
 	if _, ok := c.ackDue(); ok {
 		t.Fatal("AckConsumed acks before Consumed")
 	}
 	c.next()
-	if !c.hasRoom(&h2) {
+	if !c.hasRoom(&h2, raw2) {
 		t.Fatal("no room after next")
 	}
 	c.acceptData(&h2, raw2)

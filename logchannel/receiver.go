@@ -23,6 +23,7 @@ type Receiver struct {
 	nextWaiting bool
 	roomCh      chan struct{} // cap 1: the reader waits here for buffer space
 	roomFor     *header       // the frame the reader wants to buffer (nil: not waiting)
+	roomBuf     []byte        // and the buffer it was read into
 
 	received atomic.Uint64
 	wmu      sync.Mutex // serialises writes on the link: the writer's, and the reader's direct acks
@@ -180,8 +181,8 @@ func (r *Receiver) Next(ctx context.Context) (uint64, []byte, error) {
 			return 0, nil, ErrClosed
 		}
 		if seq, entry, ok := r.core.next(); ok {
-			if r.roomFor != nil && r.core.hasRoom(r.roomFor) {
-				r.roomFor = nil
+			if r.roomFor != nil && r.core.hasRoom(r.roomFor, r.roomBuf) {
+				r.roomFor, r.roomBuf = nil, nil
 				select {
 				case r.roomCh <- struct{}{}:
 				default:
@@ -280,10 +281,10 @@ func (r *Receiver) readLoop(cc *link) {
 		switch h.typ {
 		case frameData:
 			r.mu.Lock()
-			for !r.core.hasRoom(&h) {
+			for !r.core.hasRoom(&h, raw) {
 				// Stop reading: TCP back-pressure reaches the sender, whose
 				// window then fills. Our silence timer is paused meanwhile.
-				r.roomFor = &h
+				r.roomFor, r.roomBuf = &h, raw
 				cc.live.paused.Store(true)
 				r.mu.Unlock()
 				select {
@@ -293,7 +294,7 @@ func (r *Receiver) readLoop(cc *link) {
 				}
 				r.mu.Lock()
 			}
-			r.roomFor = nil
+			r.roomFor, r.roomBuf = nil, nil
 			if cc.live.paused.Load() {
 				cc.live.lastRecv.Store(cc.live.now())
 				cc.live.paused.Store(false)

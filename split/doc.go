@@ -114,7 +114,36 @@
 // and some FUSE filesystems do not, and there every claim fails with
 // ErrUnreachable, so nobody goes live — check at deployment. fsync of the
 // directory is skipped where the filesystem rejects it with EINVAL; an
-// NFS server commits LINK before it answers.
+// NFS server exported with sync commits LINK before it answers (see below).
+//
+// A claim path that is not a regular file (a FIFO, a socket, a device, a
+// directory) is refused with ErrCorrupt and never claimed. Claims are
+// opened with O_NONBLOCK, so a FIFO without a writer cannot hold the
+// arbiter in open(2).
+//
+// # NFS: what the export and the mount must be
+//
+// All of the above is about which LINK the server performs first. It also
+// takes the server's word that a LINK it acknowledged, and the record it
+// acknowledged writing, are on its disk; only some configurations keep
+// that word, and the arbiter cannot check them from the client:
+//
+//   - Export the directory with sync (exports(5); the default of current
+//     nfs-utils, but say it). With async the server acknowledges a LINK,
+//     a WRITE and a COMMIT before they reach its disk: if it then crashes
+//     or loses power, a claim a node was told it won, and went live on,
+//     disappears; the other node finds the generation unclaimed, wins it
+//     too, and two VMs run. The server's own disks must honour flushes
+//     (no volatile write cache that ignores them), for the same reason.
+//   - Mount hard (the default), not soft: Timeouts below is what bounds a
+//     hung server, and a soft mount turns a slow server into errors for
+//     requests the server may still carry out. Keep close-to-open
+//     consistency (no nocto): the read-back of step 4 relies on it.
+//   - File locks play no part: the arbiter takes none, so lockd/NLM and
+//     the nolock or local_lock options make no difference to it.
+//
+// A cluster filesystem must likewise make a link durable before link(2)
+// returns, or by the fsync of Dir that follows.
 //
 // # Timeouts
 //

@@ -243,9 +243,9 @@ func (a *FileArbiter) Advance(ctx context.Context) (uint64, error) {
 // with only Pair set.
 func (a *FileArbiter) Latest(ctx context.Context) (Record, error) {
 	return run(ctx, a, 0, "scanning for claims", func() (Record, error) {
-		entries, err := os.ReadDir(a.dir)
+		entries, err := a.readDir()
 		if err != nil {
-			return Record{}, a.errorf(0, ErrUnreachable, err, "listing %s", a.dir)
+			return Record{}, err
 		}
 		var top uint64
 		for _, e := range entries {
@@ -258,6 +258,23 @@ func (a *FileArbiter) Latest(ctx context.Context) (Record, error) {
 		}
 		return a.readClaim(top)
 	})
+}
+
+// readDir lists Dir, refusing without blocking anything but a directory.
+func (a *FileArbiter) readDir() ([]fs.DirEntry, error) {
+	d, err := openNoBlock(a.dir)
+	if err != nil {
+		return nil, a.errorf(0, ErrUnreachable, err, "listing %s", a.dir)
+	}
+	defer d.Close()
+	if st, err := d.Stat(); err != nil || !st.IsDir() {
+		return nil, a.errorf(0, ErrUnreachable, err, "listing %s: not a directory", a.dir)
+	}
+	entries, err := d.ReadDir(-1)
+	if err != nil {
+		return nil, a.errorf(0, ErrUnreachable, err, "listing %s", a.dir)
+	}
+	return entries, nil
 }
 
 // parseClaimName returns the generation of a claim file name of this pair.
@@ -321,7 +338,7 @@ func (a *FileArbiter) claim(gen uint64) (Record, error) {
 // missing directory is ErrUnreachable.
 func (a *FileArbiter) readClaim(gen uint64) (Record, error) {
 	path := a.ClaimPath(gen)
-	f, err := os.Open(path)
+	f, err := openNoBlock(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := a.checkDir(gen); err != nil {
 			return Record{}, err
@@ -329,6 +346,10 @@ func (a *FileArbiter) readClaim(gen uint64) (Record, error) {
 		return Record{Pair: a.pair, Generation: gen}, nil
 	}
 	if err != nil {
+		if st, serr := os.Stat(path); serr == nil && !st.Mode().IsRegular() {
+			// A socket, say, which open(2) refuses with ENXIO.
+			return Record{}, a.errorf(gen, ErrCorrupt, nil, "claim %s is not a regular file (%v): refusing it, nothing is claimed", path, st.Mode().Type())
+		}
 		return Record{}, a.errorf(gen, ErrUnreachable, err, "reading claim")
 	}
 	defer f.Close()
@@ -337,7 +358,7 @@ func (a *FileArbiter) readClaim(gen uint64) (Record, error) {
 		return Record{}, a.errorf(gen, ErrUnreachable, err, "reading claim")
 	}
 	if !st.Mode().IsRegular() {
-		return Record{}, a.errorf(gen, ErrCorrupt, nil, "claim %s is not a regular file (%v)", path, st.Mode().Type())
+		return Record{}, a.errorf(gen, ErrCorrupt, nil, "claim %s is not a regular file (%v): refusing it, nothing is claimed", path, st.Mode().Type())
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxRecordBytes+1))
 	if err != nil {
@@ -352,6 +373,16 @@ func (a *FileArbiter) readClaim(gen uint64) (Record, error) {
 			"claim %s is for pair %q generation %d", path, rec.Pair, rec.Generation)
 	}
 	return rec, nil
+}
+
+// openNoBlock opens path for reading without waiting on a special file:
+// open(2) of a FIFO without a writer (or of a terminal-like device) blocks
+// until one appears, which on a claim path would hold the storage slot for
+// good. With O_NONBLOCK it returns at once, and the caller's fstat refuses
+// what is not a regular file (a directory for Dir). A regular file ignores
+// O_NONBLOCK: reading it still blocks only as the storage does.
+func openNoBlock(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 }
 
 // checkDir reports a missing or unusable Dir as ErrUnreachable.
@@ -388,10 +419,10 @@ func (a *FileArbiter) writeTemp(gen uint64, data []byte) (string, error) {
 }
 
 // syncDir makes Dir's entries durable. Filesystems that cannot fsync a
-// directory say EINVAL; NFS among them needs none, since the server
-// commits a LINK before answering it.
+// directory say EINVAL; NFS needs none, since a server exported with sync
+// (see the package documentation) commits a LINK before answering it.
 func (a *FileArbiter) syncDir(gen uint64) error {
-	d, err := os.Open(a.dir)
+	d, err := openNoBlock(a.dir)
 	if err != nil {
 		return a.errorf(gen, ErrUnreachable, err, "syncing claim directory")
 	}

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -475,5 +478,88 @@ func TestConfigValidation(t *testing.T) {
 		if _, err := split.NewFileArbiter(c); !errors.Is(err, split.ErrInvalidConfig) {
 			t.Errorf("%s: got %v, want ErrInvalidConfig", name, err)
 		}
+	}
+}
+
+// A FIFO at the claim's path (planted, or left by a tool gone wrong): opening
+// it for reading used to wait for a writer forever, so the first operation
+// timed out with ErrUnreachable and its goroutine, stuck in open(2), kept
+// the arbiter's storage slot: every later operation failed the same way.
+// It must be refused at once as not a regular file, by every operation,
+// and never claimed; and so must a socket, which open(2) refuses.
+func TestSpecialFileAtClaimPathIsRefusedPromptly(t *testing.T) {
+	for _, kind := range []struct {
+		name  string
+		mode  fs.FileMode
+		plant func(t *testing.T, path string) error
+	}{
+		{"fifo", fs.ModeNamedPipe, func(t *testing.T, path string) error {
+			t.Cleanup(func() {
+				// Release any open(2) still waiting for a writer, so that
+				// the directory can be removed.
+				for i := 0; i < 10; i++ {
+					if f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+						f.Close()
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			})
+			return syscall.Mkfifo(path, 0o644)
+		}},
+		{"socket", fs.ModeSocket, func(t *testing.T, path string) error {
+			l, err := net.Listen("unix", path)
+			if err == nil {
+				t.Cleanup(func() { l.Close() })
+			}
+			return err
+		}},
+	} {
+		t.Run(kind.name, func(t *testing.T) {
+			dir := t.TempDir()
+			arbiter := func(node string) *split.FileArbiter {
+				a, err := split.NewFileArbiter(split.FileConfig{Dir: dir, Pair: pair, Node: node, Generation: 1, Timeout: 3 * time.Second})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return a
+			}
+			a := arbiter("hostA")
+			path := a.ClaimPath(1)
+			if err := kind.plant(t, path); err != nil {
+				t.Skipf("cannot make a %s here: %v", kind.name, err)
+			}
+			ctx := context.Background()
+			for _, op := range []struct {
+				name string
+				call func() error
+			}{
+				{"TestAndSet", func() error { return a.TestAndSet(ctx) }},
+				{"Owner", func() error { _, err := a.Owner(ctx); return err }},
+				{"Latest", func() error { _, err := a.Latest(ctx); return err }},
+				{"TestAndSet again", func() error { return a.TestAndSet(ctx) }},
+				{"other node's TestAndSet", func() error { return arbiter("hostB").TestAndSet(ctx) }},
+				{"Advance", func() error { _, err := a.Advance(ctx); return err }},
+			} {
+				start := time.Now()
+				err := op.call()
+				took := time.Since(start)
+				if !errors.Is(err, split.ErrCorrupt) || errors.Is(err, split.ErrUnreachable) || errors.Is(err, split.ErrLost) {
+					t.Fatalf("%s after %v: got %v, want ErrCorrupt only", op.name, took, err)
+				}
+				if !strings.Contains(err.Error(), "not a regular file") || !strings.Contains(err.Error(), path) {
+					t.Fatalf("%s: message %q does not say that %s is not a regular file", op.name, err, path)
+				}
+				if took > time.Second {
+					t.Fatalf("%s took %v", op.name, took)
+				}
+				t.Logf("%s: %v in %v", op.name, err, took)
+			}
+			if st, err := os.Lstat(path); err != nil || st.Mode().Type() != kind.mode {
+				t.Fatalf("the %s was replaced: %v %v", kind.name, st, err)
+			}
+			if a.Generation() != 1 {
+				t.Fatalf("advanced to generation %d past an unclaimed one", a.Generation())
+			}
+		})
 	}
 }

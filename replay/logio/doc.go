@@ -19,6 +19,10 @@
 //	n         payload: the marshaled protobuf message
 //	4         CRC32C (Castagnoli) of the payload, uint32
 //
+// A record must also decode to at most MaxDecoded (256 MiB) of memory, as
+// estimated from its wire format before decoding: a valid payload of empty
+// repeated messages would otherwise decode to some 70 times its size.
+//
 // The file ends after a record; there is no trailer, so a log being
 // written is readable up to its last flushed record, and a recording
 // normally ends with an End event.

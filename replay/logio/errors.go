@@ -22,7 +22,8 @@ var (
 	// reordered, dropped or duplicated), its exits count went down, or it
 	// follows the End event.
 	ErrSequence = errors.New("event out of sequence")
-	// ErrTooLarge: a record's length prefix exceeds MaxPayload.
+	// ErrTooLarge: a record's length prefix exceeds MaxPayload, or its
+	// payload would decode to more than MaxDecoded.
 	ErrTooLarge = errors.New("record too large")
 
 	// ErrConfigMismatch: CompareHeaders found the log was recorded on a VM

@@ -13,9 +13,14 @@ import (
 	"github.com/ftkvm/ftkvm/replay/logpb"
 )
 
+var (
+	headerDesc = (&logpb.Header{}).ProtoReflect().Descriptor()
+	eventDesc  = (&logpb.Event{}).ProtoReflect().Descriptor()
+)
+
 // readChunk bounds how much the Reader allocates ahead of data actually
-// read, so a length prefix that lies costs no more memory than the stream
-// really holds.
+// read (besides doubling its buffer), so a length prefix that lies costs
+// no more than twice the memory the stream really holds.
 const readChunk = 1 << 20
 
 // Reader reads a log written by Writer, verifying every record. It is not
@@ -60,6 +65,9 @@ func NewReader(r io.Reader) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkDecoded(payload, headerDesc); err != nil {
+		return nil, &FormatError{Offset: start, Record: 0, Err: ErrTooLarge, Detail: err.Error()}
+	}
 	h := new(logpb.Header)
 	if err := proto.Unmarshal(payload, h); err != nil {
 		return nil, &FormatError{Offset: start, Record: 0, Err: ErrCorrupt, Detail: "header does not decode: " + err.Error()}
@@ -81,7 +89,9 @@ func (r *Reader) Offset() int64 { return r.off }
 func (r *Reader) Records() int { return r.records }
 
 // Next returns the next event. It returns io.EOF only at a clean record
-// boundary; damage is a *FormatError naming the record and byte offset.
+// boundary; damage is a *FormatError naming the record and byte offset, as
+// is a record that would decode to more than MaxDecoded (ErrTooLarge),
+// refused before it is decoded.
 // Once Next has returned an error it returns the same error again.
 func (r *Reader) Next() (*logpb.Event, error) {
 	if r.err != nil {
@@ -96,6 +106,9 @@ func (r *Reader) Next() (*logpb.Event, error) {
 	fail := func(sentinel error, detail string) (*logpb.Event, error) {
 		r.err = &FormatError{Offset: start, Record: r.records, Err: sentinel, Detail: detail}
 		return nil, r.err
+	}
+	if err := checkDecoded(payload, eventDesc); err != nil {
+		return fail(ErrTooLarge, err.Error())
 	}
 	ev := new(logpb.Event)
 	if err := proto.Unmarshal(payload, ev); err != nil {
@@ -154,12 +167,15 @@ func (r *Reader) readRecord() ([]byte, error) {
 		return fail(ErrTooLarge, "length prefix says %d bytes, the limit is %d", length, MaxPayload)
 	}
 
-	// Payload, growing the buffer only as data arrives.
+	// Payload, growing the buffer only as data arrives, by doubling so
+	// that reading n bytes allocates less than 2n in all.
 	n := int(length)
 	r.buf = r.buf[:0]
 	for len(r.buf) < n {
 		chunk := min(n-len(r.buf), readChunk)
-		r.buf = slices.Grow(r.buf, chunk)
+		if cap(r.buf)-len(r.buf) < chunk {
+			r.buf = slices.Grow(r.buf, min(n, max(2*cap(r.buf), len(r.buf)+chunk))-len(r.buf))
+		}
 		got, err := io.ReadFull(r.br, r.buf[len(r.buf):len(r.buf)+chunk])
 		r.buf = r.buf[:len(r.buf)+got]
 		r.off += int64(got)

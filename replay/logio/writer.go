@@ -49,7 +49,8 @@ func NewWriter(w io.Writer, h *logpb.Header) (*Writer, error) {
 // Append writes ev. It refuses, without writing anything, an event that
 // would make a bad log: a seq other than the previous seq + 1 (the first is
 // 1), an exits count lower than the previous one, an event after End, an
-// event without a kind, or one larger than MaxPayload. Such errors wrap
+// event without a kind, or one larger than MaxPayload or that would decode
+// to more than MaxDecoded (the Reader would refuse it). Such errors wrap
 // ErrSequence, ErrTooLarge or describe the event; they do not stop the
 // Writer. A write error does, and is returned from then on.
 func (w *Writer) Append(ev *logpb.Event) error {
@@ -81,6 +82,9 @@ func (w *Writer) record(m proto.Message) error {
 	}
 	if len(w.buf) > MaxPayload {
 		return fmt.Errorf("%w: payload of %d bytes exceeds %d", ErrTooLarge, len(w.buf), MaxPayload)
+	}
+	if err := checkDecoded(w.buf, m.ProtoReflect().Descriptor()); err != nil {
+		return fmt.Errorf("%w: %v", ErrTooLarge, err)
 	}
 	w.write(w.frame[:binary.PutUvarint(w.frame[:], uint64(len(w.buf)))])
 	w.write(w.buf)
