@@ -55,8 +55,9 @@ func envOr(k, def string) string {
 }
 
 type guest struct {
-	name  string
-	flags []string
+	name      string
+	flags     []string // the guest, for ftvm run and both sides
+	pairFlags []string // further flags of both sides of the pair
 }
 
 type sample struct {
@@ -85,13 +86,13 @@ func run(n int, linux bool, hb, to time.Duration, ftvm, guestDir string) error {
 	if err != nil {
 		return err
 	}
-	guests := []guest{{"chatter (bare)", []string{"--image", chat}}}
+	guests := []guest{{"chatter (bare)", []string{"--image", chat}, nil}}
 	if linux {
 		gd, err := filepath.Abs(guestDir)
 		if err != nil {
 			return err
 		}
-		guests = append(guests, guest{"linux", []string{"--guest-dir", gd, "--window-entries", "1500"}})
+		guests = append(guests, guest{"linux", []string{"--guest-dir", gd}, []string{"--window-entries", "1500"}})
 	}
 	timing := []string{"--heartbeat", hb.String(), "--ft-timeout", to.String()}
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
@@ -159,7 +160,7 @@ func measure(work, ftvm string, g guest, timing []string, rng *rand.Rand) (sampl
 		return s, err
 	}
 	ping := fmt.Sprintf("for i in $(seq 120); do busybox ping -6 -c 1 -W 1 %s%%eth0 >/dev/null 2>&1 && break; sleep 0.5; done; busybox ping -6 -c 20 -i 0.2 %s%%eth0", pairhost.BackupAddr, pairhost.BackupAddr)
-	p, err := pairhost.Start(ctx, pairhost.Options{Bin: ftvm, Dir: dir, Guest: g.flags, PExtra: timing, BExtra: timing, Limit: 20 * time.Minute, PPre: ping})
+	p, err := pairhost.Start(ctx, pairhost.Options{Bin: ftvm, Dir: dir, Guest: append(g.flags, g.pairFlags...), PExtra: timing, BExtra: timing, Limit: 20 * time.Minute, PPre: ping})
 	if err != nil {
 		return s, err
 	}
@@ -183,7 +184,7 @@ func measure(work, ftvm string, g guest, timing []string, rng *rand.Rand) (sampl
 	if err != nil {
 		return s, err
 	}
-	p, err = pairhost.Start(ctx, pairhost.Options{Bin: ftvm, Dir: dir, Guest: g.flags, PExtra: timing, BExtra: timing, Limit: 20 * time.Minute})
+	p, err = pairhost.Start(ctx, pairhost.Options{Bin: ftvm, Dir: dir, Guest: append(g.flags, g.pairFlags...), PExtra: timing, BExtra: timing, Limit: 20 * time.Minute})
 	if err != nil {
 		return s, err
 	}
