@@ -179,6 +179,15 @@ func (c *Config) maxFrameBytes() int {
 	return max(c.BatchBytes, c.MaxEntryBytes+maxVarintLen)
 }
 
+// Validate reports whether NewSender (sender true) or NewReceiver would
+// accept c, TLS requirements included, without a connection: callers can
+// refuse a bad configuration before they listen or dial. The error wraps
+// ErrInvalidConfig.
+func (c Config) Validate(sender bool) error {
+	c = c.withDefaults()
+	return c.validate(sender)
+}
+
 // validate checks a Config that has had withDefaults applied. sender says
 // which side's TLS requirements apply.
 func (c *Config) validate(sender bool) error {
