@@ -38,6 +38,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -98,6 +99,9 @@ func Generate(dir string, o Options) ([]string, error) {
 	var dns []string
 	var ips []net.IP
 	for _, h := range hosts {
+		if i := strings.IndexByte(h, '%'); i > 0 && net.ParseIP(h[:i]) != nil {
+			h = h[:i] // fe80::1%eth0: a certificate holds no zone
+		}
 		if ip := net.ParseIP(h); ip != nil {
 			ips = append(ips, ip)
 		} else if h != "" {
