@@ -595,7 +595,7 @@ func TestFTAuth(t *testing.T) {
 			}
 			perr := p.wait(t, 2*time.Minute)
 			pErr := p.stderr.String()
-			if !okExit(perr) || !strings.Contains(pErr, "REFUSED a connection from") || strings.Contains(pErr, "backup connected") || !strings.Contains(pErr, "running UNPROTECTED") {
+			if !okExit(perr) || !strings.Contains(pErr, "REFUSED a connection from") || strings.Contains(pErr, "backup connected from") || !strings.Contains(pErr, "running UNPROTECTED") {
 				t.Fatalf("the primary did not refuse the backup and run unprotected (exit %v):\n%s", perr, pErr)
 			}
 			t.Logf("backup: %s\nprimary: %s", grepLine(bErr, "ftvm: "), grepLine(pErr, "REFUSED"))

@@ -85,6 +85,9 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 		if errors.Is(err, logchannel.ErrAuth) {
 			return Result{}, fmt.Errorf("TLS with the primary at %s failed: it did not authenticate as the pair's primary, or refused this backup's certificate: %w", addr, err)
 		}
+		if cfg.TLS == nil && errors.Is(err, logchannel.ErrCorrupt) {
+			return Result{}, fmt.Errorf("handshake with the primary at %s (is it running TLS? this backup runs without, Insecure): %w", addr, err)
+		}
 		return Result{}, fmt.Errorf("handshake with the primary at %s: %w", addr, err)
 	}
 	defer b.recv.Close()
