@@ -171,8 +171,21 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// pair starts a backup and a primary for the guest args; the backup dials
-// backupAddr (the primary's address, or a proxy in front of it).
+// makeCerts makes a pair's CA and node certificates with `ftvm certs` in
+// a new temporary directory of the test, and returns the directory (for
+// --tls-dir).
+func makeCerts(t *testing.T, bin string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "certs")
+	if out, err := exec.Command(bin, "certs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("ftvm certs: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// pair starts a backup and a primary for the guest args, over mutual TLS
+// with certificates from makeCerts; the backup dials backupAddr (the
+// primary's address, or a proxy in front of it).
 func startPair(t *testing.T, bin string, primaryAddr, backupAddr, splitDir string, guest ...string) (p, b *side) {
 	t.Helper()
 	return startPairWith(t, bin, primaryAddr, backupAddr, splitDir, nil, nil, guest...)
@@ -181,7 +194,7 @@ func startPair(t *testing.T, bin string, primaryAddr, backupAddr, splitDir strin
 // startPairWith is startPair with extra flags for each side.
 func startPairWith(t *testing.T, bin string, primaryAddr, backupAddr, splitDir string, pExtra, bExtra []string, guest ...string) (p, b *side) {
 	t.Helper()
-	common := append([]string{"--split-dir", splitDir, "--status-every", "1s", "--claim-timeout", "1s"}, guest...)
+	common := append([]string{"--tls-dir", makeCerts(t, bin), "--split-dir", splitDir, "--status-every", "1s", "--claim-timeout", "1s"}, guest...)
 	b = startSide(t, bin, "backup", append(append([]string{"--connect", backupAddr}, bExtra...), common...)...)
 	p = startSide(t, bin, "primary", append(append([]string{"--listen", primaryAddr, "--wait-backup", "30s"}, pExtra...), common...)...)
 	return p, b
@@ -509,7 +522,7 @@ func TestFTConfigMismatch(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			addr, dir := freeAddr(t), t.TempDir()
-			common := []string{"--split-dir", dir, "--status-every", "1s"}
+			common := []string{"--tls-dir", makeCerts(t, e.bin), "--split-dir", dir, "--status-every", "1s"}
 			p := startSide(t, e.bin, "primary", append(append([]string{"--listen", addr, "--wait-backup", "4s"}, common...), c.primary...)...)
 			b := startSide(t, e.bin, "backup", append(append([]string{"--connect", addr}, common...), c.other...)...)
 			berr := b.wait(t, 2*time.Minute)
@@ -537,6 +550,77 @@ func TestFTConfigMismatch(t *testing.T) {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// okExit accepts a side's exit: success, or the bare guest's own status 42.
+func okExit(err error) bool { return err == nil || strings.Contains(err.Error(), "exit status 42") }
+
+// TestFTAuth: the pair authenticates by default. A side without
+// certificates refuses to start and says how to make them; a backup that
+// knows the VM configuration (same guest flags) but holds certificates
+// from another pair's CA, or runs in plaintext, is refused in the TLS
+// handshake, and the primary runs on unprotected; an --insecure pair still
+// works, and each side warns what it gives up.
+func TestFTAuth(t *testing.T) {
+	e := setupFT(t)
+	guest := []string{"--bare", "hello"}
+	t.Run("no_certificates", func(t *testing.T) {
+		empty := t.TempDir()
+		for _, args := range [][]string{{"primary", "--listen", freeAddr(t)}, {"backup", "--connect", freeAddr(t)}} {
+			s := startSide(t, e.bin, args[0], append(append(args[1:], "--tls-dir", empty, "--split-dir", t.TempDir()), guest...)...)
+			err := s.wait(t, time.Minute)
+			out := s.stderr.String()
+			if err == nil || !strings.Contains(out, "ftvm certs "+empty) || !strings.Contains(out, "--insecure") || strings.Contains(out, "listening") {
+				t.Fatalf("%s without certificates: exit %v\n%s", args[0], err, out)
+			}
+			t.Logf("%s: %s", args[0], strings.TrimSpace(out))
+		}
+	})
+	for _, c := range []struct {
+		name   string
+		backup func(t *testing.T) []string
+		want   string
+	}{
+		{"foreign_backup", func(t *testing.T) []string { return []string{"--tls-dir", makeCerts(t, e.bin)} }, "TLS with the primary"},
+		{"plaintext_backup", func(t *testing.T) []string { return []string{"--insecure"} }, "WARNING: --insecure"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			addr, dir := freeAddr(t), t.TempDir()
+			common := append([]string{"--split-dir", dir, "--status-every", "1s"}, guest...)
+			p := startSide(t, e.bin, "primary", append([]string{"--listen", addr, "--wait-backup", "4s", "--tls-dir", makeCerts(t, e.bin)}, common...)...)
+			b := startSide(t, e.bin, "backup", append(append([]string{"--connect", addr}, c.backup(t)...), common...)...)
+			berr := b.wait(t, 2*time.Minute)
+			bErr := b.stderr.String()
+			if berr == nil || strings.Contains(bErr, "connected to the primary") || !strings.Contains(bErr, c.want) {
+				t.Fatalf("the backup was not refused (exit %v):\n%s", berr, tail(bErr, 10))
+			}
+			perr := p.wait(t, 2*time.Minute)
+			pErr := p.stderr.String()
+			if !okExit(perr) || !strings.Contains(pErr, "REFUSED a connection from") || strings.Contains(pErr, "backup connected from") || !strings.Contains(pErr, "running UNPROTECTED") {
+				t.Fatalf("the primary did not refuse the backup and run unprotected (exit %v):\n%s", perr, pErr)
+			}
+			t.Logf("backup: %s\nprimary: %s", grepLine(bErr, "ftvm: "), grepLine(pErr, "REFUSED"))
+		})
+	}
+	// An unauthenticated pair, by choice: it works, and both sides say
+	// what that gives up.
+	t.Run("insecure_pair", func(t *testing.T) {
+		addr, dir := freeAddr(t), t.TempDir()
+		common := append([]string{"--insecure", "--split-dir", dir, "--status-every", "1s"}, guest...)
+		b := startSide(t, e.bin, "backup", append([]string{"--connect", addr}, common...)...)
+		p := startSide(t, e.bin, "primary", append([]string{"--listen", addr, "--wait-backup", "30s"}, common...)...)
+		perr, berr := p.wait(t, 2*time.Minute), b.wait(t, 2*time.Minute)
+		pErr, bErr := p.stderr.String(), b.stderr.String()
+		if !okExit(perr) || !okExit(berr) || !strings.Contains(pErr, "booting the guest PROTECTED") || !strings.Contains(pErr, "UNAUTHENTICATED") {
+			t.Fatalf("insecure pair: primary %v, backup %v\nprimary:\n%s\nbackup:\n%s", perr, berr, tail(pErr, 10), tail(bErr, 10))
+		}
+		for _, out := range []string{pErr, bErr} {
+			if !strings.Contains(out, "WARNING: --insecure: the log channel is plaintext and unauthenticated: anyone who") {
+				t.Fatalf("no warning:\n%s", out)
+			}
+		}
+		t.Logf("%s\n%s", grepLine(pErr, "WARNING"), grepLine(bErr, "WARNING"))
+	})
+}
 
 // TestFTKillPrimaryLinux kills the primary at random points of the Linux
 // guest's boot and workload (FTKVM_E2E_LINUX_FT_POINTS of them, default

@@ -58,6 +58,9 @@ type backup struct {
 // does not go live.
 func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Duration) (Result, error) {
 	cfg.defaults("backup")
+	if err := cfg.checkSecurity(); err != nil {
+		return Result{}, err
+	}
 	b := &backup{cfg: cfg, log: &logger{w: cfg.Log, role: "backup"}, ctx: ctx, pair: newBackupCore()}
 
 	// The configuration hash, from a VM built the same way as the real one
@@ -65,6 +68,9 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 	hash, err := b.probeHash()
 	if err != nil {
 		return Result{}, err
+	}
+	if err := cfg.channel(hash).Validate(false); err != nil {
+		return Result{}, fmt.Errorf("the log channel's configuration: %w", err)
 	}
 	conn, err := dialRetry(ctx, addr, connectWait)
 	if err != nil {
@@ -76,10 +82,16 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 		if errors.Is(err, logchannel.ErrConfigMismatch) {
 			return Result{}, fmt.Errorf("%w (refused in the logging channel's handshake: %v)", ErrConfigMismatch, err)
 		}
+		if errors.Is(err, logchannel.ErrAuth) {
+			return Result{}, fmt.Errorf("TLS with the primary at %s failed: it did not authenticate as the pair's primary, or refused this backup's certificate: %w", addr, err)
+		}
+		if cfg.TLS == nil && errors.Is(err, logchannel.ErrCorrupt) {
+			return Result{}, fmt.Errorf("handshake with the primary at %s (is it running TLS? this backup runs without, Insecure): %w", addr, err)
+		}
 		return Result{}, fmt.Errorf("handshake with the primary at %s: %w", addr, err)
 	}
 	defer b.recv.Close()
-	b.log.printf("connected to the primary at %s", addr)
+	b.log.printf("connected to the primary at %s (%s)", addr, cfg.security())
 
 	seq, entry, err := b.recv.Next(ctx)
 	if err != nil {

@@ -20,6 +20,10 @@
 //     a side that cannot reach the storage does not go live (the primary
 //     halts without releasing held output, since it cannot know whether the
 //     backup went live).
+//   - Authentication: the log channel runs mutual TLS 1.3 (Config.TLS;
+//     package pairtls makes and loads a pair's CA and node certificates),
+//     so only the pair's backup can read the guest's inputs and only its
+//     primary can feed the backup a log. Plaintext needs Config.Insecure.
 //   - Go-live: the backup replays every entry it received, wins the
 //     test-and-set, re-sends the console output from the last Released
 //     count the primary logged (duplicates allowed, losses not), and runs on

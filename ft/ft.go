@@ -2,6 +2,7 @@ package ft
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -89,6 +90,23 @@ type Config struct {
 	// sent every Heartbeat when there is no log traffic. Defaults 1 s and
 	// 100 ms. Both sides should use the same values.
 	Timeout, Heartbeat time.Duration
+	// TLS is this side's half of the log channel's mutual TLS 1.3: the
+	// primary is the TLS client (its certificate, RootCAs with the CA of
+	// the backup's certificate, ServerName), the backup the TLS server
+	// (its certificate, ClientCAs). pairtls.Primary and pairtls.Backup load
+	// them from the files `ftvm certs` (pairtls.Generate) makes, and also
+	// check that the peer's certificate names the other node. The channel
+	// refuses a config that would let a peer in unverified, and requires a
+	// verified certificate chain from the peer. Required unless Insecure.
+	TLS *tls.Config
+	// Insecure runs the log channel in plaintext with no authentication
+	// (TLS must be nil): anyone who reaches the primary's port and knows
+	// the VM configuration can pose as the backup and read every input of
+	// the guest, and anyone who can redirect the backup's connection can
+	// pose as the primary and feed it a false log. Only for tests and
+	// links nobody else can reach.
+	Insecure bool
+
 	// WindowBytes bounds the log in flight (unacknowledged on the primary,
 	// buffered and not yet replayed on the backup): the primary's vCPU
 	// waits when it is full. A smaller window means less to replay at
@@ -146,8 +164,31 @@ func (c *Config) defaults(role string) {
 	}
 }
 
+// ErrNoTLS is returned when Config has neither TLS nor Insecure.
+var ErrNoTLS = errors.New("ft: no TLS configuration for the log channel (Config.TLS, e.g. from pairtls); set Config.Insecure to run the pair unauthenticated in plaintext")
+
+// checkSecurity checks that the pair authenticates, or says it will not.
+func (c *Config) checkSecurity() error {
+	switch {
+	case c.TLS == nil && !c.Insecure:
+		return ErrNoTLS
+	case c.TLS != nil && c.Insecure:
+		return errors.New("ft: Config.Insecure is set together with Config.TLS: choose one")
+	}
+	return nil
+}
+
+// security describes the channel's protection for status lines.
+func (c *Config) security() string {
+	if c.TLS == nil {
+		return "plaintext, UNAUTHENTICATED (insecure)"
+	}
+	return "mutual TLS 1.3"
+}
+
 func (c *Config) channel(hash [32]byte) logchannel.Config {
 	return logchannel.Config{
+		TLS:               c.TLS,
 		ConfigHash:        hash,
 		WindowBytes:       c.WindowBytes,
 		WindowEntries:     c.WindowEntries,

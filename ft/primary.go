@@ -73,6 +73,9 @@ type primary struct {
 // risk two live copies).
 func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time.Duration) (Result, error) {
 	cfg.defaults("primary")
+	if err := cfg.checkSecurity(); err != nil {
+		return Result{}, err
+	}
 	p := &primary{cfg: cfg, log: &logger{w: cfg.Log, role: "primary"}, pair: newPrimaryCore()}
 	p.qcond = sync.NewCond(&p.qmu)
 	var err error
@@ -97,6 +100,9 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 	hash, err := configHash(hdr)
 	if err != nil {
 		return Result{}, err
+	}
+	if err := cfg.channel(hash).Validate(true); err != nil {
+		return Result{}, fmt.Errorf("the log channel's configuration: %w", err)
 	}
 	p.runCtx, p.runCancel = context.WithCancel(ctx)
 	defer p.runCancel()
@@ -201,7 +207,7 @@ func (p *primary) acceptBackup(ctx context.Context, l net.Listener, wait time.Du
 		actx, cancel = context.WithTimeout(ctx, wait)
 	}
 	defer cancel()
-	p.log.printf("waiting for the backup to connect on %s", l.Addr())
+	p.log.printf("waiting for the backup to connect on %s (%s)", l.Addr(), p.cfg.security())
 	conns := make(chan net.Conn)
 	go func() {
 		for {
@@ -231,14 +237,17 @@ func (p *primary) acceptBackup(ctx context.Context, l net.Listener, wait time.Du
 			s, err := logchannel.NewSender(actx, c, p.cfg.channel(hash))
 			if err != nil {
 				c.Close()
-				if errors.Is(err, logchannel.ErrConfigMismatch) {
+				switch {
+				case errors.Is(err, logchannel.ErrConfigMismatch):
 					p.log.printf("REFUSED the backup at %s: %v (%v)", c.RemoteAddr(), ErrConfigMismatch, err)
-				} else {
+				case errors.Is(err, logchannel.ErrAuth):
+					p.log.printf("REFUSED a connection from %s: not authenticated as the pair's backup (TLS): %v", c.RemoteAddr(), err)
+				default:
 					p.log.printf("backup at %s failed the handshake: %v", c.RemoteAddr(), err)
 				}
 				continue
 			}
-			p.log.printf("backup connected from %s", c.RemoteAddr())
+			p.log.printf("backup connected from %s (%s)", c.RemoteAddr(), p.cfg.security())
 			return s
 		}
 	}

@@ -76,11 +76,33 @@ type Config struct {
 	// TLS, if non-nil, runs TLS 1.3 with mutual certificate authentication
 	// over the connection before the handshake. The sender is always the
 	// TLS client and the receiver the TLS server, whichever side dialed.
-	// The sender's config must carry a client certificate (Certificates or
-	// GetClientCertificate) and RootCAs/ServerName to check the receiver;
-	// the receiver's must carry Certificates and ClientCAs. The package
-	// clones the config and forces MinVersion = TLS 1.3 and, on the
-	// receiver, ClientAuth = RequireAndVerifyClientCert.
+	//
+	// The package refuses (ErrInvalidConfig) a config that would let a
+	// peer in without a certificate chain verified against the CA the
+	// caller named:
+	//   - sender: a client certificate (Certificates or
+	//     GetClientCertificate), RootCAs (the CA of the receiver's
+	//     certificate; nil would mean the system's public CAs) and
+	//     ServerName (the name the receiver's certificate must carry) are
+	//     required;
+	//   - receiver: a certificate (Certificates, GetCertificate or
+	//     GetConfigForClient) and ClientCAs are required (VerifyPeerCertificate
+	//     and GetConfigForClient add checks, they do not replace it);
+	//     ClientAuth must be left zero or be RequireAndVerifyClientCert;
+	//   - either: InsecureSkipVerify, and a MaxVersion below TLS 1.3, are
+	//     refused.
+	// A config returned by the receiver's GetConfigForClient is held to the
+	// receiver's rules when it is returned, and the handshake fails if it
+	// breaks them. The package clones the config and forces MinVersion =
+	// TLS 1.3 and, on the receiver, ClientAuth = RequireAndVerifyClientCert
+	// (in configs GetConfigForClient returns too). After the TLS handshake
+	// each side also requires TLS 1.3 and a verified certificate chain from
+	// its peer, and fails with ErrAuth otherwise. VerifyConnection and
+	// VerifyPeerCertificate run as usual, e.g. to check the peer's name on
+	// the receiver.
+	//
+	// TLS nil means plaintext with no authentication: anyone who reaches
+	// the connection and knows the ConfigHash can be the peer.
 	TLS *tls.Config
 
 	// WindowBytes bounds memory. Sender: encoded bytes (entry plus its
@@ -157,6 +179,15 @@ func (c *Config) maxFrameBytes() int {
 	return max(c.BatchBytes, c.MaxEntryBytes+maxVarintLen)
 }
 
+// Validate reports whether NewSender (sender true) or NewReceiver would
+// accept c, TLS requirements included, without a connection: callers can
+// refuse a bad configuration before they listen or dial. The error wraps
+// ErrInvalidConfig.
+func (c Config) Validate(sender bool) error {
+	c = c.withDefaults()
+	return c.validate(sender)
+}
+
 // validate checks a Config that has had withDefaults applied. sender says
 // which side's TLS requirements apply.
 func (c *Config) validate(sender bool) error {
@@ -190,17 +221,46 @@ func (c *Config) validate(sender bool) error {
 		return bad("Timeout %v is less than twice HeartbeatInterval %v", c.Timeout, c.HeartbeatInterval)
 	}
 	if c.TLS != nil {
-		if sender && len(c.TLS.Certificates) == 0 && c.TLS.GetClientCertificate == nil {
-			return bad("TLS on the sender needs a client certificate (mutual authentication)")
-		}
-		if !sender {
-			if len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil && c.TLS.GetConfigForClient == nil {
-				return bad("TLS on the receiver needs a server certificate")
-			}
-			if c.TLS.ClientCAs == nil && c.TLS.GetConfigForClient == nil && c.TLS.VerifyPeerCertificate == nil {
-				return bad("TLS on the receiver needs ClientCAs to verify the sender's certificate")
-			}
+		if why := tlsWeakness(c.TLS, sender, false); why != "" {
+			return bad("%s", why)
 		}
 	}
 	return nil
+}
+
+// tlsWeakness says why tc would let a peer in without a verified
+// certificate chain on this side (or fail every handshake), or returns ""
+// if it does not. returned: tc came from the receiver's GetConfigForClient
+// (whose own GetConfigForClient crypto/tls ignores).
+func tlsWeakness(tc *tls.Config, sender, returned bool) string {
+	side := "receiver"
+	if sender {
+		side = "sender"
+	}
+	switch {
+	case tc.InsecureSkipVerify:
+		return fmt.Sprintf("TLS on the %s sets InsecureSkipVerify: the peer's certificate would not be verified", side)
+	case tc.MaxVersion != 0 && tc.MaxVersion < tls.VersionTLS13:
+		return fmt.Sprintf("TLS on the %s has MaxVersion %#x: the channel needs TLS 1.3", side, tc.MaxVersion)
+	}
+	if sender {
+		switch {
+		case len(tc.Certificates) == 0 && tc.GetClientCertificate == nil:
+			return "TLS on the sender needs a client certificate, Certificates or GetClientCertificate (mutual authentication)"
+		case tc.RootCAs == nil:
+			return "TLS on the sender needs RootCAs, the CA that issued the receiver's certificate (nil would trust any public CA)"
+		case tc.ServerName == "":
+			return "TLS on the sender needs ServerName, the name the receiver's certificate must carry"
+		}
+		return ""
+	}
+	switch {
+	case len(tc.Certificates) == 0 && tc.GetCertificate == nil && (returned || tc.GetConfigForClient == nil):
+		return "TLS on the receiver needs a server certificate, Certificates or GetCertificate"
+	case tc.ClientCAs == nil:
+		return "TLS on the receiver needs ClientCAs, the CA that issued the sender's certificate (GetConfigForClient and VerifyPeerCertificate do not replace it; nil would trust any public CA)"
+	case tc.ClientAuth != tls.NoClientCert && tc.ClientAuth != tls.RequireAndVerifyClientCert:
+		return fmt.Sprintf("TLS on the receiver has ClientAuth %v, which lets a sender in without a verified certificate: leave it zero or set RequireAndVerifyClientCert", tc.ClientAuth)
+	}
+	return ""
 }

@@ -234,7 +234,7 @@ func handshakeErr(ctx context.Context, what string, err error) error {
 	if ctxErr != nil {
 		return fmt.Errorf("logchannel: %w: %s: %w (%w)", ErrHandshake, what, ctxErr, err)
 	}
-	if errors.Is(err, ErrVersion) || errors.Is(err, ErrConfigMismatch) || errors.Is(err, ErrHandshake) || errors.Is(err, ErrAuth) {
+	if errors.Is(err, ErrVersion) || errors.Is(err, ErrConfigMismatch) || errors.Is(err, ErrHandshake) || errors.Is(err, ErrAuth) || errors.Is(err, ErrInvalidConfig) {
 		return err
 	}
 	var op *net.OpError
@@ -244,7 +244,6 @@ func handshakeErr(ctx context.Context, what string, err error) error {
 	return fmt.Errorf("logchannel: %w: %s: %w", ErrHandshake, what, err)
 }
 
-// startTLS runs the TLS 1.3 handshake with mutual authentication.
 // openConn begins a handshake on raw: it puts the handshake deadline on
 // the connection and runs TLS if configured. The caller calls stop once the
 // channel handshake is done. On error raw is closed.
@@ -263,6 +262,8 @@ func openConn(ctx context.Context, raw net.Conn, cfg *Config, sender bool) (conn
 	return conn, stop, nil
 }
 
+// startTLS runs the TLS 1.3 handshake with mutual authentication and
+// checks its outcome (checkPeer).
 func startTLS(ctx context.Context, conn net.Conn, cfg *Config, sender bool) (net.Conn, error) {
 	if cfg.TLS == nil {
 		return conn, nil
@@ -274,15 +275,61 @@ func startTLS(ctx context.Context, conn net.Conn, cfg *Config, sender bool) (net
 		t = tls.Client(conn, tc)
 	} else {
 		tc.ClientAuth = tls.RequireAndVerifyClientCert
+		if get := tc.GetConfigForClient; get != nil {
+			tc.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+				return checkConfigForClient(get(hi))
+			}
+		}
 		t = tls.Server(conn, tc)
 	}
 	if err := t.HandshakeContext(ctx); err != nil {
+		if errors.Is(err, ErrInvalidConfig) { // from checkConfigForClient
+			return nil, err
+		}
 		return nil, fmt.Errorf("logchannel: %w: TLS handshake: %w", ErrAuth, err)
 	}
-	if v := t.ConnectionState().Version; v != tls.VersionTLS13 {
-		return nil, fmt.Errorf("logchannel: %w: TLS version %#x, want 1.3", ErrAuth, v)
+	if err := checkPeer(t.ConnectionState(), sender); err != nil {
+		return nil, err
 	}
 	return t, nil
+}
+
+// checkConfigForClient holds a config returned by the receiver's
+// GetConfigForClient to the receiver's rules, at handshake time, and
+// returns a copy with TLS 1.3 and verified client certificates forced.
+func checkConfigForClient(c *tls.Config, err error) (*tls.Config, error) {
+	if err != nil || c == nil { // nil: crypto/tls uses the (checked) config itself
+		return c, err
+	}
+	if why := tlsWeakness(c, false, true); why != "" {
+		return nil, fmt.Errorf("%w: GetConfigForClient returned a config that would weaken the check of the sender's certificate: %s", ErrInvalidConfig, why)
+	}
+	c = c.Clone()
+	c.MinVersion = tls.VersionTLS13
+	c.ClientAuth = tls.RequireAndVerifyClientCert
+	return c, nil
+}
+
+// checkPeer is the check after every TLS handshake, whatever the config
+// let through: TLS 1.3, and a peer certificate chain verified against the
+// configured CAs (RootCAs on the sender, ClientCAs on the receiver).
+func checkPeer(cs tls.ConnectionState, sender bool) error {
+	peer := "sender"
+	if sender {
+		peer = "receiver"
+	}
+	switch {
+	case !cs.HandshakeComplete:
+		return errorf(ErrAuth, "TLS handshake with the %s not complete", peer)
+	case cs.Version != tls.VersionTLS13:
+		return errorf(ErrAuth, "TLS version %#x with the %s, want 1.3", cs.Version, peer)
+	case len(cs.PeerCertificates) == 0:
+		return errorf(ErrAuth, "the %s presented no certificate", peer)
+	case len(cs.VerifiedChains) == 0:
+		return errorf(ErrAuth, "the %s's certificate (subject %q, issuer %q) was not verified against the configured CA", peer,
+			cs.PeerCertificates[0].Subject, cs.PeerCertificates[0].Issuer)
+	}
+	return nil
 }
 
 // writeFailed is called by a writer whose write failed. The reader usually

@@ -69,7 +69,14 @@
 //     the longest pause either process may take.
 //  6. For TLS, give the sender a client certificate, RootCAs and
 //     ServerName, and the receiver a server certificate and ClientCAs.
-//     The sender is always the TLS client.
+//     The sender is always the TLS client. A config that would let a peer
+//     in unverified (InsecureSkipVerify, no RootCAs or ClientCAs, a
+//     ClientAuth weaker than RequireAndVerifyClientCert, a
+//     GetConfigForClient that returns such a config) is refused with
+//     ErrInvalidConfig, and after the handshake each side requires a
+//     certificate chain from its peer verified against those CAs
+//     (ErrAuth otherwise). Without TLS the channel is plaintext and
+//     unauthenticated: use that only on a link nobody else can reach.
 //  7. Close both sides when done; Flush first on the sender if the
 //     receiver must have everything.
 //
@@ -115,7 +122,8 @@
 // ErrTruncated; a data frame that does not start right after the last one
 // is ErrSequence, as is an ack beyond what was sent or going backwards;
 // version, config hash, TLS, and handshake problems are ErrVersion,
-// ErrConfigMismatch, ErrAuth and ErrHandshake. Each ends the connection
+// ErrConfigMismatch, ErrAuth and ErrHandshake; a TLS config that would
+// skip verifying the peer is ErrInvalidConfig. Each ends the connection
 // and is reported (never skipped); none panics. PROTOCOL.md has the same
 // description.
 //

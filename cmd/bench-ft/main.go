@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/ftkvm/ftkvm/ft/ftguest"
+	"github.com/ftkvm/ftkvm/ft/pairtls"
 )
 
 var (
@@ -43,6 +44,11 @@ var (
 	timeout = flag.String("ft-timeout", "1s", "failure-detection timeout given to both sides")
 	lines   = flag.Int("lines", 1500, "chatter: lines printed")
 	spin    = flag.Int("spin", 1000, "chatter: busy-loop iterations per line")
+	plain   = flag.Bool("insecure", false, "run the pair's log channel in plaintext (ftvm --insecure) instead of mutual TLS 1.3")
+
+	// security is the pair's TLS flags for both sides: --tls-dir with
+	// certificates made in main, or --insecure.
+	security []string
 )
 
 func main() {
@@ -60,13 +66,26 @@ func main() {
 			log.Fatalf("building ftvm: %v\n%s", err, out)
 		}
 	}
+	if *plain {
+		security = []string{"--insecure"}
+	} else {
+		certs := filepath.Join(dir, "certs")
+		if _, err := pairtls.Generate(certs, pairtls.Options{}); err != nil {
+			log.Fatal(err)
+		}
+		security = []string{"--tls-dir", certs}
+	}
 	spec := ftguest.Spec{Lines: *lines, Spin: *spin}
 	img, err := ftguest.Build(dir, spec)
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Printf("bench-ft: %s, chatter guest (%d lines, spin %d), --ft-timeout %s, %d runs each; command: go run ./cmd/bench-ft %s\n\n",
-		time.Now().Format("2006-01-02 15:04"), spec.Lines, spec.Spin, *timeout, *runs, strings.Join(os.Args[1:], " "))
+	channel := "mutual TLS 1.3"
+	if *plain {
+		channel = "plaintext (--insecure)"
+	}
+	fmt.Printf("bench-ft: %s, chatter guest (%d lines, spin %d), --ft-timeout %s, log channel %s, %d runs each; command: go run ./cmd/bench-ft %s\n\n",
+		time.Now().Format("2006-01-02 15:04"), spec.Lines, spec.Spin, *timeout, channel, *runs, strings.Join(os.Args[1:], " "))
 
 	idleSpec := ftguest.Spec{Lines: 200, Spin: 5, Ticks: true, Idle: true}
 	idleImg, err := ftguest.Build(dir, idleSpec)
@@ -281,7 +300,7 @@ func cpus(pin bool) (primary, backup int) {
 func runPair(bin, dir, img string, pin bool) (time.Duration, time.Duration, time.Duration) {
 	addr, sd := freeAddr(), splitDir(dir)
 	pc, bc := cpus(pin)
-	common := []string{"--split-dir", sd, "--image", img, "--ft-timeout", *timeout, "--status-every", "1h"}
+	common := append([]string{"--split-dir", sd, "--image", img, "--ft-timeout", *timeout, "--status-every", "1h"}, security...)
 	b := command(bc, bin, append([]string{"backup", "--connect", addr}, common...)...)
 	var bErr strings.Builder
 	b.Stderr = &bErr
@@ -301,7 +320,7 @@ func runPair(bin, dir, img string, pin bool) (time.Duration, time.Duration, time
 
 func runAlone(bin, dir, img string, pin bool) (time.Duration, time.Duration, time.Duration) {
 	pc, _ := cpus(pin)
-	p := command(pc, bin, "primary", "--listen", freeAddr(), "--wait-backup", "1ms", "--split-dir", splitDir(dir), "--image", img, "--status-every", "1h")
+	p := command(pc, bin, append([]string{"primary", "--listen", freeAddr(), "--wait-backup", "1ms", "--split-dir", splitDir(dir), "--image", img, "--status-every", "1h"}, security...)...)
 	out, err := runToFile(p)
 	if err != nil {
 		log.Fatalf("primary alone: %v\n%s", err, out)
@@ -351,7 +370,7 @@ func runFailover(bin, dir, img string, silent bool, delay time.Duration) failove
 		connect = px.addr
 		defer px.close()
 	}
-	common := []string{"--split-dir", sd, "--image", img, "--ft-timeout", *timeout, "--status-every", "1h"}
+	common := append([]string{"--split-dir", sd, "--image", img, "--ft-timeout", *timeout, "--status-every", "1h"}, security...)
 	b := exec.Command(bin, append([]string{"backup", "--connect", connect}, common...)...)
 	be, _ := b.StderrPipe()
 	b.Stdout = nil // /dev/null

@@ -10,12 +10,14 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/ftkvm/ftkvm/ft/ftguest"
+	"github.com/ftkvm/ftkvm/ft/pairtls"
 )
 
 // cmdDemo runs an FT pair on this machine: a backup and a primary as two
@@ -82,7 +84,22 @@ func cmdDemo(ctx context.Context, args []string) (int, error) {
 	// The Linux replay is several times slower than the guest: hold the
 	// primary to at most 1500 log entries ahead of the backup, so that a
 	// failover replays little (override with -- --window-entries N).
-	common := append([]string{"--split-dir", dir, "--status-every", "3s", "--window-entries", "1500"}, extra...)
+	common := []string{"--split-dir", dir, "--status-every", "3s", "--window-entries", "1500"}
+	if !hasFlag(extra, "insecure") && !hasFlag(extra, "tls-dir") {
+		// The pair's own CA and certificates, as `ftvm certs` makes them.
+		cdir, err := os.MkdirTemp("", "ftvm-demo-certs-")
+		if err != nil {
+			return 1, err
+		}
+		defer os.RemoveAll(cdir)
+		certs := filepath.Join(cdir, "certs")
+		if _, err := pairtls.Generate(certs, pairtls.Options{}); err != nil {
+			return 1, err
+		}
+		say("log channel: mutual TLS 1.3 with a CA and certificates made for this demo in %s (what 'ftvm certs %s' makes): the primary accepts only the backup's certificate, the backup only the primary's", certs, certs)
+		common = append(common, "--tls-dir", certs)
+	}
+	common = append(common, extra...)
 
 	var outMu sync.Mutex
 	var primaryOut, backupOut bytes.Buffer
@@ -178,4 +195,19 @@ func cmdDemo(ctx context.Context, args []string) (int, error) {
 		return 1, fmt.Errorf("the backup failed: %v", berr)
 	}
 	return 0, nil
+}
+
+// hasFlag reports whether args set the flag name (-name or --name, with or
+// without =value).
+func hasFlag(args []string, name string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return false
+		}
+		a = strings.TrimLeft(a, "-")
+		if a == name || strings.HasPrefix(a, name+"=") {
+			return true
+		}
+	}
+	return false
 }

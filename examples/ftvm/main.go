@@ -2,6 +2,7 @@
 //
 //	ftvm run [flags]      boot the example Linux guest (or --kernel, or a bare --image)
 //	ftvm primary/backup   the two sides of a fault-tolerant pair
+//	ftvm certs DIR        the pair's CA and node certificates (mutual TLS)
 //	ftvm demo             an FT pair on this machine, with a failover
 //
 // Run `ftvm run -h` for the flags.
@@ -24,8 +25,11 @@ commands:
   record   run a guest and log every nondeterministic input to -o FILE
   replay   replay a log on the same guest; stops at the first divergence
   inspect  print a log's header, event counts and bytes by kind
-  primary  run a guest as the primary of an FT pair: --listen ADDR --split-dir DIR [guest flags]
-  backup   run the backup of an FT pair: --connect ADDR --split-dir DIR [the same guest flags]
+  certs    make a CA and certificates for an FT pair's mutual TLS in DIR: ftvm certs [--host NAME] DIR
+  primary  run a guest as the primary of an FT pair: --listen ADDR --split-dir DIR [--tls-dir CERTS] [guest flags]
+  backup   run the backup of an FT pair: --connect ADDR --split-dir DIR [--tls-dir CERTS] [the same guest flags]
+           (both use mutual TLS 1.3 with the certificates in --tls-dir, default ./ftkvm-certs;
+           --insecure runs them unauthenticated in plaintext)
   demo     run an FT pair on this machine, kill the primary partway, watch the backup take over
 
 Run 'ftvm <command> -h' for a command's flags.
@@ -53,6 +57,8 @@ func main() {
 		code, err = cmdPrimary(ctx, os.Args[2:])
 	case "backup":
 		code, err = cmdBackup(ctx, os.Args[2:])
+	case "certs":
+		code, err = cmdCerts(os.Args[2:])
 	case "demo":
 		code, err = cmdDemo(ctx, os.Args[2:])
 	case "-h", "--help", "help":

@@ -2,13 +2,17 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"time"
 
 	"github.com/ftkvm/ftkvm/ft"
+	"github.com/ftkvm/ftkvm/ft/pairtls"
 	"github.com/ftkvm/ftkvm/replay/logpb"
 	"github.com/ftkvm/ftkvm/vmm"
 )
@@ -25,7 +29,13 @@ type pairOptions struct {
 	windowEnt   int
 	statusEvery time.Duration
 	quiet       bool
+	tlsDir      string
+	insecure    bool
 }
+
+// defaultTLSDir is where ftvm primary/backup look for the pair's
+// certificates unless --tls-dir says otherwise.
+const defaultTLSDir = "ftkvm-certs"
 
 func (o *pairOptions) register(fs *flag.FlagSet) {
 	o.guest.register(fs)
@@ -39,12 +49,49 @@ func (o *pairOptions) register(fs *flag.FlagSet) {
 	fs.IntVar(&o.windowEnt, "window-entries", 0, "log entries in flight (the backup's maximum lag) before the primary's vCPU waits (0: the channel's default, 1 Mi)")
 	fs.DurationVar(&o.statusEvery, "status-every", 2*time.Second, "period of the progress line on stderr")
 	fs.BoolVar(&o.quiet, "q", false, "no progress lines on stderr")
+	fs.StringVar(&o.tlsDir, "tls-dir", defaultTLSDir, "directory with the pair's certificates from 'ftvm certs' (ca.pem and this node's certificate and key): the log channel runs mutual TLS 1.3 with them")
+	fs.BoolVar(&o.insecure, "insecure", false, "run the log channel in plaintext with no authentication instead of TLS (anyone who reaches it can pose as the peer)")
 }
 
-// config prepares the guest and builds the ft configuration.
-func (o *pairOptions) config() (ft.Config, *preparedGuest, error) {
+// tlsConfig loads this side's TLS configuration from --tls-dir, or with
+// --insecure warns on stderr what running without it gives up.
+func (o *pairOptions) tlsConfig(flags *flag.FlagSet, role string) (*tls.Config, error) {
+	if o.insecure {
+		explicit := false
+		flags.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "tls-dir" })
+		if explicit {
+			return nil, usageError{fmt.Errorf("--insecure and --tls-dir contradict each other")}
+		}
+		if role == "primary" {
+			fmt.Fprintf(os.Stderr, "ftvm primary: WARNING: --insecure: the log channel is plaintext and unauthenticated: anyone who reaches the port can pose as the backup and read the guest's inputs\n")
+		} else {
+			fmt.Fprintf(os.Stderr, "ftvm backup: WARNING: --insecure: the log channel is plaintext and unauthenticated: anyone who reaches or redirects the connection can pose as the primary, feed this backup a false log and read the guest's inputs\n")
+		}
+		return nil, nil
+	}
+	load := pairtls.Primary
+	if role == "backup" {
+		load = pairtls.Backup
+	}
+	tc, err := load(o.tlsDir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("no certificates for the pair's mutual TLS in %s (%v): make them with 'ftvm certs %s' and give each host ca.pem and its own node's certificate and key, or run without authentication with --insecure", o.tlsDir, err, o.tlsDir)
+		}
+		return nil, fmt.Errorf("the pair's certificates in %s: %w (--insecure runs without authentication)", o.tlsDir, err)
+	}
+	return tc, nil
+}
+
+// config loads this side's certificates, prepares the guest and builds
+// the ft configuration.
+func (o *pairOptions) config(flags *flag.FlagSet, role string) (ft.Config, *preparedGuest, error) {
 	if o.splitDir == "" {
 		return ft.Config{}, nil, usageError{fmt.Errorf("--split-dir is required (a directory both nodes mount)")}
+	}
+	tc, err := o.tlsConfig(flags, role)
+	if err != nil {
+		return ft.Config{}, nil, err
 	}
 	g, err := o.guest.prepare()
 	if err != nil {
@@ -60,6 +107,7 @@ func (o *pairOptions) config() (ft.Config, *preparedGuest, error) {
 			Header:  func(vm *vmm.VM, epoch time.Time) *logpb.Header { return header(g, vm, epoch, false) },
 			Bare:    g.bare,
 		},
+		TLS: tc, Insecure: o.insecure,
 		SplitDir: o.splitDir, Pair: o.pair, Node: o.node,
 		ClaimTimeout: o.claim, Timeout: o.timeout, Heartbeat: o.heartbeat, WindowBytes: o.window, WindowEntries: o.windowEnt,
 		Output: os.Stdout, Input: os.Stdin, Log: log, StatusEvery: status,
@@ -87,7 +135,7 @@ func cmdPrimary(ctx context.Context, args []string) (int, error) {
 	if *listen == "" {
 		return 2, usageError{fmt.Errorf("--listen ADDR is required")}
 	}
-	cfg, g, err := o.config()
+	cfg, g, err := o.config(fs, "primary")
 	if err != nil {
 		return 1, err
 	}
@@ -97,7 +145,7 @@ func cmdPrimary(ctx context.Context, args []string) (int, error) {
 		return 1, err
 	}
 	info := infof(o.quiet)
-	info("primary: %s with %d MiB; listening on %s", g.name, g.memory>>20, l.Addr())
+	info("primary: %s with %d MiB; listening on %s (%s)", g.name, g.memory>>20, l.Addr(), security(o))
 	res, runErr := ft.RunPrimary(ctx, cfg, l, *wait)
 	return report(info, res.Run, runErr)
 }
@@ -114,13 +162,20 @@ func cmdBackup(ctx context.Context, args []string) (int, error) {
 	if *connect == "" {
 		return 2, usageError{fmt.Errorf("--connect ADDR is required")}
 	}
-	cfg, g, err := o.config()
+	cfg, g, err := o.config(fs, "backup")
 	if err != nil {
 		return 1, err
 	}
 	defer g.close()
 	info := infof(o.quiet)
-	info("backup: %s with %d MiB; connecting to the primary at %s", g.name, g.memory>>20, *connect)
+	info("backup: %s with %d MiB; connecting to the primary at %s (%s)", g.name, g.memory>>20, *connect, security(o))
 	res, runErr := ft.RunBackup(ctx, cfg, *connect, *wait)
 	return report(info, res.Run, runErr)
+}
+
+func security(o pairOptions) string {
+	if o.insecure {
+		return "plaintext, unauthenticated: --insecure"
+	}
+	return "mutual TLS 1.3 with the certificates in " + o.tlsDir
 }
