@@ -53,6 +53,9 @@ func killPrimaryHost(t *testing.T, e env, ref string, delay time.Duration, guest
 	if b.status() != 0 {
 		t.Fatalf("backup exited %d (host: %v)\nbackup log:\n%s\nprimary log:\n%s", b.status(), b.HostErr(), tail(bLog, 25), tail(p.log(), 10))
 	}
+	if !strings.Contains(p.log(), "mutual TLS 1.3") || !strings.Contains(bLog, "mutual TLS 1.3") {
+		t.Fatalf("the pair did not run mutual TLS across the hosts:\n%s\n%s", tail(p.log(), 5), tail(bLog, 5))
+	}
 	switch {
 	case strings.Contains(bLog, "WON the test-and-set"):
 		t.Logf("primary host killed at %v: primary released %d bytes, backup wrote %d; %s; %s", delay, len(pOut), len(bOut),

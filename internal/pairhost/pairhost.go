@@ -4,7 +4,8 @@
 // both mounting one directory of this machine over 9p, which stands for
 // the NFS export of a real pair: it holds the split-brain claims and each
 // side's console output (ROLE.out), log (ROLE.log) and exit status
-// (ROLE.rc). A write to it reaches this machine before it returns, so a
+// (ROLE.rc), and the pair's certificates (certs/, from `ftvm certs`: the
+// pair runs mutual TLS). A write to it reaches this machine before it returns, so a
 // side's .out file is what the outside world saw of it, whatever happens
 // to its host afterwards.
 //
@@ -23,6 +24,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -92,12 +94,18 @@ func Start(ctx context.Context, o Options) (*Pair, error) {
 	if err := os.MkdirAll(split, 0o755); err != nil {
 		return nil, err
 	}
+	// The pair's certificates (mutual TLS, ftvm's default), made here and
+	// read by both hosts from the shared directory.
+	certs := filepath.Join(o.Dir, "certs")
+	if out, err := exec.CommandContext(ctx, o.Bin, "certs", certs).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("ftvm certs: %v\n%s", err, out)
+	}
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
 	target := "[" + PrimaryAddr + "%eth0]:" + Port
-	common := []string{"--split-dir", split, "--status-every", "1s", "--claim-timeout", "2s"}
+	common := []string{"--split-dir", split, "--tls-dir", certs, "--status-every", "1s", "--claim-timeout", "2s"}
 	bGuest := o.Guest
 	if o.BGuest != nil {
 		bGuest = o.BGuest
