@@ -5,7 +5,8 @@
 # x86 host with a standard KVM (QEMU TCG + kvm_amd; see package testbed).
 # Environment: GO (default go), FTKVM_GUEST_DIR (the Makefile sets it),
 # FTKVM_BENCH_TIMEOUT (the emulated host's limit, default 60m),
-# FTKVM_TESTBED_MEM (MB, default 4096); extra arguments go to bench-replay.
+# FTKVM_TESTBED_MEM (MB, default 4096), FTKVM_BENCH_TWOHOST_ARGS (flags of
+# bench-twohost, e.g. -n 5); extra arguments go to bench-replay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
@@ -38,3 +39,7 @@ fi
 
 echo "== bench-logchannel -log bin/linux.log"
 "$GO" run ./cmd/bench-logchannel -log bin/linux.log
+
+# The FT pair across two emulated hosts (failover, output commit, slowdown).
+echo "== bench-twohost"
+"$GO" run ./cmd/bench-twohost -ftvm bin/ftvm -guest-dir "$FTKVM_GUEST_DIR" ${FTKVM_BENCH_TWOHOST_ARGS:-}
