@@ -7,7 +7,9 @@
 //   - the output-commit delay per console write (p50, p99) against the
 //     round trip between the two hosts (ping over their link);
 //   - the primary's slowdown: its run time protected, with the backup on
-//     the other host, against `ftvm run` of the same guest alone.
+//     the other host, against `ftvm run` of the same guest alone, and
+//     alone while a second host runs the same guest beside it (the two
+//     emulated hosts share this machine's cores, as the pair's do).
 //
 // Each repetition runs the three configurations of a guest back to back,
 // so a ratio compares runs under the same machine load.
