@@ -194,10 +194,14 @@ func (e *endpoint) close(linger time.Duration) {
 func (e *endpoint) stop(l *link, err error) {
 	l.once.Do(func() {
 		e.mu.Lock()
+		// Done before stopped wakes the waiters (a Next, a WaitAcked):
+		// one that wakes and looks again must find the link done, or it
+		// waits for a wake-up that never comes (a backup stuck in Next
+		// after its primary's link timed out).
+		close(l.done)
 		f, quiet := e.stopped(err)
 		quiet = quiet || l.quiet
 		e.mu.Unlock()
-		close(l.done)
 		l.conn.Close()
 		if !quiet {
 			select {

@@ -96,9 +96,12 @@ func TestHostDeathBare(t *testing.T) {
 }
 
 // TestHostDeathLinux kills the primary's host at random points of the
-// Linux guest's boot and workload. The guest's output depends on logged
-// time, so the check is the junction: the backup re-sends from within
-// what the primary released, and the outside sees every marker once.
+// Linux guest's boot and workload: once the outside has seen a randomly
+// chosen line of the boot or the workload, so every kill lands while the
+// guest runs (it powers off a few seconds after its start). The guest's
+// output depends on logged time, so the check is the junction: the backup
+// re-sends from within what the primary released, and the outside sees
+// every marker once.
 func TestHostDeathLinux(t *testing.T) {
 	e := setup(t)
 	n := points(t, "LINUX_POINTS", 3)
@@ -111,37 +114,39 @@ func TestHostDeathLinux(t *testing.T) {
 	}
 	rng := seeded(t)
 	markers := []string{"FTKVM-GUEST: init started", "FTKVM-GUEST: step 10/10", "FTKVM-GUEST: workload done", "FTKVM-GUEST: powering off"}
+	triggers := []string{"Linux version", "Serial: 8250", "Run /init as init process", "FTKVM-GUEST: init started"}
+	for k := 1; k <= 9; k++ {
+		triggers = append(triggers, fmt.Sprintf("FTKVM-GUEST: step %d/10", k))
+	}
 	for i := 0; i < n; i++ {
-		delay := time.Duration(2000+rng.Intn(25000)) * time.Millisecond
+		trigger := triggers[rng.Intn(len(triggers))]
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
 			p, b := startPair(t, e, pairOpts{guest: []string{"--guest-dir", dir, "--window-entries", "1500"}, limit: 12 * time.Minute})
 			p.waitLog(t, "booting the guest PROTECTED", 3*time.Minute)
-			select {
-			case <-time.After(delay):
-			case <-p.done():
+			for !strings.Contains(p.out(), trigger) {
+				if p.exited() {
+					t.Fatalf("the primary ended before the outside saw %q (exit %d)\n%s", trigger, p.status(), tail(p.log(), 10))
+				}
+				time.Sleep(10 * time.Millisecond)
 			}
-			killed := !p.exited()
 			p.Kill()
 			b.wait(t, 10*time.Minute)
 			pOut, bOut, bLog := p.out(), b.out(), b.log()
 			if b.status() != 0 {
 				t.Fatalf("backup exited %d (host: %v)\n%s", b.status(), b.HostErr(), tail(bLog, 25))
 			}
-			out := pOut
 			var nb, from int
-			if _, err := fmt.Sscanf(after(bLog, "re-sending "), "%d console bytes from offset %d", &nb, &from); err == nil {
-				if from > len(pOut) || !strings.HasPrefix(bOut, pOut[from:]) {
-					t.Fatalf("killed at %v: output lost or garbled at the failover: primary released %d bytes, backup re-sent from %d", delay, len(pOut), from)
-				}
-				out = pOut[:from] + bOut
-				t.Logf("primary host killed at %v: primary released %d bytes, backup re-sent from %d and wrote %d; %s; %s", delay, len(pOut), from, len(bOut),
-					grepLine(bLog, "log ended"), grepLine(bLog, "LIVE at"))
-			} else if killed {
-				t.Fatalf("killed at %v: the backup did not go live:\n%s", delay, tail(bLog, 15))
+			if _, err := fmt.Sscanf(after(bLog, "re-sending "), "%d console bytes from offset %d", &nb, &from); err != nil {
+				t.Fatalf("killed after %q: the backup did not go live:\n%s", trigger, tail(bLog, 15))
 			}
+			if from > len(pOut) || !strings.HasPrefix(bOut, pOut[from:]) {
+				t.Fatalf("killed after %q: output lost or garbled at the failover: primary released %d bytes, backup re-sent from %d", trigger, len(pOut), from)
+			}
+			out := pOut[:from] + bOut
+			t.Logf("primary host killed after %q: primary released %d bytes, backup re-sent from %d and wrote %d; %s", trigger, len(pOut), from, len(bOut), grepLine(bLog, "LIVE at"))
 			for _, want := range markers {
 				if strings.Count(out, want) != 1 {
-					t.Fatalf("killed at %v: the outside saw %q %d times, want once\n%s", delay, want, strings.Count(out, want), tail(out, 10))
+					t.Fatalf("killed after %q: the outside saw %q %d times, want once\n%s", trigger, want, strings.Count(out, want), tail(out, 10))
 				}
 			}
 		})
