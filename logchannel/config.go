@@ -105,11 +105,18 @@ type Config struct {
 	// the connection and knows the ConfigHash can be the peer.
 	TLS *tls.Config
 
-	// WindowBytes bounds memory. Sender: encoded bytes (entry plus its
-	// 1–5 byte length prefix) appended but not yet acked; Append blocks
-	// while the next entry would exceed it. Receiver: encoded bytes
-	// buffered but not yet returned by Next; the receiver stops reading the
-	// connection (TCP back-pressure) while a frame does not fit. Default
+	// WindowBytes bounds memory: each side charges its buffers at their
+	// capacity, plus about 128 bytes per frame for bookkeeping, so that an
+	// entry costs at least its encoding (the entry and its 1–5 byte length
+	// prefix) and a frame of small entries its per-frame overhead too.
+	// Sender: the entries appended but not yet acked (a frame acked while
+	// it is being written counts until the write ends), in buffers shared
+	// by consecutive frames; Append blocks while the next entry would
+	// exceed it. Receiver: the frames buffered but not yet returned by
+	// Next; the receiver stops reading the connection (TCP back-pressure)
+	// while a frame does not fit. Either side holds at most one more frame
+	// buffer beyond the window (BatchBytes, or one larger entry's), recycled
+	// or in use, and an entry larger than the window passes alone. Default
 	// 8 MiB. Must hold at least one entry of MaxEntryBytes.
 	WindowBytes int
 	// WindowEntries bounds the number of entries the same way. Default 1 Mi.

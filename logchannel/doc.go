@@ -107,10 +107,12 @@
 // keep this header layout in every version, so a version mismatch is
 // always recognised and reported.
 //
-// Flow control: the sender keeps at most WindowBytes and WindowEntries of
-// unacknowledged entries; Append blocks beyond that. The receiver buffers
-// at most WindowBytes (plus one frame) and stops reading the connection
-// while a frame does not fit, so TCP back-pressure reaches the sender.
+// Flow control: the sender keeps at most WindowBytes (its buffers counted
+// at their capacity, plus a per-frame overhead) and WindowEntries of
+// unacknowledged entries, and one more frame buffer to recycle; Append
+// blocks beyond that. The receiver buffers at most WindowBytes (plus one
+// frame) and stops reading the connection while a frame does not fit, so
+// TCP back-pressure reaches the sender.
 // Acks are cumulative, sent after a frame is buffered (AckBuffered) or
 // after Consumed (AckConsumed); window space is freed a frame at a time.
 // Heartbeats go both ways when a side has sent nothing for

@@ -288,7 +288,7 @@ func TestStalledConsumer(t *testing.T) {
 		}
 	}
 	s.mu.Lock()
-	unacked := s.core.unackedBytes
+	unacked := s.core.usedBytes
 	s.mu.Unlock()
 	r.mu.Lock()
 	buffered := r.core.bufBytes

@@ -11,14 +11,44 @@ import (
 type sendBatch struct {
 	first    uint64
 	count    int
-	data     []byte
-	crc      uint32 // CRC32C of data, kept up to date by append
+	data     []byte     // a slice of chunk.buf; while open, its capacity runs to the chunk's end
+	chunk    *sendChunk // the buffer data lives in
+	crc      uint32     // CRC32C of data, kept up to date by append
 	sealed   bool
-	inFlight bool // the writer holds it; do not recycle its buffer
-	released bool // acked while in flight: recycle when the writer is done
+	inFlight bool // the writer holds it; its chunk must not be reused
+	released bool // acked while in flight: dropped when the writer is done
 }
 
 func (b *sendBatch) last() uint64 { return b.first + uint64(b.count) - 1 }
+
+// sendChunk is a buffer that consecutive batches are carved from.
+type sendChunk struct {
+	buf  []byte
+	refs int // live batches in buf, plus one while it is the current chunk
+}
+
+// Memory. Batches do not get a buffer each: they are carved one after the
+// other out of chunks of chunkSize bytes (BatchBytes, or a quarter of the
+// window if that is less), so that a frame of one small entry takes only
+// its bytes, however soon the writer takes it. A batch also ends where
+// its chunk does; an entry that does not fit what is left of the current
+// chunk starts a new one (a chunk of its own size if it is larger). A
+// chunk is charged at its capacity plus frameOverhead (the receiver's
+// per-frame figure, ample for a sendChunk) from its allocation until its
+// last batch is gone, and every live batch at frameOverhead for its
+// sendBatch and its slot in batches: usedBytes is that sum. A batch is
+// live until it is acked and, if the writer holds it then, until the
+// writer is done with it (released counts those), so window space is
+// freed only when memory is. Append admits an entry only while usedBytes
+// stays within WindowBytes (fits), or into an empty window, so that an
+// entry larger than the window cannot wedge the channel. Chunks whose
+// batches are all gone are recycled (free, freeBytes, at most maxFree)
+// while the total stays within limit() = WindowBytes + chunkSize: the
+// window plus one frame buffer, which lets a sender whose window is full
+// still recycle; a new chunk is allocated only after trim has made room.
+// So heldBytes() <= max(limit(), usedBytes), with usedBytes over the
+// window only for a single oversized entry, or by frameOverhead for each
+// batch that resume split off until it is acked.
 
 // senderCore is the sender's protocol state: sequence numbers, the window,
 // the retained entries and the send cursor. It does no IO, starts no
@@ -26,12 +56,16 @@ func (b *sendBatch) last() uint64 { return b.first + uint64(b.count) - 1 }
 //
 // Invariants: acked <= sent <= next-1; batches hold consecutive entries
 // from at most acked+1 (a partly acked batch is kept whole) to next-1;
-// batches[:cursor] are sent, batches[cursor:] are not; unackedBytes and
-// unackedEntries are the sums over batches.
+// batches[:cursor] are sent, batches[cursor:] are not; unackedEntries is
+// the sum over batches; at most the last batch is open, and then it owns
+// tail (its data start at the unused part of the current chunk); usedBytes
+// and freeBytes are the costs above of the live chunks and batches and of
+// free; heldBytes() <= max(limit(), usedBytes).
 type senderCore struct {
 	windowBytes   int
 	windowEntries int
 	batchBytes    int
+	chunkSize     int
 
 	next  uint64 // seq of the next appended entry
 	acked uint64 // highest cumulative ack
@@ -39,10 +73,14 @@ type senderCore struct {
 
 	batches        []*sendBatch
 	cursor         int
-	unackedBytes   int
 	unackedEntries int
 
-	free [][]byte // recycled batch buffers of cap batchBytes
+	cur       *sendChunk   // the chunk new batches are carved from (nil: none yet)
+	tail      []byte       // its unused part when no batch is open (the open batch owns it)
+	released  int          // acked batches the writer still holds
+	usedBytes int          // live chunks and batches, charged as above
+	free      []*sendChunk // recycled chunks of capacity chunkSize
+	freeBytes int          // their capacity
 }
 
 func newSenderCore(cfg *Config) senderCore {
@@ -50,6 +88,7 @@ func newSenderCore(cfg *Config) senderCore {
 		windowBytes:   cfg.WindowBytes,
 		windowEntries: cfg.WindowEntries,
 		batchBytes:    cfg.BatchBytes,
+		chunkSize:     max(1, min(cfg.BatchBytes, cfg.WindowBytes/4)),
 		next:          1,
 	}
 }
@@ -57,59 +96,144 @@ func newSenderCore(cfg *Config) senderCore {
 // lastAppended is the seq of the newest entry (0 if none).
 func (c *senderCore) lastAppended() uint64 { return c.next - 1 }
 
+// heldBytes is the memory the core holds: live chunks and batches, and
+// recycled chunks.
+func (c *senderCore) heldBytes() int { return c.usedBytes + c.freeBytes }
+
+// limit is what the core may hold: the window and one frame buffer.
+func (c *senderCore) limit() int { return c.windowBytes + c.chunkSize }
+
+// open returns the batch that takes appends, or nil.
+func (c *senderCore) open() *sendBatch {
+	if n := len(c.batches); n > c.cursor && !c.batches[n-1].sealed {
+		return c.batches[n-1]
+	}
+	return nil
+}
+
+// growth is what appending an entry of need encoded bytes adds to
+// usedBytes: nothing if it goes into the open batch, a batch's overhead if
+// a new batch fits in the current chunk, else that and a new chunk.
+func (c *senderCore) growth(need int) int {
+	room := cap(c.tail)
+	if b := c.open(); b != nil {
+		if n := len(b.data) + need; n <= c.batchBytes && n <= cap(b.data) {
+			return 0
+		}
+		room = cap(b.data) - len(b.data)
+	}
+	if need <= room {
+		return frameOverhead
+	}
+	return max(c.chunkSize, need) + 2*frameOverhead
+}
+
 // fits reports whether an entry of n bytes fits in the window now.
 func (c *senderCore) fits(n int) bool {
-	return c.unackedBytes+encodedLen(n) <= c.windowBytes && c.unackedEntries < c.windowEntries
+	if c.unackedEntries >= c.windowEntries {
+		return false
+	}
+	g := c.growth(encodedLen(n))
+	return g == 0 || c.usedBytes+g <= c.windowBytes || len(c.batches)+c.released == 0
 }
 
 // append adds an entry (the caller checked fits) and returns its seq.
 func (c *senderCore) append(entry []byte) uint64 {
 	need := encodedLen(len(entry))
-	var b *sendBatch
-	if n := len(c.batches); n > c.cursor && !c.batches[n-1].sealed {
-		b = c.batches[n-1]
-		if len(b.data)+need > c.batchBytes {
-			b.sealed = true
+	b := c.open()
+	if b != nil {
+		if n := len(b.data) + need; n > c.batchBytes || n > cap(b.data) {
+			c.seal(b)
 			b = nil
 		}
 	}
 	if b == nil {
-		b = &sendBatch{first: c.next, data: c.buffer(need)}
+		if need > cap(c.tail) {
+			c.newChunk(need)
+		}
+		b = &sendBatch{first: c.next, data: c.tail[:0], chunk: c.cur}
+		c.tail = nil
+		c.cur.refs++
+		c.usedBytes += frameOverhead
 		c.batches = append(c.batches, b)
+		c.trim()
 	}
 	start := len(b.data)
-	b.data = appendEntry(b.data, entry)
+	b.data = appendEntry(b.data, entry) // within cap(b.data): never reallocates
 	// The CRC is computed here, on the appending goroutine, while the
 	// bytes are in cache, which leaves the writer only the system call.
 	b.crc = crc32.Update(b.crc, castagnoli, b.data[start:])
 	b.count++
-	c.unackedBytes += need
 	c.unackedEntries++
 	seq := c.next
 	c.next++
 	return seq
 }
 
-// buffer returns an empty buffer for a new batch whose first entry needs
-// need bytes.
-func (c *senderCore) buffer(need int) []byte {
-	if need > c.batchBytes {
-		return make([]byte, 0, need)
+// seal closes the open batch b to appends: its data is cut to its length
+// and the rest of its chunk goes back to tail for the next batch.
+func (c *senderCore) seal(b *sendBatch) {
+	if b.sealed {
+		return
 	}
-	if n := len(c.free); n > 0 {
-		buf := c.free[n-1]
-		c.free = c.free[:n-1]
-		return buf
-	}
-	return make([]byte, 0, c.batchBytes)
+	b.sealed = true
+	n := len(b.data)
+	c.tail = b.data[n:]
+	b.data = b.data[:n:n]
 }
 
-func (c *senderCore) recycle(b *sendBatch) {
-	// Keep enough buffers for a full window; let the rest go.
-	if cap(b.data) == c.batchBytes && len(c.free)*c.batchBytes < c.windowBytes+c.batchBytes {
-		c.free = append(c.free, b.data[:0])
+// newChunk replaces the current chunk (no batch is open) with one of at
+// least need bytes: a recycled one if it will do, else a new one, for
+// which room is made first.
+func (c *senderCore) newChunk(need int) {
+	if c.cur != nil {
+		c.unref(c.cur) // what is left of it is lost until its batches are gone
 	}
-	b.data = nil
+	if k := len(c.free) - 1; k >= 0 && need <= c.chunkSize {
+		c.cur = c.free[k]
+		c.free[k] = nil
+		c.free = c.free[:k]
+		c.freeBytes -= cap(c.cur.buf)
+		c.usedBytes += cap(c.cur.buf) + frameOverhead
+	} else {
+		size := max(c.chunkSize, need)
+		c.usedBytes += size + frameOverhead
+		c.trim()
+		c.cur = &sendChunk{buf: make([]byte, 0, size)}
+	}
+	c.cur.refs = 1
+	c.tail = c.cur.buf
+}
+
+// unref drops a reference to ch, recycling or dropping it with the last.
+func (c *senderCore) unref(ch *sendChunk) {
+	if ch.refs--; ch.refs > 0 {
+		return
+	}
+	c.usedBytes -= cap(ch.buf) + frameOverhead
+	if cap(ch.buf) == c.chunkSize && len(c.free) < maxFree && c.heldBytes()+cap(ch.buf) <= c.limit() {
+		c.free = append(c.free, ch)
+		c.freeBytes += cap(ch.buf)
+	} else {
+		ch.buf = nil
+	}
+}
+
+// drop lets go of a batch that is acked and that the writer does not hold.
+func (c *senderCore) drop(b *sendBatch) {
+	c.usedBytes -= frameOverhead
+	c.unref(b.chunk)
+	b.data, b.chunk = nil, nil
+}
+
+// trim drops recycled chunks until the core holds at most limit().
+func (c *senderCore) trim() {
+	for k := len(c.free) - 1; k >= 0 && c.heldBytes() > c.limit(); k-- {
+		c.freeBytes -= cap(c.free[k].buf)
+		c.free[k].buf = nil
+		c.free[k] = nil
+		c.free = c.free[:k]
+	}
 }
 
 // unsent reports whether there is something for the writer.
@@ -130,7 +254,7 @@ func (c *senderCore) oldestUnsent() *sendBatch {
 func (c *senderCore) take(dst []*sendBatch, max, maxBytes int) []*sendBatch {
 	for n := 0; c.cursor < len(c.batches) && max > 0 && n < maxBytes; max-- {
 		b := c.batches[c.cursor]
-		b.sealed = true
+		c.seal(b)
 		b.inFlight = true
 		c.sent = b.last()
 		c.cursor++
@@ -140,14 +264,20 @@ func (c *senderCore) take(dst []*sendBatch, max, maxBytes int) []*sendBatch {
 	return dst
 }
 
-// written is called by the writer once it no longer touches bs.
-func (c *senderCore) written(bs []*sendBatch) {
+// written is called by the writer once it no longer touches bs. It
+// reports whether that freed window space (batches acked meanwhile).
+func (c *senderCore) written(bs []*sendBatch) bool {
+	freed := false
 	for _, b := range bs {
 		b.inFlight = false
 		if b.released {
-			c.recycle(b)
+			b.released = false
+			c.released--
+			c.drop(b)
+			freed = true
 		}
 	}
+	return freed
 }
 
 // ack applies a cumulative ack. It reports whether acked advanced.
@@ -167,18 +297,19 @@ func (c *senderCore) ack(seq uint64) (bool, error) {
 }
 
 // release drops the batches that acked covers entirely: window space is
-// freed a whole frame at a time.
+// freed a whole frame at a time, and for a batch the writer holds only
+// once it is written.
 func (c *senderCore) release() {
 	seq := c.acked
 	i := 0
 	for ; i < len(c.batches) && c.batches[i].last() <= seq; i++ {
 		b := c.batches[i]
-		c.unackedBytes -= len(b.data)
 		c.unackedEntries -= b.count
 		if b.inFlight {
 			b.released = true
+			c.released++
 		} else {
-			c.recycle(b)
+			c.drop(b)
 		}
 		c.batches[i] = nil
 	}
@@ -196,6 +327,9 @@ func (c *senderCore) resume(received, acked uint64) error {
 	if received > c.lastAppended() || received < c.acked || acked > received {
 		return errorf(ErrHandshake, "cannot resume at %d (acked %d, appended %d)", received+1, c.acked, c.lastAppended())
 	}
+	if b := c.open(); b != nil {
+		c.seal(b) // new entries go to a new batch, whatever received says
+	}
 	for _, b := range c.batches {
 		b.inFlight = false // the old writer has stopped
 	}
@@ -212,8 +346,10 @@ func (c *senderCore) resume(received, acked uint64) error {
 			_, rest := nextEntry(b.data[off:])
 			off = len(b.data) - len(rest)
 		}
-		suffix := &sendBatch{first: received + 1, count: b.count - k, data: b.data[off:len(b.data):len(b.data)], sealed: b.sealed}
+		suffix := &sendBatch{first: received + 1, count: b.count - k, data: b.data[off:len(b.data):len(b.data)], chunk: b.chunk, sealed: true}
 		suffix.crc = crc32c(suffix.data)
+		b.chunk.refs++
+		c.usedBytes += frameOverhead
 		b.data = b.data[:off:off]
 		b.crc = crc32c(b.data)
 		b.count = k
@@ -227,5 +363,6 @@ func (c *senderCore) resume(received, acked uint64) error {
 	c.sent = received
 	c.acked = max(c.acked, acked)
 	c.release() // the split may have left a prefix that is all acked
+	c.trim()
 	return nil
 }

@@ -262,6 +262,11 @@ func (s *Sender) ackAdvanced() {
 		close(s.ackCh)
 		s.ackCh = nil
 	}
+	s.spaceFreed()
+}
+
+// spaceFreed wakes the Appends waiting for window space. s.mu held.
+func (s *Sender) spaceFreed() {
 	if s.spaceCh != nil {
 		close(s.spaceCh)
 		s.spaceCh = nil
@@ -341,7 +346,9 @@ func (s *Sender) writeLoop(cc *link) {
 		s.mu.Unlock()
 		err := cc.fw.writeData(taken, ctl, ctlSeq)
 		s.mu.Lock()
-		s.core.written(taken)
+		if s.core.written(taken) {
+			s.spaceFreed() // batches acked during the write are gone only now
+		}
 		s.mu.Unlock()
 		clear(taken)
 		if err != nil {
