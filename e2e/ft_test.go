@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"fmt"
-	"github.com/ftkvm/ftkvm/internal/kvmtest"
 	"math/rand"
 	"net"
 	"os"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"github.com/ftkvm/ftkvm/ft/ftguest"
+	"github.com/ftkvm/ftkvm/internal/fttest"
+	"github.com/ftkvm/ftkvm/internal/kvmtest"
 )
 
 // The FT pair end to end: real ftvm processes on loopback, a real
@@ -25,13 +26,7 @@ import (
 // CPUs: one per side).
 
 // ftEnv is what every FT test needs: the ftvm binary and built guests.
-type ftEnv struct {
-	bin    string
-	chat   string // chatter, plain
-	ticks  string // chatter under a 1 kHz PIT
-	chatS  ftguest.Spec
-	ticksS ftguest.Spec
-}
+type ftEnv = fttest.Env
 
 var (
 	ftOnce sync.Once
@@ -42,29 +37,7 @@ var (
 func setupFT(t *testing.T) ftEnv {
 	t.Helper()
 	kvmtest.Require(t)
-	ftOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "ftkvm-ft-e2e-")
-		if err != nil {
-			ftErr = err
-			return
-		}
-		ftE.bin = os.Getenv("FTKVM_FTVM")
-		if ftE.bin == "" {
-			ftE.bin = filepath.Join(dir, "ftvm")
-			cmd := exec.Command("go", "build", "-o", ftE.bin, "./examples/ftvm")
-			cmd.Dir = repoRoot(t)
-			if out, err := cmd.CombinedOutput(); err != nil {
-				ftErr = fmt.Errorf("building ftvm: %v\n%s", err, out)
-				return
-			}
-		}
-		ftE.chatS = ftguest.Spec{Lines: 1500, Spin: 1000}
-		ftE.ticksS = ftguest.Spec{Lines: 400, Spin: 1000, Ticks: true}
-		if ftE.chat, ftErr = ftguest.Build(dir, ftE.chatS); ftErr != nil {
-			return
-		}
-		ftE.ticks, ftErr = ftguest.Build(dir, ftE.ticksS)
-	})
+	ftOnce.Do(func() { ftE, ftErr = fttest.Setup(repoRoot(t)) })
 	if ftErr != nil {
 		t.Fatal(ftErr)
 	}
@@ -128,7 +101,7 @@ func (s *side) wait(t *testing.T, d time.Duration) error {
 	case <-time.After(d):
 		s.cmd.Process.Kill()
 		<-s.done
-		t.Fatalf("%s did not finish within %v\nstderr:\n%s", s.name, d, tail(s.stderr.String(), 30))
+		t.Fatalf("%s did not finish within %v\nstderr:\n%s", s.name, d, fttest.Tail(s.stderr.String(), 30))
 		return nil
 	}
 }
@@ -140,11 +113,11 @@ func (s *side) waitLog(t *testing.T, sub string, d time.Duration) {
 	for !strings.Contains(s.stderr.String(), sub) {
 		select {
 		case <-s.done:
-			t.Fatalf("%s ended before logging %q: %v\n%s", s.name, sub, s.err, tail(s.stderr.String(), 20))
+			t.Fatalf("%s ended before logging %q: %v\n%s", s.name, sub, s.err, fttest.Tail(s.stderr.String(), 20))
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s did not log %q within %v\n%s", s.name, sub, d, tail(s.stderr.String(), 20))
+			t.Fatalf("%s did not log %q within %v\n%s", s.name, sub, d, fttest.Tail(s.stderr.String(), 20))
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
@@ -200,29 +173,13 @@ func startPairWith(t *testing.T, bin string, primaryAddr, backupAddr, splitDir s
 	return p, b
 }
 
-// checkFailoverOutput requires the outside world's view — the primary's
-// released output followed by the backup's — to be the reference with at
-// most an overlap (duplicated output re-sent by the backup), nothing lost
-// and nothing else added.
+// checkFailoverOutput fails t unless the outside world saw the reference
+// with at most a duplicated overlap (fttest.CheckFailoverOutput).
 func checkFailoverOutput(t *testing.T, ref, pOut, bOut string) {
 	t.Helper()
-	if !strings.HasPrefix(ref, pOut) {
-		t.Fatalf("the primary released output that is not a prefix of the reference: %d bytes, tail %q", len(pOut), tail(pOut, 3))
+	if err := fttest.CheckFailoverOutput(ref, pOut, bOut); err != nil {
+		t.Fatal(err)
 	}
-	k := len(ref) - len(bOut)
-	if k < 0 || ref[k:] != bOut {
-		t.Fatalf("the backup's output (%d bytes, head %q) is not a suffix of the reference (%d bytes)", len(bOut), head(bOut, 80), len(ref))
-	}
-	if k > len(pOut) {
-		t.Fatalf("output lost: the primary released %d bytes, the backup re-sent from offset %d", len(pOut), k)
-	}
-}
-
-func head(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }
 
 // killPrimaryCase runs one pair and SIGKILLs the primary after delay; the
@@ -230,7 +187,7 @@ func head(s string, n int) string {
 func killPrimaryCase(t *testing.T, e ftEnv, ref string, delay, limit time.Duration, guest ...string) {
 	t.Helper()
 	addr := freeAddr(t)
-	p, b := startPair(t, e.bin, addr, addr, t.TempDir(), guest...)
+	p, b := startPair(t, e.Bin, addr, addr, t.TempDir(), guest...)
 	p.waitLog(t, "booting the guest PROTECTED", 2*time.Minute)
 	select {
 	case <-time.After(delay):
@@ -242,23 +199,14 @@ func killPrimaryCase(t *testing.T, e ftEnv, ref string, delay, limit time.Durati
 	berr := b.wait(t, limit)
 	pOut, bOut, bErr := p.stdout.String(), b.stdout.String(), b.stderr.String()
 	if berr != nil {
-		t.Fatalf("backup failed: %v\nbackup stderr:\n%s\nprimary stderr:\n%s", berr, tail(bErr, 30), tail(p.stderr.String(), 20))
+		t.Fatalf("backup failed: %v\nbackup stderr:\n%s\nprimary stderr:\n%s", berr, fttest.Tail(bErr, 30), fttest.Tail(p.stderr.String(), 20))
 	}
 	if strings.Contains(bErr, "WON the test-and-set") {
-		t.Logf("killed at %v: primary released %d bytes, backup %d bytes; %s", delay, len(pOut), len(bOut), grepLine(bErr, "LIVE at"))
+		t.Logf("killed at %v: primary released %d bytes, backup %d bytes; %s", delay, len(pOut), len(bOut), fttest.Line(bErr, "LIVE at"))
 	} else if len(pOut) != len(ref) {
-		t.Fatalf("the backup did not go live after the primary was killed at %v\n%s", delay, tail(bErr, 20))
+		t.Fatalf("the backup did not go live after the primary was killed at %v\n%s", delay, fttest.Tail(bErr, 20))
 	}
 	checkFailoverOutput(t, ref, pOut, bOut)
-}
-
-func grepLine(s, sub string) string {
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, sub) {
-			return strings.TrimSpace(l)
-		}
-	}
-	return ""
 }
 
 // TestFTKillPrimaryBare kills the primary with SIGKILL at random points of
@@ -278,8 +226,8 @@ func TestFTKillPrimaryBare(t *testing.T) {
 	}{
 		// Sized for an emulated KVM host (about 30 s a case there; the
 		// limits leave room for a loaded machine).
-		{"chatter", e.chat, e.chatS, 10, 2500 * time.Millisecond, 3 * time.Minute},
-		{"chatter_ticks", e.ticks, e.ticksS, 6, 1500 * time.Millisecond, 3 * time.Minute},
+		{"chatter", e.Chat, e.ChatS, 10, 2500 * time.Millisecond, 3 * time.Minute},
+		{"chatter_ticks", e.Ticks, e.TicksS, 6, 1500 * time.Millisecond, 3 * time.Minute},
 	}
 	for _, c := range cases {
 		ref := ftguest.Expected(c.spec)
@@ -308,22 +256,22 @@ func TestFTKillPrimaryBare(t *testing.T) {
 // finishes alone, releasing all of its output.
 func TestFTKillBackup(t *testing.T) {
 	e := setupFT(t)
-	ref := ftguest.Expected(e.chatS)
+	ref := ftguest.Expected(e.ChatS)
 	for i, delay := range []time.Duration{300 * time.Millisecond, 1500 * time.Millisecond} {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
 			addr := freeAddr(t)
-			p, b := startPair(t, e.bin, addr, addr, t.TempDir(), "--image", e.chat)
+			p, b := startPair(t, e.Bin, addr, addr, t.TempDir(), "--image", e.Chat)
 			p.waitLog(t, "booting the guest PROTECTED", 2*time.Minute)
 			time.Sleep(delay)
 			if !b.kill9() {
 				t.Fatalf("the backup ended before the kill:\n%s", b.stderr.String())
 			}
 			if err := p.wait(t, 3*time.Minute); err != nil {
-				t.Fatalf("primary failed: %v\n%s", err, tail(p.stderr.String(), 20))
+				t.Fatalf("primary failed: %v\n%s", err, fttest.Tail(p.stderr.String(), 20))
 			}
 			pErr := p.stderr.String()
 			if !strings.Contains(pErr, "BACKUP LOST") || !strings.Contains(pErr, "running UNPROTECTED") {
-				t.Fatalf("the primary did not report losing its backup and running unprotected:\n%s", tail(pErr, 20))
+				t.Fatalf("the primary did not report losing its backup and running unprotected:\n%s", fttest.Tail(pErr, 20))
 			}
 			if p.stdout.String() != ref {
 				t.Fatalf("the primary's output differs from the reference (%d vs %d bytes)", len(p.stdout.String()), len(ref))
@@ -409,7 +357,7 @@ func (px *proxy) serve(t *testing.T, c net.Conn) {
 // detector make the primary win the race.
 func TestFTPartition(t *testing.T) {
 	e := setupFT(t)
-	ref := ftguest.Expected(e.chatS)
+	ref := ftguest.Expected(e.ChatS)
 	cases := []struct {
 		delay    time.Duration
 		bTimeout string
@@ -419,7 +367,7 @@ func TestFTPartition(t *testing.T) {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
 			addr := freeAddr(t)
 			px := startProxy(t, addr)
-			p, b := startPairWith(t, e.bin, addr, px.l.Addr().String(), t.TempDir(), nil, []string{"--ft-timeout", c.bTimeout}, "--image", e.chat)
+			p, b := startPairWith(t, e.Bin, addr, px.l.Addr().String(), t.TempDir(), nil, []string{"--ft-timeout", c.bTimeout}, "--image", e.Chat)
 			p.waitLog(t, "booting the guest PROTECTED", 2*time.Minute)
 			time.Sleep(delay)
 			px.cut.Store(true)
@@ -430,18 +378,18 @@ func TestFTPartition(t *testing.T) {
 			bWon := strings.Contains(bErr, "WON the test-and-set")
 			t.Logf("cut at %v: primary won %v (%v), backup won %v (%v)", delay, pWon, perr, bWon, berr)
 			if pWon == bWon {
-				t.Fatalf("exactly one side must go live: primary %v, backup %v\nprimary:\n%s\nbackup:\n%s", pWon, bWon, tail(pErr, 15), tail(bErr, 15))
+				t.Fatalf("exactly one side must go live: primary %v, backup %v\nprimary:\n%s\nbackup:\n%s", pWon, bWon, fttest.Tail(pErr, 15), fttest.Tail(bErr, 15))
 			}
 			if pWon {
 				if perr != nil || berr == nil || !strings.Contains(bErr, "LOST the test-and-set") {
-					t.Fatalf("primary won: it must finish (%v) and the backup halt (%v)\n%s", perr, berr, tail(bErr, 10))
+					t.Fatalf("primary won: it must finish (%v) and the backup halt (%v)\n%s", perr, berr, fttest.Tail(bErr, 10))
 				}
 				if p.stdout.String() != ref || b.stdout.String() != "" {
 					t.Fatalf("primary won: its output must be complete (%d of %d bytes) and the backup's empty (%d bytes)", len(p.stdout.String()), len(ref), len(b.stdout.String()))
 				}
 			} else {
 				if berr != nil || perr == nil || !strings.Contains(pErr, "LOST the test-and-set") {
-					t.Fatalf("backup won: it must finish (%v) and the primary halt (%v)\n%s", berr, perr, tail(pErr, 10))
+					t.Fatalf("backup won: it must finish (%v) and the primary halt (%v)\n%s", berr, perr, fttest.Tail(pErr, 10))
 				}
 				checkFailoverOutput(t, ref, p.stdout.String(), b.stdout.String())
 			}
@@ -455,10 +403,10 @@ func TestFTPartition(t *testing.T) {
 // twice; nothing released is wrong.
 func TestFTLostStorage(t *testing.T) {
 	e := setupFT(t)
-	ref := ftguest.Expected(e.chatS)
+	ref := ftguest.Expected(e.ChatS)
 	t.Run("primary_killed", func(t *testing.T) {
 		addr, dir := freeAddr(t), t.TempDir()
-		p, b := startPair(t, e.bin, addr, addr, dir, "--image", e.chat)
+		p, b := startPair(t, e.Bin, addr, addr, dir, "--image", e.Chat)
 		p.waitLog(t, "booting the guest PROTECTED", 2*time.Minute)
 		time.Sleep(800 * time.Millisecond)
 		if err := os.RemoveAll(dir); err != nil {
@@ -468,7 +416,7 @@ func TestFTLostStorage(t *testing.T) {
 		berr := b.wait(t, 3*time.Minute)
 		bErr := b.stderr.String()
 		if berr == nil || strings.Contains(bErr, "WON") || !strings.Contains(bErr, "NOT going live") {
-			t.Fatalf("the backup must not go live without the storage (exit %v)\n%s", berr, tail(bErr, 10))
+			t.Fatalf("the backup must not go live without the storage (exit %v)\n%s", berr, fttest.Tail(bErr, 10))
 		}
 		if b.stdout.String() != "" || !strings.HasPrefix(ref, p.stdout.String()) {
 			t.Fatalf("wrong output: backup %d bytes (want 0), primary not a prefix", len(b.stdout.String()))
@@ -477,7 +425,7 @@ func TestFTLostStorage(t *testing.T) {
 	t.Run("partition", func(t *testing.T) {
 		addr, dir := freeAddr(t), t.TempDir()
 		px := startProxy(t, addr)
-		p, b := startPair(t, e.bin, addr, px.l.Addr().String(), dir, "--image", e.chat)
+		p, b := startPair(t, e.Bin, addr, px.l.Addr().String(), dir, "--image", e.Chat)
 		p.waitLog(t, "booting the guest PROTECTED", 2*time.Minute)
 		time.Sleep(800 * time.Millisecond)
 		if err := os.RemoveAll(dir); err != nil {
@@ -488,10 +436,10 @@ func TestFTLostStorage(t *testing.T) {
 		berr := b.wait(t, 3*time.Minute)
 		pErr, bErr := p.stderr.String(), b.stderr.String()
 		if perr == nil || berr == nil || strings.Contains(pErr, "WON") || strings.Contains(bErr, "WON") {
-			t.Fatalf("neither side may go live without the storage: primary %v, backup %v\nprimary:\n%s\nbackup:\n%s", perr, berr, tail(pErr, 10), tail(bErr, 10))
+			t.Fatalf("neither side may go live without the storage: primary %v, backup %v\nprimary:\n%s\nbackup:\n%s", perr, berr, fttest.Tail(pErr, 10), fttest.Tail(bErr, 10))
 		}
 		if !strings.Contains(pErr, "HALTING without releasing") {
-			t.Fatalf("the primary must halt without releasing held output:\n%s", tail(pErr, 10))
+			t.Fatalf("the primary must halt without releasing held output:\n%s", fttest.Tail(pErr, 10))
 		}
 		if b.stdout.String() != "" || !strings.HasPrefix(ref, p.stdout.String()) || p.stdout.String() == ref {
 			t.Fatalf("wrong output: backup %d bytes (want 0), primary %d bytes (want a strict prefix of %d)", len(b.stdout.String()), len(p.stdout.String()), len(ref))
@@ -522,15 +470,15 @@ func TestFTConfigMismatch(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			addr, dir := freeAddr(t), t.TempDir()
-			common := []string{"--tls-dir", makeCerts(t, e.bin), "--split-dir", dir, "--status-every", "1s"}
-			p := startSide(t, e.bin, "primary", append(append([]string{"--listen", addr, "--wait-backup", "4s"}, common...), c.primary...)...)
-			b := startSide(t, e.bin, "backup", append(append([]string{"--connect", addr}, common...), c.other...)...)
+			common := []string{"--tls-dir", makeCerts(t, e.Bin), "--split-dir", dir, "--status-every", "1s"}
+			p := startSide(t, e.Bin, "primary", append(append([]string{"--listen", addr, "--wait-backup", "4s"}, common...), c.primary...)...)
+			b := startSide(t, e.Bin, "backup", append(append([]string{"--connect", addr}, common...), c.other...)...)
 			berr := b.wait(t, 2*time.Minute)
 			bErr := b.stderr.String()
 			if berr == nil || !strings.Contains(bErr, "backup's VM configuration (kernel/initrd/cmdline/CPUID/memory) differs from the primary's") {
-				t.Fatalf("the backup was not refused clearly (exit %v):\n%s", berr, tail(bErr, 10))
+				t.Fatalf("the backup was not refused clearly (exit %v):\n%s", berr, fttest.Tail(bErr, 10))
 			}
-			t.Logf("backup: %s", grepLine(bErr, "differs"))
+			t.Logf("backup: %s", fttest.Line(bErr, "differs"))
 			if c.name == "linux_cmdline" {
 				p.kill9() // no need to boot Linux unprotected
 				if !strings.Contains(p.stderr.String(), "REFUSED the backup") {
@@ -566,7 +514,7 @@ func TestFTAuth(t *testing.T) {
 	t.Run("no_certificates", func(t *testing.T) {
 		empty := t.TempDir()
 		for _, args := range [][]string{{"primary", "--listen", freeAddr(t)}, {"backup", "--connect", freeAddr(t)}} {
-			s := startSide(t, e.bin, args[0], append(append(args[1:], "--tls-dir", empty, "--split-dir", t.TempDir()), guest...)...)
+			s := startSide(t, e.Bin, args[0], append(append(args[1:], "--tls-dir", empty, "--split-dir", t.TempDir()), guest...)...)
 			err := s.wait(t, time.Minute)
 			out := s.stderr.String()
 			if err == nil || !strings.Contains(out, "ftvm certs "+empty) || !strings.Contains(out, "--insecure") || strings.Contains(out, "listening") {
@@ -580,25 +528,25 @@ func TestFTAuth(t *testing.T) {
 		backup func(t *testing.T) []string
 		want   string
 	}{
-		{"foreign_backup", func(t *testing.T) []string { return []string{"--tls-dir", makeCerts(t, e.bin)} }, "TLS with the primary"},
+		{"foreign_backup", func(t *testing.T) []string { return []string{"--tls-dir", makeCerts(t, e.Bin)} }, "TLS with the primary"},
 		{"plaintext_backup", func(t *testing.T) []string { return []string{"--insecure"} }, "WARNING: --insecure"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			addr, dir := freeAddr(t), t.TempDir()
 			common := append([]string{"--split-dir", dir, "--status-every", "1s"}, guest...)
-			p := startSide(t, e.bin, "primary", append([]string{"--listen", addr, "--wait-backup", "4s", "--tls-dir", makeCerts(t, e.bin)}, common...)...)
-			b := startSide(t, e.bin, "backup", append(append([]string{"--connect", addr}, c.backup(t)...), common...)...)
+			p := startSide(t, e.Bin, "primary", append([]string{"--listen", addr, "--wait-backup", "4s", "--tls-dir", makeCerts(t, e.Bin)}, common...)...)
+			b := startSide(t, e.Bin, "backup", append(append([]string{"--connect", addr}, c.backup(t)...), common...)...)
 			berr := b.wait(t, 2*time.Minute)
 			bErr := b.stderr.String()
 			if berr == nil || strings.Contains(bErr, "connected to the primary") || !strings.Contains(bErr, c.want) {
-				t.Fatalf("the backup was not refused (exit %v):\n%s", berr, tail(bErr, 10))
+				t.Fatalf("the backup was not refused (exit %v):\n%s", berr, fttest.Tail(bErr, 10))
 			}
 			perr := p.wait(t, 2*time.Minute)
 			pErr := p.stderr.String()
 			if !okExit(perr) || !strings.Contains(pErr, "REFUSED a connection from") || strings.Contains(pErr, "backup connected from") || !strings.Contains(pErr, "running UNPROTECTED") {
 				t.Fatalf("the primary did not refuse the backup and run unprotected (exit %v):\n%s", perr, pErr)
 			}
-			t.Logf("backup: %s\nprimary: %s", grepLine(bErr, "ftvm: "), grepLine(pErr, "REFUSED"))
+			t.Logf("backup: %s\nprimary: %s", fttest.Line(bErr, "ftvm: "), fttest.Line(pErr, "REFUSED"))
 		})
 	}
 	// An unauthenticated pair, by choice: it works, and both sides say
@@ -606,19 +554,19 @@ func TestFTAuth(t *testing.T) {
 	t.Run("insecure_pair", func(t *testing.T) {
 		addr, dir := freeAddr(t), t.TempDir()
 		common := append([]string{"--insecure", "--split-dir", dir, "--status-every", "1s"}, guest...)
-		b := startSide(t, e.bin, "backup", append([]string{"--connect", addr}, common...)...)
-		p := startSide(t, e.bin, "primary", append([]string{"--listen", addr, "--wait-backup", "30s"}, common...)...)
+		b := startSide(t, e.Bin, "backup", append([]string{"--connect", addr}, common...)...)
+		p := startSide(t, e.Bin, "primary", append([]string{"--listen", addr, "--wait-backup", "30s"}, common...)...)
 		perr, berr := p.wait(t, 2*time.Minute), b.wait(t, 2*time.Minute)
 		pErr, bErr := p.stderr.String(), b.stderr.String()
 		if !okExit(perr) || !okExit(berr) || !strings.Contains(pErr, "booting the guest PROTECTED") || !strings.Contains(pErr, "UNAUTHENTICATED") {
-			t.Fatalf("insecure pair: primary %v, backup %v\nprimary:\n%s\nbackup:\n%s", perr, berr, tail(pErr, 10), tail(bErr, 10))
+			t.Fatalf("insecure pair: primary %v, backup %v\nprimary:\n%s\nbackup:\n%s", perr, berr, fttest.Tail(pErr, 10), fttest.Tail(bErr, 10))
 		}
 		for _, out := range []string{pErr, bErr} {
 			if !strings.Contains(out, "WARNING: --insecure: the log channel is plaintext and unauthenticated: anyone who") {
 				t.Fatalf("no warning:\n%s", out)
 			}
 		}
-		t.Logf("%s\n%s", grepLine(pErr, "WARNING"), grepLine(bErr, "WARNING"))
+		t.Logf("%s\n%s", fttest.Line(pErr, "WARNING"), fttest.Line(bErr, "WARNING"))
 	})
 }
 
@@ -658,7 +606,7 @@ func TestFTKillPrimaryLinux(t *testing.T) {
 func killJunctionCase(t *testing.T, e ftEnv, delay, limit time.Duration, markers []string, guest ...string) {
 	t.Helper()
 	addr := freeAddr(t)
-	p, b := startPair(t, e.bin, addr, addr, t.TempDir(), guest...)
+	p, b := startPair(t, e.Bin, addr, addr, t.TempDir(), guest...)
 	p.waitLog(t, "booting the guest PROTECTED", 3*time.Minute)
 	select {
 	case <-time.After(delay):
@@ -667,34 +615,27 @@ func killJunctionCase(t *testing.T, e ftEnv, delay, limit time.Duration, markers
 	killed := p.kill9()
 	if err := b.wait(t, limit); err != nil {
 		if strings.Contains(b.stderr.String(), "replay diverged") {
-			t.Fatalf("the backup's replay diverged from the primary's log (a replay bug, not a failover one), so it could not take over: %v\n%s", err, tail(b.stderr.String(), 6))
+			t.Fatalf("the backup's replay diverged from the primary's log (a replay bug, not a failover one), so it could not take over: %v\n%s", err, fttest.Tail(b.stderr.String(), 6))
 		}
-		t.Fatalf("backup failed: %v\n%s", err, tail(b.stderr.String(), 20))
+		t.Fatalf("backup failed: %v\n%s", err, fttest.Tail(b.stderr.String(), 20))
 	}
 	pOut, bOut, bErr := p.stdout.String(), b.stdout.String(), b.stderr.String()
 	out := pOut
 	var n, from int
-	if _, err := fmt.Sscanf(after(bErr, "re-sending "), "%d console bytes from offset %d", &n, &from); err == nil {
+	if _, err := fmt.Sscanf(fttest.After(bErr, "re-sending "), "%d console bytes from offset %d", &n, &from); err == nil {
 		if from > len(pOut) || !strings.HasPrefix(bOut, pOut[from:]) {
 			t.Fatalf("killed at %v: output lost or garbled at the failover: primary released %d bytes, backup re-sent from %d", delay, len(pOut), from)
 		}
 		out = pOut[:from] + bOut
-		t.Logf("killed at %v: primary released %d bytes, backup re-sent from %d and wrote %d; %s", delay, len(pOut), from, len(bOut), grepLine(bErr, "LIVE at"))
+		t.Logf("killed at %v: primary released %d bytes, backup re-sent from %d and wrote %d; %s", delay, len(pOut), from, len(bOut), fttest.Line(bErr, "LIVE at"))
 	} else if killed && !strings.Contains(bErr, "finished as backup") {
-		t.Fatalf("killed at %v: the backup neither went live nor saw the run end:\n%s", delay, tail(bErr, 10))
+		t.Fatalf("killed at %v: the backup neither went live nor saw the run end:\n%s", delay, fttest.Tail(bErr, 10))
 	} else {
 		t.Logf("killed at %v, after the primary's run had ended", delay)
 	}
 	for _, want := range markers {
 		if strings.Count(out, want) != 1 {
-			t.Fatalf("killed at %v: the outside saw %q %d times, want once\n%s", delay, want, strings.Count(out, want), tail(out, 10))
+			t.Fatalf("killed at %v: the outside saw %q %d times, want once\n%s", delay, want, strings.Count(out, want), fttest.Tail(out, 10))
 		}
 	}
-}
-
-func after(s, sub string) string {
-	if i := strings.Index(s, sub); i >= 0 {
-		return s[i+len(sub):]
-	}
-	return ""
 }

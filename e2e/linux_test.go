@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"github.com/ftkvm/ftkvm/internal/kvmtest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftkvm/ftkvm/internal/fttest"
+	"github.com/ftkvm/ftkvm/internal/kvmtest"
 )
 
 func repoRoot(t *testing.T) string {
@@ -71,12 +73,12 @@ func TestLinuxBootsRunsWorkloadAndPowersOff(t *testing.T) {
 	err = cmd.Run()
 	t.Logf("ftvm run took %v; stderr:\n%s", time.Since(start), stderr.String())
 	if err != nil {
-		t.Fatalf("ftvm run: %v\nconsole tail:\n%s", err, tail(stdout.String(), 30))
+		t.Fatalf("ftvm run: %v\nconsole tail:\n%s", err, fttest.Tail(stdout.String(), 30))
 	}
 	console := stdout.String()
 	for _, want := range []string{"FTKVM-GUEST: init started", "FTKVM-GUEST: powering off"} {
 		if !strings.Contains(console, want) {
-			t.Fatalf("console lacks %q; tail:\n%s", want, tail(console, 30))
+			t.Fatalf("console lacks %q; tail:\n%s", want, fttest.Tail(console, 30))
 		}
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(expected)), "\n") {
@@ -85,7 +87,7 @@ func TestLinuxBootsRunsWorkloadAndPowersOff(t *testing.T) {
 		}
 	}
 	if strings.Contains(console, "poweroff failed") || strings.Contains(console, "workload failed") {
-		t.Errorf("guest reported a failure; tail:\n%s", tail(console, 30))
+		t.Errorf("guest reported a failure; tail:\n%s", fttest.Tail(console, 30))
 	}
 	if !strings.Contains(stderr.String(), "guest powered off") {
 		t.Errorf("ftvm did not report a power-off: %s", stderr.String())
@@ -112,12 +114,4 @@ func TestWrongKernelIsRefused(t *testing.T) {
 			t.Errorf("%s: unclear error:\n%s", name, out)
 		}
 	}
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(s, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftkvm/ftkvm/internal/fttest"
 )
 
 // lastLine returns the last non-empty line of s.
@@ -37,13 +39,13 @@ func TestLinuxRecordReplay(t *testing.T) {
 		err := cmd.Run()
 		t.Logf("ftvm %s: %v in %v\n%s", args[0], err, time.Since(start), stderr.String())
 		if err != nil {
-			t.Fatalf("ftvm %s failed: %v\nstdout tail:\n%s", args[0], err, tail(stdout.String(), 20))
+			t.Fatalf("ftvm %s failed: %v\nstdout tail:\n%s", args[0], err, fttest.Tail(stdout.String(), 20))
 		}
 		return stdout.String(), stderr.String()
 	}
 	recOut, _ := run("record", "-o", logFile, "--guest-dir", dir, "--fingerprint-every", "2000", "--verify")
 	if !strings.Contains(recOut, "FTKVM-GUEST: workload done") {
-		t.Fatalf("the recorded guest did not finish its workload:\n%s", tail(recOut, 20))
+		t.Fatalf("the recorded guest did not finish its workload:\n%s", fttest.Tail(recOut, 20))
 	}
 	repOut, repErr := run("replay", logFile, "--guest-dir", dir)
 	want, got := lastLine(recOut), lastLine(repOut)

@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/ftkvm/ftkvm/ft/ftguest"
+	"github.com/ftkvm/ftkvm/internal/fttest"
 	"github.com/ftkvm/ftkvm/internal/pairhost"
 	"github.com/ftkvm/ftkvm/testbed"
 )
@@ -140,33 +141,22 @@ func measure(work, ftvm string, g guest, timing []string, rng *rand.Rand) (sampl
 	ctx := context.Background()
 
 	// Alone: ftvm run in one host.
-	dir, err := os.MkdirTemp(work, "alone-")
-	if err != nil {
+	var err error
+	if s.alone, err = alone(ctx, work, ftvm, g, 1); err != nil {
 		return s, err
-	}
-	res, err := testbed.Run(ctx, testbed.Options{
-		Script: fmt.Sprintf("%q run %s > /tmp/alone.out 2> alone.log", ftvm, strings.Join(quoteAll(g.flags), " ")), // output to the host's tmpfs: a 9p write per console line would slow the vCPU
-		Dir:    dir, Timeout: 20 * time.Minute, MemMB: 2048,
-	})
-	if err != nil {
-		return s, err
-	}
-	log, _ := os.ReadFile(filepath.Join(dir, "alone.log"))
-	if s.alone, err = runTime(string(log), `after ([0-9.]+)s,`); err != nil || res.ExitStatus > 1 {
-		return s, fmt.Errorf("alone: exit %d, %v\n%s", res.ExitStatus, err, log)
 	}
 
 	// Alone beside a busy host: the same, while a second emulated host
 	// runs the same guest. The pair's two hosts share this machine's CPUs
 	// the same way, so this is the baseline that separates FT's own cost
 	// from two emulated hosts competing for two cores.
-	if s.aloneBusy, err = aloneBeside(ctx, work, ftvm, g); err != nil {
+	if s.aloneBusy, err = alone(ctx, work, ftvm, g, 2); err != nil {
 		return s, err
 	}
 
 	// Protected: the pair, no failure. The primary's host pings the
 	// backup's over the link first, for the round trip.
-	dir, err = os.MkdirTemp(work, "pair-")
+	dir, err := os.MkdirTemp(work, "pair-")
 	if err != nil {
 		return s, err
 	}
@@ -180,7 +170,7 @@ func measure(work, ftvm string, g guest, timing []string, rng *rand.Rand) (sampl
 	p.Close()
 	pl, bl := p.Primary.Log(), p.Backup.Log()
 	if s.protected, err = runTime(pl, ` in ([0-9.]+m?s); released`); err != nil {
-		return s, fmt.Errorf("protected run: %v\n%s", err, tail(pl, 8))
+		return s, fmt.Errorf("protected run: %v\n%s", err, fttest.Tail(pl, 8))
 	}
 	s.commitP50, _ = runTime(pl, `commit delay p50 ([0-9.]+[µmn]?s)`)
 	s.commitP99, _ = runTime(pl, `p99 ([0-9.]+[µmn]?s) over`)
@@ -213,15 +203,17 @@ func measure(work, ftvm string, g guest, timing []string, rng *rand.Rand) (sampl
 	return s, nil
 }
 
-// aloneBeside runs `ftvm run` of g in one host while another host runs
-// the same, and returns the first one's run time.
-func aloneBeside(ctx context.Context, work, ftvm string, g guest) (time.Duration, error) {
-	var dirs [2]string
-	var errs [2]error
-	var res [2]testbed.Result
-	done := make(chan int, 2)
+// alone runs `ftvm run` of g in hosts emulated hosts at once (1: alone;
+// 2: beside a second host running the same) and returns the first one's
+// run time. The console goes to the host's tmpfs: a 9p write per console
+// line would slow the vCPU.
+func alone(ctx context.Context, work, ftvm string, g guest, hosts int) (time.Duration, error) {
+	dirs := make([]string, hosts)
+	errs := make([]error, hosts)
+	res := make([]testbed.Result, hosts)
+	done := make(chan int, hosts)
 	for i := range dirs {
-		d, err := os.MkdirTemp(work, "beside-")
+		d, err := os.MkdirTemp(work, "alone-")
 		if err != nil {
 			return 0, err
 		}
@@ -234,15 +226,16 @@ func aloneBeside(ctx context.Context, work, ftvm string, g guest) (time.Duration
 			done <- i
 		}()
 	}
-	<-done
-	<-done
+	for range dirs {
+		<-done
+	}
 	if errs[0] != nil {
 		return 0, errs[0]
 	}
 	log, _ := os.ReadFile(filepath.Join(dirs[0], "alone.log"))
 	d, err := runTime(string(log), `after ([0-9.]+)s,`)
 	if err != nil || res[0].ExitStatus > 1 {
-		return 0, fmt.Errorf("alone beside a busy host: exit %d, %v\n%s", res[0].ExitStatus, err, log)
+		return 0, fmt.Errorf("alone (%d hosts): exit %d, %v\n%s", hosts, res[0].ExitStatus, err, log)
 	}
 	return d, nil
 }
@@ -300,12 +293,4 @@ func report(name string, ss []sample) {
 	fmt.Printf("%s: detection median %v max %v; go-live after detection median %v max %v; commit delay p50 median %v vs link RTT median %v (%.1fx); protected/alone median %.2fx, protected/alone-beside-a-busy-host median %.2fx; %d false failovers, %d failovers without go-live\n",
 		name, median(det), slices.Max(append(det, 0)), median(live), slices.Max(append(live, 0)), median(c50), median(rtt), ratio(median(c50), median(rtt)),
 		ratios[len(ratios)/2], busyRatios[len(busyRatios)/2], falseN, failed)
-}
-
-func tail(s string, n int) string {
-	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
 }

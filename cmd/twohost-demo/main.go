@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ftkvm/ftkvm/internal/fttest"
 	"github.com/ftkvm/ftkvm/internal/pairhost"
 	"github.com/ftkvm/ftkvm/testbed"
 )
@@ -124,7 +125,7 @@ func run(ftvm, guestDir, killAt string, timeout time.Duration) error {
 	}
 	bl := p.Backup.Log()
 	if !strings.Contains(bl, "WON the test-and-set") {
-		return fmt.Errorf("the backup did not win the test-and-set:\n%s", lastLines(bl, 5))
+		return fmt.Errorf("the backup did not win the test-and-set:\n%s", fttest.Tail(bl, 5))
 	}
 	say("backup-host WON the test-and-set: it is the primary now and runs the guest live, re-sending the console output the dead host may not have released")
 	if err := p.Backup.Wait(timeout); err != nil {
@@ -133,8 +134,8 @@ func run(ftvm, guestDir, killAt string, timeout time.Duration) error {
 	time.Sleep(300 * time.Millisecond) // the tails catch up
 	out, bOut := p.Primary.Out(), p.Backup.Out()
 	var n, from int
-	if _, err := fmt.Sscanf(after(bl, "re-sending "), "%d console bytes from offset %d", &n, &from); err != nil {
-		return fmt.Errorf("the backup did not say what it re-sent:\n%s", lastLines(bl, 5))
+	if _, err := fmt.Sscanf(fttest.After(bl, "re-sending "), "%d console bytes from offset %d", &n, &from); err != nil {
+		return fmt.Errorf("the backup did not say what it re-sent:\n%s", fttest.Tail(bl, 5))
 	}
 	if from > len(out) || !strings.HasPrefix(bOut, out[from:]) {
 		return fmt.Errorf("output lost or garbled at the failover: primary-host released %d bytes, backup-host re-sent from offset %d: %q vs %q", len(out), from, out[from:], bOut[:min(len(bOut), 80)])
@@ -178,19 +179,4 @@ func follow(file, prefix string, stop <-chan struct{}) {
 			return
 		}
 	}
-}
-
-func after(s, sub string) string {
-	if i := strings.Index(s, sub); i >= 0 {
-		return s[i+len(sub):]
-	}
-	return ""
-}
-
-func lastLines(s string, n int) string {
-	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
 }

@@ -2,17 +2,14 @@ package twohost
 
 import (
 	"context"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/ftkvm/ftkvm/ft/ftguest"
+	"github.com/ftkvm/ftkvm/internal/fttest"
 	"github.com/ftkvm/ftkvm/internal/pairhost"
 	"github.com/ftkvm/ftkvm/testbed"
 )
@@ -22,13 +19,7 @@ import (
 // death by SIGKILL of QEMU, partitions by cutting the link).
 
 // env is what every two-host test needs: the ftvm binary and built guests.
-type env struct {
-	bin    string
-	chat   string // chatter, plain
-	ticks  string // chatter under a 1 kHz PIT
-	chatS  ftguest.Spec
-	ticksS ftguest.Spec
-}
+type env = fttest.Env
 
 var (
 	envOnce sync.Once
@@ -66,29 +57,7 @@ func repoRoot() string {
 func setup(t *testing.T) env {
 	t.Helper()
 	require(t)
-	envOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "ftkvm-twohost-")
-		if err != nil {
-			envErr = err
-			return
-		}
-		envV.bin = os.Getenv("FTKVM_FTVM")
-		if envV.bin == "" {
-			envV.bin = filepath.Join(dir, "ftvm")
-			cmd := exec.Command("go", "build", "-o", envV.bin, "./examples/ftvm")
-			cmd.Dir = repoRoot()
-			if out, err := cmd.CombinedOutput(); err != nil {
-				envErr = fmt.Errorf("building ftvm: %v\n%s", err, out)
-				return
-			}
-		}
-		envV.chatS = ftguest.Spec{Lines: 1500, Spin: 1000}
-		envV.ticksS = ftguest.Spec{Lines: 400, Spin: 1000, Ticks: true}
-		if envV.chat, envErr = ftguest.Build(dir, envV.chatS); envErr != nil {
-			return
-		}
-		envV.ticks, envErr = ftguest.Build(dir, envV.ticksS)
-	})
+	envOnce.Do(func() { envV, envErr = fttest.Setup(repoRoot()) })
 	if envErr != nil {
 		t.Fatal(envErr)
 	}
@@ -107,14 +76,14 @@ func (s side) done() <-chan struct{} { return s.Done() }
 func (s side) wait(t *testing.T, d time.Duration) {
 	t.Helper()
 	if err := s.Wait(d); err != nil {
-		t.Fatalf("%v\n%s", err, tail(s.Log(), 20))
+		t.Fatalf("%v\n%s", err, fttest.Tail(s.Log(), 20))
 	}
 }
 
 func (s side) waitLog(t *testing.T, sub string, d time.Duration) {
 	t.Helper()
 	if err := s.WaitLog(sub, d); err != nil {
-		t.Fatalf("%v\n%s", err, tail(s.Log(), 20))
+		t.Fatalf("%v\n%s", err, fttest.Tail(s.Log(), 20))
 	}
 }
 
@@ -131,7 +100,7 @@ type pairOpts struct {
 func startPair(t *testing.T, e env, o pairOpts) (p, b side) {
 	t.Helper()
 	pr, err := pairhost.Start(context.Background(), pairhost.Options{
-		Bin: e.bin, Guest: o.guest, BGuest: o.bGuest, PExtra: o.pExtra, BExtra: o.bExtra, Dir: t.TempDir(), Limit: o.limit,
+		Bin: e.Bin, Guest: o.guest, BGuest: o.bGuest, PExtra: o.pExtra, BExtra: o.bExtra, Dir: t.TempDir(), Limit: o.limit,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -140,44 +109,11 @@ func startPair(t *testing.T, e env, o pairOpts) (p, b side) {
 	return side{pr.Primary}, side{pr.Backup}
 }
 
-// checkFailoverOutput requires the outside world's view — the primary's
-// released output followed by the backup's — to be the reference with at
-// most an overlap (duplicated output re-sent by the backup), nothing lost
-// and nothing else added.
+// checkFailoverOutput fails t unless the outside world saw the reference
+// with at most a duplicated overlap (fttest.CheckFailoverOutput).
 func checkFailoverOutput(t *testing.T, ref, pOut, bOut string) {
 	t.Helper()
-	if !strings.HasPrefix(ref, pOut) {
-		t.Fatalf("the primary released output that is not a prefix of the reference: %d bytes, tail %q", len(pOut), tail(pOut, 3))
+	if err := fttest.CheckFailoverOutput(ref, pOut, bOut); err != nil {
+		t.Fatal(err)
 	}
-	k := len(ref) - len(bOut)
-	if k < 0 || ref[k:] != bOut {
-		t.Fatalf("the backup's output (%d bytes) is not a suffix of the reference (%d bytes)", len(bOut), len(ref))
-	}
-	if k > len(pOut) {
-		t.Fatalf("output lost: the primary released %d bytes, the backup re-sent from offset %d", len(pOut), k)
-	}
-}
-
-func tail(s string, n int) string {
-	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
-}
-
-func grepLine(s, sub string) string {
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, sub) {
-			return strings.TrimSpace(l)
-		}
-	}
-	return ""
-}
-
-func after(s, sub string) string {
-	if i := strings.Index(s, sub); i >= 0 {
-		return s[i+len(sub):]
-	}
-	return ""
 }

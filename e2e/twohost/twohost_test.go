@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ftkvm/ftkvm/ft/ftguest"
+	"github.com/ftkvm/ftkvm/internal/fttest"
 )
 
 // points returns how many kill points a test runs: def, or
@@ -51,17 +52,17 @@ func killPrimaryHost(t *testing.T, e env, ref string, delay time.Duration, guest
 	b.wait(t, 4*time.Minute)
 	pOut, bOut, bLog := p.out(), b.out(), b.log()
 	if b.status() != 0 {
-		t.Fatalf("backup exited %d (host: %v)\nbackup log:\n%s\nprimary log:\n%s", b.status(), b.HostErr(), tail(bLog, 25), tail(p.log(), 10))
+		t.Fatalf("backup exited %d (host: %v)\nbackup log:\n%s\nprimary log:\n%s", b.status(), b.HostErr(), fttest.Tail(bLog, 25), fttest.Tail(p.log(), 10))
 	}
 	if !strings.Contains(p.log(), "mutual TLS 1.3") || !strings.Contains(bLog, "mutual TLS 1.3") {
-		t.Fatalf("the pair did not run mutual TLS across the hosts:\n%s\n%s", tail(p.log(), 5), tail(bLog, 5))
+		t.Fatalf("the pair did not run mutual TLS across the hosts:\n%s\n%s", fttest.Tail(p.log(), 5), fttest.Tail(bLog, 5))
 	}
 	switch {
 	case strings.Contains(bLog, "WON the test-and-set"):
 		t.Logf("primary host killed at %v: primary released %d bytes, backup wrote %d; %s; %s", delay, len(pOut), len(bOut),
-			grepLine(bLog, "log ended"), grepLine(bLog, "LIVE at"))
+			fttest.Line(bLog, "log ended"), fttest.Line(bLog, "LIVE at"))
 	case killed:
-		t.Fatalf("the primary's host was killed at %v and the backup did not go live:\n%s", delay, tail(bLog, 20))
+		t.Fatalf("the primary's host was killed at %v and the backup did not go live:\n%s", delay, fttest.Tail(bLog, 20))
 	default:
 		t.Logf("the primary finished before the kill at %v", delay)
 	}
@@ -80,8 +81,8 @@ func TestHostDeathBare(t *testing.T) {
 		spec        ftguest.Spec
 		maxDelay    time.Duration
 	}{
-		{"chatter", e.chat, e.chatS, 3 * time.Second},
-		{"chatter_ticks", e.ticks, e.ticksS, 2 * time.Second},
+		{"chatter", e.Chat, e.ChatS, 3 * time.Second},
+		{"chatter_ticks", e.Ticks, e.TicksS, 2 * time.Second},
 	}
 	for i := 0; i < n; i++ {
 		c := cases[i%len(cases)]
@@ -125,7 +126,7 @@ func TestHostDeathLinux(t *testing.T) {
 			p.waitLog(t, "booting the guest PROTECTED", 3*time.Minute)
 			for !strings.Contains(p.out(), trigger) {
 				if p.exited() {
-					t.Fatalf("the primary ended before the outside saw %q (exit %d)\n%s", trigger, p.status(), tail(p.log(), 10))
+					t.Fatalf("the primary ended before the outside saw %q (exit %d)\n%s", trigger, p.status(), fttest.Tail(p.log(), 10))
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
@@ -133,20 +134,20 @@ func TestHostDeathLinux(t *testing.T) {
 			b.wait(t, 10*time.Minute)
 			pOut, bOut, bLog := p.out(), b.out(), b.log()
 			if b.status() != 0 {
-				t.Fatalf("backup exited %d (host: %v)\n%s", b.status(), b.HostErr(), tail(bLog, 25))
+				t.Fatalf("backup exited %d (host: %v)\n%s", b.status(), b.HostErr(), fttest.Tail(bLog, 25))
 			}
 			var nb, from int
-			if _, err := fmt.Sscanf(after(bLog, "re-sending "), "%d console bytes from offset %d", &nb, &from); err != nil {
-				t.Fatalf("killed after %q: the backup did not go live:\n%s", trigger, tail(bLog, 15))
+			if _, err := fmt.Sscanf(fttest.After(bLog, "re-sending "), "%d console bytes from offset %d", &nb, &from); err != nil {
+				t.Fatalf("killed after %q: the backup did not go live:\n%s", trigger, fttest.Tail(bLog, 15))
 			}
 			if from > len(pOut) || !strings.HasPrefix(bOut, pOut[from:]) {
 				t.Fatalf("killed after %q: output lost or garbled at the failover: primary released %d bytes, backup re-sent from %d", trigger, len(pOut), from)
 			}
 			out := pOut[:from] + bOut
-			t.Logf("primary host killed after %q: primary released %d bytes, backup re-sent from %d and wrote %d; %s", trigger, len(pOut), from, len(bOut), grepLine(bLog, "LIVE at"))
+			t.Logf("primary host killed after %q: primary released %d bytes, backup re-sent from %d and wrote %d; %s", trigger, len(pOut), from, len(bOut), fttest.Line(bLog, "LIVE at"))
 			for _, want := range markers {
 				if strings.Count(out, want) != 1 {
-					t.Fatalf("killed after %q: the outside saw %q %d times, want once\n%s", trigger, want, strings.Count(out, want), tail(out, 10))
+					t.Fatalf("killed after %q: the outside saw %q %d times, want once\n%s", trigger, want, strings.Count(out, want), fttest.Tail(out, 10))
 				}
 			}
 		})
@@ -157,20 +158,20 @@ func TestHostDeathLinux(t *testing.T) {
 // lost, wins the test-and-set and finishes alone with all of its output.
 func TestBackupHostDeath(t *testing.T) {
 	e := setup(t)
-	ref := ftguest.Expected(e.chatS)
-	p, b := startPair(t, e, pairOpts{guest: []string{"--image", e.chat}})
+	ref := ftguest.Expected(e.ChatS)
+	p, b := startPair(t, e, pairOpts{guest: []string{"--image", e.Chat}})
 	p.waitLog(t, "booting the guest PROTECTED", 3*time.Minute)
 	time.Sleep(time.Second)
 	b.Kill()
 	p.wait(t, 4*time.Minute)
 	pLog := p.log()
 	if p.status() != 0 || !strings.Contains(pLog, "WON the test-and-set") {
-		t.Fatalf("the primary must win and finish alone (exit %d)\n%s", p.status(), tail(pLog, 15))
+		t.Fatalf("the primary must win and finish alone (exit %d)\n%s", p.status(), fttest.Tail(pLog, 15))
 	}
 	if p.out() != ref {
 		t.Fatalf("the primary's output is %d bytes, want all %d", len(p.out()), len(ref))
 	}
-	t.Logf("%s", grepLine(pLog, "WON the test-and-set"))
+	t.Logf("%s", fttest.Line(pLog, "WON the test-and-set"))
 }
 
 // TestPartition cuts the link between the hosts at a few points: both
@@ -178,10 +179,10 @@ func TestBackupHostDeath(t *testing.T) {
 // live every time. The other halts; the outside sees one execution.
 func TestPartition(t *testing.T) {
 	e := setup(t)
-	ref := ftguest.Expected(e.chatS)
+	ref := ftguest.Expected(e.ChatS)
 	for i, delay := range []time.Duration{500 * time.Millisecond, 1500 * time.Millisecond, 3 * time.Second} {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
-			p, b := startPair(t, e, pairOpts{guest: []string{"--image", e.chat}})
+			p, b := startPair(t, e, pairOpts{guest: []string{"--image", e.Chat}})
 			p.waitLog(t, "booting the guest PROTECTED", 3*time.Minute)
 			time.Sleep(delay)
 			if err := p.Host.SetLink(false); err != nil {
@@ -193,7 +194,7 @@ func TestPartition(t *testing.T) {
 			pWon, bWon := strings.Contains(pLog, "WON the test-and-set"), strings.Contains(bLog, "WON the test-and-set")
 			t.Logf("cut at %v: primary won %v (exit %d), backup won %v (exit %d)", delay, pWon, p.status(), bWon, b.status())
 			if pWon == bWon {
-				t.Fatalf("exactly one side must go live: primary %v, backup %v\nprimary:\n%s\nbackup:\n%s", pWon, bWon, tail(pLog, 12), tail(bLog, 12))
+				t.Fatalf("exactly one side must go live: primary %v, backup %v\nprimary:\n%s\nbackup:\n%s", pWon, bWon, fttest.Tail(pLog, 12), fttest.Tail(bLog, 12))
 			}
 			if pWon {
 				if p.status() != 0 || p.out() != ref || b.out() != "" {
@@ -214,8 +215,8 @@ func TestPartition(t *testing.T) {
 // live. Nobody goes live twice.
 func TestStorageLoss(t *testing.T) {
 	e := setup(t)
-	ref := ftguest.Expected(e.chatS)
-	p, b := startPair(t, e, pairOpts{guest: []string{"--image", e.chat}})
+	ref := ftguest.Expected(e.ChatS)
+	p, b := startPair(t, e, pairOpts{guest: []string{"--image", e.Chat}})
 	p.waitLog(t, "booting the guest PROTECTED", 3*time.Minute)
 	time.Sleep(800 * time.Millisecond)
 	split := filepath.Join(p.Dir, "split")
@@ -226,12 +227,12 @@ func TestStorageLoss(t *testing.T) {
 	b.wait(t, 4*time.Minute)
 	bLog := b.log()
 	if b.status() == 0 || strings.Contains(bLog, "WON") || !strings.Contains(bLog, "NOT going live") {
-		t.Fatalf("the backup must not go live without the storage (exit %d)\n%s", b.status(), tail(bLog, 12))
+		t.Fatalf("the backup must not go live without the storage (exit %d)\n%s", b.status(), fttest.Tail(bLog, 12))
 	}
 	if b.out() != "" || !strings.HasPrefix(ref, p.out()) {
 		t.Fatalf("wrong output: backup %d bytes (want 0), primary's not a prefix of the reference", len(b.out()))
 	}
-	t.Logf("%s", grepLine(bLog, "NOT going live"))
+	t.Logf("%s", fttest.Line(bLog, "NOT going live"))
 }
 
 // TestMismatchRefused starts a backup whose VM differs (memory, image) on
@@ -243,18 +244,18 @@ func TestMismatchRefused(t *testing.T) {
 		name   string
 		backup []string
 	}{
-		{"memory", []string{"--image", e.chat, "--mem", "64M"}},
-		{"image", []string{"--image", e.ticks}},
+		{"memory", []string{"--image", e.Chat, "--mem", "64M"}},
+		{"image", []string{"--image", e.Ticks}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			p, b := startPair(t, e, pairOpts{guest: []string{"--image", e.chat}, bGuest: c.backup, pExtra: []string{"--wait-backup", "15s"}})
+			p, b := startPair(t, e, pairOpts{guest: []string{"--image", e.Chat}, bGuest: c.backup, pExtra: []string{"--wait-backup", "15s"}})
 			b.wait(t, 3*time.Minute)
 			p.wait(t, 4*time.Minute)
 			if b.status() == 0 || !strings.Contains(b.log(), "differs from the primary's") {
-				t.Fatalf("the backup was not refused clearly (exit %d):\n%s", b.status(), tail(b.log(), 10))
+				t.Fatalf("the backup was not refused clearly (exit %d):\n%s", b.status(), fttest.Tail(b.log(), 10))
 			}
 			if !strings.Contains(p.log(), "REFUSED the backup") || !strings.Contains(p.log(), "running UNPROTECTED") {
-				t.Fatalf("the primary did not refuse the backup and run unprotected:\n%s", tail(p.log(), 10))
+				t.Fatalf("the primary did not refuse the backup and run unprotected:\n%s", fttest.Tail(p.log(), 10))
 			}
 		})
 	}

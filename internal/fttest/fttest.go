@@ -1,0 +1,103 @@
+// Package fttest holds what the FT pair's end-to-end tests (e2e, on one
+// host, and e2e/twohost) and the two-host demo and benchmark share: the
+// ftvm binary and the chatter guests they run, the check of what the
+// outside world saw across a failover, and small helpers for reading
+// ftvm's logs.
+package fttest
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/ftkvm/ftkvm/ft/ftguest"
+)
+
+// Env is the ftvm binary and the two chatter guests the FT tests run.
+type Env struct {
+	Bin    string       // ftvm
+	Chat   string       // chatter, plain
+	Ticks  string       // chatter under a 1 kHz PIT
+	ChatS  ftguest.Spec // what Chat prints (ftguest.Expected)
+	TicksS ftguest.Spec
+}
+
+// Setup builds the guests into a new temporary directory and ftvm from
+// the module at repoRoot, unless $FTKVM_FTVM names a binary built before.
+func Setup(repoRoot string) (Env, error) {
+	dir, err := os.MkdirTemp("", "ftkvm-ft-e2e-")
+	if err != nil {
+		return Env{}, err
+	}
+	e := Env{
+		Bin:    os.Getenv("FTKVM_FTVM"),
+		ChatS:  ftguest.Spec{Lines: 1500, Spin: 1000},
+		TicksS: ftguest.Spec{Lines: 400, Spin: 1000, Ticks: true},
+	}
+	if e.Bin == "" {
+		e.Bin = filepath.Join(dir, "ftvm")
+		cmd := exec.Command("go", "build", "-o", e.Bin, "./examples/ftvm")
+		cmd.Dir = repoRoot
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return Env{}, fmt.Errorf("building ftvm: %v\n%s", err, out)
+		}
+	}
+	if e.Chat, err = ftguest.Build(dir, e.ChatS); err != nil {
+		return Env{}, err
+	}
+	if e.Ticks, err = ftguest.Build(dir, e.TicksS); err != nil {
+		return Env{}, err
+	}
+	return e, nil
+}
+
+// ErrOutput is wrapped by every CheckFailoverOutput failure.
+var ErrOutput = errors.New("the outside world's output is wrong")
+
+// CheckFailoverOutput requires the outside world's view — the primary's
+// released output followed by the backup's — to be the reference with at
+// most an overlap (duplicated output re-sent by the backup), nothing lost
+// and nothing else added.
+func CheckFailoverOutput(ref, pOut, bOut string) error {
+	if !strings.HasPrefix(ref, pOut) {
+		return fmt.Errorf("%w: the primary released output that is not a prefix of the reference: %d bytes, tail %q", ErrOutput, len(pOut), Tail(pOut, 3))
+	}
+	k := len(ref) - len(bOut)
+	if k < 0 || ref[k:] != bOut {
+		return fmt.Errorf("%w: the backup's output (%d bytes, head %q) is not a suffix of the reference (%d bytes)", ErrOutput, len(bOut), bOut[:min(len(bOut), 80)], len(ref))
+	}
+	if k > len(pOut) {
+		return fmt.Errorf("%w: output lost: the primary released %d bytes, the backup re-sent from offset %d", ErrOutput, len(pOut), k)
+	}
+	return nil
+}
+
+// Tail is the last n lines of s.
+func Tail(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
+
+// Line is the first line of s that contains sub, trimmed ("" if none).
+func Line(s, sub string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			return strings.TrimSpace(l)
+		}
+	}
+	return ""
+}
+
+// After is what follows the first sub in s ("" if none).
+func After(s, sub string) string {
+	if i := strings.Index(s, sub); i >= 0 {
+		return s[i+len(sub):]
+	}
+	return ""
+}

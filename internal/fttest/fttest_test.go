@@ -1,0 +1,45 @@
+package fttest
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestCheckFailoverOutput(t *testing.T) {
+	const ref = "line 1\nline 2\nline 3\n"
+	ok := []struct{ p, b string }{
+		{ref, ""},                                // the primary finished
+		{"", ref},                                // killed before any output
+		{"line 1\nli", "line 2\nline 3\n"},       // no overlap
+		{"line 1\nline 2\n", "line 2\nline 3\n"}, // a duplicated overlap
+	}
+	for _, c := range ok {
+		if err := CheckFailoverOutput(ref, c.p, c.b); err != nil {
+			t.Errorf("primary %q, backup %q: %v", c.p, c.b, err)
+		}
+	}
+	bad := []struct{ p, b string }{
+		{"line 1\n", "line 3\n"},          // "line 2" lost
+		{"line X\n", "line 2\nline 3\n"},  // the primary's is not a prefix
+		{"line 1\n", "line 2\nline 3\nx"}, // the backup's is not a suffix
+		{"line 1\n", ref + "line 1\n"},    // longer than the reference
+	}
+	for _, c := range bad {
+		if err := CheckFailoverOutput(ref, c.p, c.b); !errors.Is(err, ErrOutput) {
+			t.Errorf("primary %q, backup %q: err = %v, want ErrOutput", c.p, c.b, err)
+		}
+	}
+}
+
+func TestLogHelpers(t *testing.T) {
+	log := "a: one\nb: re-sending 4 console bytes from offset 7\nc: three\n"
+	if got := Tail(log, 2); got != "b: re-sending 4 console bytes from offset 7\nc: three" {
+		t.Errorf("Tail = %q", got)
+	}
+	if got := Line(log, "re-sending"); got != "b: re-sending 4 console bytes from offset 7" {
+		t.Errorf("Line = %q", got)
+	}
+	if got := After(log, "re-sending "); got[:1] != "4" || After(log, "absent") != "" {
+		t.Errorf("After = %q", got)
+	}
+}
