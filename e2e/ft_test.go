@@ -592,7 +592,7 @@ func TestFTKillPrimaryLinux(t *testing.T) {
 	for i := 0; i < points; i++ {
 		delay := time.Duration(3000+rng.Intn(40000)) * time.Millisecond
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
-			killJunctionCase(t, e, delay, 10*time.Minute, markers, "--guest-dir", dir, "--window-entries", "1500")
+			killJunctionCase(t, e, delay, 5*time.Minute, markers, "--guest-dir", dir, "--window-entries", "1500")
 		})
 	}
 }

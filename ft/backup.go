@@ -332,7 +332,7 @@ func (b *backup) watch(done chan struct{}) {
 func (b *backup) status(stop chan struct{}) {
 	every(stop, b.cfg.StatusEvery, func() {
 		if b.live.Load() {
-			b.log.printf("LIVE: running standalone")
+			b.log.printf("LIVE: running standalone, at exit %d", b.vm.Exits())
 			return
 		}
 		rcv, rep := b.recv.Received(), b.replayed.Load()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/devices"
@@ -53,6 +54,7 @@ type toyMachine struct {
 	output   func(p vmm.Point, b []byte) error
 	injected []vmm.Point
 	tscs     []uint64
+	ran      time.Duration // inside runGuest (RunTime)
 }
 
 type toyKind uint8
@@ -91,6 +93,7 @@ func (m *toyMachine) Regs() (vmm.Regs, error)      { return m.regs, nil }
 func (m *toyMachine) MemoryBytes() uint64          { return uint64(len(m.mem)) }
 func (m *toyMachine) Clock() devices.Clock         { return m.clock }
 func (m *toyMachine) Bounce() *bounce.Engine       { return m.bounce }
+func (m *toyMachine) RunTime() time.Duration       { return m.ran }
 func (m *toyMachine) Kick()                        { m.kicked.Store(true) }
 func (m *toyMachine) InterruptPending() bool       { return m.irq }
 func (m *toyMachine) LastExit() string             { return fmt.Sprintf("toy op %d", m.regs.RIP) }
@@ -223,7 +226,9 @@ func (m *toyMachine) run(ctx context.Context, d vmm.Driver) (res vmm.Result, err
 			m.point.Kind = vmm.Kicked // the exit completed, no instruction ran
 			continue
 		}
+		entered := time.Now()
 		res, done, err := m.runGuest(ctx, d)
+		m.ran += time.Since(entered)
 		if err != nil || done {
 			return res, err
 		}

@@ -70,6 +70,10 @@ type Options struct {
 	TraceMemory bool
 	// TraceMemoryFrom skips the memory CRC before this many exits.
 	TraceMemoryFrom uint64
+	// Warn, if set, receives warnings about the run, on the vCPU thread:
+	// a guest that has made no synchronous exit for StallAfter (with its
+	// RIP and interrupt state).
+	Warn func(msg string)
 }
 
 // ClockDriver is a Driver that owns the devices' clock: the VM must read

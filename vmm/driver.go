@@ -142,6 +142,56 @@ type LiveDriver struct {
 	kickTimer  *time.Timer
 	kickArmed  atomic.Bool
 	tscPerNano float64
+
+	// The timer guard (share): the last timer interrupt delivered.
+	ticked       bool
+	tickDeadline int64         // its PIT deadline
+	tickRun      time.Duration // Machine.RunTime when it was delivered
+	idleSince    bool          // the guest halted since then
+	holdKick     atomic.Bool   // a kick is set for the end of a hold
+}
+
+// maxShare bounds the guest run time the timer guard asks for between two
+// timer interrupts (see share).
+const maxShare = 5 * time.Millisecond
+
+// share is the timer guard: how much longer the guest must run before the
+// timer interrupt due now may be delivered (0: deliver it now).
+//
+// A timer interrupt costs the guest a few exits (the handler masks, acks
+// and unmasks the PIC), and the VMM some work of its own (a recorder's
+// landmark). Where exits are slow — an emulated host, about 0.6 ms each —
+// that cost can exceed the timer's period: the next tick is then due
+// before the handler returns, is injected as soon as the guest re-enables
+// interrupts, and the guest does nothing but take ticks (measured: a
+// Linux primary's boot slowed from 25 s to several minutes, five exits per
+// tick, in 1 of 8 runs). So the driver delivers a timer interrupt only once
+// the guest has run (Machine.RunTime, time inside KVM_RUN) for half the
+// interval between this tick's deadline and the previous one's, at most
+// maxShare, since the previous timer interrupt, unless it halted in
+// between (an idle guest is not starved). A held tick coalesces like a
+// missed one: the guest's clock is the PIT's and stays right; it gets
+// fewer interrupts, as a guest on an overcommitted host does. On a host
+// where exits are fast the guest always has its share by the next tick
+// and nothing is held.
+func (d *LiveDriver) share() time.Duration {
+	if !d.ticked || d.idleSince || d.vm == nil {
+		return 0
+	}
+	want := time.Duration(d.armedFor-d.tickDeadline) / 2
+	want = min(want, maxShare)
+	if ran := d.vm.RunTime() - d.tickRun; ran < want {
+		return want - ran
+	}
+	return 0
+}
+
+// ticked records a timer interrupt delivered now (share).
+func (d *LiveDriver) tick() {
+	d.ticked, d.tickDeadline, d.idleSince = true, d.armedFor, false
+	if d.vm != nil {
+		d.tickRun = d.vm.RunTime()
+	}
 }
 
 // NewLiveDriver returns a driver reading console input from in (may be nil).
@@ -226,11 +276,24 @@ func (d *LiveDriver) Pending() bool {
 // Poll collects the events due now without delivering them.
 func (d *LiveDriver) Poll() Async {
 	var a Async
-	if d.timerDue.Swap(false) {
+	if d.timerDue.Load() {
 		d.mu.Lock()
-		d.armed = false
+		wait := d.share()
+		if wait == 0 {
+			d.timerDue.Store(false)
+			d.armed = false
+			d.tick()
+		}
 		d.mu.Unlock()
-		a.Timer = true
+		if wait == 0 {
+			a.Timer = true
+		} else if d.holdKick.CompareAndSwap(false, true) {
+			// Come back when the guest has had its share.
+			time.AfterFunc(wait, func() {
+				d.holdKick.Store(false)
+				d.vm.Kick()
+			})
+		}
 	}
 	for !d.inputEOF {
 		select {
@@ -311,6 +374,9 @@ func (d *LiveDriver) Arm() {
 
 // Halted implements Driver.
 func (d *LiveDriver) Halted(ctx context.Context, vm Machine, p Point) error {
+	d.mu.Lock()
+	d.idleSince = true // the guest has no work a timer tick would starve
+	d.mu.Unlock()
 	d.Arm()
 	d.mu.Lock()
 	armed := d.armed

@@ -91,3 +91,88 @@ func TestLiveDriverWithoutKVM(t *testing.T) {
 		}
 	}
 }
+
+// TestLiveDriverTimerGuard: a timer tick that falls due before the guest
+// has run for half the timer's period since the previous tick is held
+// (the guest would otherwise do nothing but take ticks where exits are
+// slow), delivered once the guest has run that long, and never held when
+// the guest halted in between.
+func TestLiveDriverTimerGuard(t *testing.T) {
+	v, _, _ := kvmlessVM(t)
+	clock := v.clock.(*testClock)
+	d := NewLiveDriver(nil)
+	d.SchedClock = func() int64 { return clock.now.Load() }
+	v.driver = d
+	if err := d.Start(v); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Stop(v, Point{}, Result{}, nil)
+	// Channel 0, mode 2, count 11932: a 10 ms period (the guard asks for
+	// min(5 ms, maxShare) of guest time between ticks).
+	for _, b := range []byte{0x34, 0x9C, 0x2E} {
+		port := uint16(0x43)
+		if b != 0x34 {
+			port = 0x40
+		}
+		v.pio(true, port, []byte{b})
+	}
+	ms := int64(time.Millisecond)
+	poll := func(at int64) bool {
+		t.Helper()
+		clock.now.Store(at)
+		d.Arm()
+		a := d.Poll()
+		if a.Timer {
+			v.DeliverAsync(a) // the PIT moves its deadline on
+		}
+		return a.Timer
+	}
+	if !poll(10*ms + ms/10) {
+		t.Fatal("the first tick was held")
+	}
+	if poll(20*ms + ms/10) {
+		t.Fatal("a tick was delivered before the guest ran at all since the previous one")
+	}
+	v.runTime += 4 * time.Millisecond
+	if poll(21 * ms) {
+		t.Fatal("a tick was delivered after 4 ms of guest time; the guard asks for 5")
+	}
+	v.runTime += time.Millisecond
+	if !poll(22 * ms) {
+		t.Fatal("the held tick was not delivered once the guest had its 5 ms")
+	}
+	// Due at once again, but the guest halted in between: not held.
+	clock.now.Store(30*ms + ms/10)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.Halted(ctx, v, Point{Exits: 1, Kind: AtExit}); err != nil {
+		t.Fatal(err)
+	}
+	if !poll(30*ms + ms/10) {
+		t.Fatal("a tick was held although the guest had halted since the previous one")
+	}
+}
+
+// TestStallWarning: a run that goes StallAfter without a synchronous exit
+// is reported once per stall, with its interrupt state.
+func TestStallWarning(t *testing.T) {
+	v, _, _ := kvmlessVM(t)
+	var warnings []string
+	v.cfg.Warn = func(m string) { warnings = append(warnings, m) }
+	t0 := time.Now()
+	s := stallWatch{last: t0}
+	s.kicked(v, t0.Add(StallAfter-time.Second))
+	if len(warnings) != 0 {
+		t.Fatalf("warned before StallAfter: %q", warnings)
+	}
+	s.kicked(v, t0.Add(StallAfter+time.Second))
+	s.kicked(v, t0.Add(StallAfter+2*time.Second))
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "no exit for 31s") || !strings.Contains(warnings[0], "still at exit 5") {
+		t.Fatalf("warnings = %q, want one about 31s at exit 5", warnings)
+	}
+	s.exited(t0.Add(40 * time.Second))
+	s.kicked(v, t0.Add(40*time.Second+StallAfter+time.Second))
+	if len(warnings) != 2 {
+		t.Fatalf("a second stall after an exit was not reported: %q", warnings)
+	}
+}

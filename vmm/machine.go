@@ -1,6 +1,8 @@
 package vmm
 
 import (
+	"time"
+
 	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/devices"
 )
@@ -51,9 +53,17 @@ type Machine interface {
 	Kick()
 	// LastExit describes the last synchronous exit, for error messages.
 	LastExit() string
+	// RunTime is how long the vCPU has spent inside the guest (in
+	// KVM_RUN) since the run began: the guest's share of the time, which
+	// the live driver uses to make sure the guest gets some of it between
+	// two timer interrupts (LiveDriver.Deliver).
+	RunTime() time.Duration
 }
 
 var _ Machine = (*VM)(nil)
+
+// RunTime implements Machine.
+func (v *VM) RunTime() time.Duration { return v.runTime }
 
 // InterruptPending implements Machine.
 func (v *VM) InterruptPending() bool { return v.PIC.Pending() }

@@ -145,6 +145,7 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 		return Result{}, err
 	}
 	v.point = Point{Kind: AtExit}
+	stall := stallWatch{last: time.Now()}
 	for {
 		if err := ctx.Err(); err != nil {
 			return Result{}, fmt.Errorf("run interrupted at %d exits: %w", v.point.Exits, err)
@@ -164,7 +165,10 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 		if v.driver.NextEntry() == EntryComplete {
 			setImmediateExit(v.run, 1)
 		}
+		entered := time.Now()
 		errno := runVCPU(v.vcpuFd)
+		left := time.Now()
+		v.runTime += left.Sub(entered)
 		var exit Exit
 		if errno == 0 {
 			var derr error
@@ -182,6 +186,7 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 			setImmediateExit(v.run, 0)
 			v.stats.Kicks++
 			v.point = class.next(v.point)
+			stall.kicked(v, left)
 			continue
 		case classWindow:
 			v.stats.Windows++
@@ -190,6 +195,8 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 			continue
 		}
 		v.point = class.next(v.point)
+		v.exits.Store(v.point.Exits)
+		stall.exited(left)
 		v.lastExit = exit
 		v.traceLine(v.LastExit())
 		v.stats.Exits[exit.Kind]++
@@ -230,3 +237,37 @@ func (v *VM) injectInterrupt() error {
 // CancelWindow withdraws a request for an interrupt-window exit (a driver
 // that declined a Window point asks again later, with a kick).
 func (v *VM) CancelWindow() { runHeader(v.run).RequestInterruptWindow = 0 }
+
+// StallAfter is how long a guest may run without a synchronous exit before
+// the VM warns (Options.Warn). A guest that makes no exit for that long
+// takes no interrupt either (every interrupt handler acknowledges the PIC
+// with port I/O): it spins with interrupts disabled, or the host cannot
+// run it.
+const StallAfter = 30 * time.Second
+
+// stallWatch notices a run that goes on without synchronous exits.
+type stallWatch struct {
+	last   time.Time // the last synchronous exit
+	warned bool      // this stall was reported
+}
+
+func (s *stallWatch) exited(now time.Time) { s.last, s.warned = now, false }
+
+// kicked warns once per stall, from a Kicked point (the vCPU is stopped,
+// so its registers can be read).
+func (s *stallWatch) kicked(v *VM, now time.Time) {
+	if s.warned || v.cfg.Warn == nil || now.Sub(s.last) < StallAfter {
+		return
+	}
+	s.warned = true
+	h := runHeader(v.run)
+	msg := fmt.Sprintf("the guest has made no exit for %v (still at exit %d; %d interrupts injected, %d kicks, %d window exits so far): interrupt controller pending %v, guest IF %d, ready for injection %d",
+		now.Sub(s.last).Round(time.Second), v.point.Exits, v.stats.Interrupts, v.stats.Kicks, v.stats.Windows, v.PIC.Pending(), h.IfFlag, h.ReadyForInterruptInjection)
+	if r, err := v.Regs(); err == nil {
+		msg += fmt.Sprintf("; RIP %#x RFLAGS %#x", r.RIP, r.RFLAGS)
+	}
+	if user, err := v.UserMode(); err == nil {
+		msg += fmt.Sprintf(", user mode %v", user)
+	}
+	v.cfg.Warn(msg)
+}

@@ -41,6 +41,8 @@ type VM struct {
 
 	// The kick, the driver, and where the run is.
 	tid          atomic.Int32
+	runTime      time.Duration // spent in KVM_RUN (RunTime)
+	exits        atomic.Uint64 // point.Exits, for Exits
 	driver       Driver
 	point        Point
 	lastExit     Exit
@@ -255,6 +257,10 @@ func (v *VM) UserMode() (bool, error) {
 	}
 	return s.CS.Selector&3 == 3, nil
 }
+
+// Exits is how many synchronous exits the run has made so far. Unlike
+// Point, any goroutine may call it (progress reports).
+func (v *VM) Exits() uint64 { return v.exits.Load() }
 
 // Point returns where the run is.
 func (v *VM) Point() Point { return v.point }

@@ -122,7 +122,7 @@ func TestHostDeathLinux(t *testing.T) {
 	for i := 0; i < n; i++ {
 		trigger := triggers[rng.Intn(len(triggers))]
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
-			p, b := startPair(t, e, pairOpts{guest: []string{"--guest-dir", dir, "--window-entries", "1500"}, limit: 12 * time.Minute})
+			p, b := startPair(t, e, pairOpts{guest: []string{"--guest-dir", dir, "--window-entries", "1500"}, limit: 7 * time.Minute})
 			p.waitLog(t, "booting the guest PROTECTED", 3*time.Minute)
 			for !strings.Contains(p.out(), trigger) {
 				if p.exited() {
@@ -131,7 +131,7 @@ func TestHostDeathLinux(t *testing.T) {
 				time.Sleep(10 * time.Millisecond)
 			}
 			p.Kill()
-			b.wait(t, 10*time.Minute)
+			b.wait(t, 5*time.Minute)
 			pOut, bOut, bLog := p.out(), b.out(), b.log()
 			if b.status() != 0 {
 				t.Fatalf("backup exited %d (host: %v)\n%s", b.status(), b.HostErr(), fttest.Tail(bLog, 25))

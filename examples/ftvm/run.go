@@ -79,6 +79,7 @@ type preparedGuest struct {
 // sites and exit trace.
 func (g *preparedGuest) config(c vmm.Config) vmm.Config {
 	c.MemoryBytes, c.TSCSites = g.memory, g.sites
+	c.Warn = func(msg string) { fmt.Fprintf(os.Stderr, "ftvm: warning: %s\n", msg) }
 	if g.trace != nil {
 		c.ExitTrace, c.TraceMemory, c.TraceMemoryFrom = g.trace, g.traceMem, g.traceMemFrom
 	}
