@@ -43,6 +43,13 @@ type outputCommit struct {
 	acksOver  bool   // waiting for an ack can no longer succeed
 	closed    bool   // nothing more will be held or appended
 	delays    []time.Duration
+	// The delay's parts, for released output whose append and ack times
+	// were noted (noteAppended, noteAcked): guest write to the channel,
+	// channel to the backup's ack as the release loop saw it.
+	toChannel, toAck []time.Duration
+	// nApp, nAck: how many of held (a prefix, since entries are in
+	// order) have their append, ack time noted.
+	nApp, nAck int
 }
 
 // heldOutput is console output waiting for the ack of the log entry it was
@@ -51,6 +58,9 @@ type heldOutput struct {
 	entry uint64 // channel seq of its Output event
 	data  []byte
 	at    time.Time
+	// appended, acked: when its entry reached the channel and when its
+	// ack was seen (zero: not noted).
+	appended, acked time.Time
 }
 
 // commitAction is what the release loop must do next.
@@ -81,7 +91,17 @@ func (c *outputCommit) hold(entry uint64, data []byte, at time.Time) error {
 	if n := len(c.held); n > 0 && entry < c.held[n-1].entry {
 		return fmt.Errorf("ft: output logged in entry %d after output logged in entry %d", entry, c.held[n-1].entry)
 	}
-	c.held = append(c.held, heldOutput{entry: entry, data: append([]byte(nil), data...), at: at})
+	it := heldOutput{entry: entry, data: append([]byte(nil), data...), at: at}
+	// Its entry may be in the channel, even acknowledged, already.
+	if c.nApp == len(c.held) && entry <= c.appended {
+		it.appended = at
+		c.nApp++
+		if c.nAck == len(c.held) && entry <= c.acked {
+			it.acked = at
+			c.nAck++
+		}
+	}
+	c.held = append(c.held, it)
 	c.heldBytes += len(data)
 	return nil
 }
@@ -91,6 +111,23 @@ func (c *outputCommit) appendedTo(seq uint64) { c.appended = max(c.appended, seq
 
 // ackedTo notes the backup's cumulative ack.
 func (c *outputCommit) ackedTo(seq uint64) { c.acked = max(c.acked, seq) }
+
+// noteAppended and noteAcked stamp the held output logged up to seq with
+// the time its entry reached the channel, or its ack was seen, for the
+// breakdown of the commit delay. They change no decision.
+func (c *outputCommit) noteAppended(seq uint64, now time.Time) {
+	for c.nApp < len(c.held) && c.held[c.nApp].entry <= seq {
+		c.held[c.nApp].appended = now
+		c.nApp++
+	}
+}
+
+func (c *outputCommit) noteAcked(seq uint64, now time.Time) {
+	for c.nAck < len(c.held) && c.held[c.nAck].entry <= seq {
+		c.held[c.nAck].acked = now
+		c.nAck++
+	}
+}
 
 // stopAcks notes that waiting for an ack can no longer succeed (the wait
 // failed for good): output stays held until the policy changes.
@@ -147,8 +184,13 @@ func (c *outputCommit) next(now time.Time) commitStep {
 	for _, it := range items {
 		data = append(data, it.data...)
 		c.delays = append(c.delays, now.Sub(it.at))
+		if !it.appended.IsZero() && !it.acked.IsZero() {
+			c.toChannel = append(c.toChannel, it.appended.Sub(it.at))
+			c.toAck = append(c.toAck, it.acked.Sub(it.appended))
+		}
 	}
 	c.held = c.held[n:]
+	c.nApp, c.nAck = max(0, c.nApp-n), max(0, c.nAck-n)
 	if len(c.held) == 0 {
 		c.held = nil
 	}

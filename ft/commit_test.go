@@ -3,6 +3,7 @@ package ft
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -232,5 +233,54 @@ func TestOutputCommitDelays(t *testing.T) {
 	c.next(t0.Add(5 * time.Millisecond))
 	if len(c.delays) != 2 || c.delays[0] != 5*time.Millisecond || c.delays[1] != 4*time.Millisecond {
 		t.Fatalf("delays %v", c.delays)
+	}
+}
+
+// TestCommitDelayParts: the commit delay of output released on an ack
+// splits into guest write → channel and channel → ack, including output
+// held only after its entry had reached the channel; output whose times
+// were not noted has no parts.
+func TestCommitDelayParts(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	ms := time.Millisecond
+	var c outputCommit
+	c.setPolicy(protected)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(c.hold(1, []byte("a"), t0))
+	c.appendedTo(1)
+	c.noteAppended(1, t0.Add(ms))
+	c.appendedTo(2)
+	c.noteAppended(2, t0.Add(2*ms))
+	must(c.hold(2, []byte("b"), t0.Add(3*ms))) // its entry went out before it was held
+	c.ackedTo(2)
+	c.noteAcked(2, t0.Add(7*ms))
+	if st := c.next(t0.Add(8 * ms)); st.action != commitRelease || string(st.data) != "ab" {
+		t.Fatalf("next = %+v, want the release of ab", st)
+	}
+	c.written()
+	want := func(name string, got []time.Duration, w ...time.Duration) {
+		t.Helper()
+		if !slices.Equal(got, w) {
+			t.Errorf("%s = %v, want %v", name, got, w)
+		}
+	}
+	want("delays", c.delays, 8*ms, 5*ms)
+	want("toChannel", c.toChannel, ms, 0)
+	want("toAck", c.toAck, 6*ms, 4*ms)
+
+	// Not noted: released on the ack, counted in delays only.
+	must(c.hold(3, []byte("c"), t0.Add(10*ms)))
+	c.appendedTo(3)
+	c.ackedTo(3)
+	if st := c.next(t0.Add(12 * ms)); st.action != commitRelease {
+		t.Fatalf("next = %+v", st)
+	}
+	if len(c.delays) != 3 || len(c.toChannel) != 2 || len(c.toAck) != 2 {
+		t.Errorf("unnoted output: %d delays, %d/%d parts; want 3, 2/2", len(c.delays), len(c.toChannel), len(c.toAck))
 	}
 }

@@ -32,6 +32,13 @@ type Result struct {
 	// Commit describes the output-commit delay (primary only): time from
 	// the guest writing a console byte to the byte being released.
 	Commit LatencyStats
+	// CommitToChannel and CommitToAck are its two parts (for the output
+	// released on an ack): from the guest's write to its log entry being
+	// in the channel's send queue (the vCPU thread, the pump goroutine,
+	// flow control), and from there to the release loop seeing the
+	// backup's ack (the sender, TLS, the network, the backup's receiver
+	// and the ack's way back).
+	CommitToChannel, CommitToAck LatencyStats
 }
 
 // LatencyStats summarises a set of durations.

@@ -181,7 +181,8 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 	}
 
 	p.qmu.Lock()
-	r := Result{Run: res, Released: p.commit.released, Commit: summarize(p.commit.delays)}
+	r := Result{Run: res, Released: p.commit.released, Commit: summarize(p.commit.delays),
+		CommitToChannel: summarize(p.commit.toChannel), CommitToAck: summarize(p.commit.toAck)}
 	prot, why := p.pair.protection(), p.pair.why
 	p.qmu.Unlock()
 	switch prot {
@@ -195,8 +196,8 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 			runErr = errors.New(r.Outcome)
 		}
 	}
-	p.log.printf("%s after %d exits in %v; released %d console bytes; output commit delay p50 %v p99 %v over %d writes",
-		r.Outcome, res.Stats.SyncExits(), res.Duration, r.Released, r.Commit.P50, r.Commit.P99, r.Commit.N)
+	p.log.printf("%s after %d exits in %v; released %d console bytes; output commit delay p50 %v p99 %v over %d writes (of which guest write to log channel p50 %v, channel to the backup's ack p50 %v)",
+		r.Outcome, res.Stats.SyncExits(), res.Duration, r.Released, r.Commit.P50, r.Commit.P99, r.Commit.N, r.CommitToChannel.P50, r.CommitToAck.P50)
 	return r, runErr
 }
 
@@ -364,6 +365,7 @@ func (p *primary) releaseLoop() {
 			acked := p.sender.Acked()
 			p.qmu.Lock()
 			p.commit.ackedTo(acked)
+			p.commit.noteAcked(acked, time.Now())
 			if err != nil && p.pair.protection() == protected {
 				// Not a decision's cancellation: the wait failed for good.
 				p.ackFailed(err)

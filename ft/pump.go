@@ -3,6 +3,7 @@ package ft
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -107,6 +108,7 @@ func (p *primary) pump() {
 		}
 		p.qmu.Lock()
 		p.commit.appendedTo(last)
+		p.commit.noteAppended(last, time.Now())
 		if appendErr != nil && p.protection() == protected && p.sinkErr == nil {
 			p.sinkErr = fmt.Errorf("logging to the backup: %w", appendErr)
 		}

@@ -67,6 +67,7 @@ type sample struct {
 	alone, protected     time.Duration
 	aloneBusy            time.Duration // alone, with a second host running the same guest beside it
 	commitP50, commitP99 time.Duration
+	toChannel, toAck     time.Duration // the commit delay's two parts (p50)
 	rtt                  time.Duration
 	detect, golive       time.Duration
 	falseFailover        bool
@@ -174,6 +175,8 @@ func measure(work, ftvm string, g guest, timing []string, rng *rand.Rand) (sampl
 	}
 	s.commitP50, _ = runTime(pl, `commit delay p50 ([0-9.]+[µmn]?s)`)
 	s.commitP99, _ = runTime(pl, `p99 ([0-9.]+[µmn]?s) over`)
+	s.toChannel, _ = runTime(pl, `write to log channel p50 ([0-9.]+[µmn]?s)`)
+	s.toAck, _ = runTime(pl, `ack p50 ([0-9.]+[µmn]?s)`)
 	s.falseFailover = strings.Contains(bl, "WON the test-and-set") || strings.Contains(pl, "WON the test-and-set")
 	pre, _ := os.ReadFile(filepath.Join(dir, "primary.pre"))
 	if m := regexp.MustCompile(`= [0-9.]+/([0-9.]+)/[0-9.]+ ms`).FindStringSubmatch(string(pre)); m != nil {
@@ -272,7 +275,7 @@ func median(d []time.Duration) time.Duration {
 }
 
 func report(name string, ss []sample) {
-	var det, live, c50, rtt []time.Duration
+	var det, live, c50, rtt, toCh, toAck []time.Duration
 	var ratios, busyRatios []float64
 	falseN, failed := 0, 0
 	for _, s := range ss {
@@ -282,6 +285,7 @@ func report(name string, ss []sample) {
 			failed++
 		}
 		c50, rtt = append(c50, s.commitP50), append(rtt, s.rtt)
+		toCh, toAck = append(toCh, s.toChannel), append(toAck, s.toAck)
 		ratios = append(ratios, ratio(s.protected, s.alone))
 		busyRatios = append(busyRatios, ratio(s.protected, s.aloneBusy))
 		if s.falseFailover {
@@ -290,7 +294,7 @@ func report(name string, ss []sample) {
 	}
 	slices.Sort(ratios)
 	slices.Sort(busyRatios)
-	fmt.Printf("%s: detection median %v max %v; go-live after detection median %v max %v; commit delay p50 median %v vs link RTT median %v (%.1fx); protected/alone median %.2fx, protected/alone-beside-a-busy-host median %.2fx; %d false failovers, %d failovers without go-live\n",
-		name, median(det), slices.Max(append(det, 0)), median(live), slices.Max(append(live, 0)), median(c50), median(rtt), ratio(median(c50), median(rtt)),
+	fmt.Printf("%s: detection median %v max %v; go-live after detection median %v max %v; commit delay p50 median %v (guest write to log channel %v, channel to ack %v) vs link RTT median %v (%.1fx); protected/alone median %.2fx, protected/alone-beside-a-busy-host median %.2fx; %d false failovers, %d failovers without go-live\n",
+		name, median(det), slices.Max(append(det, 0)), median(live), slices.Max(append(live, 0)), median(c50), median(toCh), median(toAck), median(rtt), ratio(median(c50), median(rtt)),
 		ratios[len(ratios)/2], busyRatios[len(busyRatios)/2], falseN, failed)
 }
