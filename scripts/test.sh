@@ -25,6 +25,39 @@ TWOHOST_PKG=./e2e/twohost
 
 GO=${GO:-go}
 ROOT=$PWD
+
+# Everything below is also kept in a file, for the digest of failures
+# printed last (a CI log shows its end).
+LOG=$(mktemp "${TMPDIR:-/tmp}/ftkvm-make-test.XXXXXX.log")
+exec > >(tee "$LOG") 2>&1
+TEE_PID=$!
+# At the end, let tee write out the last lines before the script exits.
+finish() {
+	[[ -n ${WORK:-} ]] && rm -rf "$WORK"
+	exec >&- 2>&-
+	wait "$TEE_PID" 2>/dev/null
+	rm -f "$LOG"
+}
+trap finish EXIT
+
+# failure_digest prints, for each failed test, the last lines it logged
+# (go test -v prints a test's log lines after its "=== RUN" or "=== CONT"
+# line and its verdict at the end of its parent, so they are far apart).
+failure_digest() {
+	awk '
+		/^=== (RUN|CONT|PAUSE|NAME) / { cur = $3; next }
+		/^ *--- FAIL: / { f = $3; if (!(f in seen)) { seen[f] = 1; order[++n] = f } ; next }
+		/^ *--- (PASS|SKIP): / { next }
+		{ if (cur != "") { c = ++cnt[cur]; lines[cur, c] = $0 } }
+		END {
+			for (i = 1; i <= n; i++) {
+				f = order[i]; c = cnt[f]
+				if (c == 0) continue
+				print "--- failed: " f " (its last lines)"
+				for (j = (c > 40 ? c - 39 : 1); j <= c; j++) print lines[f, j]
+			}
+		}' "$LOG" | head -n 400
+}
 MODULE=$("$GO" list -m)
 export FTKVM_GUEST_DIR=${FTKVM_GUEST_DIR:-$ROOT/guest/out}
 NATIVE_TIMEOUT=${FTKVM_TEST_TIMEOUT:-40m}
@@ -81,12 +114,12 @@ twohost_stage() {
 if kvm_here; then
 	twohost_stage
 	printf '%s' "$summary"
+	((status == 0)) || { echo "== failures"; failure_digest; }
 	exit $status
 fi
 
 echo "== KVM stage: building the test binaries of ${KVM_PKGS[*]#./}"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ftkvm-kvm-tests.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ftkvm-kvm-tests.XXXXXX") # removed by finish
 "$GO" build -o "$WORK/testbed" ./cmd/testbed
 "$WORK/testbed" -v setup
 
@@ -165,6 +198,8 @@ twohost_stage
 echo "== KVM stage summary (emulated hosts)"
 printf '%s' "$summary"
 if ((status != 0)); then
+	echo "== failures"
+	failure_digest
 	echo "make test: FAIL"
 else
 	echo "make test: ok"
