@@ -14,7 +14,8 @@
 // Each repetition runs the three configurations of a guest back to back,
 // so a ratio compares runs under the same machine load.
 //
-//	bench-twohost [-n 3] [-linux] [-heartbeat 50ms] [-timeout 300ms] [-ftvm bin/ftvm]
+//	bench-twohost [-n 3] [-linux] [-heartbeat 50ms] [-ft-timeout 300ms] [-ftvm bin/ftvm]
+//	bench-twohost -idle 10m [-heartbeat 50ms] [-ft-timeout 300ms]   the false-failover run
 package main
 
 import (
@@ -43,7 +44,15 @@ func main() {
 	to := flag.Duration("ft-timeout", time.Second, "failure-detection timeout (300ms made the backup time out waiting for the primary's hello on the emulated hosts)")
 	ftvm := flag.String("ftvm", "bin/ftvm", "the ftvm binary")
 	guestDir := flag.String("guest-dir", envOr("FTKVM_GUEST_DIR", "guest/out"), "the example Linux guest")
+	idle := flag.Duration("idle", 0, "instead: run one pair this long with a guest that idles (halts under a 1 kHz timer, a line every 5 s) and report any false failover")
 	flag.Parse()
+	if *idle > 0 {
+		if err := idleRun(*idle, *hb, *to, *ftvm); err != nil {
+			fmt.Fprintf(os.Stderr, "bench-twohost: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*n, *linux, *hb, *to, *ftvm, *guestDir); err != nil {
 		fmt.Fprintf(os.Stderr, "bench-twohost: %v\n", err)
 		os.Exit(1)
@@ -297,4 +306,49 @@ func report(name string, ss []sample) {
 	fmt.Printf("%s: detection median %v max %v; go-live after detection median %v max %v; commit delay p50 median %v (guest write to log channel %v, channel to ack %v) vs link RTT median %v (%.1fx); protected/alone median %.2fx, protected/alone-beside-a-busy-host median %.2fx; %d false failovers, %d failovers without go-live\n",
 		name, median(det), slices.Max(append(det, 0)), median(live), slices.Max(append(live, 0)), median(c50), median(toCh), median(toAck), median(rtt), ratio(median(c50), median(rtt)),
 		ratios[len(ratios)/2], busyRatios[len(busyRatios)/2], falseN, failed)
+}
+
+// idleRun runs the pair for about d with a guest that mostly halts (the
+// channel carries heartbeats and the timer's deliveries) and reports
+// whether either side ever declared the other lost.
+func idleRun(d, hb, to time.Duration, ftvm string) error {
+	var err error
+	if ftvm, err = filepath.Abs(ftvm); err != nil {
+		return err
+	}
+	if err := testbed.Setup(os.Stderr); err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "ftkvm-bench-idle-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	const every = 5 * time.Second
+	spec := ftguest.Spec{Lines: int(d / every), Spin: int(every / time.Millisecond), Ticks: true, Idle: true}
+	img, err := ftguest.Build(work, spec)
+	if err != nil {
+		return err
+	}
+	timing := []string{"--heartbeat", hb.String(), "--ft-timeout", to.String()}
+	fmt.Printf("bench-twohost -idle: %d lines, one every %v (the guest halts in between under a 1 kHz timer), heartbeat %v, timeout %v\n", spec.Lines, every, hb, to)
+	began := time.Now()
+	p, err := pairhost.Start(context.Background(), pairhost.Options{Bin: ftvm, Dir: work, Guest: []string{"--image", img}, PExtra: timing, BExtra: timing, Limit: d + 10*time.Minute})
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	p.Primary.Wait(d + 10*time.Minute)
+	p.Backup.Wait(2 * time.Minute)
+	pl, bl := p.Primary.Log(), p.Backup.Log()
+	lost := strings.Count(pl, "BACKUP LOST") + strings.Count(bl, "PRIMARY LOST")
+	won := strings.Contains(pl, "WON the test-and-set") || strings.Contains(bl, "WON the test-and-set")
+	out := p.Primary.Out()
+	fmt.Printf("bench-twohost -idle: the pair ran %v; the outside saw %d of %d lines; peer declared lost %d times; test-and-set run: %v\n",
+		time.Since(began).Round(time.Second), strings.Count(out, "chatter line"), spec.Lines, lost, won)
+	fmt.Println(fttest.Line(pl, "finished"))
+	if lost > 0 || won || out != ftguest.Expected(spec) {
+		return fmt.Errorf("FALSE FAILOVER or lost output in the idle run:\n%s\n%s", fttest.Tail(pl, 10), fttest.Tail(bl, 10))
+	}
+	return nil
 }
