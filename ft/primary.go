@@ -50,6 +50,7 @@ type primary struct {
 	commit   outputCommit // console output held for the backup's acks
 	pending  [][]byte     // marshalled events not yet appended
 	pendSize int
+	sinkWait time.Duration // the vCPU thread waited in Append for the pump (vCPU thread only)
 	space    chan struct{} // closed by the pump when pending drains
 	outDirty bool          // output queued since the pump last looked
 	sinkErr  error         // the pump's failure to append, reported by the sink
@@ -198,6 +199,10 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 	}
 	p.log.printf("%s after %d exits in %v; released %d console bytes; output commit delay p50 %v p99 %v over %d writes (of which guest write to log channel p50 %v, channel to the backup's ack p50 %v)",
 		r.Outcome, res.Stats.SyncExits(), res.Duration, r.Released, r.Commit.P50, r.Commit.P99, r.Commit.N, r.CommitToChannel.P50, r.CommitToAck.P50)
+	st := p.rec.Stats()
+	p.log.printf("where the vCPU thread's %v went: running the guest %v, capturing %d landmarks %v, waiting for the log channel %v, the rest (exits, devices, logging) %v",
+		res.Duration.Round(time.Millisecond), vm.RunTime().Round(time.Millisecond), st.Landmarks, st.LandmarkTime.Round(time.Millisecond), p.sinkWait.Round(time.Millisecond),
+		(res.Duration - vm.RunTime() - st.LandmarkTime - p.sinkWait).Round(time.Millisecond))
 	return r, runErr
 }
 

@@ -42,12 +42,14 @@ func (p *primary) Append(ev *logpb.Event) error {
 		ch := p.space
 		p.qmu.Unlock()
 		p.poke()
+		began := time.Now()
 		select {
 		case <-ch:
 		case <-p.runCtx.Done():
 			return p.runCtx.Err()
 		}
 		p.qmu.Lock()
+		p.sinkWait += time.Since(began)
 	}
 	if err := p.sinkErr; err != nil {
 		p.qmu.Unlock()

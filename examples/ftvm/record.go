@@ -70,8 +70,8 @@ func cmdRecord(ctx context.Context, args []string) (int, error) {
 		runErr = fmt.Errorf("writing %s: %w", *out, err)
 	}
 	st := rec.Stats()
-	info("logged %d events (%d clock, %d deliveries, %d at landmarks carrying %d pages (%d zero), %d injections, %d rdtsc, %d reads), %d bytes",
-		st.Events, st.Clock, st.Delivers, st.Landmarks, st.LandmarkPages, st.ZeroPages, st.Injects, st.TSC, st.Reads, sink.w.Bytes())
+	info("logged %d events (%d clock, %d deliveries, %d at landmarks carrying %d pages (%d zero), %d injections, %d rdtsc, %d reads), %d bytes; capturing the landmarks took %v",
+		st.Events, st.Clock, st.Delivers, st.Landmarks, st.LandmarkPages, st.ZeroPages, st.Injects, st.TSC, st.Reads, sink.w.Bytes(), st.LandmarkTime.Round(time.Millisecond))
 	code, err := report(info, res, runErr)
 	printFingerprint(vm)
 	return code, err
