@@ -137,13 +137,18 @@ type driverQueue struct {
 	lastUsed          uint16
 }
 
-// setupQueue programs queue q and writes QueueReady=1.
-func (r *rig) setupQueue(q uint32, size uint16, desc, avail, used uint64) *driverQueue {
+// programQueue selects queue q and writes its size and ring addresses.
+func (r *rig) programQueue(q uint32, size uint32, desc, avail, used uint64) {
 	r.wr(regQueueSel, q)
-	r.wr(regQueueNum, uint32(size))
+	r.wr(regQueueNum, size)
 	r.wr64(regQueueDescLow, desc)
 	r.wr64(regQueueDriverLow, avail)
 	r.wr64(regQueueDeviceLow, used)
+}
+
+// setupQueue programs queue q and writes QueueReady=1.
+func (r *rig) setupQueue(q uint32, size uint16, desc, avail, used uint64) *driverQueue {
+	r.programQueue(q, uint32(size), desc, avail, used)
 	r.wr(regQueueReady, 1)
 	return &driverQueue{r: r, size: size, desc: desc, avail: avail, used: used}
 }
