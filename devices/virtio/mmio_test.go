@@ -252,7 +252,7 @@ func TestQueueRegisters(t *testing.T) {
 			r.wr64(regQueueDriverLow, 0)
 			r.wr64(regQueueDeviceLow, 0)
 			if q.num != c.num || q.desc != c.desc || q.driver != c.avail || q.device != c.used {
-				t.Errorf("ready queue reprogrammed: %+v", q.Save())
+				t.Errorf("ready queue reprogrammed: %+v", q.saved())
 			}
 			r.wr(regQueueReady, 2) // neither 0 nor 1: ignored
 			if !q.Ready() {
@@ -270,8 +270,8 @@ func TestQueueRegisters(t *testing.T) {
 	}
 }
 
-// Save returns the queue's part of the transport's state (tests only).
-func (q *Queue) Save() QueueState { return q.t.Save().Queues[q.idx] }
+// saved returns the queue's part of the transport's state.
+func (q *Queue) saved() QueueState { return q.t.Save().Queues[q.idx] }
 
 func TestNotify(t *testing.T) {
 	r := newRig(t)
@@ -336,5 +336,24 @@ func TestInterrupts(t *testing.T) {
 	}
 	if r.irq.err != nil || r.irq.rises != 1 {
 		t.Errorf("line: %v, %d rises", r.irq.err, r.irq.rises)
+	}
+}
+
+func TestAccessors(t *testing.T) {
+	r := newRig(t)
+	if r.m.Queue(-1) != nil || r.m.Queue(2) != nil || r.m.Queue(1) == nil {
+		t.Error("Queue bounds")
+	}
+	r.negotiate(FeatureVersion1)
+	r.programQueue(0, 3, descAddr, availAddr, usedAddr)
+	r.wr(regQueueReady, 1)
+	first := r.m.Fault()
+	r.programQueue(1, 3, descAddr, availAddr, usedAddr)
+	r.wr(regQueueReady, 1)
+	if r.m.Fault() != first || r.m.Status() != StatusAcknowledge|StatusDriver|StatusFeaturesOK|StatusNeedsReset {
+		t.Errorf("fault %q (first %q), status %#x", r.m.Fault(), first, r.m.Status())
+	}
+	if r.irq.rises != 1 {
+		t.Errorf("%d interrupts for two failures", r.irq.rises)
 	}
 }

@@ -100,7 +100,7 @@ func TestRingWraps(t *testing.T) {
 			}
 		}
 	}
-	if s := q.Save(); s.NextAvail != uint16(70000%65536) || s.NextUsed != s.NextAvail {
+	if s := q.saved(); s.NextAvail != uint16(70000%65536) || s.NextUsed != s.NextAvail {
 		t.Fatalf("indices %d/%d", s.NextAvail, s.NextUsed)
 	}
 }
