@@ -192,6 +192,7 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 			v.stats.Windows++
 			v.point = class.next(v.point)
 			v.traceLine("window")
+			stall.kicked(v, left)
 			continue
 		}
 		v.point = class.next(v.point)
@@ -253,8 +254,8 @@ type stallWatch struct {
 
 func (s *stallWatch) exited(now time.Time) { s.last, s.warned = now, false }
 
-// kicked warns once per stall, from a Kicked point (the vCPU is stopped,
-// so its registers can be read).
+// kicked warns once per stall, from a Kicked or Window point (the vCPU is
+// stopped, so its registers can be read).
 func (s *stallWatch) kicked(v *VM, now time.Time) {
 	if s.warned || v.cfg.Warn == nil || now.Sub(s.last) < StallAfter {
 		return
