@@ -129,8 +129,11 @@ func TestDeliveryContract(t *testing.T) {
 		if got := offersInput(p); got != tc.input {
 			t.Errorf("offersInput(%v) = %v", p, got)
 		}
-		if got := mayInject(p, tc.delivered); got != tc.inject {
-			t.Errorf("mayInject(%v, %v) = %v", p, tc.delivered, got)
+		if got := mayInject(p, tc.delivered, false); got != tc.inject {
+			t.Errorf("mayInject(%v, %v, false) = %v", p, tc.delivered, got)
+		}
+		if mayInject(p, tc.delivered, true) {
+			t.Errorf("mayInject(%v, %v, true): injected at an exit that completes with an exception", p, tc.delivered)
 		}
 	}
 }

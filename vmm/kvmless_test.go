@@ -208,10 +208,17 @@ func TestTimeMSRs(t *testing.T) {
 	if v.stats.TSCReads != 3 {
 		t.Errorf("TSCReads = %d, want 3", v.stats.TSCReads)
 	}
+	if v.exitFaults {
+		t.Error("an rdmsr exit is marked as completing with an exception")
+	}
 	for _, msr := range timeMSRs {
+		v.exitFaults = false
 		e := msrExit(ExitWRMSR, msr)
 		if err := v.timeMSR(e); err != nil || e.MSRError[0] != 1 {
 			t.Errorf("wrmsr %#x: %v, error byte %d; want #GP", msr, err, e.MSRError[0])
+		}
+		if !v.exitFaults {
+			t.Errorf("wrmsr %#x completes with #GP but the loop may inject an interrupt there (the interrupt would be lost)", msr)
 		}
 	}
 	d.tscErr = errors.New("log exhausted")

@@ -28,7 +28,8 @@ var timeMSRs = []uint32{
 // kvmclock. Writes raise #GP: the guest's TSC is the VMM's.
 func (v *VM) timeMSR(e Exit) error {
 	if e.Kind == ExitWRMSR {
-		e.MSRError[0] = 1
+		e.MSRError[0] = 1 // #GP at the next entry
+		v.exitFaults = true
 		return nil
 	}
 	var val uint64

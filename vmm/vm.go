@@ -43,6 +43,7 @@ type VM struct {
 	tid          atomic.Int32
 	runTime      time.Duration // spent in KVM_RUN (RunTime)
 	exits        atomic.Uint64 // point.Exits, for Exits
+	exitFaults   bool          // the last exit completes with an exception (mayInject)
 	driver       Driver
 	point        Point
 	lastExit     Exit
