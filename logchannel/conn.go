@@ -192,6 +192,16 @@ func livenessCheck(now, lastRecv, lastSend int64, interval, timeout time.Duratio
 	return
 }
 
+// localPause reports whether this side itself stood still since the
+// previous liveness tick: the tick came more than two periods late, so the
+// process (or its whole host) was not scheduled, and the peer's frames may
+// be waiting unread in the socket. A verdict of silence made right then
+// would blame the peer for this side's pause (Corosync's "process pause
+// detected" is the same idea).
+func localPause(now, lastTick int64, period time.Duration) bool {
+	return now-lastTick > 2*int64(period)
+}
+
 // liveness holds the clock readings that the reader, writer and ticker
 // share without a lock.
 type liveness struct {

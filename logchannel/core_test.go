@@ -348,6 +348,24 @@ func TestLivenessCheck(t *testing.T) {
 	}
 }
 
+func TestLocalPause(t *testing.T) {
+	ms := int64(time.Millisecond)
+	period := 25 * time.Millisecond
+	for _, c := range []struct {
+		now, last int64
+		want      bool
+	}{
+		{now: 25 * ms, last: 0, want: false},
+		{now: 50 * ms, last: 0, want: false},
+		{now: 51 * ms, last: 0, want: true},
+		{now: 1000 * ms, last: 500 * ms, want: true},
+	} {
+		if got := localPause(c.now, c.last, period); got != c.want {
+			t.Errorf("localPause(%d ms, %d ms, %v) = %v", c.now/ms, c.last/ms, period, got)
+		}
+	}
+}
+
 func TestConfigValidate(t *testing.T) {
 	good := testConfig().withDefaults()
 	if err := good.validate(true); err != nil {

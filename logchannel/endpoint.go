@@ -219,8 +219,10 @@ func (e *endpoint) stop(l *link, err error) {
 // tickLoop fails the link when the peer falls silent past the timeout and
 // asks the writer for a heartbeat when this side has been quiet.
 func (e *endpoint) tickLoop(l *link) {
-	t := time.NewTicker(tickPeriod(&e.cfg))
+	period := tickPeriod(&e.cfg)
+	t := time.NewTicker(period)
 	defer t.Stop()
+	lastTick, deferred := l.live.now(), false
 	for {
 		select {
 		case <-l.done:
@@ -230,6 +232,17 @@ func (e *endpoint) tickLoop(l *link) {
 		now := l.live.now()
 		lastRecv := l.live.lastRecv.Load()
 		hb, dead := livenessCheck(now, lastRecv, l.live.lastSend.Load(), e.cfg.HeartbeatInterval, e.cfg.Timeout, l.live.paused.Load())
+		wasPaused := localPause(now, lastTick, period)
+		lastTick = now
+		if dead && wasPaused && !deferred {
+			// This process did not run for a while (its host starved):
+			// frames that arrived meanwhile may still be unread. Give the
+			// reader one period before judging; only once in a row, so a
+			// side starved for good still detects a dead peer.
+			deferred = true
+			continue
+		}
+		deferred = false
 		if dead {
 			e.stop(l, errorf(ErrTimeout, "nothing from the %s for %v (timeout %v)",
 				e.peer, time.Duration(now-lastRecv).Round(time.Millisecond), e.cfg.Timeout))
