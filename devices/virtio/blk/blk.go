@@ -199,5 +199,6 @@ func (d *Device) WriteConfig(uint64, []byte) {}
 // their chains stale, so that their completions are dropped without
 // touching guest memory and new requests overlapping them still wait for
 // them (a new write racing an orphaned one on the host disk would leave an
-// order the backup cannot reproduce).
+// order the backup cannot reproduce). Tags keep counting across resets, so
+// an orphan's tag is never reused.
 func (d *Device) Reset() { d.waiting = nil }
