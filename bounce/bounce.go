@@ -12,6 +12,23 @@
 // interrupt. A recorder logs the completion (tag and bytes) at that point; a
 // replayer delivers the logged completion at the same point and the Engine,
 // in replay mode, never calls the Backend.
+//
+// # Reads and writes
+//
+// A request is a read (device data into the guest, the case above) or, with
+// Request.Write, a write: outbound data the device model gathered from guest
+// memory on the vCPU thread, carried in Request.Data, for the backend to
+// store (a disk write). A write's backend returns no data, and its
+// completion carries only the tag and the backend's error, so the log
+// format is the same for both: (tag, data, error) with no data for a write.
+// A write with no data (Len 0) is a barrier whose meaning the device model
+// defines; virtio-blk uses it for a flush.
+//
+// Writes are the guest's outputs: a VMM that must hold outputs until a
+// backup has the log up to them (output commit), or must not perform them
+// at all on a backup sharing the disk, finds them as Requests with Write
+// set. In replay mode the Engine performs no write, as it performs no read;
+// SetLive starts the ones the log did not complete, with their data.
 package bounce
 
 import (
@@ -23,22 +40,35 @@ import (
 // MaxLen bounds one transfer: a guest cannot make the VMM allocate more.
 const MaxLen = 1 << 20
 
-// Request asks the backend for Len bytes. Tag identifies the transfer to
-// the device model; the Engine does not interpret it.
+// Request is one transfer. A read (Write false) asks the backend for Len
+// bytes, 1..MaxLen, and has no Data. A write hands the backend Len bytes of
+// Data (len(Data) == Len, 0..MaxLen) and gets none back; the Engine owns
+// Data from Submit on, and the caller must not change it.
+//
+// Tag identifies the transfer to the device model, and Arg is the device's
+// argument to its backend (virtio-blk: the byte offset on the disk); the
+// Engine interprets neither.
 type Request struct {
-	Tag uint64
-	Len int
+	Tag   uint64
+	Len   int
+	Arg   uint64
+	Write bool
+	Data  []byte
 }
 
-// Completion is a filled bounce buffer, or the backend's error (Data nil).
+// Completion is a transfer's end. For a read it is the filled bounce buffer
+// (exactly the request's Len bytes) or the backend's error (Data nil); for
+// a write, Data is always nil and Err says whether the backend failed.
 type Completion struct {
 	Tag  uint64
 	Data []byte
 	Err  string
 }
 
-// Backend fills a buffer for a request. It runs on its own goroutine and
-// must not touch guest memory.
+// Backend performs a request: for a read it returns a fresh buffer of
+// req.Len bytes, for a write it stores req.Data and returns no data. It
+// runs on its own goroutine, several may run at once, and it must not
+// touch guest memory.
 type Backend func(Request) ([]byte, error)
 
 // Engine stages transfers between a backend and the vCPU thread.
@@ -75,10 +105,12 @@ func (e *Engine) SetReplay() {
 }
 
 // Submit starts a transfer. It returns an error, and starts nothing, for a
-// length outside 1..MaxLen.
+// request that breaks Request's rules: a read of a length outside
+// 1..MaxLen or with Data, a write longer than MaxLen or whose Data is not
+// Len bytes.
 func (e *Engine) Submit(req Request) error {
-	if req.Len <= 0 || req.Len > MaxLen {
-		return fmt.Errorf("bounce: transfer of %d bytes: must be 1..%d", req.Len, MaxLen)
+	if err := req.check(); err != nil {
+		return err
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -93,20 +125,42 @@ func (e *Engine) Submit(req Request) error {
 	return nil
 }
 
+func (r Request) check() error {
+	switch {
+	case r.Write && (r.Len < 0 || r.Len > MaxLen):
+		return fmt.Errorf("bounce: write of %d bytes: must be 0..%d", r.Len, MaxLen)
+	case r.Write && len(r.Data) != r.Len:
+		return fmt.Errorf("bounce: write of %d bytes carries %d bytes of data", r.Len, len(r.Data))
+	case !r.Write && (r.Len <= 0 || r.Len > MaxLen):
+		return fmt.Errorf("bounce: transfer of %d bytes: must be 1..%d", r.Len, MaxLen)
+	case !r.Write && r.Data != nil:
+		return fmt.Errorf("bounce: read of %d bytes carries data", r.Len)
+	}
+	return nil
+}
+
+// complete turns the backend's answer to req into its completion.
+func complete(req Request, data []byte, err error) Completion {
+	c := Completion{Tag: req.Tag}
+	switch {
+	case err != nil:
+		c.Err = err.Error()
+	case req.Write && len(data) != 0:
+		c.Err = fmt.Sprintf("backend returned %d bytes for a write", len(data))
+	case !req.Write && len(data) != req.Len:
+		c.Err = fmt.Sprintf("backend returned %d bytes for a %d-byte transfer", len(data), req.Len)
+	case !req.Write:
+		c.Data = data
+	}
+	return c
+}
+
 // start runs the backend for req; e.mu is held.
 func (e *Engine) start(req Request) {
 	e.inflight++
 	go func() {
 		data, err := e.backend(req)
-		c := Completion{Tag: req.Tag}
-		switch {
-		case err != nil:
-			c.Err = err.Error()
-		case len(data) != req.Len:
-			c.Err = fmt.Sprintf("backend returned %d bytes for a %d-byte transfer", len(data), req.Len)
-		default:
-			c.Data = data
-		}
+		c := complete(req, data, err)
 		e.mu.Lock()
 		e.ready = append(e.ready, c)
 		e.inflight--
@@ -129,7 +183,7 @@ func (e *Engine) Delivered(tag uint64) {
 
 // SetLive leaves replay mode (an FT backup going live): transfers the
 // guest started whose completion the log did not have are started on the
-// backend now, in tag order.
+// backend now, in tag order (writes with their data).
 func (e *Engine) SetLive() {
 	e.mu.Lock()
 	defer e.mu.Unlock()

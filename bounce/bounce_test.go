@@ -84,3 +84,79 @@ func TestReplayNeverCallsBackendAndGoLiveResubmits(t *testing.T) {
 		t.Fatalf("after SetLive: %d backend calls, completions %+v; want tag 2 only", calls.Load(), c)
 	}
 }
+
+func TestWritesCarryDataAndCompleteWithoutData(t *testing.T) {
+	var got []Request
+	gotc := make(chan Request, 4)
+	e := NewEngine(func(r Request) ([]byte, error) {
+		gotc <- r
+		switch r.Tag {
+		case 2:
+			return nil, errors.New("disk full")
+		case 3:
+			return []byte{1}, nil // a write's backend must not return data
+		}
+		return nil, nil
+	})
+	for _, r := range []Request{
+		{Tag: 1, Len: 3, Arg: 4096, Write: true, Data: []byte{1, 2, 3}},
+		{Tag: 2, Len: 1, Write: true, Data: []byte{9}},
+		{Tag: 3, Len: 1, Write: true, Data: []byte{9}},
+		{Tag: 4, Write: true}, // a barrier: no data
+	} {
+		if err := e.Submit(r); err != nil {
+			t.Fatalf("tag %d: %v", r.Tag, err)
+		}
+	}
+	var cs []Completion
+	for len(cs) < 4 {
+		cs = append(cs, waitReady(t, e)...)
+	}
+	for range 4 {
+		got = append(got, <-gotc)
+	}
+	for _, r := range got {
+		if r.Tag == 1 && (r.Arg != 4096 || !bytes.Equal(r.Data, []byte{1, 2, 3}) || !r.Write) {
+			t.Errorf("backend got %+v", r)
+		}
+	}
+	for _, c := range cs {
+		if c.Data != nil {
+			t.Errorf("tag %d: write completion with data %v", c.Tag, c.Data)
+		}
+		if wantErr := c.Tag == 2 || c.Tag == 3; wantErr != (c.Err != "") {
+			t.Errorf("tag %d: error %q", c.Tag, c.Err)
+		}
+	}
+}
+
+func TestMalformedRequestsAreRefused(t *testing.T) {
+	e := NewEngine(func(Request) ([]byte, error) { t.Error("backend called"); return nil, nil })
+	for _, r := range []Request{
+		{Tag: 1, Len: 4, Data: make([]byte, 4)},                              // a read with data
+		{Tag: 2, Len: 4, Write: true, Data: make([]byte, 3)},                 // data shorter than Len
+		{Tag: 3, Len: 0, Write: true, Data: make([]byte, 1)},                 // data longer than Len
+		{Tag: 4, Len: -1, Write: true},                                       // negative
+		{Tag: 5, Len: MaxLen + 1, Write: true, Data: make([]byte, MaxLen+1)}, // too long
+	} {
+		if err := e.Submit(r); err == nil {
+			t.Errorf("tag %d accepted", r.Tag)
+		}
+	}
+}
+
+func TestReplayKeepsWriteDataForGoLive(t *testing.T) {
+	got := make(chan Request, 1)
+	e := NewEngine(func(r Request) ([]byte, error) { got <- r; return nil, nil })
+	e.SetReplay()
+	data := []byte("abc")
+	if err := e.Submit(Request{Tag: 5, Len: 3, Arg: 512, Write: true, Data: data}); err != nil {
+		t.Fatal(err)
+	}
+	e.SetLive()
+	c := waitReady(t, e)
+	r := <-got
+	if len(c) != 1 || c[0].Tag != 5 || c[0].Err != "" || c[0].Data != nil || r.Arg != 512 || string(r.Data) != "abc" {
+		t.Fatalf("after SetLive: completions %+v, backend got %+v", c, r)
+	}
+}
