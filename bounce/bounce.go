@@ -24,6 +24,23 @@
 // A write with no data (Len 0) is a barrier whose meaning the device model
 // defines; virtio-blk uses it for a flush.
 //
+// # Reads of up to Len bytes, and ordered requests
+//
+// A read with Request.Upto accepts any length from 1 to Len: the backend
+// returns what it got (a received network packet) and the device model
+// learns the length from the completion, whose data the log records as
+// bytes like any other. Without Upto a read must return exactly Len bytes.
+//
+// The Engine runs requests concurrently, each on its own goroutine, so the
+// backend may serve them in any order. Requests with Request.Ordered are
+// the exception: each reaches the backend only after the previous ordered
+// request of the same Engine has returned, so they are served, and become
+// ready, in the order submitted (SetLive starts the outstanding ones in tag
+// order, which a device whose tags follow its submissions keeps).
+// virtio-net's transmitted frames are ordered: a network must see them in
+// the order the guest queued them. Unordered requests never wait for
+// ordered ones, nor the reverse.
+//
 // Writes are the guest's outputs: a VMM that must hold outputs until a
 // backup has the log up to them (output commit), or must not perform them
 // at all on a backup sharing the disk, finds them as Requests with Write
@@ -41,24 +58,29 @@ import (
 const MaxLen = 1 << 20
 
 // Request is one transfer. A read (Write false) asks the backend for Len
-// bytes, 1..MaxLen, and has no Data. A write hands the backend Len bytes of
-// Data (len(Data) == Len, 0..MaxLen) and gets none back; the Engine owns
-// Data from Submit on, and the caller must not change it.
+// bytes, 1..MaxLen, and has no Data; with Upto, for 1 to Len bytes. A
+// write hands the backend Len bytes of Data (len(Data) == Len, 0..MaxLen)
+// and gets none back; the Engine owns Data from Submit on, and the caller
+// must not change it.
 //
 // Tag identifies the transfer to the device model, and Arg is the device's
 // argument to its backend (virtio-blk: the byte offset on the disk); the
-// Engine interprets neither.
+// Engine interprets neither. Ordered requests reach the backend one at a
+// time, in submission order (see the package documentation).
 type Request struct {
-	Tag   uint64
-	Len   int
-	Arg   uint64
-	Write bool
-	Data  []byte
+	Tag     uint64
+	Len     int
+	Arg     uint64
+	Write   bool
+	Data    []byte
+	Upto    bool // a read: any length 1..Len is a success
+	Ordered bool
 }
 
 // Completion is a transfer's end. For a read it is the filled bounce buffer
-// (exactly the request's Len bytes) or the backend's error (Data nil); for
-// a write, Data is always nil and Err says whether the backend failed.
+// (exactly the request's Len bytes; with Upto, 1 to Len bytes) or the
+// backend's error (Data nil); for a write, Data is always nil and Err says
+// whether the backend failed.
 type Completion struct {
 	Tag  uint64
 	Data []byte
@@ -66,9 +88,10 @@ type Completion struct {
 }
 
 // Backend performs a request: for a read it returns a fresh buffer of
-// req.Len bytes, for a write it stores req.Data and returns no data. It
-// runs on its own goroutine, several may run at once, and it must not
-// touch guest memory.
+// req.Len bytes (with req.Upto, 1 to req.Len bytes), for a write it stores
+// req.Data and returns no data. It runs on its own goroutine, several may
+// run at once (ordered requests one at a time), and it must not touch
+// guest memory.
 type Backend func(Request) ([]byte, error)
 
 // Engine stages transfers between a backend and the vCPU thread.
@@ -83,6 +106,9 @@ type Engine struct {
 	// outstanding: requests submitted in replay mode whose completion has
 	// not been delivered yet (SetLive starts them).
 	outstanding map[uint64]Request
+	// lastOrdered is closed when the last ordered request started has
+	// become ready; the next one waits for it.
+	lastOrdered chan struct{}
 }
 
 // NewEngine returns an engine feeding completions from backend.
@@ -106,8 +132,8 @@ func (e *Engine) SetReplay() {
 
 // Submit starts a transfer. It returns an error, and starts nothing, for a
 // request that breaks Request's rules: a read of a length outside
-// 1..MaxLen or with Data, a write longer than MaxLen or whose Data is not
-// Len bytes.
+// 1..MaxLen or with Data, a write longer than MaxLen, whose Data is not
+// Len bytes, or with Upto.
 func (e *Engine) Submit(req Request) error {
 	if err := req.check(); err != nil {
 		return err
@@ -131,6 +157,8 @@ func (r Request) check() error {
 		return fmt.Errorf("bounce: write of %d bytes: must be 0..%d", r.Len, MaxLen)
 	case r.Write && len(r.Data) != r.Len:
 		return fmt.Errorf("bounce: write of %d bytes carries %d bytes of data", r.Len, len(r.Data))
+	case r.Write && r.Upto:
+		return fmt.Errorf("bounce: write of %d bytes with Upto (reads only)", r.Len)
 	case !r.Write && (r.Len <= 0 || r.Len > MaxLen):
 		return fmt.Errorf("bounce: transfer of %d bytes: must be 1..%d", r.Len, MaxLen)
 	case !r.Write && r.Data != nil:
@@ -147,7 +175,9 @@ func complete(req Request, data []byte, err error) Completion {
 		c.Err = err.Error()
 	case req.Write && len(data) != 0:
 		c.Err = fmt.Sprintf("backend returned %d bytes for a write", len(data))
-	case !req.Write && len(data) != req.Len:
+	case req.Upto && (len(data) == 0 || len(data) > req.Len):
+		c.Err = fmt.Sprintf("backend returned %d bytes for a transfer of up to %d bytes", len(data), req.Len)
+	case !req.Write && !req.Upto && len(data) != req.Len:
 		c.Err = fmt.Sprintf("backend returned %d bytes for a %d-byte transfer", len(data), req.Len)
 	case !req.Write:
 		c.Data = data
@@ -155,10 +185,22 @@ func complete(req Request, data []byte, err error) Completion {
 	return c
 }
 
-// start runs the backend for req; e.mu is held.
+// start runs the backend for req; e.mu is held. An ordered request first
+// waits for the previous one to be ready.
 func (e *Engine) start(req Request) {
 	e.inflight++
+	var prev, done chan struct{}
+	if req.Ordered {
+		prev, done = e.lastOrdered, make(chan struct{})
+		e.lastOrdered = done
+	}
 	go func() {
+		if prev != nil {
+			<-prev
+		}
+		if done != nil {
+			defer close(done)
+		}
 		data, err := e.backend(req)
 		c := complete(req, data, err)
 		e.mu.Lock()

@@ -160,3 +160,91 @@ func TestReplayKeepsWriteDataForGoLive(t *testing.T) {
 		t.Fatalf("after SetLive: completions %+v, backend got %+v", c, r)
 	}
 }
+
+func TestUptoReadsAcceptShorterData(t *testing.T) {
+	e := NewEngine(func(r Request) ([]byte, error) { return make([]byte, r.Arg), nil })
+	for _, c := range []struct {
+		n     uint64
+		upto  bool
+		wantN int // -1: an error
+	}{
+		{4, true, 4}, {1, true, 1}, {8, true, 8}, {0, true, -1}, {9, true, -1}, {4, false, -1}, {8, false, 8},
+	} {
+		if err := e.Submit(Request{Tag: 1, Len: 8, Arg: c.n, Upto: c.upto}); err != nil {
+			t.Fatal(err)
+		}
+		got := waitReady(t, e)[0]
+		if c.wantN < 0 && (got.Err == "" || got.Data != nil) || c.wantN >= 0 && (got.Err != "" || len(got.Data) != c.wantN) {
+			t.Errorf("%d bytes for up to 8 (upto %v): %+v", c.n, c.upto, got)
+		}
+	}
+	if err := e.Submit(Request{Tag: 2, Len: 1, Write: true, Data: []byte{1}, Upto: true}); err == nil {
+		t.Error("a write with Upto accepted")
+	}
+}
+
+// Ordered requests reach the backend one at a time and become ready in
+// submission order, however long each takes; unordered ones do not wait.
+func TestOrderedRequestsAreServedInOrder(t *testing.T) {
+	var running, maxRunning atomic.Int32
+	release := make(chan struct{})
+	e := NewEngine(func(r Request) ([]byte, error) {
+		if !r.Ordered {
+			<-release // an unordered read blocks until the ordered ones are done
+			return []byte{1}, nil
+		}
+		n := running.Add(1)
+		if n > maxRunning.Load() {
+			maxRunning.Store(n)
+		}
+		time.Sleep(time.Duration(10-r.Tag) * 300 * time.Microsecond)
+		running.Add(-1)
+		return nil, nil
+	})
+	if err := e.Submit(Request{Tag: 100, Len: 1, Upto: true}); err != nil {
+		t.Fatal(err)
+	}
+	for tag := uint64(1); tag <= 8; tag++ {
+		if err := e.Submit(Request{Tag: tag, Len: 1, Write: true, Data: []byte{byte(tag)}, Ordered: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var tags []uint64
+	for len(tags) < 8 {
+		for _, c := range waitReady(t, e) {
+			tags = append(tags, c.Tag)
+		}
+	}
+	for i, tag := range tags {
+		if tag != uint64(i+1) {
+			t.Fatalf("ready in order %v", tags)
+		}
+	}
+	if maxRunning.Load() != 1 {
+		t.Errorf("%d ordered requests ran at once", maxRunning.Load())
+	}
+	close(release)
+	if c := waitReady(t, e); len(c) != 1 || c[0].Tag != 100 {
+		t.Fatalf("unordered read: %+v", c)
+	}
+}
+
+func TestSetLiveStartsOrderedRequestsInTagOrder(t *testing.T) {
+	got := make(chan uint64, 8)
+	e := NewEngine(func(r Request) ([]byte, error) {
+		time.Sleep(time.Duration(r.Tag%3) * 200 * time.Microsecond)
+		got <- r.Tag
+		return nil, nil
+	})
+	e.SetReplay()
+	for _, tag := range []uint64{5, 3, 9, 4} {
+		e.Submit(Request{Tag: tag, Len: 1, Write: true, Data: []byte{1}, Ordered: true})
+	}
+	e.Delivered(4)
+	e.SetLive()
+	for _, want := range []uint64{3, 5, 9} {
+		if tag := <-got; tag != want {
+			t.Fatalf("backend got tag %d, want %d", tag, want)
+		}
+	}
+}
