@@ -274,6 +274,24 @@ func (q *Queue) walk(head uint16) (c Chain, reason string) {
 	return c, ""
 }
 
+// Available returns how many chains the driver has made available that
+// Pop has not taken yet: 0 if the queue is not ready or the device is
+// broken, at most the queue size (an avail idx further ahead is a
+// malformed ring, which the next Pop reports). It reads the avail idx from
+// guest memory, so it is deterministic only where Pop is: on the vCPU
+// thread, at a point a replay reproduces. A device uses it to ask its
+// backend for no more data than the guest has room for.
+func (q *Queue) Available() int {
+	if !q.ready || q.Broken() {
+		return 0
+	}
+	b, ok := guestSlice(q.t.mem, q.driver+2, 2)
+	if !ok {
+		return 0
+	}
+	return int(min(binary.LittleEndian.Uint16(b)-q.nextAvail, uint16(q.num)))
+}
+
 // Valid reports whether c is in flight on this queue: popped from its
 // current incarnation and not yet pushed, with the device not broken.
 func (q *Queue) Valid(c *Chain) bool {

@@ -321,3 +321,35 @@ func TestMemoryAdaptors(t *testing.T) {
 		t.Error("a wrapping range reached Memory")
 	}
 }
+
+func TestAvailable(t *testing.T) {
+	r := newRig(t)
+	q := r.m.Queue(0)
+	if n := q.Available(); n != 0 {
+		t.Fatalf("not ready: %d available", n)
+	}
+	dq := r.start()
+	dq.post(buf{bufAddr, 8, true})
+	dq.post(buf{bufAddr + 8, 8, true})
+	if n := q.Available(); n != 2 {
+		t.Fatalf("%d available, want 2", n)
+	}
+	q.Pop()
+	if n := q.Available(); n != 1 {
+		t.Fatalf("after a Pop: %d available, want 1", n)
+	}
+	r.put16(availAddr+2, 1+100) // a driver claiming more than the ring holds
+	if n := q.Available(); n != 8 {
+		t.Fatalf("avail idx far ahead: %d available, want the queue size 8", n)
+	}
+	q.Pop() // breaks the device
+	if n := q.Available(); n != 0 || !q.Broken() {
+		t.Fatalf("broken: %d available", n)
+	}
+	r.wr(regStatus, 0)
+	r.start()
+	r.m.mem = holeMemory{r.mem, availAddr + 2}
+	if n := q.Available(); n != 0 {
+		t.Fatalf("avail idx not RAM: %d available", n)
+	}
+}
