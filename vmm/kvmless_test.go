@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/devices"
+	"golang.org/x/sys/unix"
 )
 
 // These tests drive the VM's exit handling and device wiring without KVM:
@@ -367,5 +369,31 @@ func TestPageContentsAndLoadPage(t *testing.T) {
 	}
 	if _, err := v.PageContents(512); err == nil {
 		t.Error("page beyond memory read")
+	}
+}
+
+// TestKickRacesClose: kicks from timers may come while the VM is being
+// closed; they must never touch the unmapped kvm_run page (go test -race
+// also reports the unsynchronised access this guards against).
+func TestKickRacesClose(t *testing.T) {
+	for i := 0; i < 50; i++ {
+		run, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := &VM{run: run, sysFd: -1, vmFd: -1, vcpuFd: -1}
+		var wg sync.WaitGroup
+		for g := 0; g < 4; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for k := 0; k < 200; k++ {
+					v.Kick()
+				}
+			}()
+		}
+		v.Close()
+		wg.Wait()
+		v.Kick() // after Close: a no-op
 	}
 }

@@ -3,6 +3,7 @@ package vmm
 import (
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -41,6 +42,7 @@ type VM struct {
 
 	// The kick, the driver, and where the run is.
 	tid          atomic.Int32
+	kickMu       sync.Mutex    // Kick (any goroutine) against Close unmapping run
 	runTime      time.Duration // spent in KVM_RUN (RunTime)
 	exits        atomic.Uint64 // point.Exits, for Exits
 	exitFaults   bool          // the last exit completes with an exception (mayInject)
@@ -214,10 +216,12 @@ func (v *VM) Sregs() (Sregs, error) {
 
 // Close releases the VM's file descriptors and memory.
 func (v *VM) Close() error {
+	v.kickMu.Lock() // a late Kick must not write to the unmapped page
 	if v.run != nil {
 		unix.Munmap(v.run)
 		v.run = nil
 	}
+	v.kickMu.Unlock()
 	for _, fd := range []*int{&v.vcpuFd, &v.vmFd, &v.sysFd} {
 		if *fd >= 0 {
 			unix.Close(*fd)
@@ -235,6 +239,8 @@ func (v *VM) Close() error {
 // immediate_exit covers the window before KVM_RUN is entered, the signal
 // the time inside it. Safe from any goroutine.
 func (v *VM) Kick() {
+	v.kickMu.Lock()
+	defer v.kickMu.Unlock()
 	if v.run == nil {
 		return
 	}
