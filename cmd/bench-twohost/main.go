@@ -325,12 +325,15 @@ func idleRun(d time.Duration, quiet bool, hb, to time.Duration, ftvm string) err
 		return err
 	}
 	defer os.RemoveAll(work)
-	const every = 5 * time.Second
+	every := 5 * time.Second
 	spec := ftguest.Spec{Lines: int(d / every), Spin: int(every / time.Millisecond), Ticks: true, Idle: true}
 	what := "the guest halts in between under a 1 kHz timer"
 	if quiet {
-		// About 1.5 M loop iterations a second when emulated.
-		spec = ftguest.Spec{Lines: int(d / every), Spin: int(every.Seconds() * 1.5e6)}
+		// About 1 G spin iterations a second in an emulated host (the
+		// loop makes no exit); chatter's SPIN is a 32-bit immediate, so a
+		// line every 2 s.
+		every = 2 * time.Second
+		spec = ftguest.Spec{Lines: int(d / every), Spin: 2_000_000_000}
 		what = "the guest spins in between, with no timer: the channel carries heartbeats and a TSC read per line"
 	}
 	img, err := ftguest.Build(work, spec)
