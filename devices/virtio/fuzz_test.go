@@ -70,18 +70,18 @@ func (f *fuzzRig) wr(off uint64, v uint32) {
 // size 1<<(s0%5), rings at multiples of 0x40, 0x20 and 0x40 into RAM.
 func (f *fuzzRig) start() {
 	s := f.setup
-	f.wr(regStatus, 0)
-	f.wr(regStatus, StatusAcknowledge|StatusDriver)
-	f.wr(regDriverFeaturesSel, 1)
-	f.wr(regDriverFeatures, 1)
-	f.wr(regStatus, StatusAcknowledge|StatusDriver|StatusFeaturesOK)
-	f.wr(regQueueSel, 0)
-	f.wr(regQueueNum, 1<<(s[0]%5))
-	f.wr(regQueueDescLow, ramBase+uint32(s[1])*0x40)
-	f.wr(regQueueDriverLow, ramBase+uint32(s[2])*0x20)
-	f.wr(regQueueDeviceLow, ramBase+uint32(s[3])*0x40)
-	f.wr(regQueueReady, 1)
-	f.wr(regStatus, StatusAcknowledge|StatusDriver|StatusFeaturesOK|StatusDriverOK)
+	f.wr(RegStatus, 0)
+	f.wr(RegStatus, StatusAcknowledge|StatusDriver)
+	f.wr(RegDriverFeaturesSel, 1)
+	f.wr(RegDriverFeatures, 1)
+	f.wr(RegStatus, StatusAcknowledge|StatusDriver|StatusFeaturesOK)
+	f.wr(RegQueueSel, 0)
+	f.wr(RegQueueNum, 1<<(s[0]%5))
+	f.wr(RegQueueDescLow, ramBase+uint32(s[1])*0x40)
+	f.wr(RegQueueDriverLow, ramBase+uint32(s[2])*0x20)
+	f.wr(RegQueueDeviceLow, ramBase+uint32(s[3])*0x40)
+	f.wr(RegQueueReady, 1)
+	f.wr(RegStatus, StatusAcknowledge|StatusDriver|StatusFeaturesOK|StatusDriverOK)
 	f.held = nil
 }
 
@@ -217,7 +217,7 @@ func runFuzzQueueOnce(t *testing.T, image, ops []byte) {
 			case 5:
 				r.wr(uint64(next()%64)*4, binary.LittleEndian.Uint32([]byte{next(), next(), next(), next()}))
 			case 6:
-				r.wr(regQueueNotify, uint32(next()%3))
+				r.wr(RegQueueNotify, uint32(next()%3))
 				if r.calls > 4*fuzzQueueMax*fuzzQueueMax {
 					t.Fatalf("a notify made %d memory calls", r.calls)
 				}
@@ -264,16 +264,16 @@ func fuzzSeeds() []fuzzSeed {
 		build(valid, 6, 0, 9, 2, 6, 0, 3, 0x10, 0x08, 0xff, 0),
 		build(valid, 0, 3, 0x0e, 0, 0xff, 0, 0, 7, 0, 0),
 		build(func(dq *driverQueue) { // loop
-			dq.setDesc(0, buf0, 8, descFNext, 1)
-			dq.setDesc(1, buf0, 8, descFNext, 0)
+			dq.setDesc(0, buf0, 8, DescFNext, 1)
+			dq.setDesc(1, buf0, 8, DescFNext, 0)
 			dq.offer(0)
 		}, 0, 0, 7, 0),
 		build(func(dq *driverQueue) { // indirect
-			dq.setDesc(0, buf0, 16, descFIndirect, 0)
+			dq.setDesc(0, buf0, 16, DescFIndirect, 0)
 			dq.offer(0)
 		}, 0, 7, 0),
 		build(func(dq *driverQueue) { // readable after writable, then avail jump
-			dq.setDesc(0, buf0, 8, descFWrite|descFNext, 1)
+			dq.setDesc(0, buf0, 8, DescFWrite|DescFNext, 1)
 			dq.setDesc(1, buf0, 8, 0, 0)
 			dq.offer(0)
 		}, 0, 7, 9, 23, 0),

@@ -117,14 +117,14 @@ func (r *rig) wr64(lowOff uint64, v uint64) {
 // negotiate does the status and feature steps up to FEATURES_OK and
 // returns the status read back.
 func (r *rig) negotiate(features uint64) uint32 {
-	r.wr(regStatus, StatusAcknowledge)
-	r.wr(regStatus, StatusAcknowledge|StatusDriver)
-	r.wr(regDriverFeaturesSel, 0)
-	r.wr(regDriverFeatures, uint32(features))
-	r.wr(regDriverFeaturesSel, 1)
-	r.wr(regDriverFeatures, uint32(features>>32))
-	r.wr(regStatus, StatusAcknowledge|StatusDriver|StatusFeaturesOK)
-	return r.rd(regStatus)
+	r.wr(RegStatus, StatusAcknowledge)
+	r.wr(RegStatus, StatusAcknowledge|StatusDriver)
+	r.wr(RegDriverFeaturesSel, 0)
+	r.wr(RegDriverFeatures, uint32(features))
+	r.wr(RegDriverFeaturesSel, 1)
+	r.wr(RegDriverFeatures, uint32(features>>32))
+	r.wr(RegStatus, StatusAcknowledge|StatusDriver|StatusFeaturesOK)
+	return r.rd(RegStatus)
 }
 
 // driverQueue is the driver's view of one virtqueue.
@@ -139,17 +139,17 @@ type driverQueue struct {
 
 // programQueue selects queue q and writes its size and ring addresses.
 func (r *rig) programQueue(q uint32, size uint32, desc, avail, used uint64) {
-	r.wr(regQueueSel, q)
-	r.wr(regQueueNum, size)
-	r.wr64(regQueueDescLow, desc)
-	r.wr64(regQueueDriverLow, avail)
-	r.wr64(regQueueDeviceLow, used)
+	r.wr(RegQueueSel, q)
+	r.wr(RegQueueNum, size)
+	r.wr64(RegQueueDescLow, desc)
+	r.wr64(RegQueueDriverLow, avail)
+	r.wr64(RegQueueDeviceLow, used)
 }
 
 // setupQueue programs queue q and writes QueueReady=1.
 func (r *rig) setupQueue(q uint32, size uint16, desc, avail, used uint64) *driverQueue {
 	r.programQueue(q, uint32(size), desc, avail, used)
-	r.wr(regQueueReady, 1)
+	r.wr(RegQueueReady, 1)
 	return &driverQueue{r: r, size: size, desc: desc, avail: avail, used: used}
 }
 
@@ -161,9 +161,9 @@ func (r *rig) start() *driverQueue {
 		r.t.Fatalf("FEATURES_OK refused: status %#x", s)
 	}
 	dq := r.setupQueue(0, 8, descAddr, availAddr, usedAddr)
-	r.wr(regStatus, StatusAcknowledge|StatusDriver|StatusFeaturesOK|StatusDriverOK)
+	r.wr(RegStatus, StatusAcknowledge|StatusDriver|StatusFeaturesOK|StatusDriverOK)
 	if !r.m.Active() || !r.m.Queue(0).Ready() {
-		r.t.Fatalf("device not up: status %#x, fault %q", r.rd(regStatus), r.m.Fault())
+		r.t.Fatalf("device not up: status %#x, fault %q", r.rd(RegStatus), r.m.Fault())
 	}
 	return dq
 }
@@ -211,10 +211,10 @@ func (dq *driverQueue) post(bufs ...buf) uint16 {
 		dq.nextDesc++
 		var flags uint16
 		if b.writable {
-			flags |= descFWrite
+			flags |= DescFWrite
 		}
 		if i < len(bufs)-1 {
-			flags |= descFNext
+			flags |= DescFNext
 		}
 		dq.setDesc(d, b.addr, b.n, flags, dq.nextDesc%dq.size)
 	}

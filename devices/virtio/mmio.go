@@ -28,31 +28,32 @@ const (
 	MaxQueues = 64
 )
 
-// Register offsets.
+// Register offsets in the MMIO window (virtio 1.1, 4.2.2), exported for
+// drivers and tests.
 const (
-	regMagic             = 0x000
-	regVersion           = 0x004
-	regDeviceID          = 0x008
-	regVendorID          = 0x00c
-	regDeviceFeatures    = 0x010
-	regDeviceFeaturesSel = 0x014
-	regDriverFeatures    = 0x020
-	regDriverFeaturesSel = 0x024
-	regQueueSel          = 0x030
-	regQueueNumMax       = 0x034
-	regQueueNum          = 0x038
-	regQueueReady        = 0x044
-	regQueueNotify       = 0x050
-	regInterruptStatus   = 0x060
-	regInterruptACK      = 0x064
-	regStatus            = 0x070
-	regQueueDescLow      = 0x080
-	regQueueDescHigh     = 0x084
-	regQueueDriverLow    = 0x090
-	regQueueDriverHigh   = 0x094
-	regQueueDeviceLow    = 0x0a0
-	regQueueDeviceHigh   = 0x0a4
-	regConfigGeneration  = 0x0fc
+	RegMagic             = 0x000
+	RegVersion           = 0x004
+	RegDeviceID          = 0x008
+	RegVendorID          = 0x00c
+	RegDeviceFeatures    = 0x010
+	RegDeviceFeaturesSel = 0x014
+	RegDriverFeatures    = 0x020
+	RegDriverFeaturesSel = 0x024
+	RegQueueSel          = 0x030
+	RegQueueNumMax       = 0x034
+	RegQueueNum          = 0x038
+	RegQueueReady        = 0x044
+	RegQueueNotify       = 0x050
+	RegInterruptStatus   = 0x060
+	RegInterruptACK      = 0x064
+	RegStatus            = 0x070
+	RegQueueDescLow      = 0x080
+	RegQueueDescHigh     = 0x084
+	RegQueueDriverLow    = 0x090
+	RegQueueDriverHigh   = 0x094
+	RegQueueDeviceLow    = 0x0a0
+	RegQueueDeviceHigh   = 0x0a4
+	RegConfigGeneration  = 0x0fc
 )
 
 // Device status bits (virtio 1.1, 2.1).
@@ -254,34 +255,34 @@ func (m *MMIO) selected() *Queue {
 func (m *MMIO) readReg(off uint64) uint32 {
 	q := m.selected()
 	switch off {
-	case regMagic:
+	case RegMagic:
 		return MagicValue
-	case regVersion:
+	case RegVersion:
 		return Version
-	case regDeviceID:
+	case RegDeviceID:
 		return m.deviceID
-	case regVendorID:
+	case RegVendorID:
 		return VendorID
-	case regDeviceFeatures:
+	case RegDeviceFeatures:
 		switch m.deviceFeaturesSel {
 		case 0:
 			return uint32(m.features)
 		case 1:
 			return uint32(m.features >> 32)
 		}
-	case regQueueNumMax:
+	case RegQueueNumMax:
 		if q != nil {
 			return uint32(q.max)
 		}
-	case regQueueReady:
+	case RegQueueReady:
 		if q != nil && q.ready {
 			return 1
 		}
-	case regInterruptStatus:
+	case RegInterruptStatus:
 		return m.interruptStatus
-	case regStatus:
+	case RegStatus:
 		return m.status
-	case regConfigGeneration:
+	case RegConfigGeneration:
 		return m.configGeneration
 	}
 	return 0 // write-only and reserved registers
@@ -289,11 +290,11 @@ func (m *MMIO) readReg(off uint64) uint32 {
 
 func (m *MMIO) writeReg(off uint64, v uint32) {
 	switch off {
-	case regDeviceFeaturesSel:
+	case RegDeviceFeaturesSel:
 		m.deviceFeaturesSel = v
-	case regDriverFeaturesSel:
+	case RegDriverFeaturesSel:
 		m.driverFeaturesSel = v
-	case regDriverFeatures:
+	case RegDriverFeatures:
 		if m.status&StatusFeaturesOK != 0 {
 			return // negotiation is over
 		}
@@ -303,21 +304,21 @@ func (m *MMIO) writeReg(off uint64, v uint32) {
 		case 1:
 			m.driverFeatures = m.driverFeatures&0xffffffff | uint64(v)<<32
 		}
-	case regQueueSel:
+	case RegQueueSel:
 		m.queueSel = v
-	case regQueueNum, regQueueDescLow, regQueueDescHigh, regQueueDriverLow, regQueueDriverHigh,
-		regQueueDeviceLow, regQueueDeviceHigh:
+	case RegQueueNum, RegQueueDescLow, RegQueueDescHigh, RegQueueDriverLow, RegQueueDriverHigh,
+		RegQueueDeviceLow, RegQueueDeviceHigh:
 		if q := m.selected(); q != nil && !q.ready { // a ready queue's configuration is frozen
 			q.writeReg(off, v)
 		}
-	case regQueueReady:
+	case RegQueueReady:
 		m.writeQueueReady(v)
-	case regQueueNotify:
+	case RegQueueNotify:
 		m.notify(v)
-	case regInterruptACK:
+	case RegInterruptACK:
 		m.interruptStatus &^= v
 		m.updateIRQ()
-	case regStatus:
+	case RegStatus:
 		m.writeStatus(v)
 	}
 }
@@ -332,14 +333,14 @@ func (q *Queue) writeReg(off uint64, v uint32) {
 		}
 	}
 	switch off {
-	case regQueueNum:
+	case RegQueueNum:
 		q.num = v
-	case regQueueDescLow, regQueueDescHigh:
-		setHalf(&q.desc, off == regQueueDescHigh)
-	case regQueueDriverLow, regQueueDriverHigh:
-		setHalf(&q.driver, off == regQueueDriverHigh)
-	case regQueueDeviceLow, regQueueDeviceHigh:
-		setHalf(&q.device, off == regQueueDeviceHigh)
+	case RegQueueDescLow, RegQueueDescHigh:
+		setHalf(&q.desc, off == RegQueueDescHigh)
+	case RegQueueDriverLow, RegQueueDriverHigh:
+		setHalf(&q.driver, off == RegQueueDriverHigh)
+	case RegQueueDeviceLow, RegQueueDeviceHigh:
+		setHalf(&q.device, off == RegQueueDeviceHigh)
 	}
 }
 

@@ -24,19 +24,19 @@ func TestIdentityRegisters(t *testing.T) {
 		selReg   uint64
 		want     uint32
 	}{
-		{"magic", 0, regMagic, regQueueSel, MagicValue},
-		{"version", 0, regVersion, regQueueSel, 2},
-		{"device id", 0, regDeviceID, regQueueSel, 2},
-		{"vendor id", 0, regVendorID, regQueueSel, VendorID},
-		{"features 0-31", 0, regDeviceFeatures, regDeviceFeaturesSel, uint32(offered)},
-		{"features 32-63", 1, regDeviceFeatures, regDeviceFeaturesSel, uint32(offered >> 32)},
-		{"features 64-95", 2, regDeviceFeatures, regDeviceFeaturesSel, 0},
-		{"queue 0 max", 0, regQueueNumMax, regQueueSel, 8},
-		{"queue 1 max", 1, regQueueNumMax, regQueueSel, 4},
-		{"queue 2 max", 2, regQueueNumMax, regQueueSel, 0},
-		{"queue 2 ready", 2, regQueueReady, regQueueSel, 0},
-		{"write-only queue num", 0, regQueueNum, regQueueSel, 0},
-		{"reserved", 0, 0x0f8, regQueueSel, 0},
+		{"magic", 0, RegMagic, RegQueueSel, MagicValue},
+		{"version", 0, RegVersion, RegQueueSel, 2},
+		{"device id", 0, RegDeviceID, RegQueueSel, 2},
+		{"vendor id", 0, RegVendorID, RegQueueSel, VendorID},
+		{"features 0-31", 0, RegDeviceFeatures, RegDeviceFeaturesSel, uint32(offered)},
+		{"features 32-63", 1, RegDeviceFeatures, RegDeviceFeaturesSel, uint32(offered >> 32)},
+		{"features 64-95", 2, RegDeviceFeatures, RegDeviceFeaturesSel, 0},
+		{"queue 0 max", 0, RegQueueNumMax, RegQueueSel, 8},
+		{"queue 1 max", 1, RegQueueNumMax, RegQueueSel, 4},
+		{"queue 2 max", 2, RegQueueNumMax, RegQueueSel, 0},
+		{"queue 2 ready", 2, RegQueueReady, RegQueueSel, 0},
+		{"write-only queue num", 0, RegQueueNum, RegQueueSel, 0},
+		{"reserved", 0, 0x0f8, RegQueueSel, 0},
 	} {
 		r.wr(c.selReg, uint32(c.sel))
 		if got := r.rd(c.off); got != c.want {
@@ -53,13 +53,13 @@ func TestAccessWidths(t *testing.T) {
 		n    int
 		want []byte
 	}{
-		{regMagic, 4, []byte{'v', 'i', 'r', 't'}},
-		{regMagic, 2, []byte{0, 0}},
-		{regMagic, 8, make([]byte, 8)},
-		{regMagic + 1, 4, make([]byte, 4)},
-		{regMagic, 1, []byte{0}},
-		{regMagic, 3, []byte{0, 0, 0}},
-		{regMagic, 0, []byte{}},
+		{RegMagic, 4, []byte{'v', 'i', 'r', 't'}},
+		{RegMagic, 2, []byte{0, 0}},
+		{RegMagic, 8, make([]byte, 8)},
+		{RegMagic + 1, 4, make([]byte, 4)},
+		{RegMagic, 1, []byte{0}},
+		{RegMagic, 3, []byte{0, 0, 0}},
+		{RegMagic, 0, []byte{}},
 		{ConfigOffset, 1, []byte{1}},
 		{ConfigOffset + 3, 1, []byte{4}},
 		{ConfigOffset + 2, 2, []byte{3, 4}},
@@ -81,13 +81,13 @@ func TestAccessWidths(t *testing.T) {
 	}
 
 	// Writes of the wrong shape change nothing.
-	r.m.Write(regStatus, []byte{1, 0})
-	r.m.Write(regStatus+1, []byte{1, 0, 0, 0})
-	r.m.Write(regStatus, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	r.m.Write(RegStatus, []byte{1, 0})
+	r.m.Write(RegStatus+1, []byte{1, 0, 0, 0})
+	r.m.Write(RegStatus, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 	r.m.Write(ConfigOffset+1, []byte{9, 9})
 	r.m.Write(ConfigOffset, []byte{9, 9, 9, 9, 9, 9, 9, 9})
 	r.m.Write(^uint64(1), []byte{9, 9, 9, 9})
-	if s := r.rd(regStatus); s != 0 {
+	if s := r.rd(RegStatus); s != 0 {
 		t.Errorf("status %#x after malformed writes", s)
 	}
 	if r.be.config != [8]byte{1, 2, 3, 4, 5, 6, 7, 8} {
@@ -125,18 +125,18 @@ func TestStatusStateMachine(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := newRig(t)
-			r.wr(regStatus, StatusAcknowledge)
-			r.wr(regStatus, base)
-			r.wr(regDriverFeaturesSel, 0)
-			r.wr(regDriverFeatures, uint32(c.features))
-			r.wr(regDriverFeaturesSel, 1)
-			r.wr(regDriverFeatures, uint32(c.features>>32))
-			r.wr(regDriverFeaturesSel, 2)
-			r.wr(regDriverFeatures, 0xffffffff) // no such word: ignored
+			r.wr(RegStatus, StatusAcknowledge)
+			r.wr(RegStatus, base)
+			r.wr(RegDriverFeaturesSel, 0)
+			r.wr(RegDriverFeatures, uint32(c.features))
+			r.wr(RegDriverFeaturesSel, 1)
+			r.wr(RegDriverFeatures, uint32(c.features>>32))
+			r.wr(RegDriverFeaturesSel, 2)
+			r.wr(RegDriverFeatures, 0xffffffff) // no such word: ignored
 			for _, w := range c.writes {
-				r.wr(regStatus, w)
+				r.wr(RegStatus, w)
 			}
-			if got := r.rd(regStatus); got != c.want {
+			if got := r.rd(RegStatus); got != c.want {
 				t.Errorf("status %#x, want %#x", got, c.want)
 			}
 			wantNeg := uint64(0)
@@ -153,8 +153,8 @@ func TestStatusStateMachine(t *testing.T) {
 func TestFeaturesFrozenAfterFeaturesOK(t *testing.T) {
 	r := newRig(t)
 	r.negotiate(FeatureVersion1 | 1)
-	r.wr(regDriverFeaturesSel, 0)
-	r.wr(regDriverFeatures, 0x20)
+	r.wr(RegDriverFeaturesSel, 0)
+	r.wr(RegDriverFeatures, 0x20)
 	if got := r.m.DriverFeatures(); got != FeatureVersion1|1 {
 		t.Errorf("features %#x changed after FEATURES_OK", got)
 	}
@@ -169,17 +169,17 @@ func TestReset(t *testing.T) {
 		t.Fatal("no chain")
 	}
 	r.m.ConfigChanged()
-	r.wr(regQueueSel, 1)
-	r.wr(regDeviceFeaturesSel, 1)
+	r.wr(RegQueueSel, 1)
+	r.wr(RegDeviceFeaturesSel, 1)
 	if !r.irq.level {
 		t.Fatal("interrupt not raised")
 	}
-	r.wr(regStatus, 0)
+	r.wr(RegStatus, 0)
 	for _, c := range []struct {
 		off  uint64
 		want uint32
-	}{{regStatus, 0}, {regInterruptStatus, 0}, {regQueueReady, 0}, {regDeviceFeatures, uint32(r.m.features)},
-		{regQueueNumMax, 8}, {regConfigGeneration, 1}} {
+	}{{RegStatus, 0}, {RegInterruptStatus, 0}, {RegQueueReady, 0}, {RegDeviceFeatures, uint32(r.m.features)},
+		{RegQueueNumMax, 8}, {RegConfigGeneration, 1}} {
 		if got := r.rd(c.off); got != c.want {
 			t.Errorf("register %#x = %#x after reset, want %#x", c.off, got, c.want)
 		}
@@ -197,10 +197,10 @@ func TestReset(t *testing.T) {
 		t.Error("chain popped before the reset still valid")
 	}
 	// The queue must be programmed again, size included.
-	r.wr(regQueueSel, 0)
-	r.wr(regQueueReady, 1)
-	if r.rd(regQueueReady) != 0 || r.rd(regStatus)&StatusNeedsReset == 0 {
-		t.Errorf("queue enabled with QueueNum 0 after reset: status %#x", r.rd(regStatus))
+	r.wr(RegQueueSel, 0)
+	r.wr(RegQueueReady, 1)
+	if r.rd(RegQueueReady) != 0 || r.rd(RegStatus)&StatusNeedsReset == 0 {
+		t.Errorf("queue enabled with QueueNum 0 after reset: status %#x", r.rd(RegStatus))
 	}
 }
 
@@ -233,36 +233,36 @@ func TestQueueRegisters(t *testing.T) {
 			r := newRig(t)
 			r.negotiate(FeatureVersion1)
 			r.programQueue(0, c.num, c.desc, c.avail, c.used)
-			r.wr(regQueueReady, 1)
-			ready := r.rd(regQueueReady) == 1
-			failed := r.rd(regStatus)&StatusNeedsReset != 0
+			r.wr(RegQueueReady, 1)
+			ready := r.rd(RegQueueReady) == 1
+			failed := r.rd(RegStatus)&StatusNeedsReset != 0
 			if ready != c.ready || failed == c.ready {
 				t.Fatalf("ready %v, needs reset %v (fault %q); want ready %v", ready, failed, r.m.Fault(), c.ready)
 			}
 			if !c.ready {
-				if r.rd(regInterruptStatus) != InterruptConfigChange || !r.irq.level {
-					t.Errorf("no config interrupt: status %#x", r.rd(regInterruptStatus))
+				if r.rd(RegInterruptStatus) != InterruptConfigChange || !r.irq.level {
+					t.Errorf("no config interrupt: status %#x", r.rd(RegInterruptStatus))
 				}
 				return
 			}
 			// Frozen while ready.
 			q := r.m.Queue(0)
-			r.wr(regQueueNum, 2)
-			r.wr64(regQueueDescLow, 0)
-			r.wr64(regQueueDriverLow, 0)
-			r.wr64(regQueueDeviceLow, 0)
+			r.wr(RegQueueNum, 2)
+			r.wr64(RegQueueDescLow, 0)
+			r.wr64(RegQueueDriverLow, 0)
+			r.wr64(RegQueueDeviceLow, 0)
 			if q.num != c.num || q.desc != c.desc || q.driver != c.avail || q.device != c.used {
 				t.Errorf("ready queue reprogrammed: %+v", q.saved())
 			}
-			r.wr(regQueueReady, 2) // neither 0 nor 1: ignored
+			r.wr(RegQueueReady, 2) // neither 0 nor 1: ignored
 			if !q.Ready() {
 				t.Error("QueueReady=2 disabled the queue")
 			}
-			r.wr(regQueueReady, 0)
-			if q.Ready() || r.rd(regQueueReady) != 0 {
+			r.wr(RegQueueReady, 0)
+			if q.Ready() || r.rd(RegQueueReady) != 0 {
 				t.Error("QueueReady=0 did not disable the queue")
 			}
-			r.wr(regQueueNum, 2)
+			r.wr(RegQueueNum, 2)
 			if q.num != 2 {
 				t.Error("disabled queue not writable")
 			}
@@ -277,19 +277,19 @@ func TestNotify(t *testing.T) {
 	r := newRig(t)
 	r.negotiate(FeatureVersion1)
 	r.setupQueue(0, 8, descAddr, availAddr, usedAddr)
-	r.wr(regQueueNotify, 0)
+	r.wr(RegQueueNotify, 0)
 	if len(r.be.notifies) != 0 {
 		t.Fatal("notify before DRIVER_OK reached the backend")
 	}
-	r.wr(regStatus, r.rd(regStatus)|StatusDriverOK)
+	r.wr(RegStatus, r.rd(RegStatus)|StatusDriverOK)
 	for _, q := range []uint32{0, 1, 2, 1 << 31} {
-		r.wr(regQueueNotify, q)
+		r.wr(RegQueueNotify, q)
 	}
 	if len(r.be.notifies) != 1 || r.be.notifies[0] != 0 {
 		t.Fatalf("notifies %v, want [0] (queue 1 is not ready, 2 does not exist)", r.be.notifies)
 	}
-	r.wr(regStatus, r.rd(regStatus)|StatusFailed)
-	r.wr(regQueueNotify, 0)
+	r.wr(RegStatus, r.rd(RegStatus)|StatusFailed)
+	r.wr(RegQueueNotify, 0)
 	if len(r.be.notifies) != 1 {
 		t.Fatal("notify after FAILED reached the backend")
 	}
@@ -308,19 +308,19 @@ func TestInterrupts(t *testing.T) {
 	if err := q.Push(c.Head, 4); err != nil {
 		t.Fatal(err)
 	}
-	if !r.irq.level || r.rd(regInterruptStatus) != InterruptUsedBuffer {
-		t.Fatalf("after push: line %v, status %#x", r.irq.level, r.rd(regInterruptStatus))
+	if !r.irq.level || r.rd(RegInterruptStatus) != InterruptUsedBuffer {
+		t.Fatalf("after push: line %v, status %#x", r.irq.level, r.rd(RegInterruptStatus))
 	}
 	r.m.ConfigChanged()
-	if r.rd(regInterruptStatus) != 3 || r.rd(regConfigGeneration) != 1 {
-		t.Fatalf("after config change: status %#x, generation %d", r.rd(regInterruptStatus), r.rd(regConfigGeneration))
+	if r.rd(RegInterruptStatus) != 3 || r.rd(RegConfigGeneration) != 1 {
+		t.Fatalf("after config change: status %#x, generation %d", r.rd(RegInterruptStatus), r.rd(RegConfigGeneration))
 	}
-	r.wr(regInterruptACK, InterruptUsedBuffer)
+	r.wr(RegInterruptACK, InterruptUsedBuffer)
 	if !r.irq.level {
 		t.Fatal("line dropped with the config bit still set")
 	}
-	r.wr(regInterruptACK, 0xffffffff)
-	if r.irq.level || r.rd(regInterruptStatus) != 0 {
+	r.wr(RegInterruptACK, 0xffffffff)
+	if r.irq.level || r.rd(RegInterruptStatus) != 0 {
 		t.Fatal("line still high after acknowledging everything")
 	}
 
@@ -346,10 +346,10 @@ func TestAccessors(t *testing.T) {
 	}
 	r.negotiate(FeatureVersion1)
 	r.programQueue(0, 3, descAddr, availAddr, usedAddr)
-	r.wr(regQueueReady, 1)
+	r.wr(RegQueueReady, 1)
 	first := r.m.Fault()
 	r.programQueue(1, 3, descAddr, availAddr, usedAddr)
-	r.wr(regQueueReady, 1)
+	r.wr(RegQueueReady, 1)
 	if r.m.Fault() != first || r.m.Status() != StatusAcknowledge|StatusDriver|StatusFeaturesOK|StatusNeedsReset {
 		t.Errorf("fault %q (first %q), status %#x", r.m.Fault(), first, r.m.Status())
 	}

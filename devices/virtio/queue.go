@@ -31,9 +31,12 @@ const (
 	availAlign = 2
 	usedAlign  = 4
 
-	descFNext     = 1
-	descFWrite    = 2
-	descFIndirect = 4
+	// Descriptor flags (exported for drivers and tests): the chain goes
+	// on at next, the buffer is device-writable, the buffer is a table of
+	// descriptors (never offered here: a malformed ring).
+	DescFNext     = 1
+	DescFWrite    = 2
+	DescFIndirect = 4
 
 	availFNoInterrupt = 1
 )
@@ -242,10 +245,10 @@ func (q *Queue) walk(head uint16) (c Chain, reason string) {
 		flags := binary.LittleEndian.Uint16(d[12:])
 		next := binary.LittleEndian.Uint16(d[14:])
 
-		if flags&descFIndirect != 0 {
+		if flags&DescFIndirect != 0 {
 			return Chain{}, fmt.Sprintf("descriptor %d is indirect (VIRTIO_F_INDIRECT_DESC was not offered)", i)
 		}
-		writable := flags&descFWrite != 0
+		writable := flags&DescFWrite != 0
 		if !writable && sawWritable {
 			return Chain{}, fmt.Sprintf("driver-readable descriptor %d follows a device-writable one", i)
 		}
@@ -265,7 +268,7 @@ func (q *Queue) walk(head uint16) (c Chain, reason string) {
 		} else {
 			c.ReadLen += n
 		}
-		if flags&descFNext == 0 {
+		if flags&DescFNext == 0 {
 			break
 		}
 		i = next

@@ -107,7 +107,7 @@ func TestRingWraps(t *testing.T) {
 
 func TestMalformedRings(t *testing.T) {
 	const (
-		next, write, indirect = descFNext, descFWrite, descFIndirect
+		next, write, indirect = DescFNext, DescFWrite, DescFIndirect
 	)
 	type desc struct {
 		addr        uint64
@@ -164,15 +164,15 @@ func TestMalformedRings(t *testing.T) {
 				}
 				popped = append(popped, ch)
 			}
-			r.wr(regInterruptACK, 3)
+			r.wr(RegInterruptACK, 3)
 			if ch, ok := q.Pop(); ok {
 				t.Fatalf("Pop returned %+v", ch)
 			}
 			if !strings.Contains(r.m.Fault(), c.want) {
 				t.Errorf("fault %q does not say %q", r.m.Fault(), c.want)
 			}
-			if r.rd(regStatus)&StatusNeedsReset == 0 || r.rd(regInterruptStatus) != InterruptConfigChange || !r.irq.level {
-				t.Errorf("status %#x, interrupt status %#x, line %v", r.rd(regStatus), r.rd(regInterruptStatus), r.irq.level)
+			if r.rd(RegStatus)&StatusNeedsReset == 0 || r.rd(RegInterruptStatus) != InterruptConfigChange || !r.irq.level {
+				t.Errorf("status %#x, interrupt status %#x, line %v", r.rd(RegStatus), r.rd(RegInterruptStatus), r.irq.level)
 			}
 			// Broken until reset: nothing pops, nothing pushes.
 			dq.post(buf{bufAddr, 8, false})
@@ -187,12 +187,12 @@ func TestMalformedRings(t *testing.T) {
 					t.Errorf("Gather on a broken queue: %v", err)
 				}
 			}
-			r.wr(regQueueNotify, 0)
+			r.wr(RegQueueNotify, 0)
 			if len(r.be.notifies) != 0 {
 				t.Error("notify reached the backend of a broken device")
 			}
 			// A reset recovers.
-			r.wr(regStatus, 0)
+			r.wr(RegStatus, 0)
 			clear(r.mem.Data)
 			dq = r.start()
 			dq.post(buf{bufAddr, 8, false})
@@ -225,8 +225,8 @@ func TestStaleChains(t *testing.T) {
 	old, _ := q.Pop()
 
 	// Disable and re-enable the queue: same head in flight again, new epoch.
-	r.wr(regQueueReady, 0)
-	r.wr(regQueueReady, 1)
+	r.wr(RegQueueReady, 0)
+	r.wr(RegQueueReady, 1)
 	dq = &driverQueue{r: r, size: 8, desc: descAddr, avail: availAddr, used: usedAddr}
 	r.put16(availAddr+2, 0)
 	dq.post(buf{bufAddr, 8, true})
@@ -271,7 +271,7 @@ func TestRingLeavesRAM(t *testing.T) {
 		{descAddr, "descriptor 0 is not guest RAM"},
 	} {
 		r.m.mem = r.mem
-		r.wr(regStatus, 0)
+		r.wr(RegStatus, 0)
 		dq = r.start()
 		dq.post(buf{bufAddr, 8, true})
 		r.m.mem = holeMemory{r.mem, c.hole}
@@ -346,7 +346,7 @@ func TestAvailable(t *testing.T) {
 	if n := q.Available(); n != 0 || !q.Broken() {
 		t.Fatalf("broken: %d available", n)
 	}
-	r.wr(regStatus, 0)
+	r.wr(RegStatus, 0)
 	r.start()
 	r.m.mem = holeMemory{r.mem, availAddr + 2}
 	if n := q.Available(); n != 0 {

@@ -19,7 +19,7 @@ func TestSaveRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	dq.post(buf{bufAddr + 32, 4, true})
-	r.wr(regQueueSel, 1)
+	r.wr(RegQueueSel, 1)
 	r.programQueue(1, 2, descAddr+0x800, availAddr+0x800, usedAddr+0x800) // not ready
 	r.m.ConfigChanged()
 	s := r.m.Save()
@@ -47,11 +47,11 @@ func TestSaveRestore(t *testing.T) {
 	if u := dq.takeUsed(); len(u) != 2 || u[1] != [2]uint32{uint32(c2.Head), 4} {
 		t.Fatalf("used ring %v", u)
 	}
-	if r2.rd(regConfigGeneration) != 1 || r2.rd(regInterruptStatus) != 3 || r2.m.queueSel != 1 {
+	if r2.rd(RegConfigGeneration) != 1 || r2.rd(RegInterruptStatus) != 3 || r2.m.queueSel != 1 {
 		t.Fatal("registers not restored")
 	}
-	r2.wr(regQueueSel, 1)
-	r2.wr(regQueueReady, 1)
+	r2.wr(RegQueueSel, 1)
+	r2.wr(RegQueueReady, 1)
 	if !r2.m.Queue(1).Ready() {
 		t.Fatalf("restored queue 1 programming lost: %q", r2.m.Fault())
 	}
@@ -119,7 +119,7 @@ func TestRestoreRejects(t *testing.T) {
 			s := clone()
 			c.mod(&s)
 			r2 := newRig(t)
-			r2.wr(regQueueSel, 1)
+			r2.wr(RegQueueSel, 1)
 			before := r2.m.Save()
 			if err := r2.m.Restore(s); err == nil {
 				t.Fatal("accepted")

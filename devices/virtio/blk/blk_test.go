@@ -51,9 +51,9 @@ func TestFeaturesAndConfigSpace(t *testing.T) {
 	if id := g.rd(0x008); id != DeviceID {
 		t.Errorf("device ID %d", id)
 	}
-	g.wr(regDeviceFeaturesSel, 0)
+	g.wr(virtio.RegDeviceFeaturesSel, 0)
 	want := uint32(FeatureSizeMax | FeatureSegMax | FeatureBlkSize | FeatureFlush)
-	if f := g.rd(regDeviceFeatures); f != want {
+	if f := g.rd(virtio.RegDeviceFeatures); f != want {
 		t.Errorf("features %#x, want %#x", f, want)
 	}
 	if got := g.mmio.DriverFeatures(); got != uint64(want)|virtio.FeatureVersion1 {
@@ -96,8 +96,8 @@ func TestFeaturesAndConfigSpace(t *testing.T) {
 	}
 
 	ro, _ := newTestGuest(t, Config{ReadOnly: true})
-	ro.wr(regDeviceFeaturesSel, 0)
-	if f := ro.rd(regDeviceFeatures); f&FeatureRO == 0 {
+	ro.wr(virtio.RegDeviceFeaturesSel, 0)
+	if f := ro.rd(virtio.RegDeviceFeatures); f&FeatureRO == 0 {
 		t.Errorf("read-only device features %#x lack VIRTIO_BLK_F_RO", f)
 	}
 }

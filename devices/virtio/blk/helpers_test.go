@@ -10,27 +10,6 @@ import (
 	"github.com/ftkvm/ftkvm/devices/virtio"
 )
 
-// Transport registers the fake driver uses (virtio 1.1, 4.2.2).
-const (
-	regDeviceFeatures    = 0x010
-	regDeviceFeaturesSel = 0x014
-	regDriverFeatures    = 0x020
-	regDriverFeaturesSel = 0x024
-	regQueueSel          = 0x030
-	regQueueNumMax       = 0x034
-	regQueueNum          = 0x038
-	regQueueReady        = 0x044
-	regQueueNotify       = 0x050
-	regInterruptACK      = 0x064
-	regStatus            = 0x070
-	regQueueDescLow      = 0x080
-	regQueueDriverLow    = 0x090
-	regQueueDeviceLow    = 0x0a0
-
-	descFNext  = 1
-	descFWrite = 2
-)
-
 // The test guest: RAM at ramBase; the rings at its start, buffers after.
 const (
 	ramBase  = 0x100000
@@ -120,32 +99,32 @@ func (g *guest) wr(off uint64, v uint32) {
 // start resets the device and brings it up as Linux does.
 func (g *guest) start(qsize uint16) {
 	g.t.Helper()
-	g.wr(regStatus, 0)
-	g.wr(regStatus, 1|2)
-	g.wr(regDeviceFeaturesSel, 0)
-	offered := uint64(g.rd(regDeviceFeatures))
-	g.wr(regDeviceFeaturesSel, 1)
-	offered |= uint64(g.rd(regDeviceFeatures)) << 32
-	g.wr(regDriverFeaturesSel, 0)
-	g.wr(regDriverFeatures, uint32(offered))
-	g.wr(regDriverFeaturesSel, 1)
-	g.wr(regDriverFeatures, uint32(offered>>32))
-	g.wr(regStatus, 1|2|8)
-	g.wr(regQueueSel, 0)
-	if max := g.rd(regQueueNumMax); uint32(qsize) > max {
+	g.wr(virtio.RegStatus, 0)
+	g.wr(virtio.RegStatus, 1|2)
+	g.wr(virtio.RegDeviceFeaturesSel, 0)
+	offered := uint64(g.rd(virtio.RegDeviceFeatures))
+	g.wr(virtio.RegDeviceFeaturesSel, 1)
+	offered |= uint64(g.rd(virtio.RegDeviceFeatures)) << 32
+	g.wr(virtio.RegDriverFeaturesSel, 0)
+	g.wr(virtio.RegDriverFeatures, uint32(offered))
+	g.wr(virtio.RegDriverFeaturesSel, 1)
+	g.wr(virtio.RegDriverFeatures, uint32(offered>>32))
+	g.wr(virtio.RegStatus, 1|2|8)
+	g.wr(virtio.RegQueueSel, 0)
+	if max := g.rd(virtio.RegQueueNumMax); uint32(qsize) > max {
 		g.t.Fatalf("queue size %d > QueueNumMax %d", qsize, max)
 	}
 	g.size = qsize
 	clear(g.mem(ramBase+availOff, 4)) // fresh rings, as a driver allocates them
 	clear(g.mem(ramBase+usedOff, 4))
-	g.wr(regQueueNum, uint32(qsize))
-	g.wr(regQueueDescLow, descAddr)
-	g.wr(regQueueDriverLow, ramBase+availOff)
-	g.wr(regQueueDeviceLow, ramBase+usedOff)
-	g.wr(regQueueReady, 1)
-	g.wr(regStatus, 1|2|8|4)
+	g.wr(virtio.RegQueueNum, uint32(qsize))
+	g.wr(virtio.RegQueueDescLow, descAddr)
+	g.wr(virtio.RegQueueDriverLow, ramBase+availOff)
+	g.wr(virtio.RegQueueDeviceLow, ramBase+usedOff)
+	g.wr(virtio.RegQueueReady, 1)
+	g.wr(virtio.RegStatus, 1|2|8|4)
 	if !g.mmio.Active() {
-		g.t.Fatalf("device not up: status %#x, fault %q", g.rd(regStatus), g.mmio.Fault())
+		g.t.Fatalf("device not up: status %#x, fault %q", g.rd(virtio.RegStatus), g.mmio.Fault())
 	}
 	g.free = g.free[:0]
 	for i := range qsize {
@@ -196,13 +175,13 @@ func (g *guest) post(segs ...seg) *req {
 		copy(g.mem(addr, int(s.n)), s.fill)
 		var flags, next uint16
 		if s.writable {
-			flags |= descFWrite
+			flags |= virtio.DescFWrite
 			if s.n > 0 {
 				r.statusAddr = addr + uint64(s.n) - 1
 			}
 		}
 		if i+1 < len(segs) {
-			flags |= descFNext
+			flags |= virtio.DescFNext
 			next = descs[i+1]
 		}
 		d := g.mem(descAddr+16*uint64(descs[i]), 16)
@@ -250,16 +229,16 @@ func (g *guest) reqData(r *req, i int) uint64 {
 	return binary.LittleEndian.Uint64(d)
 }
 
-func (g *guest) notify() { g.wr(regQueueNotify, 0) }
+func (g *guest) notify() { g.wr(virtio.RegQueueNotify, 0) }
 
 // restartQueue disables queue 0 and enables it again with empty rings, as
 // a driver recovering a queue would: the chains in flight become stale.
 func (g *guest) restartQueue() {
-	g.wr(regQueueSel, 0)
-	g.wr(regQueueReady, 0)
+	g.wr(virtio.RegQueueSel, 0)
+	g.wr(virtio.RegQueueReady, 0)
 	clear(g.mem(ramBase+availOff, 4))
 	clear(g.mem(ramBase+usedOff, 4))
-	g.wr(regQueueReady, 1)
+	g.wr(virtio.RegQueueReady, 1)
 	g.free = g.free[:0]
 	for i := range g.size {
 		g.free = append(g.free, i)
@@ -292,7 +271,7 @@ func (g *guest) collect() {
 		delete(g.reqs, uint16(head))
 		delete(g.chains, uint16(head))
 	}
-	g.wr(regInterruptACK, 1)
+	g.wr(virtio.RegInterruptACK, 1)
 }
 
 // status returns r's status byte, failing the test if r is not done.

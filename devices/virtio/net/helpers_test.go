@@ -11,27 +11,6 @@ import (
 	"github.com/ftkvm/ftkvm/devices/virtio"
 )
 
-// Transport registers the fake driver uses (virtio 1.1, 4.2.2).
-const (
-	regDeviceFeatures    = 0x010
-	regDeviceFeaturesSel = 0x014
-	regDriverFeatures    = 0x020
-	regDriverFeaturesSel = 0x024
-	regQueueSel          = 0x030
-	regQueueNumMax       = 0x034
-	regQueueNum          = 0x038
-	regQueueReady        = 0x044
-	regQueueNotify       = 0x050
-	regInterruptACK      = 0x064
-	regStatus            = 0x070
-	regQueueDescLow      = 0x080
-	regQueueDriverLow    = 0x090
-	regQueueDeviceLow    = 0x0a0
-
-	descFNext  = 1
-	descFWrite = 2
-)
-
 // The test guest: RAM at ramBase; queue q's rings at ramBase+q*ringsSize,
 // buffers after both.
 const (
@@ -128,20 +107,20 @@ func (g *guest) mem(gpa uint64, n int) []byte {
 // feature offered; it posts nothing and does not notify.
 func (g *guest) start(qsize uint16) {
 	g.t.Helper()
-	g.wr(regStatus, 0)
-	g.wr(regStatus, 1|2)
-	g.wr(regDeviceFeaturesSel, 0)
-	offered := uint64(g.rd(regDeviceFeatures))
-	g.wr(regDeviceFeaturesSel, 1)
-	offered |= uint64(g.rd(regDeviceFeatures)) << 32
-	g.wr(regDriverFeaturesSel, 0)
-	g.wr(regDriverFeatures, uint32(offered))
-	g.wr(regDriverFeaturesSel, 1)
-	g.wr(regDriverFeatures, uint32(offered>>32))
-	g.wr(regStatus, 1|2|8)
+	g.wr(virtio.RegStatus, 0)
+	g.wr(virtio.RegStatus, 1|2)
+	g.wr(virtio.RegDeviceFeaturesSel, 0)
+	offered := uint64(g.rd(virtio.RegDeviceFeatures))
+	g.wr(virtio.RegDeviceFeaturesSel, 1)
+	offered |= uint64(g.rd(virtio.RegDeviceFeatures)) << 32
+	g.wr(virtio.RegDriverFeaturesSel, 0)
+	g.wr(virtio.RegDriverFeatures, uint32(offered))
+	g.wr(virtio.RegDriverFeaturesSel, 1)
+	g.wr(virtio.RegDriverFeatures, uint32(offered>>32))
+	g.wr(virtio.RegStatus, 1|2|8)
 	for q := range 2 {
-		g.wr(regQueueSel, uint32(q))
-		if max := g.rd(regQueueNumMax); uint32(qsize) > max {
+		g.wr(virtio.RegQueueSel, uint32(q))
+		if max := g.rd(virtio.RegQueueNumMax); uint32(qsize) > max {
 			g.t.Fatalf("queue size %d > QueueNumMax %d", qsize, max)
 		}
 		r := &ring{q: q, size: qsize}
@@ -149,16 +128,16 @@ func (g *guest) start(qsize uint16) {
 			r.used = old.used // the device's counters span resets; so does this record
 		}
 		g.rings[q] = r
-		g.wr(regQueueNum, uint32(qsize))
-		g.wr(regQueueDescLow, uint32(r.base()))
-		g.wr(regQueueDriverLow, uint32(r.base()+availOff))
-		g.wr(regQueueDeviceLow, uint32(r.base()+usedOff))
+		g.wr(virtio.RegQueueNum, uint32(qsize))
+		g.wr(virtio.RegQueueDescLow, uint32(r.base()))
+		g.wr(virtio.RegQueueDriverLow, uint32(r.base()+availOff))
+		g.wr(virtio.RegQueueDeviceLow, uint32(r.base()+usedOff))
 		g.freshRing(r)
-		g.wr(regQueueReady, 1)
+		g.wr(virtio.RegQueueReady, 1)
 	}
-	g.wr(regStatus, 1|2|8|4)
+	g.wr(virtio.RegStatus, 1|2|8|4)
 	if !g.mmio.Active() {
-		g.t.Fatalf("device not up: status %#x, fault %q", g.rd(regStatus), g.mmio.Fault())
+		g.t.Fatalf("device not up: status %#x, fault %q", g.rd(virtio.RegStatus), g.mmio.Fault())
 	}
 	g.bufNext = bufBase
 }
@@ -178,10 +157,10 @@ func (g *guest) freshRing(r *ring) {
 // restartQueue disables queue q and enables it again with empty rings:
 // the chains in flight become stale.
 func (g *guest) restartQueue(q int) {
-	g.wr(regQueueSel, uint32(q))
-	g.wr(regQueueReady, 0)
+	g.wr(virtio.RegQueueSel, uint32(q))
+	g.wr(virtio.RegQueueReady, 0)
 	g.freshRing(g.rings[q])
-	g.wr(regQueueReady, 1)
+	g.wr(virtio.RegQueueReady, 1)
 }
 
 // alloc returns n bytes of fresh buffer space, wrapping at the end of RAM.
@@ -211,10 +190,10 @@ func (g *guest) post(q int, segs ...seg) *buf {
 		copy(m, s.fill)
 		var flags, next uint16
 		if s.writable {
-			flags |= descFWrite
+			flags |= virtio.DescFWrite
 		}
 		if i+1 < len(segs) {
-			flags |= descFNext
+			flags |= virtio.DescFNext
 			next = descs[i+1]
 		}
 		d := g.mem(r.base()+16*uint64(descs[i]), 16)
@@ -245,7 +224,7 @@ func (g *guest) sendFrame(frame []byte, split bool) *buf {
 	return g.post(TxQueue, seg{n: uint32(HeaderLen + len(frame)), fill: append(make([]byte, HeaderLen), frame...)})
 }
 
-func (g *guest) notify(q int) { g.wr(regQueueNotify, uint32(q)) }
+func (g *guest) notify(q int) { g.wr(virtio.RegQueueNotify, uint32(q)) }
 
 // writtenBytes returns the first n bytes of b's writable segments.
 func (g *guest) writtenBytes(b *buf, n uint32) []byte {
@@ -289,7 +268,7 @@ func (g *guest) collect() {
 			delete(r.chains, uint16(head))
 		}
 	}
-	g.wr(regInterruptACK, 1)
+	g.wr(virtio.RegInterruptACK, 1)
 }
 
 // checkReceived checks what the device wrote into a receive buffer: a

@@ -36,9 +36,9 @@ func TestFeaturesAndConfigSpace(t *testing.T) {
 	if id := g.rd(0x008); id != DeviceID {
 		t.Errorf("device ID %d", id)
 	}
-	g.wr(regDeviceFeaturesSel, 0)
+	g.wr(virtio.RegDeviceFeaturesSel, 0)
 	want := uint32(FeatureMTU | FeatureMAC | FeatureStatus)
-	if f := g.rd(regDeviceFeatures); f != want {
+	if f := g.rd(virtio.RegDeviceFeatures); f != want {
 		t.Errorf("features %#x, want %#x", f, want)
 	}
 	if got := g.mmio.DriverFeatures(); got != uint64(want)|virtio.FeatureVersion1 {
@@ -318,7 +318,7 @@ func TestTransmitCompletionAcrossAReset(t *testing.T) {
 	g := newTestGuest(t)
 	g.sendFrame(frame(60, 1), false)
 	g.notify(TxQueue)
-	g.wr(regStatus, 0) // reset; the new driver is not up yet
+	g.wr(virtio.RegStatus, 0) // reset; the new driver is not up yet
 	ram := slices.Clone(g.ram.Data)
 	rises := g.rises
 	g.dev.Engine().Delivered(g.dev.Save().Tx[0].Tag)
