@@ -75,6 +75,10 @@ type Request struct {
 	Data    []byte
 	Upto    bool // a read: any length 1..Len is a success
 	Ordered bool
+
+	// hold, set by Submit from the engine's gate, runs on the request's
+	// goroutine before the backend; an error stops the request there.
+	hold func() error
 }
 
 // Completion is a transfer's end. For a read it is the filled bounce buffer
@@ -109,6 +113,22 @@ type Engine struct {
 	// lastOrdered is closed when the last ordered request started has
 	// become ready; the next one waits for it.
 	lastOrdered chan struct{}
+	// gate, if set, is asked about every write submitted (see SetGate).
+	gate func(Request) func() error
+	// replayWrites, if set, picks the writes a replaying engine performs
+	// (SetReplayWrites); shadows are those writes, by tag, until the log
+	// delivers their completion; lastShadow orders them.
+	replayWrites func(Request) bool
+	shadows      map[uint64]*shadow
+	lastShadow   chan struct{}
+}
+
+// shadow is a write a replaying engine performs on its own backend (a
+// backup with its own copy of the disk) while the log carries the
+// primary's completion.
+type shadow struct {
+	done chan struct{} // closed when c is set
+	c    Completion
 }
 
 // NewEngine returns an engine feeding completions from backend.
@@ -122,11 +142,38 @@ func (e *Engine) SetNotify(f func()) {
 	e.mu.Unlock()
 }
 
+// SetGate sets the hook that holds the guest's outputs (output commit).
+// Submit calls gate, on the submitting (vCPU) thread, for every write it
+// accepts, live or in replay mode; a recorder logs the submission there.
+// The function gate returns, if not nil, runs on the request's goroutine
+// before the backend is called (after the previous ordered request, for
+// an ordered one): it may block until the write may leave (an FT primary
+// waits for the backup's ack of the submission's log entry), and if it
+// returns an error the backend is not called and the completion carries
+// that error. Requests SetLive starts are not gated again.
+func (e *Engine) SetGate(gate func(Request) func() error) {
+	e.mu.Lock()
+	e.gate = gate
+	e.mu.Unlock()
+}
+
 // SetReplay puts the engine in replay mode: Submit no longer calls the
 // backend; completions come from the log.
 func (e *Engine) SetReplay() {
 	e.mu.Lock()
 	e.replaying = true
+	e.mu.Unlock()
+}
+
+// SetReplayWrites makes a replaying engine perform the writes for which
+// perform returns true, on the backend, one at a time in submission order
+// (a backup with its own copy of a disk executes the guest's disk writes;
+// its reads still come from the log). The log still delivers the
+// primary's completions; the engine's own result is used only by SetLive,
+// for a write the log did not complete, instead of performing it again.
+func (e *Engine) SetReplayWrites(perform func(Request) bool) {
+	e.mu.Lock()
+	e.replayWrites = perform
 	e.mu.Unlock()
 }
 
@@ -139,12 +186,24 @@ func (e *Engine) Submit(req Request) error {
 		return err
 	}
 	e.mu.Lock()
+	gate := e.gate
+	e.mu.Unlock()
+	req.hold = nil
+	if gate != nil && req.Write {
+		// Outside the lock: the gate may log, and logging may wait.
+		req.hold = gate(req)
+	}
+	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.replaying {
+		req.hold = nil
 		if e.outstanding == nil {
 			e.outstanding = map[uint64]Request{}
 		}
 		e.outstanding[req.Tag] = req
+		if req.Write && e.replayWrites != nil && e.replayWrites(req) {
+			e.startShadow(req)
+		}
 		return nil
 	}
 	e.start(req)
@@ -201,7 +260,14 @@ func (e *Engine) start(req Request) {
 		if done != nil {
 			defer close(done)
 		}
-		data, err := e.backend(req)
+		var data []byte
+		var err error
+		if req.hold != nil {
+			err = req.hold()
+		}
+		if err == nil {
+			data, err = e.backend(req)
+		}
 		c := complete(req, data, err)
 		e.mu.Lock()
 		e.ready = append(e.ready, c)
@@ -214,12 +280,33 @@ func (e *Engine) start(req Request) {
 	}()
 }
 
+// startShadow performs a replayed write on the backend, after the
+// previous one; e.mu is held.
+func (e *Engine) startShadow(req Request) {
+	if e.shadows == nil {
+		e.shadows = map[uint64]*shadow{}
+	}
+	sh := &shadow{done: make(chan struct{})}
+	e.shadows[req.Tag] = sh
+	prev := e.lastShadow
+	e.lastShadow = sh.done
+	go func() {
+		if prev != nil {
+			<-prev
+		}
+		data, err := e.backend(req)
+		sh.c = complete(req, data, err)
+		close(sh.done)
+	}()
+}
+
 // Delivered tells the engine that the completion for tag reached the
 // device (the VMM calls it for every delivered completion, live or
 // replayed).
 func (e *Engine) Delivered(tag uint64) {
 	e.mu.Lock()
 	delete(e.outstanding, tag)
+	delete(e.shadows, tag)
 	e.mu.Unlock()
 }
 
@@ -236,9 +323,30 @@ func (e *Engine) SetLive() {
 	}
 	slices.Sort(tags)
 	for _, t := range tags {
+		if sh := e.shadows[t]; sh != nil {
+			e.finishShadow(sh)
+			continue
+		}
 		e.start(e.outstanding[t])
 	}
-	e.outstanding = nil
+	e.outstanding, e.shadows = nil, nil
+}
+
+// finishShadow makes a write the engine performed while replaying, and
+// the log did not complete, ready when it is done; e.mu is held.
+func (e *Engine) finishShadow(sh *shadow) {
+	e.inflight++
+	go func() {
+		<-sh.done
+		e.mu.Lock()
+		e.ready = append(e.ready, sh.c)
+		e.inflight--
+		notify := e.notify
+		e.mu.Unlock()
+		if notify != nil {
+			notify()
+		}
+	}()
 }
 
 // Poll takes the completions ready now, in the order they became ready.

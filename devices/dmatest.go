@@ -47,6 +47,11 @@ func NewDMATest(engine *bounce.Engine, irq func(high bool), mem func(addr uint64
 	return &DMATest{engine: engine, irq: irq, mem: mem}
 }
 
+// SetTagBase makes the device number its transfers base+1, base+2, ...
+// (an engine shared with other devices gives each a tag range). Call it
+// before the first transfer.
+func (d *DMATest) SetTagBase(base uint64) { d.tag = base }
+
 // Engine returns the device's bounce engine.
 func (d *DMATest) Engine() *bounce.Engine { return d.engine }
 

@@ -80,7 +80,7 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 	p := &primary{cfg: cfg, log: &logger{w: cfg.Log, role: "primary"}, pair: newPrimaryCore()}
 	p.qcond = sync.NewCond(&p.qmu)
 	var err error
-	p.rec, err = replay.NewRecorder(replay.RecorderConfig{Sink: p, Input: cfg.Input, KickAfter: cfg.KickAfter})
+	p.rec, err = replay.NewRecorder(replay.RecorderConfig{Sink: p, Input: cfg.Input, KickAfter: cfg.KickAfter, HoldWrite: p.holdWrite})
 	if err != nil {
 		return Result{}, err
 	}
@@ -344,6 +344,48 @@ func (p *primary) Write(b []byte) (int, error) {
 	}
 	p.poke()
 	return len(b), nil
+}
+
+// errWriteHeld is a device write's completion when the primary halted
+// before the backup acknowledged its submission: the write never left,
+// and the backup, if live, performs it.
+var errWriteHeld = errors.New("ft: the primary halted holding this write (the backup performs it if it went live)")
+
+// holdWrite is the recorder's HoldWrite: output commit for device writes
+// (a disk write, a transmitted frame). The write was logged as recorder
+// event seq (channel entry seq+1) where the guest submitted it; the
+// function it returns runs on the write's own goroutine and lets the write
+// go once the backup has acknowledged that entry, at once when
+// unprotected, never once halted.
+func (p *primary) holdWrite(seq uint64) func() error {
+	entry := seq + 1 // entry 1 is the hello
+	return func() error {
+		p.qmu.Lock()
+		for p.pair.protection() == protected && p.commit.appended < entry && p.sinkErr == nil && p.runCtx.Err() == nil {
+			p.qcond.Wait()
+		}
+		p.qmu.Unlock()
+		for {
+			switch p.protection() {
+			case unprotected:
+				return nil
+			case halted:
+				return errWriteHeld
+			}
+			if p.sender == nil {
+				return nil
+			}
+			if p.sender.WaitAcked(p.ackCtx, entry) == nil {
+				return nil
+			}
+			// The wait failed: the pair's state machine decides (it
+			// cancels ackCtx when the primary runs alone or halts).
+			<-p.ackCtx.Done()
+			if p.protection() == protected {
+				return errWriteHeld // the run ended with the write unacknowledged
+			}
+		}
+	}
 }
 
 // releaseLoop carries out the output-commit core's decisions: it waits for

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/devices"
 	"github.com/ftkvm/ftkvm/replay/logpb"
 	"github.com/ftkvm/ftkvm/vmm"
@@ -32,6 +33,15 @@ type RecorderConfig struct {
 	FingerprintEvery uint64
 	// Clock is the host time source. Default: a vmm.HostClock.
 	Clock devices.Clock
+	// HoldWrite, if set, holds the guest's device writes (disk writes,
+	// transmitted frames: bounce requests with Write) for output commit.
+	// Every write is logged where the guest submits it (a Submit event);
+	// HoldWrite gets that event's sequence number, on the vCPU thread, and
+	// returns what the write's goroutine runs before the backend performs
+	// it (bounce.Engine.SetGate): an FT primary waits there for the
+	// backup's ack of the event. Without it writes are logged but not
+	// held.
+	HoldWrite func(seq uint64) func() error
 }
 
 // Recorder is the primary's vmm.Driver: it runs the guest on live host
@@ -53,7 +63,7 @@ type Recorder struct {
 
 // RecordStats counts what a recording logged.
 type RecordStats struct {
-	Events, Clock, Delivers, Landmarks, Injects, TSC, Reads, Fingerprints, Outputs uint64
+	Events, Clock, Delivers, Landmarks, Injects, TSC, Reads, Fingerprints, Outputs, Submits uint64
 	// LandmarkPages counts the pages state-transfer landmarks carried
 	// (ZeroPages of them all zeros, sent without data).
 	LandmarkPages, ZeroPages uint64
@@ -131,7 +141,26 @@ func (r *Recorder) emit(p vmm.Point, ev *logpb.Event) {
 // Start implements vmm.Driver.
 func (r *Recorder) Start(vm vmm.Machine) error {
 	r.vm = vm
+	if e := vm.Bounce(); e != nil {
+		e.SetGate(r.submitted)
+	}
 	return r.live.Start(vm)
+}
+
+// submitted is the bounce engine's gate: it logs a device write where the
+// guest submitted it, so that a backup acknowledging the event has
+// replayed past the submission, and holds it with HoldWrite.
+func (r *Recorder) submitted(req bounce.Request) func() error {
+	r.emit(r.vm.Point(), &logpb.Event{Kind: &logpb.Event_Submit{Submit: &logpb.Submit{Tag: req.Tag, Len: uint32(req.Len)}}})
+	r.stats.Submits++
+	if r.err != nil {
+		err := r.err
+		return func() error { return err }
+	}
+	if r.cfg.HoldWrite == nil {
+		return nil
+	}
+	return r.cfg.HoldWrite(r.seq)
 }
 
 // Deliver implements vmm.Driver.

@@ -63,7 +63,7 @@ type Replayer struct {
 
 // ReplayStats counts what a replay did.
 type ReplayStats struct {
-	Events, Landmarks, Fingerprints, Outputs uint64
+	Events, Landmarks, Fingerprints, Outputs, Submits uint64
 	// LandmarkPages counts the pages state-transfer landmarks loaded.
 	LandmarkPages uint64
 	// LiveAt is where the replay went live (Config.GoLive), if it did.
@@ -89,18 +89,31 @@ func (r *Replayer) Clock() devices.Clock { return r.clock }
 func (r *Replayer) Stats() ReplayStats { return r.stats }
 
 func (r *Replayer) peek() *logpb.Event {
-	if r.next == nil && !r.eof && r.err == nil {
-		ev, err := r.cfg.Source.Next()
-		switch {
-		case errors.Is(err, io.EOF):
-			r.eof = true
-		case err != nil:
-			r.err = fmt.Errorf("reading the log: %w", err)
-		default:
-			r.next = ev
+	for {
+		if r.next == nil && !r.eof && r.err == nil {
+			ev, err := r.cfg.Source.Next()
+			switch {
+			case errors.Is(err, io.EOF):
+				r.eof = true
+			case err != nil:
+				r.err = fmt.Errorf("reading the log: %w", err)
+			default:
+				r.next = ev
+			}
 		}
+		// A device write's submission carries no input: it marks where
+		// the primary submitted it (output commit). It is passed once the
+		// replay has reached its exit, never before, so a backup that
+		// goes live at the end of its log has replayed past every write
+		// the primary let out.
+		if r.next.GetSubmit() != nil && r.vm != nil && r.next.Exits <= r.vm.Point().Exits {
+			r.next = nil
+			r.stats.Events++
+			r.stats.Submits++
+			continue
+		}
+		return r.next
 	}
-	return r.next
 }
 
 // Live reports whether the replay has gone live.
@@ -133,6 +146,8 @@ func describe(ev *logpb.Event) string {
 	switch k := ev.Kind.(type) {
 	case *logpb.Event_Clock:
 		return fmt.Sprintf("a clock read (%d ns) at %d exits", k.Clock, ev.Exits)
+	case *logpb.Event_Submit:
+		return fmt.Sprintf("a device write submitted (tag %#x, %d bytes) at %d exits", k.Submit.Tag, k.Submit.Len, ev.Exits)
 	case *logpb.Event_Deliver:
 		if k.Deliver.Landmark != nil {
 			return fmt.Sprintf("a delivery at a landmark (RIP %#x) after %d exits", k.Deliver.Landmark.Rip, ev.Exits)
@@ -196,6 +211,11 @@ func (r *Replayer) Start(vm vmm.Machine) error {
 	r.vm = vm
 	if e := vm.Bounce(); e != nil {
 		e.SetReplay()
+		// A disk this host has its own copy of is written as the log is
+		// replayed (FT's non-shared disk mode).
+		if w, ok := vm.(interface{ ReplayWrites(bounce.Request) bool }); ok {
+			e.SetReplayWrites(w.ReplayWrites)
+		}
 	}
 	return nil
 }

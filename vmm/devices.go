@@ -67,25 +67,67 @@ func (v *VM) DeliverAsync(a Async) {
 	}
 	v.offerInput()
 	for _, c := range a.DMA {
-		if v.bounce != nil {
-			v.bounce.Delivered(c.Tag)
-			v.bounceComplete(c)
+		if v.bounce == nil {
+			continue
+		}
+		v.bounce.Delivered(c.Tag)
+		if slot := c.Tag >> TagShift; slot < uint64(len(v.bounceDevs)) {
+			v.bounceDevs[slot].complete(c)
+		} else {
+			// Only a malformed log can name no device: nothing to deliver.
+			v.stats.StrayCompletions++
 		}
 	}
 }
 
-// AttachBounce connects a device's bounce engine to the run: its
-// completions are delivered, on the vCPU thread at delivery points, to
-// complete. One engine per VM.
-func (v *VM) AttachBounce(e *bounce.Engine, complete func(bounce.Completion)) error {
-	if v.bounce != nil {
-		return fmt.Errorf("a bounce engine is already attached")
-	}
-	v.bounce, v.bounceComplete = e, complete
-	return nil
+// TagShift splits a bounce tag: the bits above it number the device
+// (AddBounceDevice's order), the bits below are the device's own.
+const TagShift = 56
+
+// maxBounceDevices is how many devices TagShift leaves room for.
+const maxBounceDevices = 1 << (64 - TagShift)
+
+// bounceDevice is a device sharing the VM's bounce engine.
+type bounceDevice struct {
+	name         string
+	backend      bounce.Backend
+	complete     func(bounce.Completion)
+	replayWrites bool // a replay performs its writes (DiskOptions.OwnCopy)
 }
 
-// Bounce returns the attached bounce engine, or nil.
+// AddBounceDevice connects a device that moves data through bounce
+// buffers to the run. The VM has one bounce engine, which the driver polls
+// and a recorder logs, shared by every such device: each gets a tag range
+// (tagBase+1, tagBase+2, ... below tagBase+1<<TagShift), the engine's
+// requests in that range go to backend, and their completions are
+// delivered to complete on the vCPU thread at delivery points. Add every
+// device before Run.
+func (v *VM) AddBounceDevice(name string, backend bounce.Backend, complete func(bounce.Completion)) (e *bounce.Engine, tagBase uint64, err error) {
+	if len(v.bounceDevs) >= maxBounceDevices {
+		return nil, 0, fmt.Errorf("%s: more than %d bounce devices", name, maxBounceDevices)
+	}
+	if backend == nil || complete == nil {
+		return nil, 0, fmt.Errorf("%s: a bounce device needs a backend and a completion handler", name)
+	}
+	if v.bounce == nil {
+		v.bounce = bounce.NewEngine(v.serveBounce)
+	}
+	slot := uint64(len(v.bounceDevs))
+	v.bounceDevs = append(v.bounceDevs, bounceDevice{name: name, backend: backend, complete: complete})
+	return v.bounce, slot << TagShift, nil
+}
+
+// serveBounce is the shared engine's backend: it hands a request to its
+// device's backend.
+func (v *VM) serveBounce(req bounce.Request) ([]byte, error) {
+	slot := req.Tag >> TagShift
+	if slot >= uint64(len(v.bounceDevs)) {
+		return nil, fmt.Errorf("bounce: tag %#x belongs to no device", req.Tag)
+	}
+	return v.bounceDevs[slot].backend(req)
+}
+
+// Bounce returns the VM's bounce engine, nil if no device uses one.
 func (v *VM) Bounce() *bounce.Engine { return v.bounce }
 
 // DMABase is where AddDMATest maps the DMA test device; DMAIRQ its
@@ -98,22 +140,36 @@ const (
 // AddDMATest maps the DMA test device (devices.DMATest) at DMABase on IRQ
 // 5, with backend filling its bounce buffers.
 func (v *VM) AddDMATest(backend bounce.Backend) (*devices.DMATest, error) {
-	e := bounce.NewEngine(backend)
-	d := devices.NewDMATest(e, func(high bool) { v.PIC.SetIRQ(DMAIRQ, high) }, func(addr uint64, n int) ([]byte, bool) {
-		if n < 0 || addr >= v.mem.Size() || uint64(n) > v.mem.Size()-addr {
-			return nil, false
+	for _, n := range v.extraDevices {
+		if n == "dma-test" {
+			return nil, fmt.Errorf("a DMA test device is already added")
 		}
-		b, err := v.mem.Slice(GuestAddress(addr), uint64(n))
-		return b, err == nil
-	})
-	if err := v.MMIO.Register("dma-test", DMABase, 0x1000, d); err != nil {
+	}
+	if backend == nil {
+		return nil, fmt.Errorf("the DMA test device needs a backend")
+	}
+	var d *devices.DMATest
+	e, base, err := v.AddBounceDevice("dma-test", backend, func(c bounce.Completion) { d.Complete(c) })
+	if err != nil {
 		return nil, err
 	}
-	if err := v.AttachBounce(e, d.Complete); err != nil {
+	d = devices.NewDMATest(e, func(high bool) { v.PIC.SetIRQ(DMAIRQ, high) }, v.guestRange)
+	d.SetTagBase(base)
+	if err := v.MMIO.Register("dma-test", DMABase, 0x1000, d); err != nil {
 		return nil, err
 	}
 	v.extraDevices = append(v.extraDevices, "dma-test")
 	return d, nil
+}
+
+// guestRange returns guest RAM [addr, addr+n), or false if that is not
+// all RAM: the only way devices reach guest memory.
+func (v *VM) guestRange(addr uint64, n int) ([]byte, bool) {
+	if n < 0 || addr >= v.mem.Size() || uint64(n) > v.mem.Size()-addr {
+		return nil, false
+	}
+	b, err := v.mem.Slice(GuestAddress(addr), uint64(n))
+	return b, err == nil
 }
 
 // ExtraDevices names the devices added beyond the standard PC set (a log

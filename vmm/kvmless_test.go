@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,9 @@ import (
 
 	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/devices"
+	"github.com/ftkvm/ftkvm/devices/virtio"
+	"github.com/ftkvm/ftkvm/devices/virtio/blk"
+	vnet "github.com/ftkvm/ftkvm/devices/virtio/net"
 	"golang.org/x/sys/unix"
 )
 
@@ -305,8 +309,9 @@ func TestBounceAndDMAWiring(t *testing.T) {
 	if v.ExtraDevices()[0] != "dma-test" {
 		t.Error("ExtraDevices aliases the VM's list")
 	}
-	if err := v.AttachBounce(bounce.NewEngine(nil), func(bounce.Completion) {}); err == nil {
-		t.Error("second bounce engine attached")
+	e, base, err := v.AddBounceDevice("second", func(bounce.Request) ([]byte, error) { return nil, nil }, func(bounce.Completion) {})
+	if err != nil || e != dma.Engine() || base != 1<<TagShift {
+		t.Errorf("a second bounce device: engine shared %v, tag base %#x, %v; want the DMA device's engine and base 1<<TagShift", e == dma.Engine(), base, err)
 	}
 	if _, err := v.AddDMATest(nil); err == nil {
 		t.Error("second DMA test device added")
@@ -396,4 +401,71 @@ func TestKickRacesClose(t *testing.T) {
 		wg.Wait()
 		v.Kick() // after Close: a no-op
 	}
+}
+
+func TestVirtioWiring(t *testing.T) {
+	v, _, _ := kvmlessVM(t)
+	img, err := os.CreateTemp(t.TempDir(), "disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	img.Truncate(1 << 20)
+	fb, err := blk.NewFileBackend(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.AddVirtioBlk(blk.Config{Capacity: fb.Capacity()}, fb.Backend(), DiskOptions{Identity: "size=1048576", OwnCopy: true}); err != nil {
+		t.Fatal(err)
+	}
+	guest, _ := vnet.NewLink()
+	mac := [6]byte{0x52, 0x54, 0, 0x12, 0x34, 0x56}
+	if _, err := v.AddVirtioNet(vnet.Config{MAC: mac}, guest.Backend()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.AddVirtioNet(vnet.Config{MAC: mac}, nil); err == nil {
+		t.Error("a virtio device without a backend was added")
+	}
+	for i, want := range []uint32{blk.DeviceID, vnet.DeviceID} {
+		base := VirtioBase + uint64(i)*VirtioStride
+		var got [4]byte
+		readMMIO(t, v, base+virtio.RegMagic, got[:])
+		if m := binary.LittleEndian.Uint32(got[:]); m != 0x74726976 {
+			t.Errorf("device %d: magic %#x at %#x", i, m, base)
+		}
+		readMMIO(t, v, base+virtio.RegDeviceID, got[:])
+		if id := binary.LittleEndian.Uint32(got[:]); id != want {
+			t.Errorf("device %d: device ID %d, want %d", i, id, want)
+		}
+	}
+	want := "console=ttyS0 virtio_mmio.device=0x200@0xd0020000:10 virtio_mmio.device=0x200@0xd0021000:11"
+	if got := v.withVirtio("console=ttyS0"); got != want {
+		t.Errorf("command line %q, want %q", got, want)
+	}
+	if got := v.withVirtio("virtio_mmio.device=1@2:3"); got != "virtio_mmio.device=1@2:3" {
+		t.Errorf("a command line with its own devices was changed: %q", got)
+	}
+	devs := v.ExtraDevices()
+	if len(devs) != 2 || devs[0] != "virtio-blk@0xd0020000 size=1048576" || devs[1] != "virtio-net@0xd0021000 mac=52:54:00:12:34:56" {
+		t.Errorf("ExtraDevices %q", devs)
+	}
+	v.DeliverAsync(Async{DMA: []bounce.Completion{{Tag: 7 << TagShift}}})
+	if v.stats.StrayCompletions != 1 {
+		t.Errorf("a completion for no device: %d stray, want 1", v.stats.StrayCompletions)
+	}
+	if !v.ReplayWrites(bounce.Request{Tag: 1, Write: true}) || v.ReplayWrites(bounce.Request{Tag: 1}) || v.ReplayWrites(bounce.Request{Tag: 1<<TagShift | 1, Write: true}) {
+		t.Error("ReplayWrites: want the own-copy disk's writes only")
+	}
+	if f := v.VirtioFaults(); len(f) != 2 || f[0] != "" || f[1] != "" {
+		t.Errorf("faults %q", f)
+	}
+}
+
+func readMMIO(t *testing.T, v *VM, addr uint64, data []byte) {
+	t.Helper()
+	dev, off, ok := v.MMIO.Lookup(addr)
+	if !ok {
+		t.Fatalf("no MMIO device at %#x", addr)
+	}
+	dev.Read(off, data)
 }

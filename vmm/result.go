@@ -38,6 +38,9 @@ type Stats struct {
 	Interrupts     uint64                // vectors injected with KVM_INTERRUPT
 	UnhandledPorts uint64                // accesses to ports with no device
 	TSCReads       uint64                // trapped rdtsc/rdtscp
+	// StrayCompletions counts DMA completions whose tag names no device
+	// (only a malformed log has them); they are dropped.
+	StrayCompletions uint64
 }
 
 // SyncExits is the number of synchronous exits (every exit but kicks).

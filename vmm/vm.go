@@ -3,6 +3,7 @@ package vmm
 import (
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/devices"
+	"github.com/ftkvm/ftkvm/devices/virtio"
 )
 
 // VM is a single-vCPU KVM virtual machine with userspace devices.
@@ -53,9 +55,11 @@ type VM struct {
 	extraDevices []string
 	// stateMSRs: the MSRs a VCPUState carries (those of
 	// stateMSRCandidates this KVM reads).
-	stateMSRs      []uint32
-	bounce         *bounce.Engine
-	bounceComplete func(bounce.Completion)
+	stateMSRs  []uint32
+	bounce     *bounce.Engine
+	bounceDevs []bounceDevice // by tag slot (AddBounceDevice)
+	virtioArgs []string       // virtio_mmio.device= options for LoadLinux
+	virtio     []*virtio.MMIO // the virtio transports, in the order added
 
 	stats Stats
 }
@@ -163,13 +167,22 @@ func (v *VM) Clock() devices.Clock { return v.clock }
 // features this host's KVM may show the guest although the CPUID table
 // hides them (see LinuxClearCPUID).
 func (v *VM) LoadLinux(spec LinuxSpec) error {
-	spec.Cmdline = linuxCmdline(spec.Cmdline, v.cpuid)
+	spec.Cmdline = linuxCmdline(v.withVirtio(spec.Cmdline), v.cpuid)
 	v.cmdline = spec.Cmdline
 	st, err := LoadLinux(v.mem, spec)
 	if err != nil {
 		return err
 	}
 	return v.SetState(st)
+}
+
+// withVirtio adds the virtio devices' virtio_mmio.device= options to a
+// command line that has none.
+func (v *VM) withVirtio(cmdline string) string {
+	if len(v.virtioArgs) == 0 || strings.Contains(cmdline, "virtio_mmio.device=") {
+		return cmdline
+	}
+	return strings.TrimSpace(cmdline + " " + strings.Join(v.virtioArgs, " "))
 }
 
 // Cmdline is the kernel command line LoadLinux passed, options it added

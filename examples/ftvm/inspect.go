@@ -170,6 +170,8 @@ func formatEvent(ev *logpb.Event) string {
 		return "fingerprint " + shortHash(k.Fingerprint.GetSha256())
 	case *logpb.Event_Output:
 		return fmt.Sprintf("output  %s (%d released before)", quoteBytes(k.Output.GetData()), k.Output.GetReleased())
+	case *logpb.Event_Submit:
+		return fmt.Sprintf("submit  write tag %#x, %d bytes", k.Submit.GetTag(), k.Submit.GetLen())
 	case *logpb.Event_End:
 		e := k.End
 		s := fmt.Sprintf("end     %s, status %d, fingerprint %s", vmm.StopReason(e.GetReason()), e.GetStatus(),

@@ -37,9 +37,11 @@ type guestOptions struct {
 	traceMem                bool
 	traceMemFrom            uint64
 	dma                     bool
+	devices                 deviceOptions
 }
 
 func (o *guestOptions) register(fs *flag.FlagSet) {
+	o.devices.register(fs)
 	def := os.Getenv("FTKVM_GUEST_DIR")
 	if def == "" {
 		def = "guest/out"
@@ -73,6 +75,7 @@ type preparedGuest struct {
 	traceMem     bool
 	traceMemFrom uint64
 	traceF       *os.File
+	devs         *guestDevices
 }
 
 // config completes a VM configuration with the guest's memory size, rdtsc
@@ -88,6 +91,8 @@ func (g *preparedGuest) config(c vmm.Config) vmm.Config {
 
 // close flushes and closes the exit trace, if any.
 func (g *preparedGuest) close() error {
+	g.devs.close()
+	g.devs = nil
 	if g.traceF == nil {
 		return nil
 	}
@@ -167,6 +172,15 @@ func (o *guestOptions) prepare() (*preparedGuest, error) {
 		return nil, fmt.Errorf("%s: %w", g.name, err)
 	}
 	g.kernel, g.sites, g.nsites = p.Image, p.Table, len(p.Sites)
+	if g.devs, err = o.devices.open(); err != nil {
+		return nil, err
+	}
+	if o.devices.work != "" {
+		if g.bare {
+			return nil, usageError{errors.New("--work applies to the example Linux guest")}
+		}
+		g.cmdline = strings.TrimSpace(g.cmdline + " ftkvm.work=" + o.devices.work)
+	}
 	return g, nil
 }
 
@@ -178,6 +192,9 @@ func (g *preparedGuest) load(vm *vmm.VM) error {
 		if _, err := vm.AddDMATest(randomDMA); err != nil {
 			return err
 		}
+	}
+	if err := g.devs.add(vm); err != nil {
+		return err
 	}
 	if g.bare {
 		return vm.LoadBare(g.kernel)

@@ -709,6 +709,58 @@ func (x *Output) GetReleased() uint64 {
 	return 0
 }
 
+type Submit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tag           uint64                 `protobuf:"varint,1,opt,name=tag,proto3" json:"tag,omitempty"` // the bounce request's tag
+	Len           uint32                 `protobuf:"varint,2,opt,name=len,proto3" json:"len,omitempty"` // bytes written (0: a barrier, such as a flush)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Submit) Reset() {
+	*x = Submit{}
+	mi := &file_replay_logpb_log_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Submit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Submit) ProtoMessage() {}
+
+func (x *Submit) ProtoReflect() protoreflect.Message {
+	mi := &file_replay_logpb_log_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Submit.ProtoReflect.Descriptor instead.
+func (*Submit) Descriptor() ([]byte, []int) {
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Submit) GetTag() uint64 {
+	if x != nil {
+		return x.Tag
+	}
+	return 0
+}
+
+func (x *Submit) GetLen() uint32 {
+	if x != nil {
+		return x.Len
+	}
+	return 0
+}
+
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`     // 1, 2, 3, ... with no gaps
@@ -723,6 +775,7 @@ type Event struct {
 	//	*Event_Fingerprint
 	//	*Event_End
 	//	*Event_Output
+	//	*Event_Submit
 	Kind          isEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -730,7 +783,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_replay_logpb_log_proto_msgTypes[9]
+	mi := &file_replay_logpb_log_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -742,7 +795,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_replay_logpb_log_proto_msgTypes[9]
+	mi := &file_replay_logpb_log_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -755,7 +808,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_replay_logpb_log_proto_rawDescGZIP(), []int{9}
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -851,6 +904,15 @@ func (x *Event) GetOutput() *Output {
 	return nil
 }
 
+func (x *Event) GetSubmit() *Submit {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_Submit); ok {
+			return x.Submit
+		}
+	}
+	return nil
+}
+
 type isEvent_Kind interface {
 	isEvent_Kind()
 }
@@ -887,6 +949,10 @@ type Event_Output struct {
 	Output *Output `protobuf:"bytes,10,opt,name=output,proto3,oneof"` // guest output (FT primary: held until the backup acks this event)
 }
 
+type Event_Submit struct {
+	Submit *Submit `protobuf:"bytes,11,opt,name=submit,proto3,oneof"` // a device write was submitted at this exit (FT primary: held until the backup acks this event)
+}
+
 func (*Event_Clock) isEvent_Kind() {}
 
 func (*Event_Deliver) isEvent_Kind() {}
@@ -902,6 +968,8 @@ func (*Event_Fingerprint) isEvent_Kind() {}
 func (*Event_End) isEvent_Kind() {}
 
 func (*Event_Output) isEvent_Kind() {}
+
+func (*Event_Submit) isEvent_Kind() {}
 
 var File_replay_logpb_log_proto protoreflect.FileDescriptor
 
@@ -962,7 +1030,10 @@ const file_replay_logpb_log_proto_rawDesc = "" +
 	"\x05error\x18\x04 \x01(\tR\x05error\"8\n" +
 	"\x06Output\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1a\n" +
-	"\breleased\x18\x02 \x01(\x04R\breleased\"\xff\x02\n" +
+	"\breleased\x18\x02 \x01(\x04R\breleased\",\n" +
+	"\x06Submit\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\x04R\x03tag\x12\x10\n" +
+	"\x03len\x18\x02 \x01(\rR\x03len\"\xb2\x03\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05exits\x18\x02 \x01(\x04R\x05exits\x12\x16\n" +
@@ -974,7 +1045,8 @@ const file_replay_logpb_log_proto_rawDesc = "" +
 	"\vfingerprint\x18\b \x01(\v2\x1c.ftkvm.replay.v1.FingerprintH\x00R\vfingerprint\x12(\n" +
 	"\x03end\x18\t \x01(\v2\x14.ftkvm.replay.v1.EndH\x00R\x03end\x121\n" +
 	"\x06output\x18\n" +
-	" \x01(\v2\x17.ftkvm.replay.v1.OutputH\x00R\x06outputB\x06\n" +
+	" \x01(\v2\x17.ftkvm.replay.v1.OutputH\x00R\x06output\x121\n" +
+	"\x06submit\x18\v \x01(\v2\x17.ftkvm.replay.v1.SubmitH\x00R\x06submitB\x06\n" +
 	"\x04kindB%Z#github.com/ftkvm/ftkvm/replay/logpbb\x06proto3"
 
 var (
@@ -989,7 +1061,7 @@ func file_replay_logpb_log_proto_rawDescGZIP() []byte {
 	return file_replay_logpb_log_proto_rawDescData
 }
 
-var file_replay_logpb_log_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_replay_logpb_log_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_replay_logpb_log_proto_goTypes = []any{
 	(*Header)(nil),      // 0: ftkvm.replay.v1.Header
 	(*Landmark)(nil),    // 1: ftkvm.replay.v1.Landmark
@@ -1000,23 +1072,25 @@ var file_replay_logpb_log_proto_goTypes = []any{
 	(*Fingerprint)(nil), // 6: ftkvm.replay.v1.Fingerprint
 	(*End)(nil),         // 7: ftkvm.replay.v1.End
 	(*Output)(nil),      // 8: ftkvm.replay.v1.Output
-	(*Event)(nil),       // 9: ftkvm.replay.v1.Event
+	(*Submit)(nil),      // 9: ftkvm.replay.v1.Submit
+	(*Event)(nil),       // 10: ftkvm.replay.v1.Event
 }
 var file_replay_logpb_log_proto_depIdxs = []int32{
-	2, // 0: ftkvm.replay.v1.Landmark.page_data:type_name -> ftkvm.replay.v1.Page
-	1, // 1: ftkvm.replay.v1.Deliver.landmark:type_name -> ftkvm.replay.v1.Landmark
-	3, // 2: ftkvm.replay.v1.Deliver.dma:type_name -> ftkvm.replay.v1.Dma
-	6, // 3: ftkvm.replay.v1.End.fingerprint:type_name -> ftkvm.replay.v1.Fingerprint
-	4, // 4: ftkvm.replay.v1.Event.deliver:type_name -> ftkvm.replay.v1.Deliver
-	5, // 5: ftkvm.replay.v1.Event.read:type_name -> ftkvm.replay.v1.Read
-	6, // 6: ftkvm.replay.v1.Event.fingerprint:type_name -> ftkvm.replay.v1.Fingerprint
-	7, // 7: ftkvm.replay.v1.Event.end:type_name -> ftkvm.replay.v1.End
-	8, // 8: ftkvm.replay.v1.Event.output:type_name -> ftkvm.replay.v1.Output
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	2,  // 0: ftkvm.replay.v1.Landmark.page_data:type_name -> ftkvm.replay.v1.Page
+	1,  // 1: ftkvm.replay.v1.Deliver.landmark:type_name -> ftkvm.replay.v1.Landmark
+	3,  // 2: ftkvm.replay.v1.Deliver.dma:type_name -> ftkvm.replay.v1.Dma
+	6,  // 3: ftkvm.replay.v1.End.fingerprint:type_name -> ftkvm.replay.v1.Fingerprint
+	4,  // 4: ftkvm.replay.v1.Event.deliver:type_name -> ftkvm.replay.v1.Deliver
+	5,  // 5: ftkvm.replay.v1.Event.read:type_name -> ftkvm.replay.v1.Read
+	6,  // 6: ftkvm.replay.v1.Event.fingerprint:type_name -> ftkvm.replay.v1.Fingerprint
+	7,  // 7: ftkvm.replay.v1.Event.end:type_name -> ftkvm.replay.v1.End
+	8,  // 8: ftkvm.replay.v1.Event.output:type_name -> ftkvm.replay.v1.Output
+	9,  // 9: ftkvm.replay.v1.Event.submit:type_name -> ftkvm.replay.v1.Submit
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_replay_logpb_log_proto_init() }
@@ -1024,7 +1098,7 @@ func file_replay_logpb_log_proto_init() {
 	if File_replay_logpb_log_proto != nil {
 		return
 	}
-	file_replay_logpb_log_proto_msgTypes[9].OneofWrappers = []any{
+	file_replay_logpb_log_proto_msgTypes[10].OneofWrappers = []any{
 		(*Event_Clock)(nil),
 		(*Event_Deliver)(nil),
 		(*Event_Inject)(nil),
@@ -1033,6 +1107,7 @@ func file_replay_logpb_log_proto_init() {
 		(*Event_Fingerprint)(nil),
 		(*Event_End)(nil),
 		(*Event_Output)(nil),
+		(*Event_Submit)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1040,7 +1115,7 @@ func file_replay_logpb_log_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_replay_logpb_log_proto_rawDesc), len(file_replay_logpb_log_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

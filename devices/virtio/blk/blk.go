@@ -78,6 +78,10 @@ type Config struct {
 	ReadOnly bool
 	// ID is the GET_ID answer, at most IDLen bytes (NUL-padded).
 	ID string
+	// TagBase: the device numbers its bounce requests TagBase+1,
+	// TagBase+2, ... A VMM whose devices share one engine gives each a
+	// range of its own (vmm.VM.AddBounceDevice).
+	TagBase uint64
 }
 
 func (c Config) validate() error {
@@ -117,7 +121,7 @@ func New(cfg Config, engine *bounce.Engine) (*Device, error) {
 	if engine == nil {
 		return nil, fmt.Errorf("blk: no bounce engine")
 	}
-	return &Device{cfg: cfg, engine: engine, nextTag: 1, inflight: map[uint64]*Request{}}, nil
+	return &Device{cfg: cfg, engine: engine, nextTag: cfg.TagBase + 1, inflight: map[uint64]*Request{}}, nil
 }
 
 // NewMMIO is New followed by virtio.NewMMIO and Attach: the device and its

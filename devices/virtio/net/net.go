@@ -72,6 +72,10 @@ type Config struct {
 	// MAC is the guest's Ethernet address (config mac): unicast, not
 	// all zero.
 	MAC [6]byte
+	// TagBase: the device numbers its bounce requests TagBase+1,
+	// TagBase+2, ... A VMM whose devices share one engine gives each a
+	// range of its own (vmm.VM.AddBounceDevice).
+	TagBase uint64
 }
 
 func (c Config) validate() error {
@@ -135,7 +139,7 @@ func New(cfg Config, engine *bounce.Engine) (*Device, error) {
 	if engine == nil {
 		return nil, fmt.Errorf("net: no bounce engine")
 	}
-	return &Device{cfg: cfg, engine: engine, nextTag: 1, tx: map[uint64][]byte{}}, nil
+	return &Device{cfg: cfg, engine: engine, nextTag: cfg.TagBase + 1, tx: map[uint64][]byte{}}, nil
 }
 
 // NewMMIO is New followed by virtio.NewMMIO and Attach: the device and its
