@@ -284,6 +284,9 @@ func (b *backup) takeOver(ev pairEvent, p vmm.Point) error {
 	b.live.Store(true)
 	b.cfg.Output.Write(tail)
 	b.console.wrote(len(tail))
+	if b.cfg.OnLive != nil {
+		b.cfg.OnLive()
+	}
 	return nil
 }
 

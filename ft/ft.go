@@ -138,6 +138,12 @@ type Config struct {
 	StatusEvery time.Duration
 	// KickAfter: see replay.RecorderConfig.KickAfter.
 	KickAfter time.Duration
+	// OnLive, if set, runs on the backup's vCPU thread once it has won
+	// the pair and gone live, before its devices re-issue the requests
+	// the log did not complete: the place to announce the guest's
+	// network address from this host (a gratuitous ARP), as a VRRP
+	// router does when it takes an address over.
+	OnLive func()
 }
 
 func (c *Config) defaults(role string) {

@@ -22,6 +22,7 @@ import (
 type deviceOptions struct {
 	disk, diskMode, diskGen string
 	netSpec, mac            string
+	guestIP                 string
 	work                    string
 }
 
@@ -31,6 +32,7 @@ func (o *deviceOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.diskGen, "disk-generation", "", "the disk's identity in the log header instead of its SHA-256 (which reads the whole image at start): a replay or backup must give the same")
 	fs.StringVar(&o.netSpec, "net", "", "virtio-net backend: 'tap:NAME' (a tap interface, attached at the first frame: a backup attaches it when it goes live; make it persistent so that it outlives the primary)")
 	fs.StringVar(&o.mac, "mac", "52:54:00:f7:00:01", "the guest NIC's MAC address")
+	fs.StringVar(&o.guestIP, "guest-ip", "", "the guest's IPv4 address, for the gratuitous ARP a backup sends on the tap when it goes live (without it: a RARP announcement of the MAC, which needs no address)")
 	fs.StringVar(&o.work, "work", "", "the example guest's workload: 'disk' or 'net' (adds ftkvm.work= to the command line; needs --disk or --net)")
 }
 
@@ -43,6 +45,7 @@ type guestDevices struct {
 	ownCopy  bool
 	tap      *lazyTap
 	mac      [6]byte
+	ip       net.IP // the guest's, for the gratuitous ARP (nil: RARP)
 }
 
 // open checks the flags and opens the disk image; the tap is attached
@@ -96,6 +99,11 @@ func (o *deviceOptions) open() (*guestDevices, error) {
 			return nil, usageError{fmt.Errorf("--mac %q: want six hex bytes like 52:54:00:f7:00:01", o.mac)}
 		}
 		copy(d.mac[:], hw)
+		if o.guestIP != "" {
+			if d.ip = net.ParseIP(o.guestIP).To4(); d.ip == nil {
+				return nil, usageError{fmt.Errorf("--guest-ip %q: want an IPv4 address", o.guestIP)}
+			}
+		}
 	}
 	switch o.work {
 	case "":
@@ -131,6 +139,21 @@ func (d *guestDevices) add(vm *vmm.VM) error {
 		}
 	}
 	return nil
+}
+
+// announce tells the network that the guest's MAC is now on this host's
+// tap (a backup that went live): a gratuitous ARP with --guest-ip, else a
+// RARP announcement. Switches learn the new port from either.
+func (d *guestDevices) announce(log io.Writer) {
+	frame, what := vnet.RARPAnnounce(d.mac), "RARP announcement"
+	if d.ip != nil {
+		frame, what = vnet.GratuitousARP(d.mac, [4]byte(d.ip)), "gratuitous ARP for "+d.ip.String()
+	}
+	if err := d.tap.send(frame); err != nil {
+		fmt.Fprintf(log, "ftvm: going live: the %s of %s on tap %s failed: %v\n", what, net.HardwareAddr(d.mac[:]), d.tap.name, err)
+		return
+	}
+	fmt.Fprintf(log, "ftvm: going live: sent a %s of %s on tap %s\n", what, net.HardwareAddr(d.mac[:]), d.tap.name)
 }
 
 // close releases the image and the tap (after the last VM's run).

@@ -35,3 +35,29 @@ func GratuitousARP(mac [6]byte, ip [4]byte) []byte {
 	copy(a[24:28], ip[:]) // target protocol address
 	return f
 }
+
+// RARP constants (RFC 903).
+const (
+	etherTypeRARP = 0x8035
+	rarpOpRequest = 3 // "request reverse"
+)
+
+// RARPAnnounce returns a broadcast RARP request (RFC 903) from mac, asking
+// for mac's own address: it needs no IP address, so a VMM that does not
+// know the guest's can still make switches learn mac's new port when a
+// backup goes live (QEMU announces migrated guests the same way). Hosts
+// ignore it; no ARP cache changes.
+func RARPAnnounce(mac [6]byte) []byte {
+	f := make([]byte, minEtherFrame)
+	copy(f[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	copy(f[6:12], mac[:])
+	binary.BigEndian.PutUint16(f[12:], etherTypeRARP)
+	a := f[14 : 14+arpLen]
+	binary.BigEndian.PutUint16(a[0:], arpHTypeEther)
+	binary.BigEndian.PutUint16(a[2:], arpPTypeIPv4)
+	a[4], a[5] = 6, 4
+	binary.BigEndian.PutUint16(a[6:], rarpOpRequest)
+	copy(a[8:14], mac[:])  // sender hardware address
+	copy(a[18:24], mac[:]) // target hardware address: whose IP is asked
+	return f
+}

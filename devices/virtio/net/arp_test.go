@@ -34,3 +34,22 @@ func TestGratuitousARP(t *testing.T) {
 		t.Fatalf("%d bytes: not a frame the device would send", len(got))
 	}
 }
+
+func TestRARPAnnounce(t *testing.T) {
+	mac := [6]byte{0x52, 0x54, 0x00, 0x01, 0x02, 0x03}
+	want := []byte{
+		0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // destination: broadcast
+		0x52, 0x54, 0x00, 0x01, 0x02, 0x03, // source: the guest
+		0x80, 0x35, // EtherType: RARP
+		0x00, 0x01, 0x08, 0x00, 6, 4, // Ethernet, IPv4, address lengths
+		0x00, 0x03, // op: request reverse
+		0x52, 0x54, 0x00, 0x01, 0x02, 0x03, // sender hardware address
+		0, 0, 0, 0, // sender protocol address: unknown
+		0x52, 0x54, 0x00, 0x01, 0x02, 0x03, // target hardware address
+		0, 0, 0, 0, // target protocol address: asked for
+	}
+	want = append(want, make([]byte, 60-len(want))...)
+	if got := RARPAnnounce(mac); !bytes.Equal(got, want) {
+		t.Fatalf("RARPAnnounce =\n% x\nwant\n% x", got, want)
+	}
+}

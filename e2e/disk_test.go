@@ -1,0 +1,132 @@
+package e2e
+
+import (
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ftkvm/ftkvm/internal/fttest"
+	"github.com/ftkvm/ftkvm/internal/guestcheck"
+)
+
+// diskImageBytes is the example guest's disk: big enough for its files and
+// ext2's metadata, small enough to hash at start.
+const diskImageBytes = 8 << 20
+
+func newImage(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(diskImageBytes); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// diskPoints is how many kill points each disk mode gets: 10 by default
+// (the figure), FTKVM_E2E_DISK_POINTS to change.
+func diskPoints(t *testing.T) int {
+	points := 10
+	if v := os.Getenv("FTKVM_E2E_DISK_POINTS"); v != "" {
+		fmt.Sscan(v, &points)
+	}
+	if points == 0 {
+		t.Skip("FTKVM_E2E_DISK_POINTS=0")
+	}
+	return points
+}
+
+// TestFTKillPrimaryDisk kills the primary at random points of the example
+// guest's disk workload (mke2fs, ten files written and synced, the page
+// cache dropped, every file read back and checked), with one image both
+// sides reach (shared) and with a copy each (nonshared: the backup writes
+// its copy as it replays). The outside must see every disk marker once and
+// the guest's own check pass; afterwards the image the survivor wrote must
+// be a clean ext2 holding exactly the files the guest wrote (e2fsck and
+// debugfs on the host, internal/guestcheck).
+func TestFTKillPrimaryDisk(t *testing.T) {
+	dir := guestDir(t)
+	e := setupFT(t)
+	points := diskPoints(t)
+	expected, err := guestcheck.ReadExpectedDisk(filepath.Join(dir, "expected-disk.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := time.Now().UnixNano()
+	rng := rand.New(rand.NewSource(seed))
+	t.Logf("seed %d", seed)
+	for _, mode := range []string{"shared", "nonshared"} {
+		t.Run(mode, func(t *testing.T) {
+			for i := 0; i < points; i++ {
+				// The boot takes ~10 s and the workload a few more:
+				// points from the boot to the end.
+				delay := time.Duration(2000+rng.Intn(25000)) * time.Millisecond
+				t.Run(fmt.Sprint(i), func(t *testing.T) {
+					killDiskCase(t, e, mode, delay, expected, "--guest-dir", dir, "--window-entries", "1500", "--work", "disk")
+				})
+			}
+		})
+	}
+}
+
+func killDiskCase(t *testing.T, e ftEnv, mode string, delay time.Duration, expected guestcheck.ExpectedDisk, guest ...string) {
+	t.Helper()
+	tmp := t.TempDir()
+	pImg, bImg := filepath.Join(tmp, "disk.img"), filepath.Join(tmp, "disk.img")
+	if mode == "nonshared" {
+		bImg = filepath.Join(tmp, "backup-disk.img")
+		newImage(t, bImg)
+	}
+	newImage(t, pImg)
+	addr := freeAddr(t)
+	p, b := startPairWith(t, e.Bin, addr, addr, t.TempDir(),
+		[]string{"--disk", pImg, "--disk-mode", mode}, []string{"--disk", bImg, "--disk-mode", mode}, guest...)
+	p.waitLog(t, "booting the guest PROTECTED", 3*time.Minute)
+	select {
+	case <-time.After(delay):
+	case <-p.done:
+	}
+	killed := p.kill9()
+	if err := b.wait(t, 5*time.Minute); err != nil {
+		t.Fatalf("backup failed: %v\n%s", err, fttest.Tail(b.stderr.String(), 20))
+	}
+	pOut, bOut, bErr := p.stdout.String(), b.stdout.String(), b.stderr.String()
+	out := pOut
+	var n, from int
+	survivor := pImg
+	if _, err := fmt.Sscanf(fttest.After(bErr, "re-sending "), "%d console bytes from offset %d", &n, &from); err == nil {
+		if from > len(pOut) || !strings.HasPrefix(bOut, pOut[from:]) {
+			t.Fatalf("killed at %v: console output lost or garbled at the failover: primary released %d bytes, backup re-sent from %d", delay, len(pOut), from)
+		}
+		out = pOut[:from] + bOut
+		survivor = bImg
+		t.Logf("killed at %v: %s", delay, fttest.Line(bErr, "LIVE at"))
+	} else if killed && !strings.Contains(bErr, "finished as backup") {
+		t.Fatalf("killed at %v: the backup neither went live nor saw the run end:\n%s", delay, fttest.Tail(bErr, 10))
+	} else {
+		t.Logf("killed at %v, after the primary's run had ended", delay)
+	}
+	if strings.Contains(out, "disk check failed") || strings.Contains(out, "disk failed") {
+		t.Fatalf("killed at %v: the guest's own disk check failed:\n%s", delay, fttest.Tail(out, 15))
+	}
+	for _, want := range expected.Lines {
+		if c := strings.Count(out, want); c != 1 {
+			t.Fatalf("killed at %v: the outside saw %q %d times, want once\n%s", delay, want, c, fttest.Tail(out, 15))
+		}
+	}
+	if err := guestcheck.CheckDiskImage(survivor, expected); err != nil {
+		t.Fatalf("killed at %v: the %s image after the run: %v", delay, mode, err)
+	}
+	if mode == "nonshared" && survivor != bImg {
+		// The backup wrote its copy as it replayed the whole run.
+		if err := guestcheck.CheckDiskImage(bImg, expected); err != nil {
+			t.Fatalf("killed at %v, after the run ended: the backup's copy: %v", delay, err)
+		}
+	}
+}
