@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ftkvm/ftkvm/bounce"
+	"github.com/ftkvm/ftkvm/devices/virtio/blk"
 	"github.com/ftkvm/ftkvm/guest/bare"
 	"github.com/ftkvm/ftkvm/internal/kvmtest"
 	"github.com/ftkvm/ftkvm/replay"
@@ -33,11 +34,12 @@ func requireKVM(t *testing.T) {
 
 // guest is a bare test guest with its rdtsc sites patched.
 type guest struct {
-	name  string
-	image []byte
-	sites *tscpatch.SiteTable
-	n     int
-	dma   bool // has the DMA test device (vmm.AddDMATest)
+	name   string
+	image  []byte
+	sites  *tscpatch.SiteTable
+	n      int
+	dma    bool // has the DMA test device (vmm.AddDMATest)
+	virtio bool // has a virtio-blk disk (vmm.AddVirtioBlk, testDisk)
 }
 
 func load(t *testing.T, name string) guest {
@@ -46,13 +48,40 @@ func load(t *testing.T, name string) guest {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := guest{name: name, image: img.Binary, dma: name == "dma"}
+	g := guest{name: name, image: img.Binary, dma: name == "dma", virtio: name == "virtio_hostile"}
 	p, err := tscpatch.PrepareFlat(img.Binary, vmm.BareLoadAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	g.image, g.sites, g.n = p.Image, p.Table, len(p.Sites)
 	return g
+}
+
+// diskBytes is the size of the virtio guests' disk.
+const diskBytes = 64 << 10
+
+// testDisk returns a backend serving a fresh disk of diskBytes in
+// t.TempDir() whose byte o is (o mod 256) xor (o/512 mod 256): each sector
+// differs, and virtio_hostile checks what it reads against this.
+func testDisk(t *testing.T) *blk.FileBackend {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "disk-*.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	b := make([]byte, diskBytes)
+	for o := range b {
+		b[o] = byte(o) ^ byte(o/blk.SectorSize)
+	}
+	if _, err := f.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	fb, err := blk.NewFileBackend(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fb
 }
 
 type recording struct {
@@ -123,6 +152,12 @@ func record(t *testing.T, g guest, input string, rng *rand.Rand) recording {
 			t.Fatal(err)
 		}
 	}
+	if g.virtio {
+		disk := testDisk(t)
+		if _, err := vm.AddVirtioBlk(blk.Config{Capacity: disk.Capacity()}, disk.Backend(), vmm.DiskOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	stop := busyCore(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	res, err := vm.Run(ctx)
@@ -168,6 +203,16 @@ func replayEvents(t *testing.T, g guest, src replay.Source) replayed {
 			t.Fatal(err)
 		}
 	}
+	if g.virtio {
+		// The same disk, but a replay takes every read from the log and
+		// performs no writes (no DiskOptions.OwnCopy).
+		if _, err := vm.AddVirtioBlk(blk.Config{Capacity: diskBytes}, func(bounce.Request) ([]byte, error) {
+			t.Error("the replay called the virtio-blk backend")
+			return nil, errors.New("replay must not read a backend")
+		}, vmm.DiskOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	_, err = vm.Run(ctx)
@@ -184,6 +229,7 @@ func TestReplayReachesRecordedState(t *testing.T) {
 		want         string // console must contain it
 		minLandmarks uint64
 		minTSC       uint64
+		wantExit     bool // the guest must end with exit status 0
 	}{
 		{guest: "spin_repeat", want: "spin_repeat: spins=", minLandmarks: 1},
 		{guest: "rep_movs", want: "rep_movs: sum=", minLandmarks: 1},
@@ -193,6 +239,7 @@ func TestReplayReachesRecordedState(t *testing.T) {
 		{guest: "hostile"},
 		{guest: "dma", want: "dma: checksum ", minLandmarks: 1},
 		{guest: "msr_tsc", want: "msr_tsc: sum="},
+		{guest: "virtio_hostile", want: "virtio_hostile: all ok\n", wantExit: true},
 	}
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("random seed %d (set FTKVM_SUITE_SEED to repeat)", seed)
@@ -208,6 +255,9 @@ func TestReplayReachesRecordedState(t *testing.T) {
 				len(rec.events), rec.stats.Landmarks, rec.stats.Injects, rec.stats.TSC, rec.stats.Clock, rec.stats.Fingerprints, rec.res.Duration, rec.console)
 			if !strings.Contains(rec.console, c.want) {
 				t.Fatalf("recording's console %q lacks %q", rec.console, c.want)
+			}
+			if c.wantExit && (rec.res.Reason != vmm.StopExitPort || rec.res.Status != 0) {
+				t.Fatalf("recording ended by %v with status %d, want exit status 0", rec.res.Reason, rec.res.Status)
 			}
 			if rec.stats.Landmarks < c.minLandmarks {
 				t.Errorf("only %d landmarks: the test no longer exercises injection between exits", rec.stats.Landmarks)
