@@ -6,12 +6,13 @@
 #
 # OUTDIR defaults to guest/out. It receives:
 #   vmlinux                 the kernel ELF (64-bit boot protocol / PVH entry)
-#   initramfs.cpio          busybox + /init (+ workload.sh), newc; the VMM
+#   initramfs.cpio          busybox, /init and the scripts it sources, newc; the VMM
 #                           should load this one (inflating costs ~40 M guest
 #                           instructions, half the boot)
 #   initramfs.cpio.gz       the same, gzip -n -9
 #   kernel.config           the full .config the kernel was built with
 #   expected-workload.txt   the workload lines /init prints (computed on the host)
+#   expected-disk.txt       the lines of the disk workload (ftkvm.work=disk), ditto
 #   build-info.txt          versions, inputs and the cache key
 #
 # Cache: ${FTKVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ftkvm}/
@@ -41,6 +42,8 @@ shopt -s nullglob
 PATCHES=("$GUEST_DIR"/patches/*.patch)
 shopt -u nullglob
 INITRAMFS_SRC=$GUEST_DIR/initramfs
+# Scripts /init sources, packed as /NAME (0644).
+INITRAMFS_SCRIPTS=(workload.sh disk.sh net.sh)
 KARCH=x86_64
 JOBS=${FTKVM_JOBS:-$(nproc)}
 
@@ -67,7 +70,7 @@ OUTDIR=
 for arg in "$@"; do
 	case $arg in
 	--print-key) PRINT_KEY=1 ;;
-	-h | --help) sed -n '2,27p' "$SELF"; exit 0 ;;
+	-h | --help) sed -n '2,28p' "$SELF"; exit 0 ;;
 	-*) die "unknown option $arg" ;;
 	*) [[ -z $OUTDIR ]] || die "more than one OUTDIR given"; OUTDIR=$arg ;;
 	esac
@@ -259,19 +262,22 @@ build_kernel() {
 # kernel boots either, but inflating the .gz costs the emulated guest ~40 M
 # instructions (of ~80 M to power-off), so the VMM should load the plain cpio.
 build_initramfs() {
-	local out=$1 gen=$2 stage list applet
+	local out=$1 gen=$2 stage list applet f
 	stage=$(mktemp -d "$CACHE_ROOT/initramfs-stage.XXXXXX")
 	TMPDIRS+=("$stage")
 	list=$stage/cpio_list
 	mkdir -p "$stage/files"
 	install -m 0755 "$BUSYBOX_BIN" "$stage/files/busybox"
 	install -m 0755 "$INITRAMFS_SRC/init" "$stage/files/init"
-	install -m 0644 "$INITRAMFS_SRC/workload.sh" "$stage/files/workload.sh"
+	for f in "${INITRAMFS_SCRIPTS[@]}"; do
+		install -m 0644 "$INITRAMFS_SRC/$f" "$stage/files/$f"
+	done
 	touch -h -d @0 "$stage/files/"*
 	{
 		echo "dir /bin 0755 0 0"
 		echo "dir /dev 0755 0 0"
 		echo "nod /dev/console 0600 0 0 c 5 1"
+		echo "dir /mnt 0755 0 0"
 		echo "dir /proc 0755 0 0"
 		echo "dir /sys 0755 0 0"
 		echo "dir /tmp 1777 0 0"
@@ -281,7 +287,9 @@ build_initramfs() {
 			echo "slink /bin/$applet busybox 0777 0 0"
 		done
 		echo "file /init $stage/files/init 0755 0 0"
-		echo "file /workload.sh $stage/files/workload.sh 0644 0 0"
+		for f in "${INITRAMFS_SCRIPTS[@]}"; do
+			echo "file /$f $stage/files/$f 0644 0 0"
+		done
 	} >"$list"
 	"$gen" -t 0 "$list" >"$out/initramfs.cpio"
 	gzip -n -9 <"$out/initramfs.cpio" >"$out/initramfs.cpio.gz"
@@ -290,8 +298,9 @@ build_initramfs() {
 }
 
 # ---------------------------------------------------------------- main ---
-[[ -f $INITRAMFS_SRC/init && -f $INITRAMFS_SRC/workload.sh && -f $INITRAMFS_SRC/applets ]] ||
-	die "missing initramfs sources in $INITRAMFS_SRC"
+for f in init applets "${INITRAMFS_SCRIPTS[@]}"; do
+	[[ -f $INITRAMFS_SRC/$f ]] || die "missing initramfs source $INITRAMFS_SRC/$f"
+done
 
 ensure_packages
 [[ -f $KSRC_TAR ]] || die "$KSRC_TAR missing although $KSRC_PKG is installed"
@@ -310,7 +319,7 @@ KENTRY=$CACHE_ROOT/kernel-$KKEY
 
 publish() {
 	local f
-	for f in vmlinux initramfs.cpio initramfs.cpio.gz kernel.config expected-workload.txt build-info.txt; do
+	for f in vmlinux initramfs.cpio initramfs.cpio.gz kernel.config expected-workload.txt expected-disk.txt build-info.txt; do
 		install_file "$ENTRY/$f" "$OUTDIR/$f"
 	done
 }
@@ -354,6 +363,15 @@ build_initramfs "$TMP" "$KENTRY/gen_init_cpio"
 # The workload is deterministic shell arithmetic: compute its expected output
 # with the same busybox on the host, for tests to compare against.
 "$BUSYBOX_BIN" sh -c '. "$1"; ftkvm_workload' sh "$INITRAMFS_SRC/workload.sh" >"$TMP/expected-workload.txt"
+# The disk workload's files are a pure function of their number: write and
+# re-read them in a temp dir with the same functions and busybox the guest uses.
+DISKDIR=$(mktemp -d "$CACHE_ROOT/disk-expected.XXXXXX")
+TMPDIRS+=("$DISKDIR")
+"$BUSYBOX_BIN" sh -c '. "$1"; ftkvm_disk_write "$2" && ftkvm_disk_verify "$2"' sh \
+	"$INITRAMFS_SRC/disk.sh" "$DISKDIR" >"$TMP/expected-disk.txt" ||
+	die "the disk workload failed on the host: $(tail -n 1 "$TMP/expected-disk.txt")"
+grep -q '^FTKVM-GUEST: disk done ' "$TMP/expected-disk.txt" || die "expected-disk.txt has no 'disk done' line"
+rm -rf "$DISKDIR"
 {
 	echo "key $KEY"
 	echo "kernel-key $KKEY"
