@@ -6,13 +6,22 @@
 // narrates what each host does until the backup's host has finished the
 // guest's workload. `make demo` runs it on machines without /dev/kvm.
 //
-//	twohost-demo [-ftvm bin/ftvm] [-guest-dir guest/out] [-kill-at TEXT] [-timeout 20m]
+// By default (-tcp) the guest runs a TCP echo server on a network this
+// machine is on (pairhost.LAN: a bridge here, 10.0.2.1/24, and a tap per
+// host, bridged inside with the guest's tap), and a client here holds one
+// connection to it, sending numbered lines and checking every reply, while
+// the primary's host is killed mid-exchange: the connection survives the
+// failover. With -tcp=false the guest runs its console workload instead
+// and the host is killed at a console line (-kill-at).
+//
+//	twohost-demo [-ftvm bin/ftvm] [-guest-dir guest/out] [-tcp] [-lines 10000] [-kill-line 3000] [-kill-at TEXT] [-timeout 20m]
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +29,7 @@ import (
 	"time"
 
 	"github.com/ftkvm/ftkvm/internal/fttest"
+	"github.com/ftkvm/ftkvm/internal/guestcheck"
 	"github.com/ftkvm/ftkvm/internal/pairhost"
 	"github.com/ftkvm/ftkvm/testbed"
 )
@@ -27,8 +37,11 @@ import (
 func main() {
 	ftvm := flag.String("ftvm", "bin/ftvm", "the ftvm binary")
 	guestDir := flag.String("guest-dir", envOr("FTKVM_GUEST_DIR", "guest/out"), "the example guest (vmlinux, initramfs.cpio)")
-	killAt := flag.String("kill-at", "FTKVM-GUEST: step 3/10", "kill the primary's host once the outside has seen this in its output")
+	killAt := flag.String("kill-at", "FTKVM-GUEST: step 3/10", "with -tcp=false: kill the primary's host once the outside has seen this in its output")
 	timeout := flag.Duration("timeout", 20*time.Minute, "give up after this long")
+	flag.BoolVar(&tcp.on, "tcp", true, "run the guest's TCP echo server and hold a connection to it from this machine through the failover (needs root and /dev/net/tun: it makes a bridge "+lanPrefix+"br0 with "+hostCIDR+" here, removed at the end)")
+	flag.IntVar(&tcp.lines, "lines", 10000, "with -tcp: numbered lines the client sends")
+	flag.IntVar(&tcp.killLine, "kill-line", 3000, "with -tcp: kill the primary's host once this many replies have arrived")
 	flag.Parse()
 	if err := run(*ftvm, *guestDir, *killAt, *timeout); err != nil {
 		fmt.Fprintf(os.Stderr, "twohost-demo: %v\n", err)
@@ -44,6 +57,18 @@ func envOr(k, def string) string {
 }
 
 var start = time.Now()
+
+// The TCP part: the LAN's addresses, and the flags.
+const (
+	lanPrefix = "ftkvm"
+	hostCIDR  = "10.0.2.1/24"
+	guestIP   = "10.0.2.15"
+)
+
+var tcp struct {
+	on              bool
+	lines, killLine int
+}
 
 func say(format string, a ...any) {
 	fmt.Printf("\n=== %6.1fs  %s\n\n", time.Since(start).Seconds(), fmt.Sprintf(format, a...))
@@ -78,11 +103,23 @@ func run(ftvm, guestDir, killAt string, timeout time.Duration) error {
 		"      both mount %s (this machine's directory, standing for NFS) for the test-and-set\n"+
 		"      and write there what they release: this demo reads it as the outside world",
 		pairhost.PrimaryAddr, pairhost.BackupAddr, dir)
-	p, err := pairhost.Start(ctx, pairhost.Options{
+	opts := pairhost.Options{
 		Bin: ftvm, Dir: dir, Limit: timeout,
 		Guest:  []string{"--guest-dir", guestDir, "--window-entries", "1500"},
 		PExtra: []string{"--status-every", "3s"}, BExtra: []string{"--status-every", "3s"},
-	})
+	}
+	if tcp.on {
+		lan, err := pairhost.NewLAN(lanPrefix, hostCIDR)
+		if err != nil {
+			return fmt.Errorf("%w (run as root, or with -tcp=false)", err)
+		}
+		defer lan.Close()
+		opts.LAN = lan
+		opts.Guest = append(opts.Guest, "--work", "net", "--net", "tap:"+pairhost.LANTap, "--guest-ip", guestIP)
+		say("this machine joins the guest's network: bridge %s with %s here, bridged inside each host with the guest's tap;\n"+
+			"      the guest (%s) runs a TCP echo server on port 7", lan.Bridge, hostCIDR, guestIP)
+	}
+	p, err := pairhost.Start(ctx, opts)
 	if err != nil {
 		return err
 	}
@@ -103,18 +140,56 @@ func run(ftvm, guestDir, killAt string, timeout time.Duration) error {
 		return err
 	}
 	say("the guest boots on primary-host, protected: every nondeterministic input goes over the link to backup-host, and console output leaves only once backup-host has acknowledged the log up to it")
-	for !strings.Contains(p.Primary.Out(), killAt) {
-		if p.Primary.Exited() {
-			return fmt.Errorf("the primary ended before %q appeared (exit %d)", killAt, p.Primary.Status())
+	var killed time.Time
+	var client chan error
+	if tcp.on {
+		killedAt := make(chan time.Time, 1)
+		client = make(chan error, 1)
+		if err := waitOut(ctx, p.Primary, "FTKVM-GUEST: net up"); err != nil {
+			return err
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
+		conn, err := dial(ctx, net.JoinHostPort(guestIP, "7"))
+		if err != nil {
+			return err
 		}
-		time.Sleep(20 * time.Millisecond)
+		defer conn.Close()
+		say("a client on this machine connected to %s:7 and sends %d numbered lines, checking that every reply comes back once, in order, unchanged", guestIP, tcp.lines)
+		var once sync.Once
+		go func() {
+			st, err := guestcheck.EchoCheck(ctx, conn, tcp.lines, 32, func(n int) {
+				if n >= tcp.killLine {
+					once.Do(func() {
+						go func() {
+							p.Primary.Kill()
+							killedAt <- time.Now()
+						}()
+					})
+				}
+			})
+			if err == nil {
+				say("the client got all %d replies in %v, exactly once and in order, on ONE connection that never reset (longest wait for a reply: %v, the failover)",
+					st.Lines, st.Duration.Round(time.Millisecond), st.MaxRTT.Round(time.Millisecond))
+				conn.Close() // the guest's server sees the end, and the guest powers off
+			}
+			client <- err
+		}()
+		select {
+		case killed = <-killedAt:
+		case err := <-client:
+			if err != nil {
+				return fmt.Errorf("the TCP client: %w", err)
+			}
+			return fmt.Errorf("the exchange ended before the kill")
+		}
+		say("KILLED primary-host (SIGKILL of its QEMU) after %d replies: a silent host death; the client's connection waits", tcp.killLine)
+	} else {
+		if err := waitOut(ctx, p.Primary, killAt); err != nil {
+			return err
+		}
+		killed = time.Now()
+		p.Primary.Kill()
+		say("KILLED primary-host (SIGKILL of its QEMU) once the outside had seen %q: a silent host death, no TCP reset reaches backup-host", killAt)
 	}
-	killed := time.Now()
-	p.Primary.Kill()
-	say("KILLED primary-host (SIGKILL of its QEMU) once the outside had seen %q: a silent host death, no TCP reset reaches backup-host", killAt)
 
 	if err := p.Backup.WaitLog("PRIMARY LOST", 2*time.Minute); err != nil {
 		return err
@@ -128,6 +203,11 @@ func run(ftvm, guestDir, killAt string, timeout time.Duration) error {
 		return fmt.Errorf("the backup did not win the test-and-set:\n%s", fttest.Tail(bl, 5))
 	}
 	say("backup-host WON the test-and-set: it is the primary now and runs the guest live, re-sending the console output the dead host may not have released")
+	if client != nil {
+		if err := <-client; err != nil {
+			return fmt.Errorf("the TCP client, through the failover: %w", err)
+		}
+	}
 	if err := p.Backup.Wait(timeout); err != nil {
 		return err
 	}
@@ -143,7 +223,11 @@ func run(ftvm, guestDir, killAt string, timeout time.Duration) error {
 	say("the outside saw %d bytes from primary-host; backup-host re-sent from offset %d, so %d bytes came twice and none was lost", len(out), from, len(out)-from)
 	out = out[:from] + bOut
 	missing := []string{}
-	for _, m := range []string{"FTKVM-GUEST: init started", "FTKVM-GUEST: workload done", "FTKVM-GUEST: powering off"} {
+	markers := []string{"FTKVM-GUEST: init started", "FTKVM-GUEST: workload done", "FTKVM-GUEST: powering off"}
+	if tcp.on {
+		markers = []string{"FTKVM-GUEST: init started", "FTKVM-GUEST: net up", "FTKVM-GUEST: echo done", "FTKVM-GUEST: powering off"}
+	}
+	for _, m := range markers {
 		if strings.Count(out, m) != 1 {
 			missing = append(missing, m)
 		}
@@ -153,6 +237,35 @@ func run(ftvm, guestDir, killAt string, timeout time.Duration) error {
 	}
 	say("done: backup-host finished the guest's workload; the outside saw one run of it (%d bytes), each marker once, nothing lost", len(out))
 	return nil
+}
+
+// waitOut waits until the side's released output contains sub.
+func waitOut(ctx context.Context, s *pairhost.Side, sub string) error {
+	for !strings.Contains(s.Out(), sub) {
+		if s.Exited() {
+			return fmt.Errorf("the %s ended before %q appeared (exit %d)", s.Role, sub, s.Status())
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+// dial connects to the guest's server, retrying while it starts.
+func dial(ctx context.Context, addr string) (net.Conn, error) {
+	for {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connecting to the guest at %s: %w", addr, err)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
 }
 
 // follow prints the lines appended to file, with prefix, until stop.

@@ -59,6 +59,11 @@ type Options struct {
 	// PPre is shell run in the primary's host before ftvm (its output
 	// goes to primary.pre in the shared directory).
 	PPre string
+	// LAN, if set, puts the guest on a network this machine is on too
+	// (see LAN): each host gets a second NIC on one of its taps and
+	// bridges it with the guest's tap (LANTap inside), which ftvm's
+	// --net tap:LANTap attaches to.
+	LAN *LAN
 }
 
 // Pair is a running pair.
@@ -112,11 +117,18 @@ func Start(ctx context.Context, o Options) (*Pair, error) {
 	}
 	pArgs := concat([]string{"primary", "--listen", target, "--wait-backup", "90s"}, common, o.Guest, o.PExtra)
 	bArgs := concat([]string{"backup", "--connect", target, "--connect-wait", "90s"}, common, bGuest, o.BExtra)
-	p, err := startSide(ctx, o, "primary", o.PPre, pArgs, &testbed.Link{Port: port, Listen: true, Addr: PrimaryAddr})
+	pPre, bPre := o.PPre, ""
+	var pQEMU, bQEMU []string
+	if o.LAN != nil {
+		pPre = strings.TrimSpace(lanScript(lanMAC(0)) + "\n" + pPre)
+		bPre = lanScript(lanMAC(1))
+		pQEMU, bQEMU = o.LAN.qemuArgs(0), o.LAN.qemuArgs(1)
+	}
+	p, err := startSide(ctx, o, "primary", pPre, pArgs, &testbed.Link{Port: port, Listen: true, Addr: PrimaryAddr}, pQEMU)
 	if err != nil {
 		return nil, err
 	}
-	b, err := startSide(ctx, o, "backup", "", bArgs, &testbed.Link{Port: port, Addr: BackupAddr})
+	b, err := startSide(ctx, o, "backup", bPre, bArgs, &testbed.Link{Port: port, Addr: BackupAddr}, bQEMU)
 	if err != nil {
 		p.Host.Kill()
 		<-p.done
@@ -133,7 +145,7 @@ func (p *Pair) Close() {
 	}
 }
 
-func startSide(ctx context.Context, o Options, role, pre string, args []string, link *testbed.Link) (*Side, error) {
+func startSide(ctx context.Context, o Options, role, pre string, args []string, link *testbed.Link, qemu []string) (*Side, error) {
 	s := &Side{Role: role, Dir: o.Dir, done: make(chan struct{})}
 	script := fmt.Sprintf("%s %s > %s.out 2> %s.log; echo $? > %s.rc", shellQuote(o.Bin), shellQuote(args...), role, role, role)
 	if pre != "" {
@@ -141,6 +153,7 @@ func startSide(ctx context.Context, o Options, role, pre string, args []string, 
 	}
 	h, err := testbed.Start(ctx, testbed.Options{
 		Script: script, Dir: o.Dir, Link: link, Timeout: o.Limit, Hostname: role + "-host", MemMB: o.MemMB,
+		ExtraQEMUArgs: qemu,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("starting the %s's host: %w", role, err)
