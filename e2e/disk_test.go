@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -139,5 +140,54 @@ func killDiskCase(t *testing.T, e ftEnv, mode string, delay time.Duration, expec
 		if err := guestcheck.CheckImage(ctx, bImg, expected); err != nil {
 			t.Fatalf("killed at %v, after the run ended: the backup's copy: %v", delay, err)
 		}
+	}
+}
+
+// TestLinuxRecordReplayDisk records the disk workload and replays it onto
+// a second, blank image in non-shared mode (the replay performs the
+// guest's writes on its own copy, as an FT backup with its own disk does,
+// while its reads come from the log): the replay must reach the recorded
+// fingerprint, and the copy must hold the guest's filesystem and files.
+func TestLinuxRecordReplayDisk(t *testing.T) {
+	dir := guestDir(t)
+	bin := buildFtvm(t)
+	expected, err := guestcheck.ExpectedDisk(filepath.Join(dir, "expected-disk.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := t.TempDir()
+	logFile, recImg, repImg := filepath.Join(tmp, "disk.log"), filepath.Join(tmp, "rec.img"), filepath.Join(tmp, "rep.img")
+	newImage(t, recImg)
+	newImage(t, repImg)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.CommandContext(ctx, bin, args...).Output()
+		if err != nil {
+			var stderr string
+			if ee, ok := err.(*exec.ExitError); ok {
+				stderr = string(ee.Stderr)
+			}
+			t.Fatalf("ftvm %s: %v\n%s\n%s", args[0], err, fttest.Tail(string(out), 10), fttest.Tail(stderr, 10))
+		}
+		return string(out)
+	}
+	recOut := run("record", "-o", logFile, "--guest-dir", dir, "--disk", recImg, "--work", "disk")
+	if got, err := guestcheck.ParseDisk(recOut); err != nil || got != expected {
+		t.Fatalf("the recorded guest's disk workload: %v\n%s", err, fttest.Tail(recOut, 15))
+	}
+	repOut := run("replay", logFile, "--guest-dir", dir, "--disk", repImg, "--disk-mode", "nonshared")
+	if want, got := lastLine(recOut), lastLine(repOut); !strings.HasPrefix(want, "fingerprint ") || want != got {
+		t.Fatalf("record ended with %q, replay with %q", want, got)
+	}
+	for _, img := range []string{recImg, repImg} {
+		if err := guestcheck.CheckImage(ctx, img, expected); err != nil {
+			t.Errorf("%s: %v", filepath.Base(img), err)
+		}
+	}
+	insp := run("inspect", logFile)
+	if !strings.Contains(insp, "submit") {
+		t.Errorf("the log has no device-write submissions:\n%s", fttest.Tail(insp, 30))
 	}
 }

@@ -15,6 +15,7 @@ export FTKVM_GUEST_DIR=${FTKVM_GUEST_DIR:-$ROOT/guest/out}
 mkdir -p bin
 "$GO" build -o bin/bench-replay ./cmd/bench-replay
 "$GO" build -o bin/bench-ft ./cmd/bench-ft
+"$GO" build -o bin/bench-devices ./cmd/bench-devices
 
 # The KVM part, as one script (run here or in the emulated host).
 kvm_part="set -e
@@ -23,7 +24,9 @@ bin/ftvm record -q -o bin/linux.log > /dev/null
 echo '== bench-replay $*'
 bin/bench-replay $*
 echo '== bench-ft'
-bin/bench-ft -ftvm bin/ftvm"
+bin/bench-ft -ftvm bin/ftvm
+echo '== bench-devices (virtio disk and network, FT against alone)'
+bin/bench-devices -ftvm bin/ftvm -keep bin"
 
 echo "== bench-logchannel"
 "$GO" run ./cmd/bench-logchannel

@@ -122,3 +122,30 @@ ftkvm_disk_run() {
 	fi
 	return $rc
 }
+
+# The disk benchmark (ftkvm.work=diskbench): cmd/bench-devices times it from
+# the host, by when its lines appear on the console. O_DIRECT, so every block
+# is a virtio-blk request and nothing is served from the page cache:
+#   FTKVM-GUEST: diskbench start
+#   FTKVM-GUEST: diskbench write done   4 MiB written sequentially, 256 KiB requests, then flushed
+#   FTKVM-GUEST: diskbench read done    the same 4 MiB read back, 256 KiB requests
+#   FTKVM-GUEST: diskbench iops done    512 synchronous 4 KiB writes (one request each)
+#   FTKVM-GUEST: diskbench failed <what>
+
+ftkvm_diskbench_run() {
+	local dev=${1:-/dev/vda}
+	if [ ! -b "$dev" ]; then
+		echo "FTKVM-GUEST: diskbench failed no block device $dev"
+		return 1
+	fi
+	echo "FTKVM-GUEST: diskbench start"
+	dd if=/dev/zero of="$dev" bs=256k count=16 oflag=direct conv=fsync 2>/dev/null ||
+		{ echo "FTKVM-GUEST: diskbench failed write"; return 1; }
+	echo "FTKVM-GUEST: diskbench write done"
+	dd if="$dev" of=/dev/null bs=256k count=16 iflag=direct 2>/dev/null ||
+		{ echo "FTKVM-GUEST: diskbench failed read"; return 1; }
+	echo "FTKVM-GUEST: diskbench read done"
+	dd if=/dev/zero of="$dev" bs=4k count=512 oflag=direct 2>/dev/null ||
+		{ echo "FTKVM-GUEST: diskbench failed iops"; return 1; }
+	echo "FTKVM-GUEST: diskbench iops done"
+}

@@ -56,7 +56,12 @@ func lineServer(f func(n int, line []byte, w *bufio.Writer) bool, tail string) f
 				break
 			}
 			if !f(n, line, w) {
+				// End the stream with a FIN, never a reset: closing with
+				// unread input would make the kernel send RST, and the
+				// client would see a reset instead of the early end.
 				w.Flush()
+				c.CloseWrite()
+				io.Copy(io.Discard, c)
 				return
 			}
 			if r.Buffered() == 0 {

@@ -75,6 +75,9 @@ func testEvents(n int) []*logpb.Event {
 				if i%16 == 15 {
 					ev.Kind = &logpb.Event_Output{Output: &logpb.Output{Data: []byte("login: "), Released: uint64(i)}}
 				}
+				if i%16 == 7 {
+					ev.Kind = &logpb.Event_Submit{Submit: &logpb.Submit{Tag: 1<<56 | uint64(i), Len: 4096}}
+				}
 			}
 		}
 		if i%3 == 0 {

@@ -22,10 +22,11 @@ const (
 	KindFingerprint
 	KindEnd
 	KindOutput
+	KindSubmit
 	NumKinds // number of kinds; not a kind
 )
 
-var kindNames = [NumKinds]string{"clock", "deliver", "deliver+landmark", "inject", "tsc", "read", "fingerprint", "end", "output"}
+var kindNames = [NumKinds]string{"clock", "deliver", "deliver+landmark", "inject", "tsc", "read", "fingerprint", "end", "output", "submit"}
 
 func (k Kind) String() string {
 	if k >= 0 && k < NumKinds {
@@ -56,6 +57,8 @@ func KindOf(ev *logpb.Event) Kind {
 		return KindEnd
 	case *logpb.Event_Output:
 		return KindOutput
+	case *logpb.Event_Submit:
+		return KindSubmit
 	}
 	return -1
 }
