@@ -282,8 +282,12 @@ build_initramfs() {
 		echo "dir /sys 0755 0 0"
 		echo "dir /tmp 1777 0 0"
 		echo "file /bin/busybox $stage/files/busybox 0755 0 0"
+		# The list in a variable: `busybox --list | grep -q` fails under
+		# pipefail when grep exits before busybox has written it all.
+		local available
+		available=$("$BUSYBOX_BIN" --list)
 		grep -Ev '^[[:space:]]*(#|$)' "$INITRAMFS_SRC/applets" | sort -u | while read -r applet; do
-			"$BUSYBOX_BIN" --list | grep -qxF "$applet" || die "busybox has no applet '$applet'"
+			grep -qxF "$applet" <<<"$available" || die "busybox has no applet '$applet'"
 			echo "slink /bin/$applet busybox 0777 0 0"
 		done
 		echo "file /init $stage/files/init 0755 0 0"
