@@ -177,7 +177,7 @@ func TestLinuxRecordReplayDisk(t *testing.T) {
 	if got, err := guestcheck.ParseDisk(recOut); err != nil || got != expected {
 		t.Fatalf("the recorded guest's disk workload: %v\n%s", err, fttest.Tail(recOut, 15))
 	}
-	repOut := run("replay", logFile, "--guest-dir", dir, "--disk", repImg, "--disk-mode", "nonshared")
+	repOut := run("replay", logFile, "--guest-dir", dir, "--work", "disk", "--disk", repImg, "--disk-mode", "nonshared")
 	if want, got := lastLine(recOut), lastLine(repOut); !strings.HasPrefix(want, "fingerprint ") || want != got {
 		t.Fatalf("record ended with %q, replay with %q", want, got)
 	}
