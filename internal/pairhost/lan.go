@@ -74,6 +74,7 @@ func (l *LAN) qemuArgs(i int) []string {
 func lanScript(mac string) string {
 	return fmt.Sprintf(`set -e
 modprobe tun
+modprobe bridge
 nic=$(ip -o link | awk -v m=%s '$0 ~ m { sub(":", "", $2); print $2 }')
 [ -n "$nic" ] || { echo "no NIC with MAC %s"; ip -o link; exit 1; }
 ip link add br0 type bridge stp_state 0 forward_delay 0
