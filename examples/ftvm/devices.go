@@ -33,7 +33,7 @@ func (o *deviceOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.netSpec, "net", "", "virtio-net backend: 'tap:NAME' (a tap interface, attached at the first frame: a backup attaches it when it goes live; make it persistent so that it outlives the primary)")
 	fs.StringVar(&o.mac, "mac", "52:54:00:f7:00:01", "the guest NIC's MAC address")
 	fs.StringVar(&o.guestIP, "guest-ip", "", "the guest's IPv4 address, for the gratuitous ARP a backup sends on the tap when it goes live (without it: a RARP announcement of the MAC, which needs no address)")
-	fs.StringVar(&o.work, "work", "", "the example guest's workload: 'disk' or 'net' (adds ftkvm.work= to the command line; needs --disk or --net)")
+	fs.StringVar(&o.work, "work", "", "the example guest's workload: 'disk', 'net' or 'diskbench' (adds ftkvm.work= to the command line; needs --disk or --net)")
 }
 
 // guestDevices are the opened devices' backends, shared by every VM the
@@ -107,16 +107,16 @@ func (o *deviceOptions) open() (*guestDevices, error) {
 	}
 	switch o.work {
 	case "":
-	case "disk":
+	case "disk", "diskbench":
 		if d.img == nil {
-			return nil, usageError{errors.New("--work disk needs --disk")}
+			return nil, usageError{fmt.Errorf("--work %s needs --disk", o.work)}
 		}
 	case "net":
 		if d.tap == nil {
 			return nil, usageError{errors.New("--work net needs --net")}
 		}
 	default:
-		return nil, usageError{fmt.Errorf("--work %q: want disk or net", o.work)}
+		return nil, usageError{fmt.Errorf("--work %q: want disk, diskbench or net", o.work)}
 	}
 	return d, nil
 }
