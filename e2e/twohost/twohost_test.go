@@ -106,13 +106,7 @@ func TestHostDeathBare(t *testing.T) {
 func TestHostDeathLinux(t *testing.T) {
 	e := setup(t)
 	n := points(t, "LINUX_POINTS", 3)
-	dir := os.Getenv("FTKVM_GUEST_DIR")
-	if dir == "" {
-		dir = filepath.Join(repoRoot(), "guest", "out")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "vmlinux")); err != nil {
-		t.Fatalf("the example guest is not built in %s (make guest): %v", dir, err)
-	}
+	dir := guestDir(t)
 	rng := seeded(t)
 	markers := []string{"FTKVM-GUEST: init started", "FTKVM-GUEST: step 10/10", "FTKVM-GUEST: workload done", "FTKVM-GUEST: powering off"}
 	triggers := []string{"Linux version", "Serial: 8250", "Run /init as init process", "FTKVM-GUEST: init started"}
