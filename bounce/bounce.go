@@ -300,6 +300,18 @@ func (e *Engine) startShadow(req Request) {
 	}()
 }
 
+// WaitShadows waits until every write the engine performed while
+// replaying (SetReplayWrites) is done: a replay that ends must not leave
+// its copy of the disk short of them.
+func (e *Engine) WaitShadows() {
+	e.mu.Lock()
+	last := e.lastShadow
+	e.mu.Unlock()
+	if last != nil {
+		<-last
+	}
+}
+
 // Delivered tells the engine that the completion for tag reached the
 // device (the VMM calls it for every delivered completion, live or
 // replayed).

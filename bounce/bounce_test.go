@@ -373,3 +373,27 @@ func TestReplayWritesArePerformedOnceInOrder(t *testing.T) {
 		t.Errorf("backend writes %v: want 1 before 3, 3 once, and 4", done)
 	}
 }
+
+// TestWaitShadowsWaitsForTheLastWrite: a replay that ends waits for the
+// writes it performed on its own disk copy; WaitShadows returns only once
+// the last one (and so every one before it) is done.
+func TestWaitShadowsWaitsForTheLastWrite(t *testing.T) {
+	var done atomic.Int32
+	e := NewEngine(func(req Request) ([]byte, error) {
+		time.Sleep(20 * time.Millisecond)
+		done.Add(1)
+		return nil, nil
+	})
+	e.WaitShadows() // nothing performed: returns at once
+	e.SetReplay()
+	e.SetReplayWrites(func(Request) bool { return true })
+	for tag := uint64(1); tag <= 3; tag++ {
+		if err := e.Submit(Request{Tag: tag, Write: true, Len: 1, Data: []byte{1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.WaitShadows()
+	if n := done.Load(); n != 3 {
+		t.Fatalf("WaitShadows returned with %d of 3 writes done", n)
+	}
+}

@@ -29,6 +29,7 @@ type backup struct {
 	ctx  context.Context
 	recv *logchannel.Receiver
 	rp   *replay.Replayer
+	rl   *runLog // Config.RunLog
 	vm   *vmm.VM
 	arb  split.Arbiter
 
@@ -111,7 +112,12 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 		return Result{}, err
 	}
 
-	b.rp, err = replay.NewReplayer(replay.ReplayerConfig{Source: b, GoLive: b.goLive, LiveInput: cfg.Input, LiveKickAfter: cfg.KickAfter})
+	rcfg := replay.ReplayerConfig{Source: b, GoLive: b.goLive, LiveInput: cfg.Input, LiveKickAfter: cfg.KickAfter}
+	if cfg.RunLog != nil {
+		b.rl = newRunLog(cfg.RunLog, hdr, b.log)
+		rcfg.Continue, rcfg.ContinueReason = b.rl, b.why
+	}
+	b.rp, err = replay.NewReplayer(rcfg)
 	if err != nil {
 		return Result{}, err
 	}
@@ -155,6 +161,11 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 		b.step(evRunEndedLogShut, "the primary completed the run")
 	}
 	r.Released = b.console.sent
+	if b.rl != nil {
+		if r.RunLogErr = b.rl.close(); r.RunLogErr != nil {
+			b.log.printf("the run's log is incomplete: %v", r.RunLogErr)
+		}
+	}
 	switch {
 	case b.live.Load():
 		r.Outcome, r.Live = "went live", true
@@ -231,18 +242,26 @@ func (b *backup) Next() (*logpb.Event, error) {
 	}
 	b.replayed.Store(seq)
 	b.lastExits.Store(ev.Exits)
+	if b.rl != nil {
+		b.rl.Append(ev)
+	}
 	return ev, nil
 }
 
 // goLive is the replay's GoLive, called on the vCPU thread once every
 // received entry has been replayed.
 func (b *backup) goLive(vm vmm.Machine, p vmm.Point) error {
-	why := "the primary closed the log"
-	if b.cause != nil {
-		why = b.cause.Error()
-	}
+	why := b.why()
 	b.log.printf("log ended (%s) after entry %d; replayed all of it, at %v: claiming the pair on shared storage", why, b.replayed.Load(), p)
 	return b.takeOver(evLogEnded, p)
+}
+
+// why says why the log ended.
+func (b *backup) why() string {
+	if b.cause != nil {
+		return b.cause.Error()
+	}
+	return "the primary closed the log"
 }
 
 // takeOver claims the pair after ev (the log ended) and, if it wins,

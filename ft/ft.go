@@ -39,6 +39,9 @@ type Result struct {
 	// backup's ack (the sender, TLS, the network, the backup's receiver
 	// and the ack's way back).
 	CommitToChannel, CommitToAck LatencyStats
+	// RunLogErr is the first error writing Config.RunLog (backup only):
+	// the log ends where it struck.
+	RunLogErr error
 }
 
 // LatencyStats summarises a set of durations.
@@ -144,6 +147,15 @@ type Config struct {
 	// network address from this host (a gratuitous ARP), as a VRRP
 	// router does when it takes an address over.
 	OnLive func()
+	// RunLog, if set, receives the backup's log of the whole run: the
+	// primary's log as the backup replays it and, if the backup goes live,
+	// a Handover event and what it records of its own run from there (see
+	// replay.ReplayerConfig.Continue), ending like any recording. `ftvm
+	// replay` replays it across the failover: with a disk image in
+	// non-shared mode it rebuilds the disk the run ended with. A write
+	// error ends the log, not the run (Result.RunLogErr). The backup
+	// closes it (if it is an io.Closer) when the run ends.
+	RunLog io.Writer
 }
 
 func (c *Config) defaults(role string) {

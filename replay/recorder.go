@@ -58,6 +58,7 @@ type Recorder struct {
 	// (see logpb.Landmark.exit_regs).
 	exitAt   vmm.Point
 	exitRegs []uint64
+	lastTSC  uint64 // the TSC never runs backwards, nor stands still
 	stats    RecordStats
 }
 
@@ -292,6 +293,10 @@ func (r *Recorder) Windows() bool { return true }
 // device read, so not a clock event) and is logged as a TSC event.
 func (r *Recorder) TSC(_ vmm.Machine, p vmm.Point) (uint64, error) {
 	v := uint64(r.clock.inner.Now()) * (vmm.TSCHz / 1_000_000_000)
+	if v <= r.lastTSC {
+		v = r.lastTSC + 1
+	}
+	r.lastTSC = v
 	r.emit(p, &logpb.Event{Kind: &logpb.Event_Tsc{Tsc: v}})
 	r.stats.TSC++
 	return v, r.err

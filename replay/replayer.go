@@ -37,6 +37,16 @@ type ReplayerConfig struct {
 	LiveInput interface{ Read([]byte) (int, error) }
 	// LiveKickAfter is the LiveDriver's KickAfter after going live.
 	LiveKickAfter time.Duration
+	// Continue, with GoLive, records the run after going live, so that
+	// the events replayed so far followed by those Continue receives are
+	// the log of the whole run: first a Handover event (numbered on from
+	// the last event replayed), then what a Recorder logs (without
+	// console output). The VM keeps KVM's dirty log for the recorder's
+	// landmarks. Errors from Continue stop the run, as a recorder's do:
+	// give a Sink that never fails if the live run matters more than its
+	// log. ContinueReason, if set, says why in the Handover event.
+	Continue       Sink
+	ContinueReason func() string
 }
 
 // Replayer is the backup's vmm.Driver: it never reads the host clock or
@@ -56,7 +66,9 @@ type Replayer struct {
 	stats ReplayStats
 
 	phase    phase
-	live     *vmm.LiveDriver // set by handover
+	live     liveSide  // set by handover
+	rec      *Recorder // the live side when Continue is set
+	lastSeq  uint64    // of the last event read from the Source
 	lastTSC  uint64
 	released uint64 // Released of the last Output event replayed
 }
@@ -68,6 +80,10 @@ type ReplayStats struct {
 	LandmarkPages uint64
 	// LiveAt is where the replay went live (Config.GoLive), if it did.
 	LiveAt *vmm.Point
+	// Handovers counts the Handover events replayed across (a backup's
+	// log of a whole run), and JoinedAt is where the last one was.
+	Handovers uint64
+	JoinedAt  *vmm.Point
 }
 
 // NewReplayer returns a replayer. Create the VM with Options.Driver set
@@ -85,6 +101,10 @@ func NewReplayer(cfg ReplayerConfig) (*Replayer, error) {
 // log.
 func (r *Replayer) Clock() devices.Clock { return r.clock }
 
+// NeedsDirtyLog implements vmm.DirtyLogDriver: a replay that records its
+// live run (Continue) captures landmarks after going live.
+func (r *Replayer) NeedsDirtyLog() bool { return r.cfg.Continue != nil && r.cfg.GoLive != nil }
+
 // Stats returns what the replay has done.
 func (r *Replayer) Stats() ReplayStats { return r.stats }
 
@@ -99,6 +119,7 @@ func (r *Replayer) peek() *logpb.Event {
 				r.err = fmt.Errorf("reading the log: %w", err)
 			default:
 				r.next = ev
+				r.lastSeq = ev.Seq
 			}
 		}
 		// A device write's submission carries no input: it marks where
@@ -163,6 +184,8 @@ func describe(ev *logpb.Event) string {
 		return fmt.Sprintf("a fingerprint at %d exits", ev.Exits)
 	case *logpb.Event_End:
 		return fmt.Sprintf("the end of the run at %d exits", ev.Exits)
+	case *logpb.Event_Handover:
+		return fmt.Sprintf("a backup's go-live at %v", vmm.Point{Exits: ev.Exits, Kind: vmm.PointKind(k.Handover.Kind)})
 	}
 	return fmt.Sprintf("event %d", ev.Seq)
 }
@@ -172,7 +195,7 @@ func describe(ev *logpb.Event) string {
 // replay in the draining phase and returns errDraining: the caller answers
 // without the log until the next delivery point.
 func (r *Replayer) expect(p vmm.Point, want string, match func(*logpb.Event) bool) (*logpb.Event, error) {
-	if r.phase != replaying || r.logEnded() {
+	if r.phase != replaying || r.atHandover() {
 		if r.phase == replaying {
 			r.phase = draining
 		}
@@ -229,7 +252,13 @@ func (r *Replayer) Deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
 		if err := r.handover(vm, p); err != nil {
 			return false, err
 		}
-		return r.live.Deliver(vm, p)
+		switch r.phase {
+		case live:
+			return r.live.Deliver(vm, p)
+		case draining:
+			return false, nil // going live at the next exit (Continue)
+		}
+		// Joined a Handover: the backup's own events follow.
 	}
 	if r.loc.busy() {
 		return r.atLandmark(vm, p)
@@ -243,9 +272,12 @@ func (r *Replayer) Deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
 		if r.err != nil {
 			return false, r.err
 		}
-		if ev == nil && r.logEnded() {
+		if ev == nil && r.logEnded() || ev.GetHandover() != nil && ev.Exits == p.Exits {
 			if err := r.handover(vm, p); err != nil {
 				return false, err
+			}
+			if r.phase == replaying {
+				continue // joined: the backup's own events follow
 			}
 			more, err := r.live.Deliver(vm, p)
 			return delivered || more, err
@@ -313,18 +345,28 @@ func (r *Replayer) Halted(ctx context.Context, vm vmm.Machine, p vmm.Point) erro
 	if r.err != nil {
 		return r.err
 	}
-	if r.phase != replaying || r.logEnded() {
+	if r.phase != replaying || r.atHandover() {
 		if err := r.handover(vm, p); err != nil {
 			return err
 		}
-		return r.live.Halted(ctx, vm, p)
+		if r.phase != replaying {
+			return r.live.Halted(ctx, vm, p) // halts are at exits: live
+		}
+		// Joined: the backup waited here for its first live event, which
+		// the next Deliver at this exit replays.
+		if ev := r.peek(); ev.GetDeliver() != nil && ev.Exits == p.Exits {
+			return nil
+		}
 	}
 	ev := r.peek()
 	return r.diverge(p, 0, "the guest halted and the log has nothing to wake it", "an event at this exit", describe(ev))
 }
 
 // Injected implements vmm.Driver.
-func (r *Replayer) Injected(_ vmm.Machine, p vmm.Point, vector uint8) error {
+func (r *Replayer) Injected(vm vmm.Machine, p vmm.Point, vector uint8) error {
+	if r.phase == live {
+		return r.live.Injected(vm, p, vector)
+	}
 	_, err := r.expect(p, fmt.Sprintf("injection of vector %#x at %d exits", vector, p.Exits), func(ev *logpb.Event) bool {
 		v, ok := ev.Kind.(*logpb.Event_Inject)
 		return ok && v.Inject == uint32(vector)
@@ -357,6 +399,10 @@ func (r *Replayer) TSC(vm vmm.Machine, p vmm.Point) (uint64, error) {
 		v = r.lastTSC + 1
 	case live:
 		v, err = r.live.TSC(vm, p)
+		if r.rec != nil {
+			r.lastTSC = v // logged as it is: the recorder keeps it above the replay's last
+			return v, err
+		}
 	}
 	if v <= r.lastTSC { // the TSC never runs backwards across the handover
 		v = r.lastTSC + 1
@@ -413,8 +459,13 @@ func space(mmio bool) string {
 // Stop implements vmm.Driver: the run must end where the recording ended,
 // the same way, in the same state.
 func (r *Replayer) Stop(vm vmm.Machine, p vmm.Point, res vmm.Result, runErr error) error {
+	if e := vm.Bounce(); e != nil {
+		e.WaitShadows() // the writes of a non-shared disk reach it before the run ends
+	}
 	if r.phase == live {
-		r.live.Stop(vm, p, res, runErr)
+		if err := r.live.Stop(vm, p, res, runErr); err != nil && runErr == nil {
+			return err
+		}
 		return runErr
 	}
 	if r.err != nil {
@@ -432,8 +483,17 @@ func (r *Replayer) Stop(vm vmm.Machine, p vmm.Point, res vmm.Result, runErr erro
 		if err := r.handover(vm, p); err != nil {
 			return err
 		}
-		r.live.Stop(vm, p, res, runErr)
-		return nil
+		switch r.phase {
+		case live:
+			return r.live.Stop(vm, p, res, runErr)
+		case draining: // stopped between exits while draining (Continue)
+			return runErr
+		}
+		// Joined: the backup's own log ends the run.
+		ev, err = r.expect(p, fmt.Sprintf("the end of the run (%v) at %d exits", res.Reason, p.Exits), func(ev *logpb.Event) bool {
+			_, ok := ev.Kind.(*logpb.Event_End)
+			return ok
+		})
 	}
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package twohost
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -100,14 +101,19 @@ func TestHostDeathTCP(t *testing.T) {
 		killAt, st.Duration.Round(time.Millisecond), st.MaxRTT.Round(time.Millisecond), fttest.Line(b.log(), "LIVE at"))
 }
 
-// TestHostDeathDisk kills the primary's host during the disk workload,
-// once with one image on the shared directory (the NFS stand-in both hosts
-// mount) and once with an image per host: the outside must see the
-// workload's lines once with the guest's own check passed, and the image
-// the run ends with must be a clean ext2 holding exactly its files.
+// TestHostDeathDisk kills the primary's host at random points of the disk
+// workload, DISK_POINTS times (default 10) with one image on the shared
+// directory (the NFS stand-in both hosts mount) and as many with an image
+// per host. The outside must see the workload's lines once with the
+// guest's own check passed; the image the run ends with must be a clean
+// ext2 holding exactly its files; and it must equal, byte for byte, the
+// image an undisturbed replay of the same run builds: the backup keeps
+// the log of the whole run (--run-log: the primary's log as it replayed
+// it, then its own live run), and its host replays that log onto a blank
+// copy of the starting image in non-shared mode once the run is over.
 func TestHostDeathDisk(t *testing.T) {
 	e := setup(t)
-	points(t, "DISK_POINTS", 1)
+	n := points(t, "DISK_POINTS", 10)
 	dir := guestDir(t)
 	rng := seeded(t)
 	expected, err := guestcheck.ExpectedDisk(filepath.Join(dir, "expected-disk.txt"))
@@ -115,60 +121,110 @@ func TestHostDeathDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, mode := range []string{"shared", "nonshared"} {
-		t.Run(mode, func(t *testing.T) {
-			// The images live in the directory both hosts mount (9p,
-			// standing for NFS): elsewhere each host would write its own
-			// overlay of this machine's files.
-			shared := t.TempDir()
-			pImg, bImg := filepath.Join(shared, "disk.img"), filepath.Join(shared, "disk.img")
-			if mode == "nonshared" {
-				bImg = filepath.Join(shared, "backup-disk.img")
+		for i := range n {
+			step := 1 + rng.Intn(9)
+			var delay time.Duration
+			if step < 9 {
+				delay = time.Duration(rng.Intn(1500)) * time.Millisecond
 			}
-			for _, img := range []string{pImg, bImg} {
-				if err := os.WriteFile(img, nil, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.Truncate(img, 8<<20); err != nil {
-					t.Fatal(err)
-				}
-			}
-			trigger := fmt.Sprintf("%s%d/10", guestcheck.MarkerDiskStep, 1+rng.Intn(9))
-			guest := []string{"--guest-dir", dir, "--window-entries", "1500", "--work", "disk", "--disk-mode", mode}
-			pr, err := pairhost.Start(context.Background(), pairhost.Options{
-				Bin: e.Bin, Dir: shared, Limit: 7 * time.Minute, Guest: guest,
-				PExtra: []string{"--disk", pImg}, BExtra: []string{"--disk", bImg},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(pr.Close)
-			p, b := side{pr.Primary}, side{pr.Backup}
-			for !strings.Contains(p.out(), trigger) {
-				if p.exited() {
-					t.Fatalf("the primary ended before the outside saw %q (exit %d)\n%s", trigger, p.status(), fttest.Tail(p.log(), 10))
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-			p.Kill()
-			b.wait(t, 5*time.Minute)
-			pOut, bOut, bLog := p.out(), b.out(), b.log()
-			var nb, from int
-			if _, err := fmt.Sscanf(fttest.After(bLog, "re-sending "), "%d console bytes from offset %d", &nb, &from); err != nil || b.status() != 0 {
-				t.Fatalf("killed after %q: the backup did not go live and finish (exit %d):\n%s", trigger, b.status(), fttest.Tail(bLog, 15))
-			}
-			if from > len(pOut) || !strings.HasPrefix(bOut, pOut[from:]) {
-				t.Fatalf("killed after %q: console output lost or garbled at the failover", trigger)
-			}
-			out := pOut[:from] + bOut
-			if got, err := guestcheck.ParseDisk(out); err != nil || got != expected {
-				t.Fatalf("killed after %q: the guest's disk workload: %v\n%s", trigger, err, fttest.Tail(out, 15))
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			if err := guestcheck.CheckImage(ctx, bImg, expected); err != nil {
-				t.Fatalf("killed after %q: the %s image after the failover: %v", trigger, mode, err)
-			}
-			t.Logf("primary host killed after %q (%s disk): %s", trigger, mode, fttest.Line(bLog, "LIVE at"))
-		})
+			t.Run(fmt.Sprintf("%s/%d", mode, i), func(t *testing.T) { hostDeathDisk(t, e.Bin, dir, mode, step, delay, expected) })
+		}
 	}
+}
+
+func hostDeathDisk(t *testing.T, bin, dir, mode string, step int, delay time.Duration, expected guestcheck.Disk) {
+	// The images live in the directory both hosts mount (9p, standing
+	// for NFS): elsewhere each host would write its own overlay of this
+	// machine's files.
+	shared := t.TempDir()
+	pImg, bImg := filepath.Join(shared, "disk.img"), filepath.Join(shared, "disk.img")
+	if mode == "nonshared" {
+		bImg = filepath.Join(shared, "backup-disk.img")
+	}
+	rImg, runLog := filepath.Join(shared, "replay.img"), filepath.Join(shared, "run.log")
+	for _, img := range []string{pImg, bImg, rImg} {
+		if err := os.WriteFile(img, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(img, 8<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trigger := fmt.Sprintf("%s%d/10", guestcheck.MarkerDiskStep, step)
+	guest := []string{"--guest-dir", dir, "--window-entries", "1500", "--work", "disk"}
+	post := fmt.Sprintf("%q replay %q --guest-dir %q --work disk --disk %q --disk-mode nonshared; echo \"replay exit $?\"", bin, runLog, dir, rImg)
+	pr, err := pairhost.Start(context.Background(), pairhost.Options{
+		Bin: bin, Dir: shared, Limit: 9 * time.Minute, Guest: guest, BPost: post,
+		PExtra: []string{"--disk", pImg, "--disk-mode", mode}, BExtra: []string{"--disk", bImg, "--disk-mode", mode, "--run-log", runLog},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pr.Close)
+	p, b := side{pr.Primary}, side{pr.Backup}
+	for !strings.Contains(p.out(), trigger) {
+		if p.exited() {
+			t.Fatalf("the primary ended before the outside saw %q (exit %d)\n%s", trigger, p.status(), fttest.Tail(p.log(), 10))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(delay)
+	p.Kill()
+	at := fmt.Sprintf("%q + %v", trigger, delay)
+	b.wait(t, 6*time.Minute)
+	pOut, bOut, bLog := p.out(), b.out(), b.log()
+	var nb, from int
+	if _, err := fmt.Sscanf(fttest.After(bLog, "re-sending "), "%d console bytes from offset %d", &nb, &from); err != nil || b.status() != 0 {
+		t.Fatalf("killed at %s: the backup did not go live and finish (exit %d):\n%s", at, b.status(), fttest.Tail(bLog, 15))
+	}
+	if from > len(pOut) || !strings.HasPrefix(bOut, pOut[from:]) {
+		t.Fatalf("killed at %s: console output lost or garbled at the failover", at)
+	}
+	out := pOut[:from] + bOut
+	if got, err := guestcheck.ParseDisk(out); err != nil || got != expected {
+		t.Fatalf("killed at %s: the guest's disk workload: %v\n%s", at, err, fttest.Tail(out, 15))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := guestcheck.CheckImage(ctx, bImg, expected); err != nil {
+		t.Fatalf("killed at %s: the %s image after the failover: %v", at, mode, err)
+	}
+	post = b.Post()
+	if !strings.Contains(post, "replay exit 0") || !strings.Contains(post, "replayed across a failover") {
+		t.Fatalf("killed at %s: the replay of the whole run's log did not reach its end across the failover:\n%s", at, fttest.Tail(post, 12))
+	}
+	if err := sameImage(bImg, rImg); err != nil {
+		t.Fatalf("killed at %s: the %s image the run ended with is not the one a replay of its log builds: %v", at, mode, err)
+	}
+	t.Logf("primary host killed at %s (%s disk): %s; the replay of the run's log built the same image (%s)", at, mode,
+		fttest.Line(bLog, "LIVE at"), fttest.Line(post, "across a failover"))
+}
+
+// sameImage compares two disk images byte for byte.
+func sameImage(a, b string) error {
+	da, err := os.ReadFile(a)
+	if err != nil {
+		return err
+	}
+	db, err := os.ReadFile(b)
+	if err != nil {
+		return err
+	}
+	if len(da) != len(db) {
+		return fmt.Errorf("%d bytes against %d", len(da), len(db))
+	}
+	first, blocks := -1, 0
+	for off := 0; off < len(da); off += 4096 {
+		end := min(off+4096, len(da))
+		if !bytes.Equal(da[off:end], db[off:end]) {
+			if first < 0 {
+				first = off
+			}
+			blocks++
+		}
+	}
+	if blocks > 0 {
+		return fmt.Errorf("%d blocks of 4 KiB differ, the first at offset %#x", blocks, first)
+	}
+	return nil
 }

@@ -172,6 +172,10 @@ func formatEvent(ev *logpb.Event) string {
 		return fmt.Sprintf("output  %s (%d released before)", quoteBytes(k.Output.GetData()), k.Output.GetReleased())
 	case *logpb.Event_Submit:
 		return fmt.Sprintf("submit  write tag %#x, %d bytes", k.Submit.GetTag(), k.Submit.GetLen())
+	case *logpb.Event_Handover:
+		h := k.Handover
+		return fmt.Sprintf("handover the backup went live here (%s, at %v), fingerprint %s: its own run follows",
+			h.GetReason(), vmm.PointKind(h.GetKind()), shortHash(h.GetFingerprint().GetSha256()))
 	case *logpb.Event_End:
 		e := k.End
 		s := fmt.Sprintf("end     %s, status %d, fingerprint %s", vmm.StopReason(e.GetReason()), e.GetStatus(),

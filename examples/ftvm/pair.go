@@ -159,6 +159,7 @@ func cmdBackup(ctx context.Context, args []string) (int, error) {
 	o.register(fs)
 	connect := fs.String("connect", "", "the primary's address, e.g. host:7700 (required)")
 	wait := fs.Duration("connect-wait", 30*time.Second, "how long to keep trying to reach the primary")
+	runLog := fs.String("run-log", "", "write the log of the whole run to this `file`: the primary's log as this backup replays it and, if it goes live, what it records of its own run from there; 'ftvm replay' replays it across the failover (with --disk-mode nonshared onto a copy of the starting image, it rebuilds the disk the run ended with)")
 	if err := parseFlags(fs, args); err != nil {
 		return 2, err
 	}
@@ -170,6 +171,13 @@ func cmdBackup(ctx context.Context, args []string) (int, error) {
 		return 1, err
 	}
 	defer g.close()
+	if *runLog != "" {
+		f, err := os.OpenFile(*runLog, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if err != nil {
+			return 1, fmt.Errorf("--run-log: %w (it must not exist yet)", err)
+		}
+		cfg.RunLog = f // closed by RunBackup
+	}
 	info := infof(o.quiet)
 	info("backup: %s with %d MiB; connecting to the primary at %s (%s)", g.name, g.memory>>20, *connect, security(o))
 	res, runErr := ft.RunBackup(ctx, cfg, *connect, *wait)

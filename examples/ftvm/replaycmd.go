@@ -59,16 +59,17 @@ func cmdReplay(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
-	var out io.Writer = io.Discard
+	cons := &replayConsole{rp: rp, out: io.Discard}
 	if *console {
-		out = os.Stdout
+		cons.out = os.Stdout
 	}
 	epoch := time.Unix(0, recorded.EpochUnixNano)
-	vm, err := vmm.New(g.config(vmm.Config{Spec: vmm.Spec{Epoch: epoch}, Options: vmm.Options{Console: out, Driver: rp}}))
+	vm, err := vmm.New(g.config(vmm.Config{Spec: vmm.Spec{Epoch: epoch}, Options: vmm.Options{Console: cons, Driver: rp}}))
 	if err != nil {
 		return 1, err
 	}
 	defer vm.Close()
+	cons.vm = vm
 	if err := g.load(vm); err != nil {
 		return 1, err
 	}
@@ -82,10 +83,29 @@ func cmdReplay(ctx context.Context, args []string) (int, error) {
 	res, runErr := vm.Run(ctx)
 	st := rp.Stats()
 	info("replayed %d events, %d landmarks (%s: %d pages loaded)", st.Events, st.Landmarks, replay.StrategyStateTransfer, st.LandmarkPages)
+	if st.Handovers > 0 {
+		info("replayed across a failover: the backup's own run from %v on (%d handover events)", *st.JoinedAt, st.Handovers)
+	}
 	code, err := report(info, res, runErr)
 	if err == nil {
 		info("replay reached the recorded end state")
 	}
 	printFingerprint(vm)
 	return code, err
+}
+
+// replayConsole is a replay's console: what the guest writes is checked
+// against the log's Output events (an FT primary's log, or a backup's log
+// of a whole run, has them) and shown with --console.
+type replayConsole struct {
+	rp  *replay.Replayer
+	vm  *vmm.VM
+	out io.Writer
+}
+
+func (c *replayConsole) Write(data []byte) (int, error) {
+	if c.vm != nil {
+		c.rp.Output(c.vm.Point(), data) // a difference is the replay's sticky error: it stops the run
+	}
+	return c.out.Write(data)
 }

@@ -59,6 +59,10 @@ type Options struct {
 	// PPre is shell run in the primary's host before ftvm (its output
 	// goes to primary.pre in the shared directory).
 	PPre string
+	// BPost is shell run in the backup's host after ftvm ends (its output
+	// goes to backup.post): work on what the backup left, such as
+	// replaying its --run-log, in a host that has KVM.
+	BPost string
 	// LAN, if set, puts the guest on a network this machine is on too
 	// (see LAN): each host gets a second NIC on one of its taps and
 	// bridges it with the guest's tap (LANTap inside), which ftvm's
@@ -124,11 +128,11 @@ func Start(ctx context.Context, o Options) (*Pair, error) {
 		bPre = lanScript(lanMAC(1))
 		pQEMU, bQEMU = o.LAN.qemuArgs(0), o.LAN.qemuArgs(1)
 	}
-	p, err := startSide(ctx, o, "primary", pPre, pArgs, &testbed.Link{Port: port, Listen: true, Addr: PrimaryAddr}, pQEMU)
+	p, err := startSide(ctx, o, "primary", pPre, "", pArgs, &testbed.Link{Port: port, Listen: true, Addr: PrimaryAddr}, pQEMU)
 	if err != nil {
 		return nil, err
 	}
-	b, err := startSide(ctx, o, "backup", bPre, bArgs, &testbed.Link{Port: port, Addr: BackupAddr}, bQEMU)
+	b, err := startSide(ctx, o, "backup", bPre, o.BPost, bArgs, &testbed.Link{Port: port, Addr: BackupAddr}, bQEMU)
 	if err != nil {
 		p.Host.Kill()
 		<-p.done
@@ -145,11 +149,14 @@ func (p *Pair) Close() {
 	}
 }
 
-func startSide(ctx context.Context, o Options, role, pre string, args []string, link *testbed.Link, qemu []string) (*Side, error) {
+func startSide(ctx context.Context, o Options, role, pre, post string, args []string, link *testbed.Link, qemu []string) (*Side, error) {
 	s := &Side{Role: role, Dir: o.Dir, done: make(chan struct{})}
 	script := fmt.Sprintf("%s %s > %s.out 2> %s.log; echo $? > %s.rc", shellQuote(o.Bin), shellQuote(args...), role, role, role)
 	if pre != "" {
 		script = fmt.Sprintf("( %s ) > %s.pre 2>&1\n%s", pre, role, script)
+	}
+	if post != "" {
+		script = fmt.Sprintf("%s\n( %s ) > %s.post 2>&1", script, post, role)
 	}
 	h, err := testbed.Start(ctx, testbed.Options{
 		Script: script, Dir: o.Dir, Link: link, Timeout: o.Limit, Hostname: role + "-host", MemMB: o.MemMB,
@@ -173,6 +180,9 @@ func (s *Side) Out() string { return s.file(".out") }
 
 // Log is the side's stderr: its progress and decisions.
 func (s *Side) Log() string { return s.file(".log") }
+
+// Post is the output of the side's Options.BPost script.
+func (s *Side) Post() string { return s.file(".post") }
 
 // Status is ftvm's exit status, or -1 if its host died first.
 func (s *Side) Status() int {

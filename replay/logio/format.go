@@ -29,7 +29,8 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 func validKind(ev *logpb.Event) error {
 	switch ev.GetKind().(type) {
 	case *logpb.Event_Clock, *logpb.Event_Deliver, *logpb.Event_Inject, *logpb.Event_Tsc,
-		*logpb.Event_Read, *logpb.Event_Fingerprint, *logpb.Event_End, *logpb.Event_Output, *logpb.Event_Submit:
+		*logpb.Event_Read, *logpb.Event_Fingerprint, *logpb.Event_End, *logpb.Event_Output, *logpb.Event_Submit,
+		*logpb.Event_Handover:
 		return nil
 	case nil:
 		return fmt.Errorf("event %d has no kind", ev.GetSeq())

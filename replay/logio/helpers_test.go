@@ -78,6 +78,9 @@ func testEvents(n int) []*logpb.Event {
 				if i%16 == 7 {
 					ev.Kind = &logpb.Event_Submit{Submit: &logpb.Submit{Tag: 1<<56 | uint64(i), Len: 4096}}
 				}
+				if i%64 == 23 {
+					ev.Kind = &logpb.Event_Handover{Handover: &logpb.Handover{Kind: 1, Fingerprint: &logpb.Fingerprint{Sha256: sum("h")}, Reason: "test"}}
+				}
 			}
 		}
 		if i%3 == 0 {

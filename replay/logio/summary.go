@@ -23,10 +23,11 @@ const (
 	KindEnd
 	KindOutput
 	KindSubmit
+	KindHandover
 	NumKinds // number of kinds; not a kind
 )
 
-var kindNames = [NumKinds]string{"clock", "deliver", "deliver+landmark", "inject", "tsc", "read", "fingerprint", "end", "output", "submit"}
+var kindNames = [NumKinds]string{"clock", "deliver", "deliver+landmark", "inject", "tsc", "read", "fingerprint", "end", "output", "submit", "handover"}
 
 func (k Kind) String() string {
 	if k >= 0 && k < NumKinds {
@@ -59,6 +60,8 @@ func KindOf(ev *logpb.Event) Kind {
 		return KindOutput
 	case *logpb.Event_Submit:
 		return KindSubmit
+	case *logpb.Event_Handover:
+		return KindHandover
 	}
 	return -1
 }

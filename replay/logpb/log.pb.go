@@ -776,6 +776,7 @@ type Event struct {
 	//	*Event_End
 	//	*Event_Output
 	//	*Event_Submit
+	//	*Event_Handover
 	Kind          isEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -913,6 +914,15 @@ func (x *Event) GetSubmit() *Submit {
 	return nil
 }
 
+func (x *Event) GetHandover() *Handover {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_Handover); ok {
+			return x.Handover
+		}
+	}
+	return nil
+}
+
 type isEvent_Kind interface {
 	isEvent_Kind()
 }
@@ -953,6 +963,10 @@ type Event_Submit struct {
 	Submit *Submit `protobuf:"bytes,11,opt,name=submit,proto3,oneof"` // a device write was submitted at this exit (FT primary: held until the backup acks this event)
 }
 
+type Event_Handover struct {
+	Handover *Handover `protobuf:"bytes,12,opt,name=handover,proto3,oneof"` // an FT backup went live here: what follows is its own live run (see Handover)
+}
+
 func (*Event_Clock) isEvent_Kind() {}
 
 func (*Event_Deliver) isEvent_Kind() {}
@@ -970,6 +984,75 @@ func (*Event_End) isEvent_Kind() {}
 func (*Event_Output) isEvent_Kind() {}
 
 func (*Event_Submit) isEvent_Kind() {}
+
+func (*Event_Handover) isEvent_Kind() {}
+
+// Handover joins two parts of one run's log: the events before it are the
+// primary's, as an FT backup received and replayed them; the events after
+// it are what that backup recorded once it went live. The backup ran the
+// last exit before it without the log (the clock standing at its last
+// logged value, the TSC moving on by one per read) and went live at this
+// event's exits and point kind; a replay does the same, checks that it
+// stands there in the same state, and replays on.
+type Handover struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          uint32                 `protobuf:"varint,1,opt,name=kind,proto3" json:"kind,omitempty"`              // vmm.PointKind of the point it went live at
+	Fingerprint   *Fingerprint           `protobuf:"bytes,2,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"` // the machine state there
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`           // why it went live (for people)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Handover) Reset() {
+	*x = Handover{}
+	mi := &file_replay_logpb_log_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Handover) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Handover) ProtoMessage() {}
+
+func (x *Handover) ProtoReflect() protoreflect.Message {
+	mi := &file_replay_logpb_log_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Handover.ProtoReflect.Descriptor instead.
+func (*Handover) Descriptor() ([]byte, []int) {
+	return file_replay_logpb_log_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Handover) GetKind() uint32 {
+	if x != nil {
+		return x.Kind
+	}
+	return 0
+}
+
+func (x *Handover) GetFingerprint() *Fingerprint {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return nil
+}
+
+func (x *Handover) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
 
 var File_replay_logpb_log_proto protoreflect.FileDescriptor
 
@@ -1033,7 +1116,7 @@ const file_replay_logpb_log_proto_rawDesc = "" +
 	"\breleased\x18\x02 \x01(\x04R\breleased\",\n" +
 	"\x06Submit\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\x04R\x03tag\x12\x10\n" +
-	"\x03len\x18\x02 \x01(\rR\x03len\"\xb2\x03\n" +
+	"\x03len\x18\x02 \x01(\rR\x03len\"\xeb\x03\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05exits\x18\x02 \x01(\x04R\x05exits\x12\x16\n" +
@@ -1046,8 +1129,13 @@ const file_replay_logpb_log_proto_rawDesc = "" +
 	"\x03end\x18\t \x01(\v2\x14.ftkvm.replay.v1.EndH\x00R\x03end\x121\n" +
 	"\x06output\x18\n" +
 	" \x01(\v2\x17.ftkvm.replay.v1.OutputH\x00R\x06output\x121\n" +
-	"\x06submit\x18\v \x01(\v2\x17.ftkvm.replay.v1.SubmitH\x00R\x06submitB\x06\n" +
-	"\x04kindB%Z#github.com/ftkvm/ftkvm/replay/logpbb\x06proto3"
+	"\x06submit\x18\v \x01(\v2\x17.ftkvm.replay.v1.SubmitH\x00R\x06submit\x127\n" +
+	"\bhandover\x18\f \x01(\v2\x19.ftkvm.replay.v1.HandoverH\x00R\bhandoverB\x06\n" +
+	"\x04kind\"v\n" +
+	"\bHandover\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\rR\x04kind\x12>\n" +
+	"\vfingerprint\x18\x02 \x01(\v2\x1c.ftkvm.replay.v1.FingerprintR\vfingerprint\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reasonB%Z#github.com/ftkvm/ftkvm/replay/logpbb\x06proto3"
 
 var (
 	file_replay_logpb_log_proto_rawDescOnce sync.Once
@@ -1061,7 +1149,7 @@ func file_replay_logpb_log_proto_rawDescGZIP() []byte {
 	return file_replay_logpb_log_proto_rawDescData
 }
 
-var file_replay_logpb_log_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_replay_logpb_log_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_replay_logpb_log_proto_goTypes = []any{
 	(*Header)(nil),      // 0: ftkvm.replay.v1.Header
 	(*Landmark)(nil),    // 1: ftkvm.replay.v1.Landmark
@@ -1074,6 +1162,7 @@ var file_replay_logpb_log_proto_goTypes = []any{
 	(*Output)(nil),      // 8: ftkvm.replay.v1.Output
 	(*Submit)(nil),      // 9: ftkvm.replay.v1.Submit
 	(*Event)(nil),       // 10: ftkvm.replay.v1.Event
+	(*Handover)(nil),    // 11: ftkvm.replay.v1.Handover
 }
 var file_replay_logpb_log_proto_depIdxs = []int32{
 	2,  // 0: ftkvm.replay.v1.Landmark.page_data:type_name -> ftkvm.replay.v1.Page
@@ -1086,11 +1175,13 @@ var file_replay_logpb_log_proto_depIdxs = []int32{
 	7,  // 7: ftkvm.replay.v1.Event.end:type_name -> ftkvm.replay.v1.End
 	8,  // 8: ftkvm.replay.v1.Event.output:type_name -> ftkvm.replay.v1.Output
 	9,  // 9: ftkvm.replay.v1.Event.submit:type_name -> ftkvm.replay.v1.Submit
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	11, // 10: ftkvm.replay.v1.Event.handover:type_name -> ftkvm.replay.v1.Handover
+	6,  // 11: ftkvm.replay.v1.Handover.fingerprint:type_name -> ftkvm.replay.v1.Fingerprint
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_replay_logpb_log_proto_init() }
@@ -1108,6 +1199,7 @@ func file_replay_logpb_log_proto_init() {
 		(*Event_End)(nil),
 		(*Event_Output)(nil),
 		(*Event_Submit)(nil),
+		(*Event_Handover)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1115,7 +1207,7 @@ func file_replay_logpb_log_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_replay_logpb_log_proto_rawDesc), len(file_replay_logpb_log_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
