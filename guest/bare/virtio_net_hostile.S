@@ -23,8 +23,9 @@
  *  6. a receive buffer posted and a frame sent, and the device reset at
  *     once; then the init again, two buffers, a second frame: the echo of
  *     the first goes to the old buffer (if it came before the reset), to
- *     the new driver, or nowhere, and the second's lands; the line after
- *     "step 6" says which;
+ *     the new driver, or nowhere, and the second's lands; the lines
+ *     "step 6: echo E|L ..." say which, for an echo at once (E) and one
+ *     the peer sends 50 ms late (L);
  *  7. LCG garbage at every width to every register and config offset;
  *     the identity and the config space (MAC, link up, MTU) still read
  *     right;
@@ -37,7 +38,7 @@
  *
  * Each step prints "virtio_net_hostile: step N ok" or "... step N FAILED
  * <why>" and a failed step exits with status N; all passed prints
- * "virtio_net_hostile: all ok, N frames echoed" (N: the 'E' frames sent,
+ * "virtio_net_hostile: all ok, N frames echoed" (N: the 'E' and 'L' frames sent,
  * seq 1..N, which the suite checks against what its peer received) and
  * exits 0. */
 #include "common.inc"
@@ -204,84 +205,14 @@ _start:
 	table_bad TX, 0xffffffffffffff00
 	call step_ok
 
-/* 6: reset with a receive buffer posted and a frame in flight */
+/* 6: reset with a receive buffer posted and a frame in flight, whose
+ * echo the peer sends at once ('E'), then 50 ms late ('L') */
 	mov $6, %r15d
-	call dev_init
-	mov $OLDRX, %edi
-	mov $RXBUF_LEN, %ecx
-	mov $0xaa, %al
-	rep stosb
-	mov $RXQ, %r9d
-	xor %edi, %edi
-	mov $OLDRX, %eax
-	mov $RXBUF_LEN, %ecx
-	mov $F_WRITE, %edx
-	call set_desc
-	call add_chain
-	movl $RX, R_QNOTIFY(%rbx)
-	call send_echo
-	movl $0, R_STATUS(%rbx)		/* the reset */
-	movzwl RXQ+U+2, %r13d		/* 1 if the echo came before it */
-	cmp $1, %r13d
-	fail_unless be, m_extra_used
-	push %r12			/* the first frame's seq */
-	call dev_init
-	call post_rx
-	call post_rx
-	movl $RX, R_QNOTIFY(%rbx)
-	call send_echo
-	/* wait until the last used entry holds the second frame's echo */
-	mov $POLLS, %ecx
-1:	movzwl RXQ+U+2, %eax
-	test %eax, %eax
-	jz 2f
-	dec %eax
-	and $QSIZE-1, %eax
-	mov RXQ+U+4(,%rax,8), %edx
-	and $QSIZE-1, %edx
-	shl $11, %edx
-	cmp %r12b, RXBUF+HDR_LEN+15(%rdx)
-	je 3f
-2:	mov R_ISR(%rbx), %eax
-	dec %ecx
-	jnz 1b
-	fail_with m_timeout
-3:	movzwl RXQ+U+2, %eax
-	cmp $1, %eax
-	je 4f
-	cmp $2, %eax			/* the first echo went to the new driver */
-	fail_unless e, m_extra_used
-	test %r13d, %r13d
-	fail_unless z, m_extra_used	/* ... and to the old one: twice */
-	xor %edx, %edx
-	mov (%rsp), %esi
-	call check_rx
-	mov $1, %edx
-	mov %r12d, %esi
-	call check_rx
-	puts m_new
-	jmp 6f
-4:	xor %edx, %edx			/* only the second echo */
-	mov %r12d, %esi
-	call check_rx
-	test %r13d, %r13d
-	jz 5f
-	mov $OLDRX, %edi
-	mov (%rsp), %esi
-	call check_echo
-	puts m_old
-	jmp 6f
-5:	puts m_dropped
-6:	pop %rsi
-	test %r13d, %r13d		/* the old buffer kept its fill unless written before the reset */
-	jnz 8f
-	xor %ecx, %ecx
-7:	cmpb $0xaa, OLDRX(%rcx)
-	fail_unless e, m_old_written
-	inc %ecx
-	cmp $RXBUF_LEN, %ecx
-	jne 7b
-8:	call step_ok
+	mov $'E', %ebp
+	call reset_in_flight
+	mov $'L', %ebp
+	call reset_in_flight
+	call step_ok
 
 /* 7: garbage in every register and config offset */
 	mov $7, %r15d
@@ -426,6 +357,96 @@ check_config:
 	cmp $16, %ecx
 	jne 1b
 	ret
+
+/* reset_in_flight: a receive buffer posted, a frame of kind BPL sent and
+ * the device reset at once; then the init again, two buffers, an 'E'
+ * frame: the echo of the first goes to the old buffer (if it came before
+ * the reset), to the new driver, or nowhere; the second's lands. Prints
+ * which. */
+reset_in_flight:
+	call dev_init
+	mov $OLDRX, %edi
+	mov $RXBUF_LEN, %ecx
+	mov $0xaa, %al
+	rep stosb
+	mov $RXQ, %r9d
+	xor %edi, %edi
+	mov $OLDRX, %eax
+	mov $RXBUF_LEN, %ecx
+	mov $F_WRITE, %edx
+	call set_desc
+	call add_chain
+	movl $RX, R_QNOTIFY(%rbx)
+	mov %bpl, %al
+	call send_kind
+	movl $0, R_STATUS(%rbx)		/* the reset */
+	movzwl RXQ+U+2, %r13d		/* 1 if the echo came before it */
+	cmp $1, %r13d
+	fail_unless be, m_extra_used
+	push %r12			/* the first frame's seq */
+	call dev_init
+	call post_rx
+	call post_rx
+	movl $RX, R_QNOTIFY(%rbx)
+	call send_echo
+	/* wait until the last used entry holds the second frame's echo */
+	mov $POLLS, %ecx
+1:	movzwl RXQ+U+2, %eax
+	test %eax, %eax
+	jz 2f
+	dec %eax
+	and $QSIZE-1, %eax
+	mov RXQ+U+4(,%rax,8), %edx
+	and $QSIZE-1, %edx
+	shl $11, %edx
+	cmp %r12b, RXBUF+HDR_LEN+15(%rdx)
+	je 3f
+2:	mov R_ISR(%rbx), %eax
+	dec %ecx
+	jnz 1b
+	fail_with m_timeout
+3:	movzwl RXQ+U+2, %eax
+	cmp $1, %eax
+	je 4f
+	cmp $2, %eax			/* the first echo went to the new driver */
+	fail_unless e, m_extra_used
+	test %r13d, %r13d
+	fail_unless z, m_extra_used	/* ... and to the old one: twice */
+	xor %edx, %edx
+	mov (%rsp), %esi
+	call check_rx
+	mov $1, %edx
+	mov %r12d, %esi
+	call check_rx
+	lea m_new(%rip), %rsi
+	jmp 6f
+4:	xor %edx, %edx			/* only the second echo */
+	mov %r12d, %esi
+	call check_rx
+	test %r13d, %r13d
+	jz 5f
+	mov $OLDRX, %edi
+	mov (%rsp), %esi
+	call check_echo
+	lea m_old(%rip), %rsi
+	jmp 6f
+5:	lea m_dropped(%rip), %rsi
+6:	push %rsi
+	puts m_s6
+	mov %bpl, %al
+	call _putc
+	pop %rsi
+	call _puts
+	pop %rsi
+	test %r13d, %r13d		/* the old buffer kept its fill unless written before the reset */
+	jnz 8f
+	xor %ecx, %ecx
+7:	cmpb $0xaa, OLDRX(%rcx)
+	fail_unless e, m_old_written
+	inc %ecx
+	cmp $RXBUF_LEN, %ecx
+	jne 7b
+8:	ret
 
 /* dev_setup: reset, negotiate VERSION_1 alone, zero the rings, configure
  * both queues (size 16, rings in RXQ and TXQ) without making them ready. */
@@ -600,10 +621,12 @@ build_frame:
 	ret
 
 /* send_echo: frame R12+1 (R12 bumped) of kind 'E', sent; the peer sends
- * it back as kind 'R'. */
+ * it back as kind 'R'. send_kind: the same of kind AL ('L': the peer
+ * sends it back 50 ms late). */
 send_echo:
-	inc %r12d
 	mov $'E', %al
+send_kind:
+	inc %r12d
 	call build_frame
 	mov $HDR_LEN + FRAME_LEN, %ecx
 	xor %edx, %edx
@@ -785,9 +808,10 @@ m_failed:	.asciz " FAILED "
 m_nl:		.asciz "\n"
 m_all:		.asciz "virtio_net_hostile: all ok, "
 m_all2:		.asciz " frames echoed\n"
-m_old:		.asciz "virtio_net_hostile: step 6: the echo across the reset went to the old buffer\n"
-m_new:		.asciz "virtio_net_hostile: step 6: the echo across the reset went to the new driver\n"
-m_dropped:	.asciz "virtio_net_hostile: step 6: the echo across the reset was dropped\n"
+m_s6:		.asciz "virtio_net_hostile: step 6: echo "
+m_old:		.asciz " across the reset went to the old buffer\n"
+m_new:		.asciz " across the reset went to the new driver\n"
+m_dropped:	.asciz " across the reset was dropped\n"
 m_magic:	.asciz "no virtio-net (magic, version or device ID)"
 m_config:	.asciz "config space is not MAC 02:00:00:00:00:01, link up, MTU 1500"
 m_reset:	.asciz "status, interrupt status or QueueReady not 0 after a reset"
