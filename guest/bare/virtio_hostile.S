@@ -24,29 +24,7 @@
 #include "common.inc"
 	.set VIO, MMIO_BASE + 0x20000	/* vmm.VirtioBase */
 
-	/* virtio-mmio registers (devices/virtio: Reg*) */
-	.set R_MAGIC, 0x000
-	.set R_VERSION, 0x004
-	.set R_DEVICE_ID, 0x008
-	.set R_DEV_FEAT, 0x010
-	.set R_DEV_FEAT_SEL, 0x014
-	.set R_DRV_FEAT, 0x020
-	.set R_DRV_FEAT_SEL, 0x024
-	.set R_QSEL, 0x030
-	.set R_QNUM_MAX, 0x034
-	.set R_QNUM, 0x038
-	.set R_QREADY, 0x044
-	.set R_QNOTIFY, 0x050
-	.set R_ISR, 0x060
-	.set R_IACK, 0x064
-	.set R_STATUS, 0x070
-	.set R_QDESC_LO, 0x080
-	.set R_QDESC_HI, 0x084
-	.set R_QDRV_LO, 0x090
-	.set R_QDRV_HI, 0x094
-	.set R_QDEV_LO, 0x0a0
-	.set R_QDEV_HI, 0x0a4
-
+#include "virtio.inc"
 	.set S_NEEDS_RESET, 0x40
 	.set S_LIVE, 0x0f		/* ACK|DRIVER|FEATURES_OK|DRIVER_OK */
 	.set F_NEXT, 1
@@ -376,124 +354,7 @@ wait_read:
 	fail_unless z, m_extra_used
 	ret
 
-/* lcg: R8 = R8 * R10 + R11; RAX = its high 32 bits. */
-lcg:
-	imul %r10, %r8
-	add %r11, %r8
-	mov %r8, %rax
-	shr $32, %rax
-	ret
-
-/* value: RDX = a random value, from R8 and RAX (lcg's): by RAX bits
- * 20-21, one bit, a byte, or all 64 bits (small values reach resets,
- * QueueReady, QueueNotify 0 and QueueSel 0, which random words never do). */
-value:
-	mov %r8, %rdx
-	mov %rax, %rcx
-	shr $20, %rcx
-	and $3, %ecx
-	jz 1f
-	dec %ecx
-	jz 2f
-	ret
-1:	and $1, %edx
-	ret
-2:	and $0xff, %edx
-	ret
-
-/* put: an access at window offset RDI of width 1 << (RSI & 3), a write
- * of RDX if RSI & 4, else a read. */
-put:
-	mov %rdx, %rax
-	test $4, %esi
-	jz 5f
-	mov %esi, %ecx
-	and $3, %ecx
-	jz 1f
-	dec %ecx
-	jz 2f
-	dec %ecx
-	jz 3f
-	mov %rax, (%rbx,%rdi)
-	ret
-1:	mov %al, (%rbx,%rdi)
-	ret
-2:	mov %ax, (%rbx,%rdi)
-	ret
-3:	mov %eax, (%rbx,%rdi)
-	ret
-5:	mov %esi, %ecx
-	and $3, %ecx
-	jz 1f
-	dec %ecx
-	jz 2f
-	dec %ecx
-	jz 3f
-	mov (%rbx,%rdi), %rax
-	ret
-1:	mov (%rbx,%rdi), %al
-	ret
-2:	mov (%rbx,%rdi), %ax
-	ret
-3:	mov (%rbx,%rdi), %eax
-	ret
-
-/* garbage: on a live device, (a) twice over, a 32-bit write of a random
- * value (value) to every register offset 0x000..0x0fc, each read back;
- * (b) a write of random width and value at every config offset
- * 0x100..0x1ff (unaligned ones included), each read back at that width;
- * (c) 1024 accesses of random kind and value, half of them 32-bit at a
- * register offset, the others of random width anywhere in the window. */
-garbage:
-	mov $0x2545F4914F6CDD1D, %r8
-	mov $6364136223846793005, %r10
-	mov $1442695040888963407, %r11
-	mov $2, %r13d
-1:	xor %edi, %edi
-2:	call lcg
-	call value
-	mov $6, %esi			/* 32-bit write */
-	call put
-	mov $2, %esi			/* 32-bit read */
-	call put
-	add $4, %edi
-	cmp $0x100, %edi
-	jne 2b
-	dec %r13d
-	jnz 1b
-
-	mov $0x100, %edi
-3:	call lcg
-	mov %rax, %rsi
-	shr $8, %rsi
-	and $3, %esi
-	or $4, %esi			/* a write of random width */
-	call value
-	call put
-	and $3, %esi			/* read back */
-	call put
-	inc %edi
-	cmp $0x200, %edi
-	jne 3b
-
-	mov $1024, %r13d
-4:	call lcg
-	mov %eax, %edi
-	mov %rax, %rsi
-	shr $12, %rsi
-	and $7, %esi
-	test $1 << 16, %eax
-	jz 5f
-	and $0xfc, %edi			/* half of them: a register, 32 bits */
-	or $2, %esi
-	jmp 6f
-5:	and $0x1ff, %edi
-6:	call value
-	call put
-	dec %r13d
-	jnz 4b
-	ret
-
+#include "virtio_lib.inc"
 #include "lib.inc"
 m_step:		.asciz "virtio_hostile: step "
 m_ok:		.asciz " ok\n"

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/devices/virtio/blk"
+	vnet "github.com/ftkvm/ftkvm/devices/virtio/net"
 	"github.com/ftkvm/ftkvm/guest/bare"
 	"github.com/ftkvm/ftkvm/internal/kvmtest"
 	"github.com/ftkvm/ftkvm/replay"
@@ -40,6 +41,7 @@ type guest struct {
 	n      int
 	dma    bool // has the DMA test device (vmm.AddDMATest)
 	virtio bool // has a virtio-blk disk (vmm.AddVirtioBlk, testDisk)
+	net    bool // has a virtio-net interface (vmm.AddVirtioNet) on a link to an echoPeer
 }
 
 func load(t *testing.T, name string) guest {
@@ -48,7 +50,7 @@ func load(t *testing.T, name string) guest {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := guest{name: name, image: img.Binary, dma: name == "dma", virtio: name == "virtio_hostile"}
+	g := guest{name: name, image: img.Binary, dma: name == "dma", virtio: name == "virtio_hostile", net: name == "virtio_net_hostile"}
 	p, err := tscpatch.PrepareFlat(img.Binary, vmm.BareLoadAddr)
 	if err != nil {
 		t.Fatal(err)
@@ -90,6 +92,70 @@ type recording struct {
 	fingerprint [32]byte
 	stats       replay.RecordStats
 	res         vmm.Result
+	net         *netRecord // a guest with a virtio-net interface
+}
+
+// netRecord is what a recording's virtio-net interface did.
+type netRecord struct {
+	stats  vnet.Stats
+	frames [][]byte // every frame the guest sent, as its peer got them
+	faults []string // vm.VirtioFaults at the end
+}
+
+// guestMAC is the virtio-net guests' MAC; virtio_net_hostile checks its
+// config space against it.
+var guestMAC = [6]byte{0x02, 0, 0, 0, 0, 0x01}
+
+// isEcho reports whether frame is one virtio_net_hostile wants sent back:
+// 60 bytes, ethertype 0x88b5 (local experimental), kind (byte 14) 'E'
+// (at once) or 'L' (late).
+func isEcho(frame []byte) bool {
+	return len(frame) == 60 && frame[12] == 0x88 && frame[13] == 0xb5 && (frame[14] == 'E' || frame[14] == 'L')
+}
+
+// lateEcho is how long the echo peer holds a frame of kind 'L': far
+// longer than the guest's re-init after a reset, so the echo crosses it.
+const lateEcho = 50 * time.Millisecond
+
+// echoPeer is the far end of a virtio-net guest's link during a
+// recording: it keeps every frame the guest sends and sends each echo
+// frame back as kind 'R' (a late one after lateEcho). A replay never
+// reaches it: the echoes come from the log.
+type echoPeer struct {
+	end    *vnet.Endpoint
+	done   chan struct{}
+	frames [][]byte // owned by the peer's goroutine until done
+}
+
+func startEchoPeer(end *vnet.Endpoint) *echoPeer {
+	p := &echoPeer{end: end, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for {
+			f, err := end.Recv()
+			if err != nil {
+				return // the link is closed
+			}
+			p.frames = append(p.frames, f)
+			if isEcho(f) {
+				if f[14] == 'L' {
+					time.Sleep(lateEcho)
+				}
+				r := bytes.Clone(f)
+				r[14] = 'R'
+				end.Send(r)
+			}
+		}
+	}()
+	return p
+}
+
+// stop closes the link and returns the frames the peer got. It can be
+// called again.
+func (p *echoPeer) stop() [][]byte {
+	p.end.Close()
+	<-p.done
+	return p.frames
 }
 
 // busyCore keeps the second core loaded while a recording runs, so host
@@ -152,6 +218,16 @@ func record(t *testing.T, g guest, input string, rng *rand.Rand) recording {
 			t.Fatal(err)
 		}
 	}
+	var netDev *vnet.Device
+	var peer *echoPeer
+	if g.net {
+		devEnd, peerEnd := vnet.NewLink()
+		peer = startEchoPeer(peerEnd)
+		defer peer.stop() // also unblocks the device's standing receive
+		if netDev, err = vm.AddVirtioNet(vnet.Config{MAC: guestMAC}, devEnd.Backend()); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if g.virtio {
 		disk := testDisk(t)
 		if _, err := vm.AddVirtioBlk(blk.Config{Capacity: disk.Capacity()}, disk.Backend(), vmm.DiskOptions{}); err != nil {
@@ -170,7 +246,13 @@ func record(t *testing.T, g guest, input string, rng *rand.Rand) recording {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return recording{events: log.Events, console: out.String(), fingerprint: fp, stats: rec.Stats(), res: res}
+	r := recording{events: log.Events, console: out.String(), fingerprint: fp, stats: rec.Stats(), res: res}
+	if g.net {
+		// The guest waited for the echo of each frame it sent, so the
+		// peer has them all.
+		r.net = &netRecord{stats: netDev.Stats(), frames: peer.stop(), faults: vm.VirtioFaults()}
+	}
+	return r
 }
 
 type replayed struct {
@@ -178,6 +260,7 @@ type replayed struct {
 	fingerprint [32]byte
 	stats       replay.ReplayStats
 	err         error
+	netStats    *vnet.Stats // a guest with a virtio-net interface
 }
 
 func replayEvents(t *testing.T, g guest, src replay.Source) replayed {
@@ -213,11 +296,26 @@ func replayEvents(t *testing.T, g guest, src replay.Source) replayed {
 			t.Fatal(err)
 		}
 	}
+	var netDev *vnet.Device
+	if g.net {
+		// Received frames come from the log; sent ones go nowhere.
+		if netDev, err = vm.AddVirtioNet(vnet.Config{MAC: guestMAC}, func(bounce.Request) ([]byte, error) {
+			t.Error("the replay called the virtio-net backend")
+			return nil, errors.New("replay must not touch the network")
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	_, err = vm.Run(ctx)
 	fp, _ := vm.Fingerprint()
-	return replayed{console: out.String(), fingerprint: fp, stats: rp.Stats(), err: err}
+	r := replayed{console: out.String(), fingerprint: fp, stats: rp.Stats(), err: err}
+	if g.net {
+		st := netDev.Stats()
+		r.netStats = &st
+	}
+	return r
 }
 
 // TestReplayReachesRecordedState is the suite's core: every guest,
@@ -240,6 +338,7 @@ func TestReplayReachesRecordedState(t *testing.T) {
 		{guest: "dma", want: "dma: checksum ", minLandmarks: 1},
 		{guest: "msr_tsc", want: "msr_tsc: sum="},
 		{guest: "virtio_hostile", want: "virtio_hostile: all ok\n", wantExit: true},
+		{guest: "virtio_net_hostile", want: "virtio_net_hostile: all ok, ", wantExit: true},
 	}
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("random seed %d (set FTKVM_SUITE_SEED to repeat)", seed)
@@ -259,6 +358,9 @@ func TestReplayReachesRecordedState(t *testing.T) {
 			if c.wantExit && (rec.res.Reason != vmm.StopExitPort || rec.res.Status != 0) {
 				t.Fatalf("recording ended by %v with status %d, want exit status 0", rec.res.Reason, rec.res.Status)
 			}
+			if g.net {
+				checkNetHostile(t, rec)
+			}
 			if rec.stats.Landmarks < c.minLandmarks {
 				t.Errorf("only %d landmarks: the test no longer exercises injection between exits", rec.stats.Landmarks)
 			}
@@ -275,6 +377,9 @@ func TestReplayReachesRecordedState(t *testing.T) {
 				}
 				if r.console != rec.console {
 					t.Fatalf("replay %d console %q, recorded %q", i+1, r.console, rec.console)
+				}
+				if g.net && *r.netStats != rec.net.stats {
+					t.Fatalf("replay %d: virtio-net counters %+v, recorded %+v", i+1, *r.netStats, rec.net.stats)
 				}
 				t.Logf("replay %d: %d landmarks loaded with %d pages", i+1, r.stats.Landmarks, r.stats.LandmarkPages)
 			}
@@ -393,4 +498,45 @@ func TestForeignLogIsRefused(t *testing.T) {
 	if r := replayEvents(t, b, &replay.MemLog{Events: rec.events}); !errors.Is(r.err, replay.ErrDiverged) {
 		t.Errorf("foreign events: err = %v, want a divergence", r.err)
 	}
+}
+
+// checkNetHostile checks a recording of virtio_net_hostile against what
+// its peer got and the device counted. The guest sent echo frames seq
+// 1..n (n from its last line) and nothing else may reach the wire: not
+// the chains it pointed outside RAM, nor the ones the device must refuse
+// (short, long, offloads, writable), while the frame in flight across
+// step 6's reset must. The counters follow from the steps: 7 transmit
+// chains dropped (step 8), 2 receive buffers refused (step 8), an echo
+// that found a broken receive ring for step 3 and each of step 4's 3
+// buffers, plus each of step 6's two echoes that crossed the reset into
+// no driver.
+func checkNetHostile(t *testing.T, rec recording) {
+	t.Helper()
+	const mark = "virtio_net_hostile: all ok, "
+	i := strings.Index(rec.console, mark)
+	var n uint64
+	if i < 0 {
+		t.Fatalf("console %q lacks %q", rec.console, mark)
+	}
+	if _, err := fmt.Sscanf(rec.console[i+len(mark):], "%d", &n); err != nil || n < 19 {
+		t.Fatalf("console %q: echo frames %d (%v), want at least 19", rec.console, n, err)
+	}
+	nr := rec.net
+	if uint64(len(nr.frames)) != n {
+		t.Errorf("the peer got %d frames, the guest sent %d echo frames", len(nr.frames), n)
+	}
+	for i, f := range nr.frames {
+		if !isEcho(f) || f[15] != byte(i+1) {
+			t.Errorf("frame %d on the wire (%d bytes) begins % x, want echo frame seq %d", i, len(f), f[:min(len(f), 16)], i+1)
+		}
+	}
+	noBuffer := 4 + uint64(strings.Count(rec.console, " across the reset was dropped"))
+	want := vnet.Stats{TxFrames: n, TxDropped: 7, RxBadBuffer: 2, RxNoBuffer: noBuffer, RxFrames: n - 2 - noBuffer}
+	if nr.stats != want {
+		t.Errorf("virtio-net counters %+v, want %+v", nr.stats, want)
+	}
+	if len(nr.faults) != 1 || nr.faults[0] != "" {
+		t.Errorf("virtio faults at the end %q, want one device, working", nr.faults)
+	}
+	t.Logf("virtio-net: %d frames on the wire, counters %+v", len(nr.frames), nr.stats)
 }
