@@ -137,7 +137,7 @@ func TestInspectDeviceTraffic(t *testing.T) {
 	submit := func(tag uint64, n uint32) *logpb.Event {
 		return &logpb.Event{Kind: &logpb.Event_Submit{Submit: &logpb.Submit{Tag: tag, Len: n}}}
 	}
-	path, _ := writeLog(t, &logpb.Header{Version: 1, Devices: []string{"virtio-blk size=512", "virtio-net mac=52:54:00:f7:00:01"}},
+	path, _ := writeLog(t, &logpb.Header{Version: 1, Devices: []string{"virtio-blk@0xd0020000 size=512", "virtio-net@0xd0021000 mac=52:54:00:f7:00:01"}},
 		[]*logpb.Event{
 			dma(&logpb.Dma{Tag: 3, Data: make([]byte, 512)}),
 			submit(nic+2, 60),
@@ -150,9 +150,9 @@ func TestInspectDeviceTraffic(t *testing.T) {
 		t.Fatalf("inspect = %d, %v", code, err)
 	}
 	wantLines(t, out,
-		"devices    virtio-blk size=512, virtio-net mac=52:54:00:f7:00:01\n",
-		"dma        device 0 (virtio-blk): 1 completions, 1 carrying 512 bytes, 0 errors; 0 writes submitted, 0 bytes\n",
-		"dma        device 1 (virtio-net): 3 completions, 1 carrying 100 bytes, 1 errors; 2 writes submitted, 1574 bytes\n",
+		"devices    virtio-blk@0xd0020000 size=512, virtio-net@0xd0021000 mac=52:54:00:f7:00:01\n",
+		"dma        device 0 (virtio-blk@0xd0020000): 1 completions, 1 carrying 512 bytes, 0 errors; 0 writes submitted, 0 bytes\n",
+		"dma        device 1 (virtio-net@0xd0021000): 3 completions, 1 carrying 100 bytes, 1 errors; 2 writes submitted, 1574 bytes\n",
 		"dma        device 5 (?): 1 completions, 1 carrying 1 bytes, 0 errors; 0 writes submitted, 0 bytes\n",
 	)
 	// A log without transfers has no dma lines.
