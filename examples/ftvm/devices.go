@@ -273,7 +273,15 @@ func (l *lazyNIC) serve(req bounce.Request) ([]byte, error) {
 // ARP a new primary sends).
 func (l *lazyNIC) send(frame []byte) error {
 	_, err := l.serve(bounce.Request{Tag: 0, Len: len(frame), Write: true, Data: frame})
+	if b, _ := l.get(); err == nil && isUDPWithoutPeer(b) {
+		return errors.New("no peer known yet (no PEER given, no datagram received): dropped")
+	}
 	return err
+}
+
+func isUDPWithoutPeer(b frameBackend) bool {
+	u, ok := b.(*vnet.UDP)
+	return ok && !u.Peer().IsValid()
 }
 
 // close closes the backend and reports what a UDP socket dropped.

@@ -142,6 +142,21 @@ func TestUDPBackendAttachesLazily(t *testing.T) {
 	}
 }
 
+// Without PEER, the announcement of a backup going live has nowhere to
+// go until a datagram arrives, and says so.
+func TestUDPAnnounceWithoutPeer(t *testing.T) {
+	d, err := (&deviceOptions{diskMode: "shared", mac: "52:54:00:f7:00:01", netSpec: "udp:127.0.0.1:0"}).open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.close()
+	var log bytes.Buffer
+	d.announce(&log)
+	if !strings.Contains(log.String(), "RARP announcement of 52:54:00:f7:00:01 on udp 127.0.0.1:0 failed: no peer known yet") {
+		t.Errorf("log: %q", log.String())
+	}
+}
+
 // freeUDPPort returns a loopback UDP address nothing is bound to.
 func freeUDPPort(t *testing.T) string {
 	t.Helper()
