@@ -108,6 +108,24 @@ func TestFTKillPrimaryTCP(t *testing.T) {
 func dialEcho(t *testing.T, s *side, within time.Duration) net.Conn {
 	t.Helper()
 	deadline := time.Now().Add(within)
+	waitNetUp(t, s, within)
+	for {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(guestIP, echoPort), 5*time.Second)
+		if err == nil {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cannot connect to the guest's echo server: %v\n%s", err, fttest.Tail(s.stdout.String(), 10))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitNetUp waits until the guest of s says its network is up and its echo
+// server listens.
+func waitNetUp(t *testing.T, s *side, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
 	for !strings.Contains(s.stdout.String(), guestcheck.MarkerNetUp) {
 		select {
 		case <-s.done:
@@ -118,15 +136,5 @@ func dialEcho(t *testing.T, s *side, within time.Duration) net.Conn {
 			t.Fatalf("the guest's network did not come up within %v\n%s", within, fttest.Tail(s.stdout.String(), 20))
 		}
 		time.Sleep(50 * time.Millisecond)
-	}
-	for {
-		c, err := net.DialTimeout("tcp", net.JoinHostPort(guestIP, echoPort), 5*time.Second)
-		if err == nil {
-			return c
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cannot connect to the guest's echo server: %v\n%s", err, fttest.Tail(s.stdout.String(), 10))
-		}
-		time.Sleep(200 * time.Millisecond)
 	}
 }
