@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"math/rand"
 	"net"
 	"os"
@@ -66,30 +65,7 @@ func TestFTKillPrimaryTCP(t *testing.T) {
 	addr := freeAddr(t)
 	p, b := startPair(t, e.Bin, addr, addr, t.TempDir(), "--guest-dir", dir, "--window-entries", "1500",
 		"--work", "net", "--net", "tap:"+tcpTap)
-	deadline := time.Now().Add(4 * time.Minute)
-	for !strings.Contains(p.stdout.String(), "FTKVM-GUEST: net up") {
-		select {
-		case <-p.done:
-			t.Fatalf("the primary ended before the guest's network came up: %v\n%s", p.err, fttest.Tail(p.stdout.String()+p.stderr.String(), 20))
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the guest's network did not come up\n%s", fttest.Tail(p.stdout.String(), 20))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	var conn net.Conn
-	for {
-		c, err := net.DialTimeout("tcp", net.JoinHostPort(guestIP, echoPort), 5*time.Second)
-		if err == nil {
-			conn = c
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cannot connect to the guest's echo server: %v\n%s", err, fttest.Tail(p.stdout.String(), 10))
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	conn := dialEcho(t, p, 4*time.Minute)
 	defer conn.Close()
 
 	var once sync.Once
@@ -125,5 +101,40 @@ func TestFTKillPrimaryTCP(t *testing.T) {
 	if out := b.stdout.String(); !strings.Contains(out, "FTKVM-GUEST: echo done") {
 		t.Errorf("the guest did not see the connection end\n%s", fttest.Tail(out, 10))
 	}
-	_ = fmt.Sprint
+}
+
+// dialEcho waits until the guest of s says its echo server listens, then
+// connects to it from this host through the tap.
+func dialEcho(t *testing.T, s *side, within time.Duration) net.Conn {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	waitNetUp(t, s, within)
+	for {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(guestIP, echoPort), 5*time.Second)
+		if err == nil {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cannot connect to the guest's echo server: %v\n%s", err, fttest.Tail(s.stdout.String(), 10))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitNetUp waits until the guest of s says its network is up and its echo
+// server listens.
+func waitNetUp(t *testing.T, s *side, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !strings.Contains(s.stdout.String(), guestcheck.MarkerNetUp) {
+		select {
+		case <-s.done:
+			t.Fatalf("%s ended before the guest's network came up: %v\n%s", s.name, s.err, fttest.Tail(s.stdout.String()+s.stderr.String(), 20))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest's network did not come up within %v\n%s", within, fttest.Tail(s.stdout.String(), 20))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -30,9 +31,12 @@ func (o *deviceOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.disk, "disk", "", "raw disk image for a virtio-blk disk (the guest's /dev/vda)")
 	fs.StringVar(&o.diskMode, "disk-mode", "shared", "FT disk mode: 'shared' (one image both hosts reach: a backup never reads or writes it until it goes live) or 'nonshared' (each host has its own copy: a backup performs the guest's writes on it as it replays)")
 	fs.StringVar(&o.diskGen, "disk-generation", "", "the disk's identity in the log header instead of its SHA-256 (which reads the whole image at start): a replay or backup must give the same")
-	fs.StringVar(&o.netSpec, "net", "", "virtio-net backend: 'tap:NAME' (a tap interface, attached at the first frame: a backup attaches it when it goes live; make it persistent so that it outlives the primary)")
+	fs.StringVar(&o.netSpec, "net", "", "virtio-net backend, attached at the first frame (a backup attaches it when it goes live):\n"+
+		"'tap:NAME' a tap interface (make it persistent so that it outlives the primary);\n"+
+		"'udp:LOCAL[,PEER]' a UDP socket bound to LOCAL (HOST:PORT), one Ethernet frame per datagram, as QEMU's -netdev dgram:\n"+
+		"frames go to PEER, or without it to the source of the last datagram received (dropped until one arrives)")
 	fs.StringVar(&o.mac, "mac", "52:54:00:f7:00:01", "the guest NIC's MAC address")
-	fs.StringVar(&o.guestIP, "guest-ip", "", "the guest's IPv4 address, for the gratuitous ARP a backup sends on the tap when it goes live (without it: a RARP announcement of the MAC, which needs no address)")
+	fs.StringVar(&o.guestIP, "guest-ip", "", "the guest's IPv4 address, for the gratuitous ARP a backup sends on --net when it goes live (without it: a RARP announcement of the MAC, which needs no address)")
 	fs.StringVar(&o.work, "work", "", "the example guest's workload: 'disk', 'net' or 'diskbench' (adds ftkvm.work= to the command line; needs --disk or --net)")
 }
 
@@ -43,13 +47,13 @@ type guestDevices struct {
 	imgBack  *blk.FileBackend
 	identity string
 	ownCopy  bool
-	tap      *lazyTap
+	nic      *lazyNIC // the --net backend; nil without one
 	mac      [6]byte
 	ip       net.IP // the guest's, for the gratuitous ARP (nil: RARP)
 }
 
-// open checks the flags and opens the disk image; the tap is attached
-// lazily.
+// open checks the flags and opens the disk image; the network backend is
+// attached lazily.
 func (o *deviceOptions) open() (*guestDevices, error) {
 	d := &guestDevices{}
 	switch o.diskMode {
@@ -86,14 +90,15 @@ func (o *deviceOptions) open() (*guestDevices, error) {
 			d.identity += " sha256=" + hex.EncodeToString(h.Sum(nil))
 		}
 	}
-	switch {
-	case o.netSpec == "":
-	case strings.HasPrefix(o.netSpec, "tap:") && len(o.netSpec) > 4:
-		d.tap = &lazyTap{name: o.netSpec[4:]}
-	default:
-		return nil, usageError{fmt.Errorf("--net %q: want tap:NAME", o.netSpec)}
+	if o.netSpec != "" {
+		nic, err := parseNet(o.netSpec)
+		if err != nil {
+			d.close()
+			return nil, usageError{fmt.Errorf("--net %q: %w", o.netSpec, err)}
+		}
+		d.nic = nic
 	}
-	if d.tap != nil {
+	if d.nic != nil {
 		hw, err := net.ParseMAC(o.mac)
 		if err != nil || len(hw) != 6 {
 			return nil, usageError{fmt.Errorf("--mac %q: want six hex bytes like 52:54:00:f7:00:01", o.mac)}
@@ -112,7 +117,7 @@ func (o *deviceOptions) open() (*guestDevices, error) {
 			return nil, usageError{fmt.Errorf("--work %s needs --disk", o.work)}
 		}
 	case "net":
-		if d.tap == nil {
+		if d.nic == nil {
 			return nil, usageError{errors.New("--work net needs --net")}
 		}
 	default:
@@ -133,8 +138,8 @@ func (d *guestDevices) add(vm *vmm.VM) error {
 			return err
 		}
 	}
-	if d.tap != nil {
-		if _, err := vm.AddVirtioNet(vnet.Config{MAC: d.mac}, d.tap.serve); err != nil {
+	if d.nic != nil {
+		if _, err := vm.AddVirtioNet(vnet.Config{MAC: d.mac}, d.nic.serve); err != nil {
 			return err
 		}
 	}
@@ -142,21 +147,22 @@ func (d *guestDevices) add(vm *vmm.VM) error {
 }
 
 // announce tells the network that the guest's MAC is now on this host's
-// tap (a backup that went live): a gratuitous ARP with --guest-ip, else a
+// backend (a backup that went live): a gratuitous ARP with --guest-ip, else a
 // RARP announcement. Switches learn the new port from either.
 func (d *guestDevices) announce(log io.Writer) {
 	frame, what := vnet.RARPAnnounce(d.mac), "RARP announcement"
 	if d.ip != nil {
 		frame, what = vnet.GratuitousARP(d.mac, [4]byte(d.ip)), "gratuitous ARP for "+d.ip.String()
 	}
-	if err := d.tap.send(frame); err != nil {
-		fmt.Fprintf(log, "ftvm: going live: the %s of %s on tap %s failed: %v\n", what, net.HardwareAddr(d.mac[:]), d.tap.name, err)
+	if err := d.nic.send(frame); err != nil {
+		fmt.Fprintf(log, "ftvm: going live: the %s of %s on %s failed: %v\n", what, net.HardwareAddr(d.mac[:]), d.nic.what, err)
 		return
 	}
-	fmt.Fprintf(log, "ftvm: going live: sent a %s of %s on tap %s\n", what, net.HardwareAddr(d.mac[:]), d.tap.name)
+	fmt.Fprintf(log, "ftvm: going live: sent a %s of %s on %s\n", what, net.HardwareAddr(d.mac[:]), d.nic.what)
 }
 
-// close releases the image and the tap (after the last VM's run).
+// close releases the image and the network backend (after the last VM's
+// run).
 func (d *guestDevices) close() {
 	if d == nil {
 		return
@@ -164,49 +170,130 @@ func (d *guestDevices) close() {
 	if d.img != nil {
 		d.img.Close()
 	}
-	if d.tap != nil {
-		d.tap.close()
+	if d.nic != nil {
+		d.nic.close()
 	}
 }
 
-// lazyTap attaches to its tap interface at the first frame: an FT backup
-// replaying the log never does, so the primary keeps the interface (a tap
-// serves one process) until the backup goes live.
-type lazyTap struct {
-	name string
+// parseNet reads --net's value (without opening anything).
+func parseNet(spec string) (*lazyNIC, error) {
+	kind, arg, _ := strings.Cut(spec, ":")
+	switch kind {
+	case "tap":
+		if arg == "" {
+			return nil, errors.New("want tap:NAME, with the interface's name")
+		}
+		return &lazyNIC{what: "tap " + arg, open: func() (frameBackend, error) { return vnet.OpenTap(arg) }}, nil
+	case "udp":
+		cfg, err := parseUDP(arg)
+		if err != nil {
+			return nil, err
+		}
+		return &lazyNIC{what: "udp " + cfg.Local.String(), open: func() (frameBackend, error) { return vnet.OpenUDP(cfg) }}, nil
+	}
+	return nil, errors.New("want tap:NAME or udp:LOCAL[,PEER]")
+}
+
+// parseUDP reads LOCAL[,PEER], each HOST:PORT (a name is resolved now).
+func parseUDP(arg string) (vnet.UDPConfig, error) {
+	var cfg vnet.UDPConfig
+	local, peer, hasPeer := strings.Cut(arg, ",")
+	addr := func(what, s string) (netip.AddrPort, error) {
+		if s == "" {
+			return netip.AddrPort{}, fmt.Errorf("want udp:LOCAL[,PEER], each HOST:PORT: %s is empty", what)
+		}
+		a, err := net.ResolveUDPAddr("udp", s)
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("%s %q: want HOST:PORT: %w", what, s, err)
+		}
+		ap := a.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	}
+	var err error
+	if cfg.Local, err = addr("LOCAL", local); err != nil {
+		return cfg, err
+	}
+	if hasPeer {
+		if cfg.Peer, err = addr("PEER", peer); err != nil {
+			return cfg, err
+		}
+	}
+	if !cfg.Local.Addr().IsValid() {
+		// ":7000" resolves to no address: every interface.
+		cfg.Local = netip.AddrPortFrom(netip.IPv6Unspecified(), cfg.Local.Port())
+	}
+	return cfg, cfg.Validate()
+}
+
+// frameBackend is what a network backend offers the NIC (vnet.Tap,
+// vnet.UDP).
+type frameBackend interface {
+	Serve(bounce.Request) ([]byte, error)
+	Close() error
+}
+
+// lazyNIC opens its backend at the first request, which the device makes
+// once the guest's driver is up (its standing receive) and a replay never
+// makes: an FT backup replaying the log never does, so the primary keeps
+// the tap (which serves one process) or the UDP address until the backup
+// goes live.
+type lazyNIC struct {
+	what string // for messages: "tap NAME", "udp LOCAL"
+	open func() (frameBackend, error)
 	mu   sync.Mutex
-	tap  *vnet.Tap
+	b    frameBackend
 	err  error
 }
 
-func (l *lazyTap) get() (*vnet.Tap, error) {
+func (l *lazyNIC) get() (frameBackend, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.tap == nil && l.err == nil {
-		l.tap, l.err = vnet.OpenTap(l.name)
+	if l.b == nil && l.err == nil {
+		l.b, l.err = l.open()
 	}
-	return l.tap, l.err
+	return l.b, l.err
 }
 
-func (l *lazyTap) serve(req bounce.Request) ([]byte, error) {
-	t, err := l.get()
+// attached reports whether the backend has been opened.
+func (l *lazyNIC) attached() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b != nil
+}
+
+func (l *lazyNIC) serve(req bounce.Request) ([]byte, error) {
+	b, err := l.get()
 	if err != nil {
 		return nil, err
 	}
-	return t.Serve(req)
+	return b.Serve(req)
 }
 
-// send puts a frame on the interface outside the guest (the gratuitous
+// send puts a frame on the network outside the guest (the gratuitous
 // ARP a new primary sends).
-func (l *lazyTap) send(frame []byte) error {
+func (l *lazyNIC) send(frame []byte) error {
 	_, err := l.serve(bounce.Request{Tag: 0, Len: len(frame), Write: true, Data: frame})
+	if b, _ := l.get(); err == nil && isUDPWithoutPeer(b) {
+		return errors.New("no peer known yet (no PEER given, no datagram received): dropped")
+	}
 	return err
 }
 
-func (l *lazyTap) close() {
+func isUDPWithoutPeer(b frameBackend) bool {
+	u, ok := b.(*vnet.UDP)
+	return ok && !u.Peer().IsValid()
+}
+
+// close closes the backend and reports what a UDP socket dropped.
+func (l *lazyNIC) close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.tap != nil {
-		l.tap.Close()
+	if l.b == nil {
+		return
 	}
+	if u, ok := l.b.(*vnet.UDP); ok && (u.TxNoPeer() > 0 || u.Oversize() > 0) {
+		fmt.Fprintf(os.Stderr, "ftvm: %s: %d frames sent before any peer was known were dropped, %d datagrams too long (or empty) for a frame discarded\n",
+			l.what, u.TxNoPeer(), u.Oversize())
+	}
+	l.b.Close()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -60,6 +61,7 @@ func inspect(w io.Writer, args []string) (int, error) {
 	printed := 0
 
 	var s logio.Summary
+	var dma deviceTraffic
 	var damage error
 	for {
 		start := r.Offset()
@@ -79,9 +81,11 @@ func inspect(w io.Writer, args []string) (int, error) {
 			fmt.Fprintf(w, "%8d  exits %-10d %s\n", ev.GetSeq(), ev.GetExits(), formatEvent(ev))
 		}
 		s.Add(ev, r.Offset()-start)
+		dma.add(ev)
 	}
 	s.Bytes = headerBytes + s.EventBytes // the intact part
 	printSummary(w, &s, headerBytes)
+	dma.print(w, r.Header().GetDevices())
 	if damage != nil {
 		fmt.Fprintf(w, "damaged    %v\n", damage)
 		return 1, fmt.Errorf("%s: damaged log, read %d of its events: %w", name, s.Events, damage)
@@ -98,6 +102,7 @@ func printHeader(w io.Writer, name string, h *logpb.Header) {
 	fmt.Fprintf(w, "initrd     %s\n", shortHash(h.GetInitrdSha256()))
 	fmt.Fprintf(w, "image      %s\n", shortHash(h.GetImageSha256()))
 	fmt.Fprintf(w, "cpuid      %s\n", shortHash(h.GetCpuidSha256()))
+	fmt.Fprintf(w, "devices    %s\n", orNone(strings.Join(h.GetDevices(), ", ")))
 	fmt.Fprintf(w, "verify     %t\n", h.GetVerify())
 	fmt.Fprintf(w, "rdtsc      %d patched sites\n", h.GetRdtscSites())
 	fmt.Fprintf(w, "landmarks  %s\n", orNone(h.GetLandmarks()))
@@ -126,6 +131,68 @@ func printSummary(w io.Writer, s *logio.Summary, headerBytes int64) {
 		}
 	} else {
 		fmt.Fprintf(w, "end        none: the recording is incomplete\n")
+	}
+}
+
+// deviceTraffic counts a log's device transfers by the device their tag
+// names (its bounce slot: vmm.TagShift), so that a log can be seen to hold
+// a device's data: a NIC's received frames are completions that carry
+// bytes, its transmitted frames are submitted writes.
+type deviceTraffic map[uint64]*slotTraffic
+
+type slotTraffic struct {
+	completions, withData, errors int
+	bytes                         int64
+	submits                       int
+	submitBytes                   int64
+}
+
+func (d *deviceTraffic) slot(tag uint64) *slotTraffic {
+	if *d == nil {
+		*d = make(deviceTraffic)
+	}
+	n := tag >> vmm.TagShift
+	if (*d)[n] == nil {
+		(*d)[n] = &slotTraffic{}
+	}
+	return (*d)[n]
+}
+
+func (d *deviceTraffic) add(ev *logpb.Event) {
+	for _, c := range ev.GetDeliver().GetDma() {
+		st := d.slot(c.GetTag())
+		st.completions++
+		if len(c.GetData()) > 0 {
+			st.withData++
+			st.bytes += int64(len(c.GetData()))
+		}
+		if c.GetError() != "" {
+			st.errors++
+		}
+	}
+	if sub := ev.GetSubmit(); sub != nil {
+		st := d.slot(sub.GetTag())
+		st.submits++
+		st.submitBytes += int64(sub.GetLen())
+	}
+}
+
+// print writes one line per device; devices are the header's extra
+// devices, which the VM adds in the order of their bounce slots.
+func (d deviceTraffic) print(w io.Writer, devices []string) {
+	slots := make([]uint64, 0, len(d))
+	for n := range d {
+		slots = append(slots, n)
+	}
+	slices.Sort(slots)
+	for _, n := range slots {
+		st := d[n]
+		name := "?"
+		if n < uint64(len(devices)) {
+			name, _, _ = strings.Cut(devices[n], " ")
+		}
+		fmt.Fprintf(w, "dma        device %d (%s): %d completions, %d carrying %d bytes, %d errors; %d writes submitted, %d bytes\n",
+			n, name, st.completions, st.withData, st.bytes, st.errors, st.submits, st.submitBytes)
 	}
 }
 

@@ -38,6 +38,12 @@ func writeTestLog(t *testing.T) (string, []byte) {
 		{Kind: &logpb.Event_Clock{Clock: 2_000_000}},
 		{Kind: &logpb.Event_End{End: &logpb.End{Reason: 1, Status: 3, Fingerprint: &logpb.Fingerprint{Sha256: bytes.Repeat([]byte{0xee}, 32)}}}},
 	}
+	return writeLog(t, h, events)
+}
+
+// writeLog writes header h and events, numbered from 1, to a new log.
+func writeLog(t *testing.T, h *logpb.Header, events []*logpb.Event) (string, []byte) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "run.ftlog")
 	f, err := os.Create(path)
 	if err != nil {
@@ -118,6 +124,41 @@ func TestInspect(t *testing.T) {
 	}
 	if strings.Contains(out, "first events") {
 		t.Error("events listed without --events")
+	}
+}
+
+// TestInspectDeviceTraffic: transfers are counted by the device their tag's
+// top byte names, with the header's device names.
+func TestInspectDeviceTraffic(t *testing.T) {
+	const nic = 1 << 56 // the second bounce device
+	dma := func(c ...*logpb.Dma) *logpb.Event {
+		return &logpb.Event{Kind: &logpb.Event_Deliver{Deliver: &logpb.Deliver{Dma: c}}}
+	}
+	submit := func(tag uint64, n uint32) *logpb.Event {
+		return &logpb.Event{Kind: &logpb.Event_Submit{Submit: &logpb.Submit{Tag: tag, Len: n}}}
+	}
+	path, _ := writeLog(t, &logpb.Header{Version: 1, Devices: []string{"virtio-blk@0xd0020000 size=512", "virtio-net@0xd0021000 mac=52:54:00:f7:00:01"}},
+		[]*logpb.Event{
+			dma(&logpb.Dma{Tag: 3, Data: make([]byte, 512)}),
+			submit(nic+2, 60),
+			dma(&logpb.Dma{Tag: nic + 1, Data: make([]byte, 100)}, &logpb.Dma{Tag: nic + 2}),
+			submit(nic+3, 1514),
+			dma(&logpb.Dma{Tag: nic + 4, Error: "net: link closed"}, &logpb.Dma{Tag: 5 << 56, Data: []byte{1}}),
+		})
+	out, code, err := runInspect(t, path)
+	if err != nil || code != 0 {
+		t.Fatalf("inspect = %d, %v", code, err)
+	}
+	wantLines(t, out,
+		"devices    virtio-blk@0xd0020000 size=512, virtio-net@0xd0021000 mac=52:54:00:f7:00:01\n",
+		"dma        device 0 (virtio-blk@0xd0020000): 1 completions, 1 carrying 512 bytes, 0 errors; 0 writes submitted, 0 bytes\n",
+		"dma        device 1 (virtio-net@0xd0021000): 3 completions, 1 carrying 100 bytes, 1 errors; 2 writes submitted, 1574 bytes\n",
+		"dma        device 5 (?): 1 completions, 1 carrying 1 bytes, 0 errors; 0 writes submitted, 0 bytes\n",
+	)
+	// A log without transfers has no dma lines.
+	plain, _ := writeTestLog(t)
+	if out, _, _ := runInspect(t, plain); strings.Contains(out, "dma ") {
+		t.Errorf("dma lines for a log without transfers:\n%s", out)
 	}
 }
 

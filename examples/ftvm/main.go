@@ -32,6 +32,10 @@ commands:
            --insecure runs them unauthenticated in plaintext)
   demo     run an FT pair on this machine, kill the primary partway, watch the backup take over
 
+guest devices (run, record, replay, primary, backup): --disk IMAGE; --net tap:NAME (a tap
+interface) or --net udp:LOCAL[,PEER] (a UDP socket, one Ethernet frame per datagram, for
+where no tap can be made); both attach at the guest's first frame, so a backup does when it goes live
+
 Run 'ftvm <command> -h' for a command's flags.
 `
 

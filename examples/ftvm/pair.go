@@ -116,7 +116,7 @@ func (o *pairOptions) config(flags *flag.FlagSet, role string) (ft.Config, *prep
 		cfg.StatusEvery = -1
 		cfg.Log = discardLog{}
 	}
-	if g.devs != nil && g.devs.tap != nil {
+	if g.devs != nil && g.devs.nic != nil {
 		cfg.OnLive = func() { g.devs.announce(cfg.Log) }
 	}
 	return cfg, g, nil

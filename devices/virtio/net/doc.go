@@ -6,8 +6,9 @@
 //
 // Like the transport, it is a plain state machine driven from the vCPU
 // thread: no goroutines, no timers, no clock. The engine's backend does the
-// I/O on goroutines of its own: Endpoint (an in-process link, NewLink) or
-// Tap (a Linux tap interface).
+// I/O on goroutines of its own: Endpoint (an in-process link, NewLink),
+// Tap (a Linux tap interface) or UDP (a frame socket: one frame per UDP
+// datagram, for where no tap can be made).
 //
 // # What the device offers
 //
@@ -104,7 +105,7 @@
 //
 // # Usage
 //
-//	guestEnd, world := net.NewLink() // or tap, _ := net.OpenTap("ftkvm%d")
+//	guestEnd, world := net.NewLink() // or net.OpenTap("ftkvm%d"), net.OpenUDP(cfg)
 //	engine := bounce.NewEngine(guestEnd.Backend())
 //	dev, mmio, err := net.NewMMIO(net.Config{MAC: mac}, engine, mem,
 //		func(high bool) { pic.SetIRQ(irq, high) })
