@@ -35,7 +35,10 @@ func guestDir(t *testing.T) string {
 // here sending 10,000 numbered lines, and the primary's host killed
 // (SIGKILL of its QEMU: no reset reaches anyone) at a random line. The
 // one connection must never reset, every reply must arrive once, in
-// order, unchanged, and the backup's host must finish the run.
+// order, unchanged, and the backup's host must finish the run. The
+// backup's log of the whole run (--run-log), with every frame the guest
+// received on either host, must then replay across the failover to the
+// run's end state.
 func TestHostDeathTCP(t *testing.T) {
 	e := setup(t)
 	points(t, "TCP_POINTS", 1)
@@ -47,9 +50,13 @@ func TestHostDeathTCP(t *testing.T) {
 	}
 	defer lan.Close()
 	killAt := 500 + rng.Intn(8000)
+	shared := t.TempDir()
+	runLog := filepath.Join(shared, "run.log")
+	guest := []string{"--guest-dir", dir, "--work", "net", "--net", "tap:" + pairhost.LANTap, "--guest-ip", "10.0.2.15"}
 	pr, err := pairhost.Start(context.Background(), pairhost.Options{
-		Bin: e.Bin, Dir: t.TempDir(), Limit: 7 * time.Minute, LAN: lan,
-		Guest: []string{"--guest-dir", dir, "--window-entries", "1500", "--work", "net", "--net", "tap:" + pairhost.LANTap, "--guest-ip", "10.0.2.15"},
+		Bin: e.Bin, Dir: shared, Limit: 8 * time.Minute, LAN: lan, Guest: append([]string{"--window-entries", "1500"}, guest...),
+		BExtra: []string{"--run-log", runLog},
+		BPost:  fmt.Sprintf("%q replay %q %s; echo \"replay exit $?\"", e.Bin, runLog, shellWords(guest)),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -97,8 +104,21 @@ func TestHostDeathTCP(t *testing.T) {
 	if !strings.Contains(b.log(), "re-sending ") || !strings.Contains(b.out(), guestcheck.MarkerEchoDone) {
 		t.Fatalf("the backup did not go live and finish the server's run:\n%s\n%s", fttest.Tail(b.log(), 10), fttest.Tail(b.out(), 5))
 	}
-	t.Logf("primary host killed at reply %d: all 10000 lines echoed once and in order in %v, longest wait %v; %s",
-		killAt, st.Duration.Round(time.Millisecond), st.MaxRTT.Round(time.Millisecond), fttest.Line(b.log(), "LIVE at"))
+	post := b.Post()
+	if !strings.Contains(post, "replay exit 0") || !strings.Contains(post, "replayed across a failover") {
+		t.Fatalf("the replay of the whole run's log did not reach its end across the failover:\n%s", fttest.Tail(post, 12))
+	}
+	t.Logf("primary host killed at reply %d: all 10000 lines echoed once and in order in %v, longest wait %v; %s; the run's log replayed (%s)",
+		killAt, st.Duration.Round(time.Millisecond), st.MaxRTT.Round(time.Millisecond), fttest.Line(b.log(), "LIVE at"), fttest.Line(post, "across a failover"))
+}
+
+// shellWords quotes args for the shell (arguments without quotes in them).
+func shellWords(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = fmt.Sprintf("%q", a)
+	}
+	return strings.Join(q, " ")
 }
 
 // TestHostDeathDisk kills the primary's host at random points of the disk
