@@ -42,7 +42,11 @@ func TestLinuxRecordReplayNet(t *testing.T) {
 	}
 	makeTap(t, tcpTap)
 	logFile := filepath.Join(t.TempDir(), "net.log")
-	nic := []string{"--guest-dir", dir, "--work", "net", "--net", "tap:" + tcpTap, "--guest-ip", guestIP}
+	// A disk too, which the guest's kernel reads as it probes it (the
+	// partition table): the recording carries both kinds of DMA.
+	img := filepath.Join(t.TempDir(), "disk.img")
+	newImage(t, img)
+	nic := []string{"--guest-dir", dir, "--work", "net", "--net", "tap:" + tcpTap, "--guest-ip", guestIP, "--disk", img, "--disk-mode", "nonshared"}
 
 	start := time.Now()
 	rxBefore := tapCounter(t, tcpTap, "rx_packets")
@@ -104,12 +108,19 @@ func TestLinuxRecordReplayNet(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ftvm inspect: %v\n%s", err, out)
 	}
-	rx, tx, err := nicTraffic(string(out))
+	rx, tx, err := devTraffic(string(out), "virtio-net")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	t.Logf("the log holds %d received batches (%d bytes) and %d transmitted frames (%d bytes); the client sent %d bytes",
-		rx.n, rx.bytes, tx.n, tx.bytes, st.Bytes)
+	reads, _, err := devTraffic(string(out), "virtio-blk")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if reads.n == 0 || reads.bytes == 0 {
+		t.Errorf("the log holds no disk reads with data (%d, %d bytes): the recording does not carry disk traffic", reads.n, reads.bytes)
+	}
+	t.Logf("the log holds %d received batches (%d bytes) and %d transmitted frames (%d bytes), and %d disk reads with data (%d bytes); the client sent %d bytes",
+		rx.n, rx.bytes, tx.n, tx.bytes, reads.n, reads.bytes, st.Bytes)
 	if rx.n == 0 || rx.bytes < st.Bytes {
 		t.Errorf("the log's received frames carry %d bytes in %d batches; the client alone sent %d", rx.bytes, rx.n, st.Bytes)
 	}
@@ -123,24 +134,25 @@ type traffic struct {
 	bytes int64
 }
 
-// nicTraffic reads the virtio-net line of `ftvm inspect`: the completions
-// carrying data (receive batches) and the writes submitted (frames sent).
-func nicTraffic(inspect string) (rx, tx traffic, err error) {
+// devTraffic reads a device's line of `ftvm inspect` (kind "virtio-net"
+// or "virtio-blk"): the completions carrying data (receive batches, disk
+// reads) and the writes submitted (frames sent, disk writes).
+func devTraffic(inspect, kind string) (rx, tx traffic, err error) {
 	for _, line := range strings.Split(inspect, "\n") {
 		// "dma        device 0 (virtio-net@0xd0020000): ..."
 		_, rest, ok := strings.Cut(line, "): ")
-		if !ok || !strings.HasPrefix(line, "dma ") || !strings.Contains(line, " (virtio-net@") {
+		if !ok || !strings.HasPrefix(line, "dma ") || !strings.Contains(line, " ("+kind+"@") {
 			continue
 		}
 		var completions, errs int
 		_, err := fmt.Sscanf(rest, "%d completions, %d carrying %d bytes, %d errors; %d writes submitted, %d bytes",
 			&completions, &rx.n, &rx.bytes, &errs, &tx.n, &tx.bytes)
 		if err != nil {
-			return rx, tx, fmt.Errorf("ftvm inspect's virtio-net line %q: %v", line, err)
+			return rx, tx, fmt.Errorf("ftvm inspect's %s line %q: %v", kind, line, err)
 		}
 		return rx, tx, nil
 	}
-	return rx, tx, fmt.Errorf("ftvm inspect shows no virtio-net transfers")
+	return rx, tx, fmt.Errorf("ftvm inspect shows no %s transfers", kind)
 }
 
 // tapCounter reads one of the interface's statistics: rx_packets counts
