@@ -54,8 +54,13 @@ type guestDevices struct {
 
 // open checks the flags and opens the disk image; the network backend is
 // attached lazily.
-func (o *deviceOptions) open() (*guestDevices, error) {
+func (o *deviceOptions) open() (_ *guestDevices, err error) {
 	d := &guestDevices{}
+	defer func() {
+		if err != nil {
+			d.close() // an image opened before a later flag's error
+		}
+	}()
 	switch o.diskMode {
 	case "shared":
 	case "nonshared":
@@ -84,7 +89,6 @@ func (o *deviceOptions) open() (*guestDevices, error) {
 		} else {
 			h := sha256.New()
 			if _, err := io.Copy(h, io.NewSectionReader(f, 0, int64(b.Capacity()))); err != nil {
-				f.Close()
 				return nil, fmt.Errorf("--disk: hashing %s: %w", o.disk, err)
 			}
 			d.identity += " sha256=" + hex.EncodeToString(h.Sum(nil))
@@ -93,7 +97,6 @@ func (o *deviceOptions) open() (*guestDevices, error) {
 	if o.netSpec != "" {
 		nic, err := parseNet(o.netSpec)
 		if err != nil {
-			d.close()
 			return nil, usageError{fmt.Errorf("--net %q: %w", o.netSpec, err)}
 		}
 		d.nic = nic

@@ -57,6 +57,14 @@ func TestDeviceOptions(t *testing.T) {
 		d.close()
 	}
 
+	// A flag refused after the image was opened leaves it closed.
+	if _, err := (&deviceOptions{diskMode: "shared", disk: img, work: "tetris"}).open(); err == nil {
+		t.Fatal("--work tetris accepted")
+	}
+	if n := openFDs(t, img); n != 0 {
+		t.Errorf("%d descriptors of the image are still open after the refused flags", n)
+	}
+
 	// The identity the log header pins: size and content hash, or the
 	// generation the user gives.
 	d, err := (&deviceOptions{diskMode: "nonshared", disk: img}).open()
@@ -166,4 +174,20 @@ func freeUDPPort(t *testing.T) string {
 	}
 	defer c.Close()
 	return c.LocalAddr().String()
+}
+
+// openFDs counts this process's descriptors open on path.
+func openFDs(t *testing.T, path string) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	n := 0
+	for _, e := range ents {
+		if target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil && target == path {
+			n++
+		}
+	}
+	return n
 }

@@ -1,0 +1,88 @@
+package ft
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/ftkvm/ftkvm/replay/logio"
+	"github.com/ftkvm/ftkvm/replay/logpb"
+)
+
+// failAfter is a writer that takes n bytes, then fails.
+type failAfter struct {
+	n   int
+	buf bytes.Buffer
+}
+
+func (w *failAfter) Write(p []byte) (int, error) {
+	if w.buf.Len()+len(p) > w.n {
+		return 0, errors.New("disk full")
+	}
+	return w.buf.Write(p)
+}
+
+// TestRunLogIsALogAndNeverFailsTheRun: the backup's run log is a log file
+// a reader takes back event for event; a write error is reported once,
+// ends the log, and never reaches the replay (Append keeps returning nil).
+func TestRunLogIsALogAndNeverFailsTheRun(t *testing.T) {
+	hdr := &logpb.Header{Version: 1}
+	events := func(n int) []*logpb.Event {
+		var evs []*logpb.Event
+		for i := 1; i <= n; i++ {
+			evs = append(evs, &logpb.Event{Seq: uint64(i), Exits: uint64(i), Kind: &logpb.Event_Clock{Clock: int64(i)}})
+		}
+		return evs
+	}
+
+	var out bytes.Buffer
+	var status strings.Builder
+	l := newRunLog(&out, hdr, &logger{w: &status, role: "backup"})
+	for _, ev := range events(100) {
+		if err := l.Append(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.close(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := logio.NewReader(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		ev, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+		if ev.Seq != uint64(n) {
+			t.Fatalf("event %d has seq %d", n, ev.Seq)
+		}
+	}
+	if n != 100 || status.Len() != 0 {
+		t.Fatalf("read back %d of 100 events; status %q", n, status.String())
+	}
+
+	// A writer that fills up: the log ends, the run does not.
+	status.Reset()
+	l = newRunLog(&failAfter{n: 70 << 10}, hdr, &logger{w: &status, role: "backup"})
+	for _, ev := range events(20000) {
+		ev.Kind = &logpb.Event_Output{Output: &logpb.Output{Data: bytes.Repeat([]byte("x"), 64)}}
+		if err := l.Append(ev); err != nil {
+			t.Fatalf("Append returned %v: a run-log error must not stop the run", err)
+		}
+	}
+	if err := l.close(); err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("close returned %v, want the write error", err)
+	}
+	if c := strings.Count(status.String(), "the run's log stops"); c != 1 {
+		t.Fatalf("the error was reported %d times, want once:\n%s", c, status.String())
+	}
+}
