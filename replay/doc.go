@@ -85,4 +85,16 @@
 // than the last. After the handover the clock continues from there on
 // host time, the TSC never runs backwards, and DMA transfers the log had
 // not completed are started on their backend.
+//
+// # The log of a whole run
+//
+// With ReplayerConfig.Continue the replay records what it runs after the
+// handover: a Handover event (the point, the machine's fingerprint there,
+// why), numbered on from the last event replayed, then what a Recorder
+// logs. The events the replay read followed by those make one log of the
+// run across the failover. A Replayer reading such a log treats the
+// Handover like the end of a go-live log (it runs the rest of the exit
+// without the log, exactly as the backup did), checks at the handover
+// point that it stands where the backup went live and in the same state,
+// and replays the backup's events from there.
 package replay
