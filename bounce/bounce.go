@@ -121,6 +121,7 @@ type Engine struct {
 	replayWrites func(Request) bool
 	shadows      map[uint64]*shadow
 	lastShadow   chan struct{}
+	shadowErr    error // the first replayed write that failed (ShadowErr)
 }
 
 // shadow is a write a replaying engine performs on its own backend (a
@@ -296,8 +297,24 @@ func (e *Engine) startShadow(req Request) {
 		}
 		data, err := e.backend(req)
 		sh.c = complete(req, data, err)
+		if sh.c.Err != "" {
+			e.mu.Lock()
+			if e.shadowErr == nil {
+				e.shadowErr = fmt.Errorf("bounce: replayed write tag %#x (%d bytes) failed on this host's backend: %s", req.Tag, req.Len, sh.c.Err)
+			}
+			e.mu.Unlock()
+		}
 		close(sh.done)
 	}()
+}
+
+// ShadowErr returns the first write the engine performed while replaying
+// (SetReplayWrites) that failed, if any: this host's copy of the device
+// then lacks a write the log has, and cannot stand for the primary's.
+func (e *Engine) ShadowErr() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.shadowErr
 }
 
 // WaitShadows waits until every write the engine performed while

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -395,5 +396,36 @@ func TestWaitShadowsWaitsForTheLastWrite(t *testing.T) {
 	e.WaitShadows()
 	if n := done.Load(); n != 3 {
 		t.Fatalf("WaitShadows returned with %d of 3 writes done", n)
+	}
+}
+
+// TestShadowErrReportsAFailedReplayedWrite: a write the replaying engine
+// performs on this host's copy and that fails is reported (the copy lacks
+// a write the log has), even after the log delivered the primary's
+// successful completion of it; writes that succeed report nothing.
+func TestShadowErrReportsAFailedReplayedWrite(t *testing.T) {
+	e := NewEngine(func(req Request) ([]byte, error) {
+		if req.Tag == 2 {
+			return nil, errors.New("EIO")
+		}
+		return nil, nil
+	})
+	e.SetReplay()
+	e.SetReplayWrites(func(Request) bool { return true })
+	if err := e.Submit(Request{Tag: 1, Write: true, Len: 1, Data: []byte{1}}); err != nil {
+		t.Fatal(err)
+	}
+	e.WaitShadows()
+	if err := e.ShadowErr(); err != nil {
+		t.Fatalf("a write that succeeded reported %v", err)
+	}
+	if err := e.Submit(Request{Tag: 2, Write: true, Len: 1, Data: []byte{2}}); err != nil {
+		t.Fatal(err)
+	}
+	e.Delivered(2) // the log's completion (the primary's write worked)
+	e.WaitShadows()
+	err := e.ShadowErr()
+	if err == nil || !strings.Contains(err.Error(), "tag 0x2") || !strings.Contains(err.Error(), "EIO") {
+		t.Fatalf("ShadowErr = %v, want the failed write of tag 2", err)
 	}
 }

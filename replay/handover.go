@@ -73,6 +73,12 @@ func (r *Replayer) handover(vm vmm.Machine, p vmm.Point) error {
 		// passed the point the backup went live at.
 		return r.diverge(p, 0, "the replay passed a backup's go-live", describe(r.peek()), "a go-live here")
 	}
+	if e := vm.Bounce(); e != nil {
+		e.WaitShadows() // every write this host performs on its copy is done, or failed
+	}
+	if err := r.shadowErr(vm); err != nil {
+		return err
+	}
 	if r.cfg.Continue != nil && p.Kind != vmm.AtExit && p.Kind != 0 {
 		// A kick while draining: go live at the next exit instead, a
 		// point a replay of the whole log can reach.

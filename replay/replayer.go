@@ -266,6 +266,9 @@ func (r *Replayer) Deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
 	if p.Kind != vmm.AtExit {
 		return false, nil // a kick from cancellation: nothing recorded here
 	}
+	if err := r.shadowErr(vm); err != nil {
+		return false, err
+	}
 	delivered := false
 	for {
 		ev := r.peek()
@@ -512,6 +515,22 @@ func (r *Replayer) Stop(vm vmm.Machine, p vmm.Point, res vmm.Result, runErr erro
 	}
 	if extra := r.peek(); extra != nil {
 		return r.diverge(p, extra.Seq, "the log goes on after its end", "nothing", describe(extra))
+	}
+	return nil
+}
+
+// shadowErr stops the replay if this host's copy of a disk missed a write
+// the log has (the engine performs them, SetReplayWrites): a backup with
+// that copy must not take over, and the sooner it stops, the sooner its
+// primary knows it runs unprotected.
+func (r *Replayer) shadowErr(vm vmm.Machine) error {
+	e := vm.Bounce()
+	if e == nil {
+		return nil
+	}
+	if err := e.ShadowErr(); err != nil {
+		r.err = fmt.Errorf("this host's copy of the disk is not the primary's: %w", err)
+		return r.err
 	}
 	return nil
 }
