@@ -102,14 +102,12 @@ func killDiskCase(t *testing.T, e ftEnv, mode string, delay time.Duration, expec
 		t.Fatalf("backup failed: %v\n%s", err, fttest.Tail(b.stderr.String(), 20))
 	}
 	pOut, bOut, bErr := p.stdout.String(), b.stdout.String(), b.stderr.String()
-	out := pOut
-	var n, from int
 	survivor := pImg
-	if _, err := fmt.Sscanf(fttest.After(bErr, "re-sending "), "%d console bytes from offset %d", &n, &from); err == nil {
-		if from > len(pOut) || !strings.HasPrefix(bOut, pOut[from:]) {
-			t.Fatalf("killed at %v: console output lost or garbled at the failover: primary released %d bytes, backup re-sent from %d", delay, len(pOut), from)
-		}
-		out = pOut[:from] + bOut
+	out, _, live, err := fttest.Junction(pOut, bOut, bErr)
+	if err != nil {
+		t.Fatalf("killed at %v: %v", delay, err)
+	}
+	if live {
 		survivor = bImg
 		t.Logf("killed at %v: %s", delay, fttest.Line(bErr, "LIVE at"))
 	} else if killed && !strings.Contains(bErr, "finished as backup") {

@@ -620,13 +620,11 @@ func killJunctionCase(t *testing.T, e ftEnv, delay, limit time.Duration, markers
 		t.Fatalf("backup failed: %v\n%s", err, fttest.Tail(b.stderr.String(), 20))
 	}
 	pOut, bOut, bErr := p.stdout.String(), b.stdout.String(), b.stderr.String()
-	out := pOut
-	var n, from int
-	if _, err := fmt.Sscanf(fttest.After(bErr, "re-sending "), "%d console bytes from offset %d", &n, &from); err == nil {
-		if from > len(pOut) || !strings.HasPrefix(bOut, pOut[from:]) {
-			t.Fatalf("killed at %v: output lost or garbled at the failover: primary released %d bytes, backup re-sent from %d", delay, len(pOut), from)
-		}
-		out = pOut[:from] + bOut
+	out, from, live, err := fttest.Junction(pOut, bOut, bErr)
+	if err != nil {
+		t.Fatalf("killed at %v: %v", delay, err)
+	}
+	if live {
 		t.Logf("killed at %v: primary released %d bytes, backup re-sent from %d and wrote %d; %s", delay, len(pOut), from, len(bOut), fttest.Line(bErr, "LIVE at"))
 	} else if killed && !strings.Contains(bErr, "finished as backup") {
 		t.Fatalf("killed at %v: the backup neither went live nor saw the run end:\n%s", delay, fttest.Tail(bErr, 10))

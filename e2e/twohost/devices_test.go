@@ -193,14 +193,13 @@ func hostDeathDisk(t *testing.T, bin, dir, mode string, step int, delay time.Dur
 	at := fmt.Sprintf("%q + %v", trigger, delay)
 	b.wait(t, 6*time.Minute)
 	pOut, bOut, bLog := p.out(), b.out(), b.log()
-	var nb, from int
-	if _, err := fmt.Sscanf(fttest.After(bLog, "re-sending "), "%d console bytes from offset %d", &nb, &from); err != nil || b.status() != 0 {
+	out, _, live, err := fttest.Junction(pOut, bOut, bLog)
+	switch {
+	case !live || b.status() != 0:
 		t.Fatalf("killed at %s: the backup did not go live and finish (exit %d):\n%s", at, b.status(), fttest.Tail(bLog, 15))
+	case err != nil:
+		t.Fatalf("killed at %s: %v", at, err)
 	}
-	if from > len(pOut) || !strings.HasPrefix(bOut, pOut[from:]) {
-		t.Fatalf("killed at %s: console output lost or garbled at the failover", at)
-	}
-	out := pOut[:from] + bOut
 	if got, err := guestcheck.ParseDisk(out); err != nil || got != expected {
 		t.Fatalf("killed at %s: the guest's disk workload: %v\n%s", at, err, fttest.Tail(out, 15))
 	}

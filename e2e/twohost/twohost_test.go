@@ -130,14 +130,13 @@ func TestHostDeathLinux(t *testing.T) {
 			if b.status() != 0 {
 				t.Fatalf("backup exited %d (host: %v)\n%s", b.status(), b.HostErr(), fttest.Tail(bLog, 25))
 			}
-			var nb, from int
-			if _, err := fmt.Sscanf(fttest.After(bLog, "re-sending "), "%d console bytes from offset %d", &nb, &from); err != nil {
+			out, from, live, err := fttest.Junction(pOut, bOut, bLog)
+			switch {
+			case !live:
 				t.Fatalf("killed after %q: the backup did not go live:\n%s", trigger, fttest.Tail(bLog, 15))
+			case err != nil:
+				t.Fatalf("killed after %q: %v", trigger, err)
 			}
-			if from > len(pOut) || !strings.HasPrefix(bOut, pOut[from:]) {
-				t.Fatalf("killed after %q: output lost or garbled at the failover: primary released %d bytes, backup re-sent from %d", trigger, len(pOut), from)
-			}
-			out := pOut[:from] + bOut
 			t.Logf("primary host killed after %q: primary released %d bytes, backup re-sent from %d and wrote %d; %s", trigger, len(pOut), from, len(bOut), fttest.Line(bLog, "LIVE at"))
 			for _, want := range markers {
 				if strings.Count(out, want) != 1 {

@@ -101,3 +101,20 @@ func After(s, sub string) string {
 	}
 	return ""
 }
+
+// Junction joins what the outside world saw of a failover: the primary's
+// released output pOut and the backup's bOut, at the offset the backup's
+// log bLog says it re-sent from ("re-sending N console bytes from offset
+// M"). live reports whether the backup went live; if it did not, out is
+// pOut. The re-sent part must repeat the end of pOut exactly: otherwise
+// output was lost or garbled, and the error wraps ErrOutput.
+func Junction(pOut, bOut, bLog string) (out string, from int, live bool, err error) {
+	var n int
+	if _, err := fmt.Sscanf(After(bLog, "re-sending "), "%d console bytes from offset %d", &n, &from); err != nil {
+		return pOut, 0, false, nil
+	}
+	if from < 0 || from > len(pOut) || !strings.HasPrefix(bOut, pOut[from:]) {
+		return "", from, true, fmt.Errorf("%w: output lost or garbled at the failover: the primary released %d bytes, the backup re-sent from offset %d", ErrOutput, len(pOut), from)
+	}
+	return pOut[:from] + bOut, from, true, nil
+}

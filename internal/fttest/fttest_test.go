@@ -43,3 +43,25 @@ func TestLogHelpers(t *testing.T) {
 		t.Errorf("After = %q", got)
 	}
 }
+
+func TestJunction(t *testing.T) {
+	log := "ft backup: WON the test-and-set: LIVE at exit 9; re-sending 3 console bytes from offset 4\n"
+	for _, c := range []struct {
+		p, b, log, out string
+		live, bad      bool
+	}{
+		{"abcdefg", "efgXY", log, "abcdefgXY", true, false},              // 3 bytes twice
+		{"abcd", "XY", log, "abcdXY", true, false},                       // the backup re-sent from the very end
+		{"abcdefg", "eXgXY", log, "", true, true},                        // garbled
+		{"abc", "XY", log, "", true, true},                               // offset past what was released: lost
+		{"abcdefg", "", "finished as backup\n", "abcdefg", false, false}, // never went live
+	} {
+		out, _, live, err := Junction(c.p, c.b, c.log)
+		if live != c.live || (err != nil) != c.bad || (!c.bad && out != c.out) {
+			t.Errorf("Junction(%q, %q) = %q, live %v, %v; want %q, live %v, error %v", c.p, c.b, out, live, err, c.out, c.live, c.bad)
+		}
+		if c.bad && !errors.Is(err, ErrOutput) {
+			t.Errorf("Junction(%q, %q): error %v does not wrap ErrOutput", c.p, c.b, err)
+		}
+	}
+}
