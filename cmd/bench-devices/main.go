@@ -50,6 +50,7 @@ var (
 	runs     = flag.Int("runs", 3, "runs of each workload in each mode")
 	netMiB   = flag.Int("net-mib", 4, "MiB the network client sends (and gets back)")
 	keep     = flag.String("keep", "", "directory for the recorded logs (default: a temporary one)")
+	ftFlags  = flag.String("ft-flags", "", "further flags for both FT sides, space-separated (e.g. \"--kick-after 10ms\")")
 )
 
 const (
@@ -332,6 +333,7 @@ func launch(work string, ft bool, guest ...string) (*proc, func() error, error) 
 		return nil, nil, err
 	}
 	common := append([]string{"--tls-dir", filepath.Join(work, "certs"), "--split-dir", split, "--window-entries", "1500", "--status-every", "-1s"}, guest...)
+	common = append(common, strings.Fields(*ftFlags)...)
 	b, err := start(append([]string{"backup", "--connect", addr}, common...)...)
 	if err != nil {
 		return nil, nil, err

@@ -27,6 +27,7 @@ type pairOptions struct {
 	claim       time.Duration
 	window      int
 	windowEnt   int
+	kickAfter   time.Duration
 	statusEvery time.Duration
 	quiet       bool
 	tlsDir      string
@@ -47,6 +48,7 @@ func (o *pairOptions) register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.claim, "claim-timeout", 5*time.Second, "how long to keep trying an unreachable split-brain storage before giving up (and not going live)")
 	fs.IntVar(&o.window, "window", 16<<20, "log bytes in flight before the primary's vCPU waits for the backup (half of it is the largest log entry, e.g. a landmark's pages)")
 	fs.IntVar(&o.windowEnt, "window-entries", 0, "log entries in flight (the backup's maximum lag) before the primary's vCPU waits (0: the channel's default, 1 Mi)")
+	fs.DurationVar(&o.kickAfter, "kick-after", 2*time.Millisecond, "how long an event (a timer tick, a DMA completion, a received frame) waits for a synchronous exit before the vCPU is kicked to take it between exits, at the cost of a state-transfer landmark in the log (the primary; a backup after it goes live)")
 	fs.DurationVar(&o.statusEvery, "status-every", 2*time.Second, "period of the progress line on stderr")
 	fs.BoolVar(&o.quiet, "q", false, "no progress lines on stderr")
 	fs.StringVar(&o.tlsDir, "tls-dir", defaultTLSDir, "directory with the pair's certificates from 'ftvm certs' (ca.pem and this node's certificate and key): the log channel runs mutual TLS 1.3 with them")
@@ -110,7 +112,7 @@ func (o *pairOptions) config(flags *flag.FlagSet, role string) (ft.Config, *prep
 		TLS: tc, Insecure: o.insecure,
 		SplitDir: o.splitDir, Pair: o.pair, Node: o.node,
 		ClaimTimeout: o.claim, Timeout: o.timeout, Heartbeat: o.heartbeat, WindowBytes: o.window, WindowEntries: o.windowEnt,
-		Output: os.Stdout, Input: os.Stdin, Log: log, StatusEvery: status,
+		Output: os.Stdout, Input: os.Stdin, Log: log, StatusEvery: status, KickAfter: o.kickAfter,
 	}
 	if o.quiet {
 		cfg.StatusEvery = -1
