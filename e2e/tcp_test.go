@@ -5,7 +5,6 @@ import (
 	"math/rand"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/ftkvm/ftkvm/internal/fttest"
 	"github.com/ftkvm/ftkvm/internal/guestcheck"
+	"github.com/ftkvm/ftkvm/internal/hostnet"
 )
 
 // The example guest's network, as the TCP test sets it up on this host: a
@@ -30,18 +30,11 @@ const (
 // it when the test ends. It needs root and the tun module.
 func makeTap(t *testing.T, name string) {
 	t.Helper()
-	exec.Command("modprobe", "tun").Run() // built in, or already loaded: fine
-	exec.Command("ip", "link", "del", name).Run()
-	for _, args := range [][]string{
-		{"tuntap", "add", "dev", name, "mode", "tap"},
-		{"addr", "add", hostCIDR, "dev", name},
-		{"link", "set", name, "up"},
-	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
+	remove, err := hostnet.Tap(name, hostCIDR)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() { exec.Command("ip", "link", "del", name).Run() })
+	t.Cleanup(remove)
 }
 
 // TestFTKillPrimaryTCP runs the example guest's TCP echo server under FT

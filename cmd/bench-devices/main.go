@@ -42,6 +42,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/s2"
+
+	"github.com/ftkvm/ftkvm/internal/hostnet"
 )
 
 var (
@@ -201,18 +203,8 @@ func s2Ratio(b []byte) float64 {
 }
 
 func makeTap() error {
-	exec.Command("modprobe", "tun").Run()
-	exec.Command("ip", "link", "del", tap).Run()
-	for _, a := range [][]string{
-		{"tuntap", "add", "dev", tap, "mode", "tap"},
-		{"addr", "add", hostCIDR, "dev", tap},
-		{"link", "set", tap, "up"},
-	} {
-		if out, err := exec.Command("ip", a...).CombinedOutput(); err != nil {
-			return fmt.Errorf("ip %s: %v: %s (needs root)", strings.Join(a, " "), err, out)
-		}
-	}
-	return nil
+	_, err := hostnet.Tap(tap, hostCIDR)
+	return err
 }
 
 func newImage(path string) error {
