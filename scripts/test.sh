@@ -12,7 +12,7 @@
 # CI (passed into the emulated host), FTKVM_TEST_TIMEOUT (native go test
 # -timeout, default 40m), FTKVM_KVM_PKG_TIMEOUT (each KVM package in the
 # emulated host, default 40m), FTKVM_KVM_STAGE_TIMEOUT (the emulated host as
-# a whole, boot included, default 45m; the two-host stage has FTKVM_TWOHOST_TIMEOUT, default 45m: CI allows 90 for everything), FTKVM_TESTBED_MEM (MB, default 4096).
+# a whole, boot included, default 45m; the two-host stage has FTKVM_TWOHOST_TIMEOUT, default 55m: CI allows 90 for everything), FTKVM_TESTBED_MEM (MB, default 4096).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -102,7 +102,7 @@ twohost_stage() {
 	echo "== two-host stage: the FT pair across two emulated hosts ($TWOHOST_PKG)"
 	"$GO" run ./cmd/testbed -v setup
 	[[ -x $ROOT/bin/ftvm ]] && ftvm=(FTKVM_FTVM="$ROOT/bin/ftvm")
-	env "${ftvm[@]}" FTKVM_TWOHOST=1 "$GO" test -count=1 -v -timeout "${FTKVM_TWOHOST_TIMEOUT:-45m}" "$TWOHOST_PKG" || rc=$?
+	env "${ftvm[@]}" FTKVM_TWOHOST=1 "$GO" test -count=1 -v -timeout "${FTKVM_TWOHOST_TIMEOUT:-55m}" "$TWOHOST_PKG" || rc=$?
 	if ((rc == 0)); then
 		summary+="ok  	$MODULE/${TWOHOST_PKG#./}	$((SECONDS - t0)).000s (two hosts)"$'\n'
 	else
