@@ -192,26 +192,7 @@ step_ok:
 /* dev_setup: reset, negotiate VERSION_1, zero the rings, configure queue 0
  * (size 8, rings in RING) without making it ready. */
 dev_setup:
-	movl $0, R_STATUS(%rbx)
-	mov R_STATUS(%rbx), %eax
-	test %eax, %eax
-	fail_unless z, m_reset
-	mov R_ISR(%rbx), %eax
-	test %eax, %eax
-	fail_unless z, m_reset
-	movl $3, R_STATUS(%rbx)		/* ACKNOWLEDGE|DRIVER */
-	movl $1, R_DEV_FEAT_SEL(%rbx)
-	mov R_DEV_FEAT(%rbx), %eax
-	test $1, %eax			/* VERSION_1 (bit 32) */
-	fail_unless nz, m_features
-	movl $1, R_DRV_FEAT_SEL(%rbx)
-	movl $1, R_DRV_FEAT(%rbx)
-	movl $0, R_DRV_FEAT_SEL(%rbx)
-	movl $0, R_DRV_FEAT(%rbx)
-	movl $0x0b, R_STATUS(%rbx)	/* + FEATURES_OK */
-	mov R_STATUS(%rbx), %eax
-	cmp $0x0b, %eax
-	fail_unless e, m_features
+	call negotiate
 	/* fresh rings */
 	mov $RING, %edi
 	mov $(RING_END - RING) / 8, %ecx

@@ -451,26 +451,7 @@ reset_in_flight:
 /* dev_setup: reset, negotiate VERSION_1 alone, zero the rings, configure
  * both queues (size 16, rings in RXQ and TXQ) without making them ready. */
 dev_setup:
-	movl $0, R_STATUS(%rbx)
-	mov R_STATUS(%rbx), %eax
-	test %eax, %eax
-	fail_unless z, m_reset
-	mov R_ISR(%rbx), %eax
-	test %eax, %eax
-	fail_unless z, m_reset
-	movl $3, R_STATUS(%rbx)		/* ACKNOWLEDGE|DRIVER */
-	movl $1, R_DEV_FEAT_SEL(%rbx)
-	mov R_DEV_FEAT(%rbx), %eax
-	test $1, %eax			/* VERSION_1 (bit 32) */
-	fail_unless nz, m_features
-	movl $1, R_DRV_FEAT_SEL(%rbx)
-	movl $1, R_DRV_FEAT(%rbx)
-	movl $0, R_DRV_FEAT_SEL(%rbx)
-	movl $0, R_DRV_FEAT(%rbx)
-	movl $0x0b, R_STATUS(%rbx)	/* + FEATURES_OK */
-	mov R_STATUS(%rbx), %eax
-	cmp $0x0b, %eax
-	fail_unless e, m_features
+	call negotiate
 	mov $RXQ, %edi
 	mov $(RINGS_END - RXQ) / 8, %ecx
 	xor %eax, %eax
