@@ -31,10 +31,12 @@ bin/bench-devices -ftvm bin/ftvm -keep bin"
 echo "== bench-logchannel"
 "$GO" run ./cmd/bench-logchannel
 
-if [[ -c /dev/kvm ]] && (: 3<>/dev/kvm) 2>/dev/null; then
+# shellcheck source=kvm.sh
+source scripts/kvm.sh
+if kvm_usable; then
 	bash -c "$kvm_part"
 else
-	echo "no /dev/kvm here: the KVM benchmarks run inside an emulated KVM host (QEMU TCG + kvm_amd)"
+	echo "$(kvm_why): the KVM benchmarks run inside an emulated KVM host (QEMU TCG + kvm_amd)"
 	"$GO" build -o bin/testbed ./cmd/testbed
 	bin/testbed setup
 	bin/testbed -mem "${FTKVM_TESTBED_MEM:-4096}" -timeout "${FTKVM_BENCH_TIMEOUT:-60m}" -dir "$ROOT" -e FTKVM_GUEST_DIR -c "$kvm_part"

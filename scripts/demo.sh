@@ -10,10 +10,11 @@ cd "$(dirname "$0")/.."
 GO=${GO:-go}
 export FTKVM_GUEST_DIR=${FTKVM_GUEST_DIR:-$PWD/guest/out}
 
-# -c first: <> would create a plain file where there is none.
-if [[ -c /dev/kvm ]] && (: 3<>/dev/kvm) 2>/dev/null; then
+# shellcheck source=kvm.sh
+source scripts/kvm.sh
+if kvm_usable; then
 	exec bin/ftvm demo "$@"
 fi
 
-echo "no /dev/kvm here: the demo runs the pair across two emulated KVM hosts (QEMU TCG + kvm_amd), one per side"
+echo "$(kvm_why): the demo runs the pair across two emulated KVM hosts (QEMU TCG + kvm_amd), one per side"
 exec "$GO" run ./cmd/twohost-demo -ftvm bin/ftvm -guest-dir "$FTKVM_GUEST_DIR" -timeout "${FTKVM_DEMO_TIMEOUT:-30m}" "$@"

@@ -77,13 +77,15 @@ dur_seconds() {
 	esac
 }
 
-kvm_here() { [[ -c /dev/kvm ]] && (: 3<>/dev/kvm) 2>/dev/null; }
+# shellcheck source=kvm.sh
+source scripts/kvm.sh
+kvm_here() { kvm_usable; }
 
 if kvm_here; then
 	echo "make test: /dev/kvm is here: every test runs on this machine"
 	elsewhere=()
 else
-	echo "make test: no /dev/kvm here: all tests run on this machine, then the KVM packages (${KVM_PKGS[*]#./}) again, each in an emulated KVM host (QEMU TCG + kvm_amd)"
+	echo "make test: $(kvm_why): all tests run on this machine, then the KVM packages (${KVM_PKGS[*]#./}) again, each in an emulated KVM host (QEMU TCG + kvm_amd)"
 	elsewhere=(FTKVM_KVM_ELSEWHERE=1)
 fi
 

@@ -6,6 +6,7 @@
 package kvmtest
 
 import (
+	"errors"
 	"os"
 	"testing"
 )
@@ -13,13 +14,47 @@ import (
 // Device is the KVM device Require opens.
 const Device = "/dev/kvm"
 
-// Require returns if /dev/kvm opens read-write; otherwise it skips or fails
-// the test (see Decide). Every test that needs KVM calls it first.
-func Require(t testing.TB) {
-	t.Helper()
+// PVMModule is present where /dev/kvm is kvm-pvm, a nested PVM hypervisor
+// whose instruction emulator cannot run the test guests (int3, clac/stac,
+// fwait and more end KVM_RUN as emulation failures). Such a /dev/kvm counts
+// as none (Usable), as in scripts/kvm.sh.
+const PVMModule = "/sys/module/kvm_pvm"
+
+// EnvKVM=native uses /dev/kvm whatever it is; EnvKVM=emulated never does.
+const EnvKVM = "FTKVM_KVM"
+
+// Usable reports whether the tests run on this machine's /dev/kvm: it
+// opens read-write, and it is not kvm-pvm unless EnvKVM says native. The
+// error says why not.
+func Usable() error {
 	f, err := os.OpenFile(Device, os.O_RDWR, 0)
 	if err == nil {
 		f.Close()
+	}
+	_, statErr := os.Stat(PVMModule)
+	return usable(err, statErr == nil, os.Getenv)
+}
+
+// usable is Usable's policy as a pure function.
+func usable(openErr error, pvm bool, getenv func(string) string) error {
+	switch {
+	case getenv(EnvKVM) == "emulated":
+		return errors.New(EnvKVM + "=emulated")
+	case openErr != nil:
+		return openErr
+	case pvm && getenv(EnvKVM) != "native":
+		return errors.New(Device + " is kvm-pvm, whose instruction emulator cannot run the test guests (" + EnvKVM + "=native uses it anyway)")
+	}
+	return nil
+}
+
+// Require returns if this machine's /dev/kvm is usable (Usable); otherwise
+// it skips or fails the test (see Decide). Every test that needs KVM calls
+// it first.
+func Require(t testing.TB) {
+	t.Helper()
+	err := Usable()
+	if err == nil {
 		return
 	}
 	switch action, msg := Decide(false, os.Getenv); action {

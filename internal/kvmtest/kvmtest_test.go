@@ -1,6 +1,7 @@
 package kvmtest
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
@@ -47,4 +48,38 @@ func TestRequire(t *testing.T) {
 		ran = true
 	})
 	t.Logf("KVM here: %v", ran)
+}
+
+func TestUsable(t *testing.T) {
+	openErr := errors.New("open /dev/kvm: no such file or directory")
+	for _, c := range []struct {
+		name    string
+		openErr error
+		pvm     bool
+		env     string // FTKVM_KVM
+		ok      bool
+		msg     string
+	}{
+		{"standard kvm", nil, false, "", true, ""},
+		{"no kvm", openErr, false, "", false, "no such file"},
+		{"kvm-pvm", nil, true, "", false, "kvm-pvm"},
+		{"kvm-pvm, native", nil, true, "native", true, ""},
+		{"standard, emulated", nil, false, "emulated", false, "FTKVM_KVM=emulated"},
+		{"no kvm, native", openErr, false, "native", false, "no such file"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := usable(c.openErr, c.pvm, func(k string) string {
+				if k == EnvKVM {
+					return c.env
+				}
+				return ""
+			})
+			if (err == nil) != c.ok {
+				t.Fatalf("usable = %v, want ok=%v", err, c.ok)
+			}
+			if err != nil && !strings.Contains(err.Error(), c.msg) {
+				t.Fatalf("error %q lacks %q", err, c.msg)
+			}
+		})
+	}
 }
