@@ -7,7 +7,7 @@ GUEST_DIR ?= $(CURDIR)/guest/out
 BIN       := $(CURDIR)/bin
 export FTKVM_GUEST_DIR := $(GUEST_DIR)
 
-.PHONY: all build guest demo test test-unit bench lint proto clean
+.PHONY: all build guest demo test soak test-unit bench lint proto clean
 
 all: build
 
@@ -33,6 +33,13 @@ demo: build guest
 # scripts/test.sh.
 test: build guest
 	GO=$(GO) scripts/test.sh
+
+# make test with every kill-point sweep at its full size (make test samples
+# a few points per sweep, different ones each run, the seed printed): about
+# twice make test's time, so the stage limits are raised to match.
+soak: build guest
+	FTKVM_SOAK=1 FTKVM_KVM_STAGE_TIMEOUT=$${FTKVM_KVM_STAGE_TIMEOUT:-90m} \
+	FTKVM_TWOHOST_TIMEOUT=$${FTKVM_TWOHOST_TIMEOUT:-100m} GO=$(GO) scripts/test.sh
 
 # Tests that need neither KVM nor the Linux guest.
 test-unit:

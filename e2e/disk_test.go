@@ -31,21 +31,12 @@ func newImage(t *testing.T, path string) {
 	}
 }
 
-// diskPoints is how many kill points each disk mode gets here: 3 by
-// default, FTKVM_E2E_DISK_POINTS to change. The 10 per mode are
-// host deaths, in e2e/twohost (TestHostDeathDisk); these are process
-// deaths on one host (the backup sees a reset, not silence), with kill
-// points spread over the boot too.
-func diskPoints(t *testing.T) int {
-	points := 3
-	if v := os.Getenv("FTKVM_E2E_DISK_POINTS"); v != "" {
-		fmt.Sscan(v, &points)
-	}
-	if points == 0 {
-		t.Skip("FTKVM_E2E_DISK_POINTS=0")
-	}
-	return points
-}
+// diskPoints is how many kill points each disk mode gets here: 1 in make
+// test, 3 in make soak, FTKVM_E2E_DISK_POINTS to choose. The 10
+// per mode are host deaths, in e2e/twohost (TestHostDeathDisk); these are
+// process deaths on one host (the backup sees a reset, not silence), with
+// kill points spread over the boot too.
+func diskPoints(t *testing.T) int { return fttest.Points(t, "FTKVM_E2E_DISK_POINTS", 1, 3) }
 
 // TestFTKillPrimaryDisk kills the primary at random points of the example
 // guest's disk workload (mke2fs, ten files written and synced, the page

@@ -226,8 +226,9 @@ func TestFTKillPrimaryBare(t *testing.T) {
 	}{
 		// Sized for an emulated KVM host (about 30 s a case there; the
 		// limits leave room for a loaded machine).
-		{"chatter", e.Chat, e.ChatS, 10, 2500 * time.Millisecond, 3 * time.Minute},
-		{"chatter_ticks", e.Ticks, e.TicksS, 6, 1500 * time.Millisecond, 3 * time.Minute},
+		// make test samples 3 and 2 points, make soak runs 10 and 6.
+		{"chatter", e.Chat, e.ChatS, fttest.Points(t, "FTKVM_E2E_CHATTER_POINTS", 3, 10), 2500 * time.Millisecond, 3 * time.Minute},
+		{"chatter_ticks", e.Ticks, e.TicksS, fttest.Points(t, "FTKVM_E2E_TICKS_POINTS", 2, 6), 1500 * time.Millisecond, 3 * time.Minute},
 	}
 	for _, c := range cases {
 		ref := ftguest.Expected(c.spec)
@@ -242,8 +243,9 @@ func TestFTKillPrimaryBare(t *testing.T) {
 		}
 	}
 	// Built-in guests whose one output line depends on the logged inputs.
+	builtin := fttest.Points(t, "FTKVM_E2E_BUILTIN_POINTS", 1, 2)
 	for _, g := range []struct{ name, marker string }{{"rdtsc_loop", "rdtsc_loop: sum="}, {"pit_read", "pit_read: sum="}} {
-		for i := 0; i < 2; i++ {
+		for i := 0; i < builtin; i++ {
 			delay := time.Duration(rng.Int63n(int64(150 * time.Millisecond)))
 			t.Run(fmt.Sprintf("%s/%d", g.name, i), func(t *testing.T) {
 				killJunctionCase(t, e, delay, 3*time.Minute, []string{g.marker}, "--bare", g.name)
@@ -576,13 +578,7 @@ func TestFTAuth(t *testing.T) {
 // the pair runs with --window-entries 1500: the primary is held to the
 // backup's pace and a failover replays at most that many entries.
 func TestFTKillPrimaryLinux(t *testing.T) {
-	points := 2
-	if v := os.Getenv("FTKVM_E2E_LINUX_FT_POINTS"); v != "" {
-		fmt.Sscan(v, &points)
-	}
-	if points == 0 {
-		t.Skip("FTKVM_E2E_LINUX_FT_POINTS=0")
-	}
+	points := fttest.Points(t, "FTKVM_E2E_LINUX_FT_POINTS", 1, 2)
 	dir := guestDir(t)
 	e := setupFT(t)
 	seed := time.Now().UnixNano()

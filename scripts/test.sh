@@ -163,6 +163,9 @@ envs=(
 	-e GOPROXY=off -e GOTOOLCHAIN=local -e GOFLAGS=-buildvcs=false
 )
 [[ -z ${CI+x} ]] || envs+=(-e CI)
+# make soak (FTKVM_SOAK=1) and the per-sweep point counts reach the tests
+# inside too.
+for v in $(compgen -e | grep -E '^FTKVM_(SOAK|.*_POINTS)$' || true); do envs+=(-e "$v"); done
 
 echo "== KVM stage: ${KVM_PKGS[*]#./}, each in an emulated host (stage limit $STAGE_TIMEOUT)"
 stage_end=$((SECONDS + $(dur_seconds "$STAGE_TIMEOUT")))

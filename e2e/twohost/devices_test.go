@@ -41,7 +41,7 @@ func guestDir(t *testing.T) string {
 // run's end state.
 func TestHostDeathTCP(t *testing.T) {
 	e := setup(t)
-	points(t, "TCP_POINTS", 1)
+	points(t, "TCP_POINTS", 1, 1)
 	dir := guestDir(t)
 	rng := seeded(t)
 	lan, err := pairhost.NewLAN("ftkvmt", "10.0.2.1/24")
@@ -133,7 +133,7 @@ func shellWords(args []string) string {
 // copy of the starting image in non-shared mode once the run is over.
 func TestHostDeathDisk(t *testing.T) {
 	e := setup(t)
-	n := points(t, "DISK_POINTS", 10)
+	n := points(t, "DISK_POINTS", 2, 10)
 	dir := guestDir(t)
 	rng := seeded(t)
 	expected, err := guestcheck.ExpectedDisk(filepath.Join(dir, "expected-disk.txt"))

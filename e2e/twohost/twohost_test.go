@@ -13,17 +13,10 @@ import (
 	"github.com/ftkvm/ftkvm/internal/fttest"
 )
 
-// points returns how many kill points a test runs: def, or
-// $FTKVM_TWOHOST_<name> (0 skips).
-func points(t *testing.T, name string, def int) int {
-	n := def
-	if v := os.Getenv("FTKVM_TWOHOST_" + name); v != "" {
-		fmt.Sscan(v, &n)
-	}
-	if n == 0 {
-		t.Skipf("FTKVM_TWOHOST_%s=0", name)
-	}
-	return n
+// points returns how many kill points a test runs: quick in make test,
+// soak in make soak (FTKVM_SOAK=1), or $FTKVM_TWOHOST_<name> (0 skips).
+func points(t *testing.T, name string, quick, soak int) int {
+	return fttest.Points(t, "FTKVM_TWOHOST_"+name, quick, soak)
 }
 
 func seeded(t *testing.T) *rand.Rand {
@@ -74,7 +67,7 @@ func killPrimaryHost(t *testing.T, e env, ref string, delay time.Duration, guest
 // interrupts the backup replays at state-transfer landmarks.
 func TestHostDeathBare(t *testing.T) {
 	e := setup(t)
-	n := points(t, "BARE_POINTS", 20)
+	n := points(t, "BARE_POINTS", 6, 20)
 	rng := seeded(t)
 	cases := []struct {
 		name, image string
@@ -105,7 +98,7 @@ func TestHostDeathBare(t *testing.T) {
 // every marker once.
 func TestHostDeathLinux(t *testing.T) {
 	e := setup(t)
-	n := points(t, "LINUX_POINTS", 3)
+	n := points(t, "LINUX_POINTS", 2, 3)
 	dir := guestDir(t)
 	rng := seeded(t)
 	markers := []string{"FTKVM-GUEST: init started", "FTKVM-GUEST: step 10/10", "FTKVM-GUEST: workload done", "FTKVM-GUEST: powering off"}

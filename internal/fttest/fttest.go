@@ -118,3 +118,38 @@ func Junction(pOut, bOut, bLog string) (out string, from int, live bool, err err
 	}
 	return pOut[:from] + bOut, from, true, nil
 }
+
+// EnvSoak=1 runs every kill-point sweep at its full size (`make soak`);
+// without it `make test` samples fewer points, different ones each run
+// (the seed is printed, so a failure can be repeated).
+const EnvSoak = "FTKVM_SOAK"
+
+// Points is how many kill points a sweep runs: $env if set (0 skips the
+// test), else soak under FTKVM_SOAK=1, else quick. It logs the choice.
+func Points(t interface {
+	Helper()
+	Logf(string, ...any)
+	Skipf(string, ...any)
+}, env string, quick, soak int) int {
+	t.Helper()
+	n, why := PointsFor(os.Getenv, env, quick, soak)
+	if n == 0 {
+		t.Skipf("%s=0", env)
+	}
+	t.Logf("%d kill points (%s)", n, why)
+	return n
+}
+
+// PointsFor is Points' choice as a pure function of the environment.
+func PointsFor(getenv func(string) string, env string, quick, soak int) (int, string) {
+	if v := getenv(env); v != "" {
+		var n int
+		if _, err := fmt.Sscan(v, &n); err == nil && n >= 0 {
+			return n, env + "=" + v
+		}
+	}
+	if getenv(EnvSoak) == "1" {
+		return soak, EnvSoak + "=1: the full sweep"
+	}
+	return quick, "sampled; " + EnvSoak + "=1 or make soak runs " + fmt.Sprint(soak)
+}

@@ -65,3 +65,24 @@ func TestJunction(t *testing.T) {
 		}
 	}
 }
+
+func TestPointsFor(t *testing.T) {
+	for _, c := range []struct {
+		env  map[string]string
+		want int
+	}{
+		{nil, 2},
+		{map[string]string{"FTKVM_SOAK": "1"}, 10},
+		{map[string]string{"FTKVM_SOAK": "yes"}, 2},
+		{map[string]string{"X_POINTS": "5"}, 5},
+		{map[string]string{"X_POINTS": "5", "FTKVM_SOAK": "1"}, 5},
+		{map[string]string{"X_POINTS": "0"}, 0},
+		{map[string]string{"X_POINTS": "-3"}, 2},
+		{map[string]string{"X_POINTS": "many", "FTKVM_SOAK": "1"}, 10},
+	} {
+		got, why := PointsFor(func(k string) string { return c.env[k] }, "X_POINTS", 2, 10)
+		if got != c.want || why == "" {
+			t.Errorf("env %v: %d (%s), want %d", c.env, got, why, c.want)
+		}
+	}
+}
