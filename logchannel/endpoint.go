@@ -223,6 +223,7 @@ func (e *endpoint) tickLoop(l *link) {
 	t := time.NewTicker(period)
 	defer t.Stop()
 	lastTick, deferred := l.live.now(), false
+	var longestGap int64 // this side's own longest tick gap: its pauses, for the verdict's message
 	for {
 		select {
 		case <-l.done:
@@ -233,6 +234,7 @@ func (e *endpoint) tickLoop(l *link) {
 		lastRecv := l.live.lastRecv.Load()
 		hb, dead := livenessCheck(now, lastRecv, l.live.lastSend.Load(), e.cfg.HeartbeatInterval, e.cfg.Timeout, l.live.paused.Load())
 		wasPaused := localPause(now, lastTick, period)
+		longestGap = max(longestGap, now-lastTick)
 		lastTick = now
 		if dead && wasPaused && !deferred {
 			// This process did not run for a while (its host starved):
@@ -244,8 +246,13 @@ func (e *endpoint) tickLoop(l *link) {
 		}
 		deferred = false
 		if dead {
-			e.stop(l, errorf(ErrTimeout, "nothing from the %s for %v (timeout %v)",
-				e.peer, time.Duration(now-lastRecv).Round(time.Millisecond), e.cfg.Timeout))
+			// The message says whether this side itself stood still (its
+			// longest tick gap) and went on sending: a silence seen by
+			// both sides of a pair whose own ticks were on time and who
+			// both kept sending is the link's, not a host's.
+			e.stop(l, errorf(ErrTimeout, "nothing from the %s for %v (timeout %v; this side sent %v ago, its longest pause %v)",
+				e.peer, time.Duration(now-lastRecv).Round(time.Millisecond), e.cfg.Timeout,
+				time.Duration(now-l.live.lastSend.Load()).Round(time.Millisecond), time.Duration(longestGap).Round(time.Millisecond)))
 			return
 		}
 		if hb {
