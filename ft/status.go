@@ -1,0 +1,138 @@
+package ft
+
+import (
+	"slices"
+	"sync"
+	"time"
+)
+
+// Status is one side's standing in the pair, for programs and people: what
+// VMware FT shows as Protected / Not Protected with a reason, the log's
+// bandwidth and the backup's lag, and what QEMU COLO's query-colo-status
+// answers. A Monitor holds the latest; Config.OnStatus hears every change.
+type Status struct {
+	Role string `json:"role"` // "primary" or "backup"
+	// State is the pair state machine's state: joining, protected,
+	// replaying, draining, claiming, alone, live, halted or finished.
+	State string `json:"state"`
+	// Protected: a backup holds the log up to every released output (the
+	// primary in state protected, or a backup replaying).
+	Protected bool `json:"protected"`
+	// Reason says why the side stands where it does (why it is not
+	// protected, what ended the run).
+	Reason     string    `json:"reason,omitempty"`
+	Generation uint64    `json:"generation"`
+	Since      time.Time `json:"since"` // when State was entered
+
+	Exits uint64 `json:"exits"` // the guest's synchronous exits so far
+
+	// The log: entries and bytes appended (primary) or received (backup).
+	LogEntries uint64 `json:"log_entries"`
+	LogBytes   uint64 `json:"log_bytes"`
+	// LogBytesPerSecond over the last status period.
+	LogBytesPerSecond float64 `json:"log_bytes_per_second"`
+
+	// Lag: entries the backup has not yet acknowledged (primary) or not
+	// yet replayed (backup), their bytes where known, and the age of the
+	// oldest of them.
+	LagEntries uint64        `json:"lag_entries"`
+	LagBytes   uint64        `json:"lag_bytes"`
+	LagAge     time.Duration `json:"lag_age_ns"`
+	// LastAckAge is how long ago the backup's last acknowledgement came
+	// (primary), or the last entry arrived (backup); 0 before the first.
+	LastAckAge time.Duration `json:"last_ack_age_ns"`
+
+	// Commit delay of released output (primary): from the guest's write to
+	// its release, over the last CommitWindow outputs.
+	CommitP50 time.Duration `json:"commit_p50_ns"`
+	CommitP99 time.Duration `json:"commit_p99_ns"`
+	Released  uint64        `json:"released"` // bytes of console output let out
+}
+
+// Final reports whether the side's pair state can no longer change.
+func (s Status) Final() bool {
+	switch s.State {
+	case "alone", "live", "halted", "finished":
+		return true
+	}
+	return false
+}
+
+// Monitor holds a side's latest Status: the method half of Config's status
+// callback. Its zero value is ready; it is safe for concurrent use.
+type Monitor struct {
+	mu  sync.Mutex
+	cur Status
+	set bool
+}
+
+// Status returns the latest status; ok is false before the side reported
+// any.
+func (m *Monitor) Status() (s Status, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cur, m.set
+}
+
+func (m *Monitor) store(s Status) {
+	m.mu.Lock()
+	m.cur, m.set = s, true
+	m.mu.Unlock()
+}
+
+// CommitWindow is how many of the latest commit delays the rolling
+// percentiles cover.
+const CommitWindow = 1024
+
+// rolling keeps the latest CommitWindow durations for rolling percentiles.
+type rolling struct {
+	mu   sync.Mutex
+	buf  []time.Duration
+	next int
+}
+
+func (r *rolling) add(d time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.buf) < CommitWindow {
+		r.buf = append(r.buf, d)
+		return
+	}
+	r.buf[r.next] = d
+	r.next = (r.next + 1) % CommitWindow
+}
+
+// percentiles returns the p50 and p99 of the window (nearest rank), zero
+// when it is empty.
+func (r *rolling) percentiles() (p50, p99 time.Duration) {
+	r.mu.Lock()
+	s := slices.Clone(r.buf)
+	r.mu.Unlock()
+	if len(s) == 0 {
+		return 0, 0
+	}
+	slices.Sort(s)
+	return s[rank(len(s), 50)], s[rank(len(s), 99)]
+}
+
+// rank is the nearest-rank index of percentile p of n sorted values.
+func rank(n, p int) int {
+	i := (p*n + 99) / 100 // ceil(p*n/100)
+	return max(i-1, 0)
+}
+
+// rate turns counter readings into a per-second rate over the time between
+// two readings.
+type rate struct {
+	last  uint64
+	at    time.Time
+	value float64
+}
+
+func (r *rate) update(now time.Time, count uint64) float64 {
+	if !r.at.IsZero() && now.After(r.at) && count >= r.last {
+		r.value = float64(count-r.last) / now.Sub(r.at).Seconds()
+	}
+	r.last, r.at = count, now
+	return r.value
+}
