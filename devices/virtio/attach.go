@@ -41,7 +41,8 @@ type Attachment struct {
 	ReplayWrites bool
 	// New builds the device on engine, numbering its transfers
 	// tagBase+1, tagBase+2, ...: the slot the VMM gives it on an engine
-	// several devices share.
+	// several devices share. With an error, the Device is not to be
+	// used.
 	New func(engine *bounce.Engine, tagBase uint64) (Device, error)
 }
 

@@ -167,11 +167,7 @@ func Attachment(cfg Config, backend bounce.Backend, opt DiskOptions) virtio.Atta
 		ReplayWrites: opt.OwnCopy,
 		New: func(e *bounce.Engine, tagBase uint64) (virtio.Device, error) {
 			cfg.TagBase = tagBase
-			d, err := New(cfg, e)
-			if err != nil {
-				return nil, err
-			}
-			return d, nil
+			return New(cfg, e)
 		},
 	}
 }
