@@ -142,6 +142,15 @@ func TestAddVirtioRefusesBrokenAttachments(t *testing.T) {
 	if v.virtioArgs[0] != "virtio_mmio.device=0x200@0xd0020000:10" {
 		t.Errorf("after refusals: %q", v.virtioArgs)
 	}
+
+	// A window already taken on the bus.
+	v2, _, _ := kvmlessVM(t)
+	if err := v2.MMIO.Register("squatter", VirtioBase, VirtioStride, devs[0].m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v2.AddVirtio(toyAttachment(8, &devs)); err == nil || len(v2.virtioArgs) != 0 {
+		t.Error("a device was added over another")
+	}
 }
 
 type zeroQueues struct{ *toyDevice }
