@@ -92,7 +92,7 @@ type bounceDevice struct {
 	name         string
 	backend      bounce.Backend
 	complete     func(bounce.Completion)
-	replayWrites bool // a replay performs its writes (DiskOptions.OwnCopy)
+	replayWrites bool // a replay performs its writes (virtio.Attachment.ReplayWrites)
 }
 
 // AddBounceDevice connects a device that moves data through bounce

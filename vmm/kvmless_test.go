@@ -415,15 +415,15 @@ func TestVirtioWiring(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v.AddVirtioBlk(blk.Config{Capacity: fb.Capacity()}, fb.Backend(), DiskOptions{Identity: "size=1048576", OwnCopy: true}); err != nil {
+	if _, err := v.AddVirtio(blk.Attachment(blk.Config{Capacity: fb.Capacity()}, fb.Backend(), blk.DiskOptions{Identity: "size=1048576", OwnCopy: true})); err != nil {
 		t.Fatal(err)
 	}
 	guest, _ := vnet.NewLink()
 	mac := [6]byte{0x52, 0x54, 0, 0x12, 0x34, 0x56}
-	if _, err := v.AddVirtioNet(vnet.Config{MAC: mac}, guest.Backend()); err != nil {
+	if _, err := v.AddVirtio(vnet.Attachment(vnet.Config{MAC: mac}, guest.Backend())); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v.AddVirtioNet(vnet.Config{MAC: mac}, nil); err == nil {
+	if _, err := v.AddVirtio(vnet.Attachment(vnet.Config{MAC: mac}, nil)); err == nil {
 		t.Error("a virtio device without a backend was added")
 	}
 	for i, want := range []uint32{blk.DeviceID, vnet.DeviceID} {

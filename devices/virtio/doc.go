@@ -118,4 +118,14 @@
 //     return ErrStale) and drop it.
 //  5. For snapshots, Save the transport and the backend; Restore both into
 //     devices built with the same backend configuration and memory.
+//
+// A device model whose data moves through bounce buffers is a Device (a
+// Backend that also takes its transport and its completions), and its
+// package describes it to a VMM with an Attachment: its kind, what a log
+// header pins, its bounce backend, whether a replay performs its writes,
+// and a constructor taking the VMM's engine slot. vmm.VM.AddVirtio adds
+// any such device; Attach and KernelArg are the wiring it shares with
+// other VMMs.
+//
+// Package virtiotest is a guest driver for device tests.
 package virtio

@@ -136,13 +136,13 @@ func (d *guestDevices) add(vm *vmm.VM) error {
 		return nil
 	}
 	if d.imgBack != nil {
-		if _, err := vm.AddVirtioBlk(blk.Config{Capacity: d.imgBack.Capacity(), ID: "ftkvm-disk0"}, d.imgBack.Backend(),
-			vmm.DiskOptions{Identity: d.identity, OwnCopy: d.ownCopy}); err != nil {
+		if _, err := vm.AddVirtio(blk.Attachment(blk.Config{Capacity: d.imgBack.Capacity(), ID: "ftkvm-disk0"}, d.imgBack.Backend(),
+			blk.DiskOptions{Identity: d.identity, OwnCopy: d.ownCopy})); err != nil {
 			return err
 		}
 	}
 	if d.nic != nil {
-		if _, err := vm.AddVirtioNet(vnet.Config{MAC: d.mac}, d.nic.serve); err != nil {
+		if _, err := vm.AddVirtio(vnet.Attachment(vnet.Config{MAC: d.mac}, d.nic.serve)); err != nil {
 			return err
 		}
 	}

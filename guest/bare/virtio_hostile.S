@@ -1,4 +1,4 @@
-/* virtio_hostile: attacks the first virtio-blk device (vmm.AddVirtioBlk:
+/* virtio_hostile: attacks the first virtio-blk device (vmm.AddVirtio, blk.Attachment:
  * virtio-mmio v2 at VIO, IRQ 10, left masked: the guest polls). Each step
  * starts from a device reset and the normal init (ACKNOWLEDGE|DRIVER,
  * VERSION_1 only, FEATURES_OK, queue 0 of 8 entries with its rings in

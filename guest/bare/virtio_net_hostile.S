@@ -1,4 +1,4 @@
-/* virtio_net_hostile: attacks the first virtio-net device (vmm.AddVirtioNet:
+/* virtio_net_hostile: attacks the first virtio-net device (vmm.AddVirtio, net.Attachment:
  * virtio-mmio v2 at VIO, IRQ 10, left masked: the guest polls), whose link
  * peer (the replay suite's) sends back every frame of kind 'E' it gets as
  * kind 'R'. Each step starts from a device reset and the normal init

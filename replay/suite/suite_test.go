@@ -40,8 +40,8 @@ type guest struct {
 	sites  *tscpatch.SiteTable
 	n      int
 	dma    bool // has the DMA test device (vmm.AddDMATest)
-	virtio bool // has a virtio-blk disk (vmm.AddVirtioBlk, testDisk)
-	net    bool // has a virtio-net interface (vmm.AddVirtioNet) on a link to an echoPeer
+	virtio bool // has a virtio-blk disk (blk.Attachment, testDisk)
+	net    bool // has a virtio-net interface (vnet.Attachment) on a link to an echoPeer
 }
 
 func load(t *testing.T, name string) guest {
@@ -224,13 +224,15 @@ func record(t *testing.T, g guest, input string, rng *rand.Rand) recording {
 		devEnd, peerEnd := vnet.NewLink()
 		peer = startEchoPeer(peerEnd)
 		defer peer.stop() // also unblocks the device's standing receive
-		if netDev, err = vm.AddVirtioNet(vnet.Config{MAC: guestMAC}, devEnd.Backend()); err != nil {
+		dev, err := vm.AddVirtio(vnet.Attachment(vnet.Config{MAC: guestMAC}, devEnd.Backend()))
+		if err != nil {
 			t.Fatal(err)
 		}
+		netDev = dev.(*vnet.Device)
 	}
 	if g.virtio {
 		disk := testDisk(t)
-		if _, err := vm.AddVirtioBlk(blk.Config{Capacity: disk.Capacity()}, disk.Backend(), vmm.DiskOptions{}); err != nil {
+		if _, err := vm.AddVirtio(blk.Attachment(blk.Config{Capacity: disk.Capacity()}, disk.Backend(), blk.DiskOptions{})); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -289,22 +291,24 @@ func replayEvents(t *testing.T, g guest, src replay.Source) replayed {
 	if g.virtio {
 		// The same disk, but a replay takes every read from the log and
 		// performs no writes (no DiskOptions.OwnCopy).
-		if _, err := vm.AddVirtioBlk(blk.Config{Capacity: diskBytes}, func(bounce.Request) ([]byte, error) {
+		if _, err := vm.AddVirtio(blk.Attachment(blk.Config{Capacity: diskBytes}, func(bounce.Request) ([]byte, error) {
 			t.Error("the replay called the virtio-blk backend")
 			return nil, errors.New("replay must not read a backend")
-		}, vmm.DiskOptions{}); err != nil {
+		}, blk.DiskOptions{})); err != nil {
 			t.Fatal(err)
 		}
 	}
 	var netDev *vnet.Device
 	if g.net {
 		// Received frames come from the log; sent ones go nowhere.
-		if netDev, err = vm.AddVirtioNet(vnet.Config{MAC: guestMAC}, func(bounce.Request) ([]byte, error) {
+		dev, err := vm.AddVirtio(vnet.Attachment(vnet.Config{MAC: guestMAC}, func(bounce.Request) ([]byte, error) {
 			t.Error("the replay called the virtio-net backend")
 			return nil, errors.New("replay must not touch the network")
-		}); err != nil {
+		}))
+		if err != nil {
 			t.Fatal(err)
 		}
+		netDev = dev.(*vnet.Device)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

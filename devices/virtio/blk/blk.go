@@ -109,7 +109,7 @@ type Device struct {
 	waiting  []*Request          // parsed, not submitted, in guest order
 }
 
-var _ virtio.Backend = (*Device)(nil)
+var _ virtio.Device = (*Device)(nil)
 
 // New returns the device for cfg, submitting its transfers to engine,
 // whose backend must serve Requests as described in the package
@@ -124,24 +124,53 @@ func New(cfg Config, engine *bounce.Engine) (*Device, error) {
 	return &Device{cfg: cfg, engine: engine, nextTag: cfg.TagBase + 1, inflight: map[uint64]*Request{}}, nil
 }
 
-// NewMMIO is New followed by virtio.NewMMIO and Attach: the device and its
-// transport, ready to map.
+// NewMMIO is New followed by virtio.Attach: the device and its transport,
+// ready to map.
 func NewMMIO(cfg Config, engine *bounce.Engine, mem virtio.Memory, irq func(high bool)) (*Device, *virtio.MMIO, error) {
 	d, err := New(cfg, engine)
 	if err != nil {
 		return nil, nil, err
 	}
-	m, err := virtio.NewMMIO(d, mem, irq)
+	m, err := virtio.Attach(d, mem, irq)
 	if err != nil {
 		return nil, nil, err
 	}
-	d.Attach(m)
 	return d, m, nil
 }
 
 // Attach tells the device which transport it sits behind, so that Complete
 // can reach the queue. Call it once, after virtio.NewMMIO(d, ...).
 func (d *Device) Attach(m *virtio.MMIO) { d.vq = m.Queue(0) }
+
+// DiskOptions are a disk's choices for a VMM beyond its Config.
+type DiskOptions struct {
+	// Identity names the disk's content for the log header, which a
+	// replay or an FT backup must match: the image's size and hash, or a
+	// generation the user sets for a large image.
+	Identity string
+	// OwnCopy: this host has its own copy of the disk (FT's non-shared
+	// mode), so a replaying VM (a backup) performs the guest's writes on
+	// it, in order, while its reads still come from the log. Without it a
+	// replay writes nothing: the primary's writes reach the one shared
+	// image.
+	OwnCopy bool
+}
+
+// Attachment describes a disk for a VMM to add (vmm.VM.AddVirtio): the
+// guest's /dev/vda for the first one, whose transfers backend serves
+// (FileBackend.Backend for a raw image). The VMM sets cfg.TagBase.
+func Attachment(cfg Config, backend bounce.Backend, opt DiskOptions) virtio.Attachment {
+	return virtio.Attachment{
+		Kind:         "virtio-blk",
+		Identity:     opt.Identity,
+		Backend:      backend,
+		ReplayWrites: opt.OwnCopy,
+		New: func(e *bounce.Engine, tagBase uint64) (virtio.Device, error) {
+			cfg.TagBase = tagBase
+			return New(cfg, e)
+		},
+	}
+}
 
 // Engine returns the device's bounce engine.
 func (d *Device) Engine() *bounce.Engine { return d.engine }

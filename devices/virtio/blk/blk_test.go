@@ -2,7 +2,6 @@ package blk
 
 import (
 	"bytes"
-	"encoding/binary"
 	"slices"
 	"strings"
 	"testing"
@@ -48,24 +47,18 @@ func TestNewRefusesBadConfigs(t *testing.T) {
 
 func TestFeaturesAndConfigSpace(t *testing.T) {
 	g, _ := newTestGuest(t, Config{Capacity: 3 << 20})
-	if id := g.rd(0x008); id != DeviceID {
+	if id := g.ReadReg(0x008); id != DeviceID {
 		t.Errorf("device ID %d", id)
 	}
-	g.wr(virtio.RegDeviceFeaturesSel, 0)
+	g.WriteReg(virtio.RegDeviceFeaturesSel, 0)
 	want := uint32(FeatureSizeMax | FeatureSegMax | FeatureBlkSize | FeatureFlush)
-	if f := g.rd(virtio.RegDeviceFeatures); f != want {
+	if f := g.ReadReg(virtio.RegDeviceFeatures); f != want {
 		t.Errorf("features %#x, want %#x", f, want)
 	}
-	if got := g.mmio.DriverFeatures(); got != uint64(want)|virtio.FeatureVersion1 {
+	if got := g.MMIO.DriverFeatures(); got != uint64(want)|virtio.FeatureVersion1 {
 		t.Errorf("negotiated %#x", got)
 	}
-	cfg := func(off uint64, n int) uint64 {
-		b := make([]byte, n)
-		g.mmio.Read(virtio.ConfigOffset+off, b)
-		var v [8]byte
-		copy(v[:], b)
-		return binary.LittleEndian.Uint64(v[:])
-	}
+	cfg := g.ReadConfig
 	for _, c := range []struct {
 		name string
 		off  uint64
@@ -87,7 +80,7 @@ func TestFeaturesAndConfigSpace(t *testing.T) {
 			t.Errorf("%s: %d, want %d", c.name, got, c.want)
 		}
 	}
-	g.mmio.Write(virtio.ConfigOffset, []byte{1, 2, 3, 4}) // read-only: ignored
+	g.MMIO.Write(virtio.ConfigOffset, []byte{1, 2, 3, 4}) // read-only: ignored
 	if got := cfg(0, 4); got != 6144 {
 		t.Errorf("capacity after a write: %d", got)
 	}
@@ -96,8 +89,8 @@ func TestFeaturesAndConfigSpace(t *testing.T) {
 	}
 
 	ro, _ := newTestGuest(t, Config{ReadOnly: true})
-	ro.wr(virtio.RegDeviceFeaturesSel, 0)
-	if f := ro.rd(virtio.RegDeviceFeatures); f&FeatureRO == 0 {
+	ro.WriteReg(virtio.RegDeviceFeaturesSel, 0)
+	if f := ro.ReadReg(virtio.RegDeviceFeatures); f&FeatureRO == 0 {
 		t.Errorf("read-only device features %#x lack VIRTIO_BLK_F_RO", f)
 	}
 }
@@ -113,17 +106,17 @@ func TestWriteThenRead(t *testing.T) {
 	if sub := g.dev.inflight[1]; sub.Op != OpWrite || sub.Offset != 10*512 || !bytes.Equal(sub.Data, data) {
 		t.Fatalf("submitted %+v", sub)
 	}
-	g.collect()
-	if w.done {
+	g.Collect()
+	if w.Done {
 		t.Fatal("write completed before its transfer")
 	}
-	rises := g.rises
+	rises := g.Rises
 	g.complete(disk, 1)
-	if st := g.status(w); st != StatusOK || w.written != 1 {
-		t.Fatalf("write: status %d, written %d", st, w.written)
+	if st := g.status(w); st != StatusOK || w.Written != 1 {
+		t.Fatalf("write: status %d, written %d", st, w.Written)
 	}
-	if g.rises != rises+1 {
-		t.Errorf("completion raised %d interrupts, want 1", g.rises-rises)
+	if g.Rises != rises+1 {
+		t.Errorf("completion raised %d interrupts, want 1", g.Rises-rises)
 	}
 	if !bytes.Equal(disk.img[5120:5120+4096], data) {
 		t.Fatal("disk does not hold the data")
@@ -132,8 +125,8 @@ func TestWriteThenRead(t *testing.T) {
 	r := g.read(10, 4096)
 	g.notify()
 	g.complete(disk, 2)
-	if st := g.status(r); st != StatusOK || r.written != 4097 {
-		t.Fatalf("read: status %d, written %d", st, r.written)
+	if st := g.status(r); st != StatusOK || r.Written != 4097 {
+		t.Fatalf("read: status %d, written %d", st, r.Written)
 	}
 	if !bytes.Equal(g.data(r), data) {
 		t.Fatal("read data differs from what was written")
@@ -148,24 +141,24 @@ func TestFlushAndGetID(t *testing.T) {
 		t.Fatalf("flush not submitted: %v", inflightTags(g.dev))
 	}
 	g.complete(disk, 1)
-	if st := g.status(f); st != StatusOK || f.written != 1 {
-		t.Fatalf("flush: status %d written %d", st, f.written)
+	if st := g.status(f); st != StatusOK || f.Written != 1 {
+		t.Fatalf("flush: status %d written %d", st, f.Written)
 	}
 
-	id := g.post(seg{n: 16, fill: header(TypeGetID, 0)}, seg{n: IDLen, writable: true, fill: bytes.Repeat([]byte{0xee}, IDLen)}, seg{n: 1, writable: true})
-	id.dataAddr, id.dataLen = g.reqData(id, 1), IDLen
-	short := g.post(seg{n: 16, fill: header(TypeGetID, 0)}, seg{n: 6, writable: true})
-	short.dataAddr, short.dataLen = g.reqData(short, 1), 5
+	id := g.post(seg{N: 16, Fill: header(TypeGetID, 0)}, seg{N: IDLen, Writable: true, Fill: bytes.Repeat([]byte{0xee}, IDLen)}, seg{N: 1, Writable: true})
+	id.dataAddr, id.dataLen = id.Segs[1].Addr, IDLen
+	short := g.post(seg{N: 16, Fill: header(TypeGetID, 0)}, seg{N: 6, Writable: true})
+	short.dataAddr, short.dataLen = short.Segs[1].Addr, 5
 	g.notify()
-	if st := g.status(id); st != StatusOK || id.written != IDLen+1 {
-		t.Fatalf("get-id: status %d written %d", st, id.written)
+	if st := g.status(id); st != StatusOK || id.Written != IDLen+1 {
+		t.Fatalf("get-id: status %d written %d", st, id.Written)
 	}
 	want := append([]byte("ftkvm-disk-0"), make([]byte, IDLen-12)...)
 	if got := g.data(id); !bytes.Equal(got, want) {
 		t.Errorf("id %q, want %q", got, want)
 	}
-	if st := g.status(short); st != StatusOK || short.written != 6 || string(g.data(short)) != "ftkvm" {
-		t.Errorf("short get-id: status %d written %d data %q", st, short.written, g.data(short))
+	if st := g.status(short); st != StatusOK || short.Written != 6 || string(g.data(short)) != "ftkvm" {
+		t.Errorf("short get-id: status %d written %d data %q", st, short.Written, g.data(short))
 	}
 }
 
@@ -174,22 +167,22 @@ func TestAnyLayout(t *testing.T) {
 	g, disk := newTestGuest(t, Config{})
 	copy(disk.img[512:], pattern(1024, 9))
 	h := header(TypeIn, 1)
-	r := g.post(seg{n: 5, fill: h[:5]}, seg{n: 11, fill: h[5:]}, seg{n: 100, writable: true}, seg{n: 925, writable: true})
-	a2, a3 := g.reqData(r, 2), g.reqData(r, 3)
+	r := g.post(seg{N: 5, Fill: h[:5]}, seg{N: 11, Fill: h[5:]}, seg{N: 100, Writable: true}, seg{N: 925, Writable: true})
+	a2, a3 := r.Segs[2].Addr, r.Segs[3].Addr
 	g.notify()
 	g.complete(disk, 1)
-	g.collect()
-	if !r.done || r.written != 1025 {
-		t.Fatalf("done %v written %d", r.done, r.written)
+	g.Collect()
+	if !r.Done || r.Written != 1025 {
+		t.Fatalf("done %v written %d", r.Done, r.Written)
 	}
-	got := append(slices.Clone(g.mem(a2, 100)), g.mem(a3, 924)...)
-	if !bytes.Equal(got, pattern(1024, 9)) || g.mem(a3+924, 1)[0] != StatusOK {
+	got := append(slices.Clone(g.Mem(a2, 100)), g.Mem(a3, 924)...)
+	if !bytes.Equal(got, pattern(1024, 9)) || g.Mem(a3+924, 1)[0] != StatusOK {
 		t.Fatal("split read: wrong data or status")
 	}
 
 	wdata := pattern(512, 1)
 	hw := header(TypeOut, 7)
-	w := g.post(seg{n: 20, fill: append(hw, wdata[:4]...)}, seg{n: 508, fill: wdata[4:]}, seg{n: 1, writable: true})
+	w := g.post(seg{N: 20, Fill: append(hw, wdata[:4]...)}, seg{N: 508, Fill: wdata[4:]}, seg{N: 1, Writable: true})
 	g.notify()
 	g.complete(disk, 2)
 	if st := g.status(w); st != StatusOK || !bytes.Equal(disk.img[7*512:8*512], wdata) {
@@ -199,7 +192,7 @@ func TestAnyLayout(t *testing.T) {
 
 func TestMalformedRequestsCompleteAtOnce(t *testing.T) {
 	in := func(sector uint64) []byte { return header(TypeIn, sector) }
-	status := seg{n: 1, writable: true, fill: []byte{0xff}}
+	status := seg{N: 1, Writable: true, Fill: []byte{0xff}}
 	for _, c := range []struct {
 		name    string
 		ro      bool
@@ -207,48 +200,48 @@ func TestMalformedRequestsCompleteAtOnce(t *testing.T) {
 		status  int // -1: no status byte, written 0
 		written uint32
 	}{
-		{"short header", false, []seg{{n: 8, fill: in(0)}, status}, StatusIOErr, 1},
+		{"short header", false, []seg{{N: 8, Fill: in(0)}, status}, StatusIOErr, 1},
 		{"no header", false, []seg{status}, StatusIOErr, 1},
-		{"no status byte", false, []seg{{n: 16, fill: in(0)}}, -1, 0},
-		{"empty writable", false, []seg{{n: 16, fill: in(0)}, {n: 0, writable: true}}, -1, 0},
-		{"readable data for IN", false, []seg{{n: 16, fill: in(0)}, {n: 512}, {n: 513, writable: true}}, StatusIOErr, 1},
-		{"writable data for OUT", false, []seg{{n: 16, fill: header(TypeOut, 0)}, {n: 512}, {n: 513, writable: true}}, StatusIOErr, 1},
-		{"misaligned IN", false, []seg{{n: 16, fill: in(0)}, {n: 100, writable: true}, status}, StatusIOErr, 1},
-		{"misaligned OUT", false, []seg{{n: 16, fill: header(TypeOut, 0)}, {n: 600}, status}, StatusIOErr, 1},
-		{"sector past the end", false, []seg{{n: 16, fill: in(4096)}, {n: 512, writable: true}, status}, StatusIOErr, 1},
-		{"range past the end", false, []seg{{n: 16, fill: in(4095)}, {n: 1024, writable: true}, status}, StatusIOErr, 1},
-		{"sector overflowing", false, []seg{{n: 16, fill: in(1<<55 + 1)}, {n: 512, writable: true}, status}, StatusIOErr, 1},
-		{"sector max", false, []seg{{n: 16, fill: in(^uint64(0))}, {n: 512, writable: true}, status}, StatusIOErr, 1},
-		{"too long", false, []seg{{n: 16, fill: in(0)}, {n: MaxDataLen + 512, writable: true}, status}, StatusIOErr, 1},
-		{"unknown type", false, []seg{{n: 16, fill: header(11, 0)}, status}, StatusUnsupp, 1},
-		{"legacy scsi", false, []seg{{n: 16, fill: header(2, 0)}, status}, StatusUnsupp, 1},
-		{"flush with data", false, []seg{{n: 16, fill: header(TypeFlush, 0)}, {n: 512, writable: true}, status}, StatusIOErr, 1},
-		{"flush with readable data", false, []seg{{n: 16, fill: header(TypeFlush, 0)}, {n: 512}, status}, StatusIOErr, 1},
-		{"get-id with readable data", false, []seg{{n: 16, fill: header(TypeGetID, 0)}, {n: 20}, {n: 21, writable: true}}, StatusIOErr, 1},
-		{"empty read", false, []seg{{n: 16, fill: in(4096)}, status}, StatusOK, 1},
-		{"empty write", false, []seg{{n: 16, fill: header(TypeOut, 3)}, status}, StatusOK, 1},
-		{"empty read past the end", false, []seg{{n: 16, fill: in(4097)}, status}, StatusIOErr, 1},
-		{"write to a read-only disk", true, []seg{{n: 16, fill: header(TypeOut, 0)}, {n: 512}, status}, StatusIOErr, 1},
-		{"flush of a read-only disk", true, []seg{{n: 16, fill: header(TypeFlush, 0)}, status}, StatusOK, 1},
+		{"no status byte", false, []seg{{N: 16, Fill: in(0)}}, -1, 0},
+		{"empty writable", false, []seg{{N: 16, Fill: in(0)}, {N: 0, Writable: true}}, -1, 0},
+		{"readable data for IN", false, []seg{{N: 16, Fill: in(0)}, {N: 512}, {N: 513, Writable: true}}, StatusIOErr, 1},
+		{"writable data for OUT", false, []seg{{N: 16, Fill: header(TypeOut, 0)}, {N: 512}, {N: 513, Writable: true}}, StatusIOErr, 1},
+		{"misaligned IN", false, []seg{{N: 16, Fill: in(0)}, {N: 100, Writable: true}, status}, StatusIOErr, 1},
+		{"misaligned OUT", false, []seg{{N: 16, Fill: header(TypeOut, 0)}, {N: 600}, status}, StatusIOErr, 1},
+		{"sector past the end", false, []seg{{N: 16, Fill: in(4096)}, {N: 512, Writable: true}, status}, StatusIOErr, 1},
+		{"range past the end", false, []seg{{N: 16, Fill: in(4095)}, {N: 1024, Writable: true}, status}, StatusIOErr, 1},
+		{"sector overflowing", false, []seg{{N: 16, Fill: in(1<<55 + 1)}, {N: 512, Writable: true}, status}, StatusIOErr, 1},
+		{"sector max", false, []seg{{N: 16, Fill: in(^uint64(0))}, {N: 512, Writable: true}, status}, StatusIOErr, 1},
+		{"too long", false, []seg{{N: 16, Fill: in(0)}, {N: MaxDataLen + 512, Writable: true}, status}, StatusIOErr, 1},
+		{"unknown type", false, []seg{{N: 16, Fill: header(11, 0)}, status}, StatusUnsupp, 1},
+		{"legacy scsi", false, []seg{{N: 16, Fill: header(2, 0)}, status}, StatusUnsupp, 1},
+		{"flush with data", false, []seg{{N: 16, Fill: header(TypeFlush, 0)}, {N: 512, Writable: true}, status}, StatusIOErr, 1},
+		{"flush with readable data", false, []seg{{N: 16, Fill: header(TypeFlush, 0)}, {N: 512}, status}, StatusIOErr, 1},
+		{"get-id with readable data", false, []seg{{N: 16, Fill: header(TypeGetID, 0)}, {N: 20}, {N: 21, Writable: true}}, StatusIOErr, 1},
+		{"empty read", false, []seg{{N: 16, Fill: in(4096)}, status}, StatusOK, 1},
+		{"empty write", false, []seg{{N: 16, Fill: header(TypeOut, 3)}, status}, StatusOK, 1},
+		{"empty read past the end", false, []seg{{N: 16, Fill: in(4097)}, status}, StatusIOErr, 1},
+		{"write to a read-only disk", true, []seg{{N: 16, Fill: header(TypeOut, 0)}, {N: 512}, status}, StatusIOErr, 1},
+		{"flush of a read-only disk", true, []seg{{N: 16, Fill: header(TypeFlush, 0)}, status}, StatusOK, 1},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			g, _ := newTestGuest(t, Config{ReadOnly: c.ro})
 			r := g.post(c.segs...)
 			g.notify()
-			g.collect()
-			if !r.done || r.written != c.written {
-				t.Fatalf("done %v, written %d; want done, written %d", r.done, r.written, c.written)
+			g.Collect()
+			if !r.Done || r.Written != c.written {
+				t.Fatalf("done %v, written %d; want done, written %d", r.Done, r.Written, c.written)
 			}
 			if c.status >= 0 {
-				if st := g.mem(r.statusAddr, 1)[0]; st != byte(c.status) {
+				if st := g.Mem(r.statusAddr, 1)[0]; st != byte(c.status) {
 					t.Errorf("status %d, want %d", st, c.status)
 				}
 			}
 			if s, w := g.dev.InFlight(); s != 0 || w != 0 || g.dev.nextTag != 1 {
 				t.Errorf("%d submitted, %d waiting, next tag %d: want nothing", s, w, g.dev.nextTag)
 			}
-			if !g.mmio.Active() {
-				t.Errorf("device broken: %s", g.mmio.Fault())
+			if !g.MMIO.Active() {
+				t.Errorf("device broken: %s", g.MMIO.Fault())
 			}
 		})
 	}
@@ -273,18 +266,18 @@ func TestBackendErrorsBecomeIOErr(t *testing.T) {
 	r := g.read(8, 512)
 	g.notify()
 	g.complete(disk, 1)
-	if st := g.status(w); st != StatusIOErr || w.written != 1 {
-		t.Errorf("failed write: status %d written %d", st, w.written)
+	if st := g.status(w); st != StatusIOErr || w.Written != 1 {
+		t.Errorf("failed write: status %d written %d", st, w.Written)
 	}
 	// A completion whose data does not fit the read (a corrupt log).
 	g.dev.Complete(bounce.Completion{Tag: 2, Data: make([]byte, 100)})
-	if st := g.status(r); st != StatusIOErr || r.written != 1 {
-		t.Errorf("short read: status %d written %d", st, r.written)
+	if st := g.status(r); st != StatusIOErr || r.Written != 1 {
+		t.Errorf("short read: status %d written %d", st, r.Written)
 	}
 	// Unknown tags are ignored.
 	g.dev.Complete(bounce.Completion{Tag: 99})
-	if len(g.used) != 2 {
-		t.Errorf("%d used entries", len(g.used))
+	if len(g.Rings[0].Used) != 2 {
+		t.Errorf("%d used entries", len(g.Rings[0].Used))
 	}
 }
 
@@ -319,14 +312,39 @@ func TestMemoryVanishingUnderARequest(t *testing.T) {
 	w := g.write(0, pattern(512, 2)) // 2: waits for 1
 	r := g.read(8, 512)              // 3
 	g.notify()
-	g.hole = [2]uint64{w.dataAddr, w.dataAddr + 1}
+	g.Hole = [2]uint64{w.dataAddr, w.dataAddr + 1}
 	g.complete(disk, 1) // 2 is submitted now, and cannot gather its data
 	if st := g.status(w); st != StatusIOErr || disk.img[0] != pattern(512, 1)[0] {
 		t.Errorf("write with its data gone: status %d", st)
 	}
-	g.hole = [2]uint64{r.dataAddr + 100, r.dataAddr + 101}
+	g.Hole = [2]uint64{r.dataAddr + 100, r.dataAddr + 101}
 	g.complete(disk, 3)
-	if st := g.status(r); st != StatusIOErr || r.written != 1 {
-		t.Errorf("read into a hole: status %d written %d", st, r.written)
+	if st := g.status(r); st != StatusIOErr || r.Written != 1 {
+		t.Errorf("read into a hole: status %d written %d", st, r.Written)
+	}
+}
+
+// What a VMM reads from a disk's Attachment, and the device it builds on
+// the VMM's engine slot.
+func TestAttachment(t *testing.T) {
+	e := replayEngine(t)
+	a := Attachment(Config{Capacity: testCapacity, ID: "d0"}, func(bounce.Request) ([]byte, error) { return nil, nil }, DiskOptions{Identity: "size=2097152", OwnCopy: true})
+	if a.Kind != "virtio-blk" || a.Identity != "size=2097152" || !a.ReplayWrites || a.Backend == nil {
+		t.Fatalf("attachment %+v", a)
+	}
+	dev, err := a.New(e, 3<<56)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := dev.(*Device)
+	if d.Engine() != e || d.Config().TagBase != 3<<56 || d.nextTag != 3<<56+1 || d.Config().ID != "d0" {
+		t.Errorf("built on engine %p (want %p), config %+v, next tag %#x", d.Engine(), e, d.Config(), d.nextTag)
+	}
+	if a := Attachment(Config{Capacity: testCapacity}, nil, DiskOptions{}); a.ReplayWrites || a.Identity != "" {
+		t.Errorf("a shared disk without identity: %+v", a)
+	}
+	bad := Attachment(Config{Capacity: 1000}, nil, DiskOptions{})
+	if _, err := bad.New(e, 0); err == nil {
+		t.Error("a bad config built a device")
 	}
 }

@@ -85,21 +85,28 @@
 //
 // # Usage
 //
+// In an ftkvm VM, the VMM places the disk, gives it a slot on its bounce
+// engine and does the wiring below (vmm.VM.AddVirtio):
+//
 //	img, _ := blk.NewFileBackend(f)
+//	dev, err := vm.AddVirtio(blk.Attachment(blk.Config{Capacity: img.Capacity(), ID: "disk0"},
+//		img.Backend(), blk.DiskOptions{Identity: "size=1048576"}))
+//
+// Another VMM wires it by hand:
+//
 //	engine := bounce.NewEngine(img.Backend())
 //	dev, mmio, err := blk.NewMMIO(blk.Config{Capacity: img.Capacity(), ID: "disk0"},
 //		engine, mem, func(high bool) { pic.SetIRQ(irq, high) })
 //	bus.Register(base, virtio.WindowSize, mmio)
-//	vm.AttachBounce(engine, dev.Complete)
 //
 // The caller's duties:
 //
 //  1. Call every method on the vCPU thread (the transport's rule).
 //  2. Deliver each completion the engine polls to Complete at a delivery
-//     point, and tell the engine (Engine.Delivered) — the VMM's bounce
-//     wiring does both. Tags are the device's own: an engine serving two
-//     devices would need the tags told apart.
-//  3. If the device is built with New, call Attach with its transport.
+//     point, and tell the engine (Engine.Delivered). Devices sharing an
+//     engine need tag ranges of their own (Config.TagBase).
+//  3. If the device is built with New, call Attach with its transport
+//     (virtio.Attach does both).
 //  4. For snapshots, Save the device beside the transport's MMIOState;
 //     Restore both, then call Resubmit so the engine knows the transfers
 //     in flight.

@@ -3,26 +3,9 @@ package blk
 import (
 	"encoding/binary"
 	"testing"
+
+	"github.com/ftkvm/ftkvm/devices/virtio/virtiotest"
 )
-
-// fuzzProgram is a guest (and host) program decoded from fuzz bytes.
-type fuzzProgram struct{ b []byte }
-
-func (p *fuzzProgram) next() byte {
-	if len(p.b) == 0 {
-		return 0
-	}
-	v := p.b[0]
-	p.b = p.b[1:]
-	return v
-}
-
-func (p *fuzzProgram) bytes(n int) []byte {
-	out := make([]byte, n)
-	k := copy(out, p.b)
-	p.b = p.b[k:]
-	return out
-}
 
 // Fuzz opcodes, the first byte of each step (mod fuzzOps).
 const (
@@ -61,71 +44,71 @@ func FuzzBlkRequests(f *testing.F) {
 		fzComplete, 1, 0, fzReset, fzRequest, 1, 2, 1, fzNotify, fzComplete, 0, 0,
 		fzRequest, 0, 5, 1, fzNotify, fzRestart, fzRequest, 0, 5, 1, fzNotify, fzComplete, 0, 1})
 	f.Fuzz(func(t *testing.T, input []byte) {
-		p := &fuzzProgram{b: input}
-		cfg := Config{Capacity: fuzzSectors * SectorSize, ReadOnly: p.next()&1 == 1, ID: "fuzz"}
+		p := virtiotest.NewProgram(input)
+		cfg := Config{Capacity: fuzzSectors * SectorSize, ReadOnly: p.Next()&1 == 1, ID: "fuzz"}
 		g := newGuestRAM(t, cfg, replayEngine(t), 16, 128<<10)
 		disk := &memDisk{img: make([]byte, cfg.Capacity), fail: map[uint64]bool{}}
 		scratch, err := New(cfg, replayEngine(t))
 		if err != nil {
 			t.Fatal(err)
 		}
-		for step := 0; len(p.b) > 0 && step < 200; step++ {
+		for step := 0; p.More() && step < 200; step++ {
 			fuzzStep(g, disk, p)
-			g.collect()
+			g.Collect()
 			checkInvariants(t, g, scratch)
 		}
 		g.notify()
 		for tags := inflightTags(g.dev); len(tags) > 0; tags = inflightTags(g.dev) {
 			g.complete(disk, tags[0])
 		}
-		g.collect()
-		if s, w := g.dev.InFlight(); s != 0 || w != 0 || len(g.reqs) != 0 {
-			t.Fatalf("after draining: %d submitted, %d waiting, %d requests unanswered", s, w, len(g.reqs))
+		g.Collect()
+		if s, w := g.dev.InFlight(); s != 0 || w != 0 || g.InFlight() != 0 {
+			t.Fatalf("after draining: %d submitted, %d waiting, %d requests unanswered", s, w, g.InFlight())
 		}
 	})
 }
 
-func fuzzStep(g *guest, disk *memDisk, p *fuzzProgram) {
-	switch p.next() % fzOps {
+func fuzzStep(g *guest, disk *memDisk, p *virtiotest.Program) {
+	switch p.Next() % fzOps {
 	case fzRequest:
-		typ := [...]uint32{TypeIn, TypeOut, TypeFlush, TypeGetID}[p.next()%4]
-		sector := uint64(p.next() % (fuzzSectors + 2))
-		n := uint32(p.next()%4) * SectorSize
-		if len(g.free) < 3 {
+		typ := [...]uint32{TypeIn, TypeOut, TypeFlush, TypeGetID}[p.Next()%4]
+		sector := uint64(p.Next() % (fuzzSectors + 2))
+		n := uint32(p.Next()%4) * SectorSize
+		if g.Rings[0].Free() < 3 {
 			return
 		}
-		data := seg{n: n, writable: typ != TypeOut, fill: pattern(int(n), byte(sector))}
+		data := seg{N: n, Writable: typ != TypeOut, Fill: pattern(int(n), byte(sector))}
 		if typ == TypeGetID {
-			data.n = IDLen
+			data.N = IDLen
 		}
-		g.post(seg{n: 16, fill: header(typ, sector)}, data, seg{n: 1, writable: true, fill: []byte{0xff}})
+		g.post(seg{N: 16, Fill: header(typ, sector)}, data, seg{N: 1, Writable: true, Fill: []byte{0xff}})
 	case fzRaw:
-		nsegs := 1 + int(p.next()%4)
+		nsegs := 1 + int(p.Next()%4)
 		var segs []seg
 		for i := range nsegs {
-			b := p.next()
-			s := seg{n: fuzzSegLens[int(b&0x7f)%len(fuzzSegLens)], writable: b&0x80 != 0}
-			if i > 0 && segs[i-1].writable {
-				s.writable = true // the transport refuses the other order
+			b := p.Next()
+			s := seg{N: fuzzSegLens[int(b&0x7f)%len(fuzzSegLens)], Writable: b&0x80 != 0}
+			if i > 0 && segs[i-1].Writable {
+				s.Writable = true // the transport refuses the other order
 			}
 			segs = append(segs, s)
 		}
-		hdr := p.bytes(headerLen)
+		hdr := p.Bytes(headerLen)
 		if binary.LittleEndian.Uint32(hdr[8:])&0xff == 0xaa {
 			binary.LittleEndian.PutUint64(hdr[8:], fuzzSectors-1) // near the end
 		}
-		for i, rest := 0, hdr; i < len(segs) && !segs[i].writable; i++ {
-			k := min(int(segs[i].n), len(rest))
-			segs[i].fill, rest = rest[:k], rest[k:]
+		for i, rest := 0, hdr; i < len(segs) && !segs[i].Writable; i++ {
+			k := min(int(segs[i].N), len(rest))
+			segs[i].Fill, rest = rest[:k], rest[k:]
 		}
-		if len(g.free) < nsegs {
+		if g.Rings[0].Free() < nsegs {
 			return
 		}
 		g.post(segs...)
 	case fzNotify:
 		g.notify()
 	case fzComplete:
-		i, fail := int(p.next()), p.next()&1 == 1
+		i, fail := int(p.Next()), p.Next()&1 == 1
 		tags := inflightTags(g.dev)
 		if len(tags) == 0 {
 			return
@@ -134,16 +117,16 @@ func fuzzStep(g *guest, disk *memDisk, p *fuzzProgram) {
 		disk.fail[tag] = fail
 		g.complete(disk, tag)
 	case fzReset:
-		g.start(16)
+		g.Start(16)
 	case fzRestart:
-		g.restartQueue()
+		g.RestartQueue(0)
 	}
 }
 
 func checkInvariants(t *testing.T, g *guest, scratch *Device) {
 	t.Helper()
-	if !g.mmio.Active() {
-		t.Fatalf("device broken: %s", g.mmio.Fault())
+	if !g.MMIO.Active() {
+		t.Fatalf("device broken: %s", g.MMIO.Fault())
 	}
 	s := g.dev.Save()
 	if len(s.InFlight) > MaxInFlight {
@@ -159,7 +142,7 @@ func checkInvariants(t *testing.T, g *guest, scratch *Device) {
 	if err := scratch.Restore(s); err != nil {
 		t.Fatalf("Restore refuses a state Save returned: %v", err)
 	}
-	for _, u := range g.used {
+	for _, u := range g.Rings[0].Used {
 		if u[1] > IDLen+1 && u[1] != 0 && (u[1]-1)%SectorSize != 0 {
 			t.Fatalf("used entry %v: written is neither a status, an ID, nor sectors", u)
 		}

@@ -32,7 +32,7 @@ func TestOverlappingRequestsWaitInGuestOrder(t *testing.T) {
 	g.drain(disk)
 	for _, r := range []*req{w1, w2, r3, w4, r5, r6, r7} {
 		if st := g.status(r); st != StatusOK {
-			t.Fatalf("head %d: status %d", r.head, st)
+			t.Fatalf("head %d: status %d", r.Head, st)
 		}
 	}
 	want := append(append(pattern(4*512, 1)[:2*512], pattern(4*512, 2)...), make([]byte, 2*512)...)
@@ -44,10 +44,10 @@ func TestOverlappingRequestsWaitInGuestOrder(t *testing.T) {
 	}
 	// Used ring: in completion order, not guest order.
 	var heads []uint32
-	for _, u := range g.used {
+	for _, u := range g.Rings[0].Used {
 		heads = append(heads, u[0])
 	}
-	if heads[0] != uint32(w4.head) || heads[1] != uint32(w1.head) {
+	if heads[0] != uint32(w4.Head) || heads[1] != uint32(w1.Head) {
 		t.Errorf("used ring heads %v", heads)
 	}
 }
@@ -127,7 +127,7 @@ func TestRandomCompletionOrderMatchesSequential(t *testing.T) {
 			for tags := inflightTags(g.dev); len(tags) > 0 && rng.IntN(4) != 0; tags = inflightTags(g.dev) {
 				g.complete(disk, tags[rng.IntN(len(tags))])
 			}
-			g.collect()
+			g.Collect()
 		}
 		for tags := inflightTags(g.dev); len(tags) > 0; tags = inflightTags(g.dev) {
 			g.complete(disk, tags[rng.IntN(len(tags))])

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/devices/virtio"
+	"github.com/ftkvm/ftkvm/devices/virtio/virtiotest"
 )
 
 func TestCompletionsAfterResetAreDropped(t *testing.T) {
@@ -18,7 +19,7 @@ func TestCompletionsAfterResetAreDropped(t *testing.T) {
 	g.read(0, 4096)             // 1: in flight
 	g.write(0, pattern(512, 9)) // 2: waits for 1
 	g.notify()
-	g.start(64) // device reset: 2 is forgotten, 1 is orphaned
+	g.Start(64) // device reset: 2 is forgotten, 1 is orphaned
 	if s, w := g.dev.InFlight(); s != 1 || w != 0 {
 		t.Fatalf("after reset: %d submitted, %d waiting; want the orphan only", s, w)
 	}
@@ -29,10 +30,10 @@ func TestCompletionsAfterResetAreDropped(t *testing.T) {
 	if got, want := inflightTags(g.dev), []uint64{1, 4}; !slices.Equal(got, want) {
 		t.Fatalf("in flight %v, want %v", got, want)
 	}
-	before := slices.Clone(g.ram.Data)
-	rises := g.rises
+	before := slices.Clone(g.RAM.Data)
+	rises := g.Rises
 	g.complete(disk, 1)
-	if !bytes.Equal(before, g.ram.Data) || g.rises != rises {
+	if !bytes.Equal(before, g.RAM.Data) || g.Rises != rises {
 		t.Fatal("the orphan's completion touched guest memory or interrupted")
 	}
 	if got, want := inflightTags(g.dev), []uint64{3, 4}; !slices.Equal(got, want) {
@@ -54,7 +55,7 @@ func TestCompletionsAfterQueueRestartAreDropped(t *testing.T) {
 	g.read(0, 4096)             // 1: in flight
 	g.write(0, pattern(512, 9)) // 2: waits for 1
 	g.notify()
-	g.restartQueue()
+	g.RestartQueue(0)
 	r3 := g.read(0, 512) // 3: reads do not wait for the orphan read; 2 is stale
 	g.notify()
 	if got, want := inflightTags(g.dev), []uint64{1, 3}; !slices.Equal(got, want) {
@@ -63,9 +64,9 @@ func TestCompletionsAfterQueueRestartAreDropped(t *testing.T) {
 	if _, w := g.dev.InFlight(); w != 0 {
 		t.Fatal("the stale waiting write was kept")
 	}
-	before := slices.Clone(g.ram.Data)
+	before := slices.Clone(g.RAM.Data)
 	g.complete(disk, 1)
-	if !bytes.Equal(before, g.ram.Data) {
+	if !bytes.Equal(before, g.RAM.Data) {
 		t.Fatal("the stale completion touched guest memory")
 	}
 	g.complete(disk, 3)
@@ -88,7 +89,7 @@ func busyGuest(t *testing.T) (*guest, *memDisk) {
 
 func TestSaveRestoreResubmit(t *testing.T) {
 	g, disk := busyGuest(t)
-	ms, ds := g.mmio.Save(), g.dev.Save()
+	ms, ds := g.MMIO.Save(), g.dev.Save()
 	if len(ds.InFlight) != 2 || len(ds.Waiting) != 2 || ds.NextTag != 5 || !bytes.Equal(ds.InFlight[1].Data, pattern(512, 2)) {
 		t.Fatalf("saved %+v", ds)
 	}
@@ -99,7 +100,7 @@ func TestSaveRestoreResubmit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m2, err := virtio.NewMMIO(d2, g.ram, g.irq)
+	m2, err := virtio.NewMMIO(d2, g.RAM, g.IRQ)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,11 +117,11 @@ func TestSaveRestoreResubmit(t *testing.T) {
 	if got := d2.Save(); !reflect.DeepEqual(got, ds) {
 		t.Fatalf("restored state %+v\nwant %+v", got, ds)
 	}
-	g.dev, g.mmio = d2, m2
+	g.dev, g.MMIO = d2, m2
 	g.drain(disk)
-	g.collect()
-	if len(g.reqs) != 0 {
-		t.Fatalf("%d requests never completed", len(g.reqs))
+	g.Collect()
+	if g.InFlight() != 0 {
+		t.Fatalf("%d requests never completed", g.InFlight())
 	}
 	want := make([]byte, 8192)
 	copy(want, pattern(4096, 1))
@@ -200,7 +201,7 @@ func TestRestoreRefusesBadStates(t *testing.T) {
 		{"chain too short", func(s *State) { s.InFlight[0].Chain.Segments[1].Len = 512 }},
 		{"readable after writable", func(s *State) {
 			seg := &s.InFlight[0].Chain.Segments
-			*seg = append(*seg, virtio.Segment{Addr: ramBase})
+			*seg = append(*seg, virtio.Segment{Addr: virtiotest.RAMBase})
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -105,23 +105,28 @@
 //
 // # Usage
 //
+// In an ftkvm VM, the VMM places the interface, gives it a slot on its
+// bounce engine and does the wiring below (vmm.VM.AddVirtio):
+//
 //	guestEnd, world := net.NewLink() // or net.OpenTap("ftkvm%d"), net.OpenUDP(cfg)
+//	dev, err := vm.AddVirtio(net.Attachment(net.Config{MAC: mac}, guestEnd.Backend()))
+//
+// Another VMM wires it by hand:
+//
 //	engine := bounce.NewEngine(guestEnd.Backend())
 //	dev, mmio, err := net.NewMMIO(net.Config{MAC: mac}, engine, mem,
 //		func(high bool) { pic.SetIRQ(irq, high) })
 //	bus.Register(base, virtio.WindowSize, mmio)
-//	vm.AttachBounce(engine, dev.Complete)
 //
-// with virtio_mmio.device=512@<base>:<irq> on the guest's command line.
-// The caller's duties:
+// with virtio_mmio.device=0x200@<base>:<irq> on the guest's command line
+// (virtio.KernelArg). The caller's duties:
 //
 //  1. Call every method on the vCPU thread (the transport's rule).
 //  2. Deliver each completion the engine polls to Complete at a delivery
-//     point, and tell the engine (Engine.Delivered). Give the device an
-//     engine of its own: its tags are its own. (vm.AttachBounce takes one
-//     engine per VM today: a VM with virtio-blk and virtio-net needs it to
-//     take several, or tags told apart.)
-//  3. If the device is built with New, call Attach with its transport.
+//     point, and tell the engine (Engine.Delivered). Devices sharing an
+//     engine need tag ranges of their own (Config.TagBase).
+//  3. If the device is built with New, call Attach with its transport
+//     (virtio.Attach does both).
 //  4. An FT primary holds each transmit write until the backup has
 //     acknowledged the log up to the point where it was submitted; the
 //     standing receive means the engine always has a transfer in flight,

@@ -4,19 +4,8 @@ import (
 	"testing"
 
 	"github.com/ftkvm/ftkvm/bounce"
+	"github.com/ftkvm/ftkvm/devices/virtio/virtiotest"
 )
-
-// fuzzProgram is a guest (and world) program decoded from fuzz bytes.
-type fuzzProgram struct{ b []byte }
-
-func (p *fuzzProgram) next() byte {
-	if len(p.b) == 0 {
-		return 0
-	}
-	v := p.b[0]
-	p.b = p.b[1:]
-	return v
-}
 
 // Fuzz opcodes, the first byte of each step (mod fzOps).
 const (
@@ -57,47 +46,47 @@ func FuzzNetRings(f *testing.F) {
 		fzReset, fzDeliver, 0, 7, fzPostRx, 0, 13, fzNotify, 0, fzRestart, 0, fzDeliver, 0, 7,
 		fzCompleteTx, 0, 1, fzRestart, 1})
 	f.Fuzz(func(t *testing.T, input []byte) {
-		p := &fuzzProgram{b: input}
+		p := virtiotest.NewProgram(input)
 		g := newGuest(t, replayEngine(t), 16)
 		scratch, err := New(Config{MAC: testMAC}, replayEngine(t))
 		if err != nil {
 			t.Fatal(err)
 		}
-		for step := 0; len(p.b) > 0 && step < 200; step++ {
+		for step := 0; p.More() && step < 200; step++ {
 			fuzzStep(g, p)
-			g.collect()
+			g.Collect()
 			checkInvariants(t, g, scratch)
 		}
 	})
 }
 
-func fuzzStep(g *guest, p *fuzzProgram) {
-	switch p.next() % fzOps {
+func fuzzStep(g *guest, p *virtiotest.Program) {
+	switch p.Next() % fzOps {
 	case fzPostRx:
-		n := 1 + int(p.next()%3)
+		n := 1 + int(p.Next()%3)
 		var segs []seg
 		for i := range n {
-			b := p.next()
+			b := p.Next()
 			readable := i == 0 && b&0x80 != 0 // the transport refuses readable after writable
-			segs = append(segs, seg{n: fuzzLen(b & 0x7f), writable: !readable})
+			segs = append(segs, seg{N: fuzzLen(b & 0x7f), Writable: !readable})
 		}
-		g.post(RxQueue, segs...)
+		g.Post(RxQueue, segs...)
 	case fzPostTx:
 		hdr := make([]byte, HeaderLen)
-		hdr[hdrFlags], hdr[hdrGSOType] = p.next()&1, p.next()&1
-		n := 1 + int(p.next()%3)
-		segs := []seg{{n: HeaderLen, fill: hdr}}
+		hdr[hdrFlags], hdr[hdrGSOType] = p.Next()&1, p.Next()&1
+		n := 1 + int(p.Next()%3)
+		segs := []seg{{N: HeaderLen, Fill: hdr}}
 		for i := range n {
-			b := p.next()
-			s := seg{n: fuzzLen(b & 0x7f), writable: b&0x80 != 0 && i == n-1}
-			s.fill = frame(max(int(s.n), MinFrame), b)[:s.n]
+			b := p.Next()
+			s := seg{N: fuzzLen(b & 0x7f), Writable: b&0x80 != 0 && i == n-1}
+			s.Fill = frame(max(int(s.N), MinFrame), b)[:s.N]
 			segs = append(segs, s)
 		}
-		g.post(TxQueue, segs...)
+		g.Post(TxQueue, segs...)
 	case fzNotify:
-		g.notify(int(p.next() & 1))
+		g.Notify(int(p.Next() & 1))
 	case fzDeliver:
-		b := p.next()
+		b := p.Next()
 		if g.dev.rxTag == 0 {
 			return
 		}
@@ -109,12 +98,12 @@ func fuzzStep(g *guest, p *fuzzProgram) {
 		default:
 			var frames [][]byte
 			for range 1 + int(b&0x3f)%(RxBatchMax+2) {
-				frames = append(frames, frame(max(int(fuzzLen(p.next())), MinFrame), b))
+				frames = append(frames, frame(max(int(fuzzLen(p.Next())), MinFrame), b))
 			}
 			g.deliver(frames...)
 		}
 	case fzCompleteTx:
-		i, fail := int(p.next()), p.next()&1 == 1
+		i, fail := int(p.Next()), p.Next()&1 == 1
 		s := g.dev.Save()
 		if len(s.Tx) == 0 {
 			return
@@ -125,16 +114,16 @@ func fuzzStep(g *guest, p *fuzzProgram) {
 		}
 		g.complete(c)
 	case fzReset:
-		g.start(16)
+		g.Start(16)
 	case fzRestart:
-		g.restartQueue(int(p.next() & 1))
+		g.RestartQueue(int(p.Next() & 1))
 	}
 }
 
 func checkInvariants(t *testing.T, g *guest, scratch *Device) {
 	t.Helper()
-	if !g.mmio.Active() {
-		t.Fatalf("device broken: %s", g.mmio.Fault())
+	if !g.MMIO.Active() {
+		t.Fatalf("device broken: %s", g.MMIO.Fault())
 	}
 	s := g.dev.Save()
 	if len(s.Tx) > MaxTxInFlight {
@@ -144,10 +133,10 @@ func checkInvariants(t *testing.T, g *guest, scratch *Device) {
 		t.Fatal("armed and running, but no receive standing")
 	}
 	st := s.Stats
-	if n := uint64(len(g.rings[TxQueue].used)); n != st.TxFrames+st.TxDropped {
+	if n := uint64(len(g.Rings[TxQueue].Used)); n != st.TxFrames+st.TxDropped {
 		t.Fatalf("%d transmit chains returned, but %d sent and %d dropped", n, st.TxFrames, st.TxDropped)
 	}
-	if n := uint64(len(g.rings[RxQueue].used)); n != st.RxFrames+st.RxBadBuffer {
+	if n := uint64(len(g.Rings[RxQueue].Used)); n != st.RxFrames+st.RxBadBuffer {
 		t.Fatalf("%d receive buffers returned, but %d frames received and %d bad buffers", n, st.RxFrames, st.RxBadBuffer)
 	}
 	if uint64(len(g.frames)) != st.RxFrames {

@@ -133,8 +133,8 @@ func TestLiveOverLink(t *testing.T) {
 		g.postRx(HeaderLen + MaxFrame)
 		g.sendFrame(frame(MinFrame+i*9, byte(i)), i%2 == 0)
 	}
-	g.notify(RxQueue)
-	g.notify(TxQueue)
+	g.Notify(RxQueue)
+	g.Notify(TxQueue)
 	got := make(chan []byte, n)
 	go func() {
 		for range n {
@@ -147,10 +147,10 @@ func TestLiveOverLink(t *testing.T) {
 	}()
 	queued := 100
 	pump(t, g, func() bool {
-		g.collect()
-		for ; queued < n && len(g.rings[TxQueue].free) > 0; queued++ {
+		g.Collect()
+		for ; queued < n && g.Rings[TxQueue].Free() > 0; queued++ {
 			g.sendFrame(frame(MinFrame+queued*9, byte(queued)), false)
-			g.notify(TxQueue)
+			g.Notify(TxQueue)
 		}
 		return len(got) == n
 	})
@@ -204,39 +204,39 @@ func TestResetWithAStandingReceive(t *testing.T) {
 	g := newGuest(t, bounce.NewEngine(cb.serve), 64)
 	g.postRx(2000)
 	g.sendFrame(frame(60, 1), false)
-	g.notify(TxQueue)
-	g.notify(RxQueue)
+	g.Notify(TxQueue)
+	g.Notify(RxQueue)
 	waitFor(t, func() bool { return cb.reads.Load() == 1 })
 	tag := g.dev.rxTag
 
-	g.start(64) // reset: the receive and the frame stay in flight
+	g.Start(64) // reset: the receive and the frame stay in flight
 	if tx, rx := g.dev.InFlight(); !rx || g.dev.rxTag != tag {
 		t.Fatalf("after reset: receiving %v (tag %d, was %d), %d frames in flight", rx, g.dev.rxTag, tag, tx)
 	}
 	b := g.postRx(2000)
-	g.notify(RxQueue)
-	g.notify(TxQueue)
+	g.Notify(RxQueue)
+	g.Notify(TxQueue)
 	time.Sleep(5 * time.Millisecond)
 	if cb.reads.Load() != 1 || g.dev.rxTag != tag {
 		t.Fatal("a second receive was submitted")
 	}
 	peer.Send(frame(80, 2))
-	pump(t, g, func() bool { return b.done })
-	if b.written != HeaderLen+80 || !bytes.Equal(g.frames[0], frame(80, 2)) {
-		t.Fatalf("the orphan's packet: %d bytes written", b.written)
+	pump(t, g, func() bool { return b.Done })
+	if b.Written != HeaderLen+80 || !bytes.Equal(g.frames[0], frame(80, 2)) {
+		t.Fatalf("the orphan's packet: %d bytes written", b.Written)
 	}
 	waitFor(t, func() bool { return cb.reads.Load() == 1 })
 
-	g.start(64) // reset again; this time the packet comes before any buffer
+	g.Start(64) // reset again; this time the packet comes before any buffer
 	peer.Send(frame(90, 3))
 	pump(t, g, func() bool { return g.dev.Stats().RxNoBuffer == 1 })
 	if _, rx := g.dev.InFlight(); rx {
 		t.Fatal("a receive was stood before the driver notified")
 	}
 	b = g.postRx(2000)
-	g.notify(RxQueue)
+	g.Notify(RxQueue)
 	peer.Send(frame(70, 4))
-	pump(t, g, func() bool { return b.done })
+	pump(t, g, func() bool { return b.Done })
 	if cb.maxRead.Load() != 1 {
 		t.Errorf("%d receives were in the backend at once", cb.maxRead.Load())
 	}

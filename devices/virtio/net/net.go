@@ -126,7 +126,7 @@ type Device struct {
 	stats   Stats
 }
 
-var _ virtio.Backend = (*Device)(nil)
+var _ virtio.Device = (*Device)(nil)
 
 // New returns the device for cfg, submitting its transfers to engine,
 // whose backend must serve Requests as described in the package
@@ -142,24 +142,39 @@ func New(cfg Config, engine *bounce.Engine) (*Device, error) {
 	return &Device{cfg: cfg, engine: engine, nextTag: cfg.TagBase + 1, tx: map[uint64][]byte{}}, nil
 }
 
-// NewMMIO is New followed by virtio.NewMMIO and Attach: the device and its
-// transport, ready to map.
+// NewMMIO is New followed by virtio.Attach: the device and its transport,
+// ready to map.
 func NewMMIO(cfg Config, engine *bounce.Engine, mem virtio.Memory, irq func(high bool)) (*Device, *virtio.MMIO, error) {
 	d, err := New(cfg, engine)
 	if err != nil {
 		return nil, nil, err
 	}
-	m, err := virtio.NewMMIO(d, mem, irq)
+	m, err := virtio.Attach(d, mem, irq)
 	if err != nil {
 		return nil, nil, err
 	}
-	d.Attach(m)
 	return d, m, nil
 }
 
 // Attach tells the device which transport it sits behind, so that Complete
 // can reach its queues. Call it once, after virtio.NewMMIO(d, ...).
 func (d *Device) Attach(m *virtio.MMIO) { d.m = m }
+
+// Attachment describes an interface for a VMM to add (vmm.VM.AddVirtio):
+// the guest's eth0 for the first one, whose frames backend carries (Tap,
+// or an Endpoint of a Link). The VMM sets cfg.TagBase; the log header
+// pins the MAC.
+func Attachment(cfg Config, backend bounce.Backend) virtio.Attachment {
+	return virtio.Attachment{
+		Kind:     "virtio-net",
+		Identity: "mac=" + formatMAC(cfg.MAC),
+		Backend:  backend,
+		New: func(e *bounce.Engine, tagBase uint64) (virtio.Device, error) {
+			cfg.TagBase = tagBase
+			return New(cfg, e)
+		},
+	}
+}
 
 // Engine returns the device's bounce engine.
 func (d *Device) Engine() *bounce.Engine { return d.engine }

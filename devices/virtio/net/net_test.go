@@ -33,20 +33,20 @@ func TestNewRefusesBadConfigs(t *testing.T) {
 
 func TestFeaturesAndConfigSpace(t *testing.T) {
 	g := newTestGuest(t)
-	if id := g.rd(0x008); id != DeviceID {
+	if id := g.ReadReg(0x008); id != DeviceID {
 		t.Errorf("device ID %d", id)
 	}
-	g.wr(virtio.RegDeviceFeaturesSel, 0)
+	g.WriteReg(virtio.RegDeviceFeaturesSel, 0)
 	want := uint32(FeatureMTU | FeatureMAC | FeatureStatus)
-	if f := g.rd(virtio.RegDeviceFeatures); f != want {
+	if f := g.ReadReg(virtio.RegDeviceFeatures); f != want {
 		t.Errorf("features %#x, want %#x", f, want)
 	}
-	if got := g.mmio.DriverFeatures(); got != uint64(want)|virtio.FeatureVersion1 {
+	if got := g.MMIO.DriverFeatures(); got != uint64(want)|virtio.FeatureVersion1 {
 		t.Errorf("negotiated %#x", got)
 	}
 	read := func(off uint64, n int) []byte {
 		b := make([]byte, n)
-		g.mmio.Read(virtio.ConfigOffset+off, b)
+		g.MMIO.Read(virtio.ConfigOffset+off, b)
 		return b
 	}
 	var space []byte
@@ -63,7 +63,7 @@ func TestFeaturesAndConfigSpace(t *testing.T) {
 	if b := read(3, 1); b[0] != 0x12 {
 		t.Errorf("mac byte 3: %#x", b[0])
 	}
-	g.mmio.Write(virtio.ConfigOffset, []byte{1, 2, 3, 4}) // read-only: ignored
+	g.MMIO.Write(virtio.ConfigOffset, []byte{1, 2, 3, 4}) // read-only: ignored
 	if b := read(0, 4); !bytes.Equal(b, testMAC[:4]) {
 		t.Errorf("mac after a write: % x", b)
 	}
@@ -77,13 +77,13 @@ func TestTransmitCopiesFramesAndReturnsChainsAtOnce(t *testing.T) {
 	g := newTestGuest(t)
 	f1, f2, f3 := frame(60, 1), frame(MaxFrame, 2), frame(MinFrame, 3)
 	b1, b2, b3 := g.sendFrame(f1, false), g.sendFrame(f2, true), g.sendFrame(f3, false)
-	g.notify(TxQueue)
-	g.collect()
-	if !b1.done || !b2.done || !b3.done || g.rises == 0 {
+	g.Notify(TxQueue)
+	g.Collect()
+	if !b1.Done || !b2.Done || !b3.Done || g.Rises == 0 {
 		t.Fatal("transmit chains not returned at once, or no interrupt")
 	}
 	// The guest reuses the buffers at once; the frames were copied.
-	clear(g.mem(b1.segs[0].addr, len(f1)))
+	clear(g.Mem(b1.Segs[0].Addr, len(f1)))
 	s := g.dev.Save()
 	if len(s.Tx) != 3 {
 		t.Fatalf("%d frames in flight, want 3", len(s.Tx))
@@ -105,8 +105,8 @@ func TestTransmitCopiesFramesAndReturnsChainsAtOnce(t *testing.T) {
 	if st := g.dev.Stats(); st != (Stats{TxFrames: 3, TxErrors: 1}) {
 		t.Errorf("stats %+v", st)
 	}
-	if !g.mmio.Active() {
-		t.Fatalf("device broken: %s", g.mmio.Fault())
+	if !g.MMIO.Active() {
+		t.Fatalf("device broken: %s", g.MMIO.Fault())
 	}
 }
 
@@ -118,30 +118,30 @@ func TestMalformedTransmitChainsAreDropped(t *testing.T) {
 	gso[hdrGSOType] = 1 // VIRTIO_NET_HDR_GSO_TCPV4
 	var bufs []*buf
 	for _, segs := range [][]seg{
-		{{n: HeaderLen}, {n: 60, fill: frame(60, 1)}, {n: 4, writable: true}}, // writable bytes
-		{{n: 60, writable: true}},                  // writable only
-		{{n: HeaderLen - 1}},                       // short header, no frame
-		{{n: HeaderLen}},                           // no frame
-		{{n: HeaderLen + MinFrame - 1}},            // runt
-		{{n: HeaderLen}, {n: MaxFrame + 1}},        // too long
-		{{n: uint32(len(csum)), fill: csum}},       // checksum offload
-		{{n: uint32(len(gso)), fill: gso}},         // segmentation offload
-		{{n: 0}, {n: HeaderLen}, {n: 0}, {n: 100}}, // fine, with empty descriptors
+		{{N: HeaderLen}, {N: 60, Fill: frame(60, 1)}, {N: 4, Writable: true}}, // writable bytes
+		{{N: 60, Writable: true}},                  // writable only
+		{{N: HeaderLen - 1}},                       // short header, no frame
+		{{N: HeaderLen}},                           // no frame
+		{{N: HeaderLen + MinFrame - 1}},            // runt
+		{{N: HeaderLen}, {N: MaxFrame + 1}},        // too long
+		{{N: uint32(len(csum)), Fill: csum}},       // checksum offload
+		{{N: uint32(len(gso)), Fill: gso}},         // segmentation offload
+		{{N: 0}, {N: HeaderLen}, {N: 0}, {N: 100}}, // fine, with empty descriptors
 	} {
-		bufs = append(bufs, g.post(TxQueue, segs...))
+		bufs = append(bufs, g.Post(TxQueue, segs...))
 	}
-	g.notify(TxQueue)
-	g.collect()
+	g.Notify(TxQueue)
+	g.Collect()
 	for i, b := range bufs {
-		if !b.done || b.written != 0 {
-			t.Errorf("chain %d: done %v, written %d", i, b.done, b.written)
+		if !b.Done || b.Written != 0 {
+			t.Errorf("chain %d: done %v, written %d", i, b.Done, b.Written)
 		}
 	}
 	if st := g.dev.Stats(); st.TxDropped != 8 || st.TxFrames != 1 {
 		t.Errorf("stats %+v, want 8 dropped and 1 sent", st)
 	}
-	if !g.mmio.Active() {
-		t.Fatalf("device broken: %s", g.mmio.Fault())
+	if !g.MMIO.Active() {
+		t.Fatalf("device broken: %s", g.MMIO.Fault())
 	}
 }
 
@@ -153,15 +153,15 @@ func TestTransmitInFlightIsBounded(t *testing.T) {
 	for i := range n {
 		g.sendFrame(frame(64, byte(i)), false)
 	}
-	g.notify(TxQueue)
-	g.collect()
+	g.Notify(TxQueue)
+	g.Collect()
 	if tx, _ := g.dev.InFlight(); tx != MaxTxInFlight {
 		t.Fatalf("%d frames in flight, want %d", tx, MaxTxInFlight)
 	}
-	if got := len(g.rings[TxQueue].used); got != MaxTxInFlight {
+	if got := len(g.Rings[TxQueue].Used); got != MaxTxInFlight {
 		t.Fatalf("%d chains returned, want the %d taken", got, MaxTxInFlight)
 	}
-	g.notify(TxQueue) // no room: nothing more is taken
+	g.Notify(TxQueue) // no room: nothing more is taken
 	var sent [][]byte
 	for len(sent) < n {
 		sent = append(sent, g.completeTx(""))
@@ -171,8 +171,8 @@ func TestTransmitInFlightIsBounded(t *testing.T) {
 			t.Fatalf("frame %d out of order", i)
 		}
 	}
-	if len(g.rings[TxQueue].used) != n || g.dev.Stats().TxFrames != n {
-		t.Errorf("%d chains returned, %d frames sent; want %d", len(g.rings[TxQueue].used), g.dev.Stats().TxFrames, n)
+	if len(g.Rings[TxQueue].Used) != n || g.dev.Stats().TxFrames != n {
+		t.Errorf("%d chains returned, %d frames sent; want %d", len(g.Rings[TxQueue].Used), g.dev.Stats().TxFrames, n)
 	}
 }
 
@@ -182,24 +182,24 @@ func TestReceiveFillsPostedBuffers(t *testing.T) {
 		t.Fatal("a receive stands before the driver notified")
 	}
 	b1 := g.postRx(HeaderLen + MaxFrame)
-	b2 := g.post(RxQueue, seg{n: 5, writable: true}, seg{n: 20, writable: true}, seg{n: 2000, writable: true})
-	g.notify(RxQueue)
+	b2 := g.Post(RxQueue, seg{N: 5, Writable: true}, seg{N: 20, Writable: true}, seg{N: 2000, Writable: true})
+	g.Notify(RxQueue)
 	tag := g.dev.rxTag
 	if tag == 0 || g.dev.rxBatch != 2 {
 		t.Fatalf("after the notification: receive tag %d for %d frames; want one for the 2 buffers", tag, g.dev.rxBatch)
 	}
 	f1, f2 := frame(MaxFrame, 1), frame(MinFrame, 2)
-	rises := g.rises
+	rises := g.Rises
 	g.deliver(f1)
-	if !b1.done || b1.written != HeaderLen+MaxFrame || g.rises == rises {
-		t.Fatalf("first buffer: done %v, written %d", b1.done, b1.written)
+	if !b1.Done || b1.Written != HeaderLen+MaxFrame || g.Rises == rises {
+		t.Fatalf("first buffer: done %v, written %d", b1.Done, b1.Written)
 	}
 	if g.dev.rxTag == 0 || g.dev.rxTag == tag || g.dev.rxBatch != 1 {
 		t.Fatalf("receive tag %d after %d, for %d frames: want a new one for 1", g.dev.rxTag, tag, g.dev.rxBatch)
 	}
 	g.deliver(f2)
-	if !b2.done || b2.written != HeaderLen+MinFrame {
-		t.Fatalf("second buffer: done %v, written %d", b2.done, b2.written)
+	if !b2.Done || b2.Written != HeaderLen+MinFrame {
+		t.Fatalf("second buffer: done %v, written %d", b2.Done, b2.Written)
 	}
 	if len(g.frames) != 2 || !bytes.Equal(g.frames[0], f1) || !bytes.Equal(g.frames[1], f2) {
 		t.Fatal("received frames differ from those delivered")
@@ -216,7 +216,7 @@ func TestReceiveBatch(t *testing.T) {
 	for range RxBatchMax + 3 {
 		g.postRx(HeaderLen + MaxFrame)
 	}
-	g.notify(RxQueue)
+	g.Notify(RxQueue)
 	if g.dev.rxBatch != RxBatchMax {
 		t.Fatalf("receive for %d frames, want %d", g.dev.rxBatch, RxBatchMax)
 	}
@@ -241,33 +241,33 @@ func TestReceiveBatch(t *testing.T) {
 	batch := AppendFrame(nil, frame(70, 7))
 	batch = append(AppendFrame(batch, frame(80, 8)), 0x20)
 	g.deliverRaw(batch, "")
-	if !b.done || g.dev.Stats().RxErrors != 1 || g.dev.Stats().RxFrames != RxBatchMax+5 {
+	if !b.Done || g.dev.Stats().RxErrors != 1 || g.dev.Stats().RxFrames != RxBatchMax+5 {
 		t.Fatalf("after a cut batch: stats %+v", g.dev.Stats())
 	}
 }
 
 func TestReceiveDropsWithoutAGoodBuffer(t *testing.T) {
 	g := newTestGuest(t)
-	g.notify(TxQueue) // any notification arms the receive path
+	g.Notify(TxQueue) // any notification arms the receive path
 	g.deliver(frame(60, 1))
 	if st := g.dev.Stats(); st.RxNoBuffer != 1 {
 		t.Fatalf("no buffer: stats %+v", st)
 	}
-	readable := g.post(RxQueue, seg{n: 2000})
-	mixed := g.post(RxQueue, seg{n: 10}, seg{n: 2000, writable: true})
+	readable := g.Post(RxQueue, seg{N: 2000})
+	mixed := g.Post(RxQueue, seg{N: 10}, seg{N: 2000, Writable: true})
 	small := g.postRx(HeaderLen + 59)
 	good := g.postRx(HeaderLen + 60)
-	g.notify(RxQueue)
+	g.Notify(RxQueue)
 	for range 4 {
 		g.deliver(frame(60, 2))
 	}
 	for i, b := range []*buf{readable, mixed, small} {
-		if !b.done || b.written != 0 {
-			t.Errorf("bad buffer %d: done %v, written %d", i, b.done, b.written)
+		if !b.Done || b.Written != 0 {
+			t.Errorf("bad buffer %d: done %v, written %d", i, b.Done, b.Written)
 		}
 	}
-	if !good.done || good.written != HeaderLen+60 {
-		t.Errorf("good buffer: done %v, written %d", good.done, good.written)
+	if !good.Done || good.Written != HeaderLen+60 {
+		t.Errorf("good buffer: done %v, written %d", good.Done, good.Written)
 	}
 	g.deliver(frame(MinFrame, 3)[:MinFrame-1]) // a backend breaking the rules
 	g.deliver(make([]byte, MaxFrame+1))        // likewise
@@ -277,8 +277,8 @@ func TestReceiveDropsWithoutAGoodBuffer(t *testing.T) {
 	if st := g.dev.Stats(); st != want {
 		t.Errorf("stats %+v, want %+v", st, want)
 	}
-	if !g.mmio.Active() {
-		t.Fatalf("device broken: %s", g.mmio.Fault())
+	if !g.MMIO.Active() {
+		t.Fatalf("device broken: %s", g.MMIO.Fault())
 	}
 }
 
@@ -286,15 +286,15 @@ func TestReceiveDropsWithoutAGoodBuffer(t *testing.T) {
 // driver notifies again, so a dead backend does not fail in a loop.
 func TestReceiveErrorStopsUntilNotified(t *testing.T) {
 	g := newTestGuest(t)
-	g.notify(RxQueue)
+	g.Notify(RxQueue)
 	g.deliverRaw(nil, "link closed")
 	if _, rx := g.dev.InFlight(); rx || g.dev.Stats().RxErrors != 1 {
 		t.Fatalf("after an error: receiving %v, stats %+v", rx, g.dev.Stats())
 	}
 	b := g.postRx(2000)
-	g.notify(RxQueue)
+	g.Notify(RxQueue)
 	g.deliver(frame(100, 1))
-	if !b.done || b.written != HeaderLen+100 {
+	if !b.Done || b.Written != HeaderLen+100 {
 		t.Fatal("no reception after the driver notified again")
 	}
 }
@@ -302,12 +302,12 @@ func TestReceiveErrorStopsUntilNotified(t *testing.T) {
 func TestUnknownAndStaleCompletionsAreIgnored(t *testing.T) {
 	g := newTestGuest(t)
 	g.postRx(2000)
-	g.notify(RxQueue)
+	g.Notify(RxQueue)
 	before := g.dev.Save()
-	ram := slices.Clone(g.ram.Data)
+	ram := slices.Clone(g.RAM.Data)
 	g.complete(bounceCompletion(999, frame(60, 1)))
 	g.complete(bounceCompletion(0, frame(60, 1)))
-	if !reflect.DeepEqual(before, g.dev.Save()) || !bytes.Equal(ram, g.ram.Data) {
+	if !reflect.DeepEqual(before, g.dev.Save()) || !bytes.Equal(ram, g.RAM.Data) {
 		t.Fatal("a completion for a tag not in flight changed something")
 	}
 }
@@ -317,23 +317,46 @@ func TestUnknownAndStaleCompletionsAreIgnored(t *testing.T) {
 func TestTransmitCompletionAcrossAReset(t *testing.T) {
 	g := newTestGuest(t)
 	g.sendFrame(frame(60, 1), false)
-	g.notify(TxQueue)
-	g.wr(virtio.RegStatus, 0) // reset; the new driver is not up yet
-	ram := slices.Clone(g.ram.Data)
-	rises := g.rises
+	g.Notify(TxQueue)
+	g.WriteReg(virtio.RegStatus, 0) // reset; the new driver is not up yet
+	ram := slices.Clone(g.RAM.Data)
+	rises := g.Rises
 	g.dev.Engine().Delivered(g.dev.Save().Tx[0].Tag)
 	g.dev.Complete(bounceCompletion(g.dev.Save().Tx[0].Tag, nil))
-	if !bytes.Equal(ram, g.ram.Data) || g.rises != rises {
+	if !bytes.Equal(ram, g.RAM.Data) || g.Rises != rises {
 		t.Fatal("the completion touched guest memory or interrupted")
 	}
 	if tx, rx := g.dev.InFlight(); tx != 0 || !rx {
 		t.Fatalf("%d frames in flight, receiving %v (the orphan receive should stand)", tx, rx)
 	}
-	g.start(64)
+	g.Start(64)
 	b := g.sendFrame(frame(70, 2), false)
-	g.notify(TxQueue)
-	g.collect()
-	if !b.done || len(g.dev.Save().Tx) != 1 {
+	g.Notify(TxQueue)
+	g.Collect()
+	if !b.Done || len(g.dev.Save().Tx) != 1 {
 		t.Fatal("the new driver's frame was not taken")
+	}
+}
+
+// What a VMM reads from an interface's Attachment, and the device it
+// builds on the VMM's engine slot.
+func TestAttachment(t *testing.T) {
+	e := replayEngine(t)
+	link, _ := NewLink()
+	a := Attachment(Config{MAC: testMAC}, link.Backend())
+	if a.Kind != "virtio-net" || a.Identity != "mac=52:54:00:12:34:56" || a.ReplayWrites || a.Backend == nil {
+		t.Fatalf("attachment %+v", a)
+	}
+	dev, err := a.New(e, 1<<56)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := dev.(*Device)
+	if d.Engine() != e || d.Config().TagBase != 1<<56 || d.nextTag != 1<<56+1 || d.Config().MAC != testMAC {
+		t.Errorf("built on engine %p (want %p), config %+v, next tag %#x", d.Engine(), e, d.Config(), d.nextTag)
+	}
+	bad := Attachment(Config{}, link.Backend())
+	if _, err := bad.New(e, 0); err == nil {
+		t.Error("an all-zero MAC built a device")
 	}
 }

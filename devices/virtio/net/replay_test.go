@@ -1,12 +1,12 @@
 package net
 
 import (
-	"bytes"
 	"reflect"
 	"testing"
 	"time"
 
 	"github.com/ftkvm/ftkvm/bounce"
+	"github.com/ftkvm/ftkvm/devices/virtio/virtiotest"
 )
 
 // netScript is a guest's run: frames sent, receive buffers posted, a
@@ -19,40 +19,40 @@ func netScript(g *guest, point func()) {
 		g.postRx(HeaderLen + MaxFrame)
 		g.sendFrame(frame(60+i, byte(i)), i%2 == 1)
 	}
-	g.notify(RxQueue)
-	g.notify(TxQueue)
+	g.Notify(RxQueue)
+	g.Notify(TxQueue)
 	point()
 	for i := range 4 {
 		g.sendFrame(frame(200+i, byte(10+i)), false)
 	}
-	g.notify(TxQueue)
+	g.Notify(TxQueue)
 	point()
-	g.post(RxQueue, seg{n: 100})                             // readable: dropped on use
-	g.post(TxQueue, seg{n: 8})                               // short: dropped
-	g.post(RxQueue, seg{n: HeaderLen + 100, writable: true}) // small
+	g.Post(RxQueue, seg{N: 100})                             // readable: dropped on use
+	g.Post(TxQueue, seg{N: 8})                               // short: dropped
+	g.Post(RxQueue, seg{N: HeaderLen + 100, Writable: true}) // small
 	for range 4 {
 		g.postRx(HeaderLen + MaxFrame)
 	}
-	g.notify(RxQueue)
-	g.notify(TxQueue)
+	g.Notify(RxQueue)
+	g.Notify(TxQueue)
 	point()
 	point()
-	g.start(64) // a reset with the receive and probably frames in flight
+	g.Start(64) // a reset with the receive and probably frames in flight
 	for i := range 3 {
 		g.sendFrame(frame(300+i, byte(20+i)), true)
 		g.postRx(HeaderLen + MaxFrame)
 	}
-	g.notify(TxQueue)
+	g.Notify(TxQueue)
 	point()
-	g.notify(RxQueue)
+	g.Notify(RxQueue)
 	point()
-	g.restartQueue(RxQueue)
+	g.RestartQueue(RxQueue)
 	for range 6 {
 		g.postRx(HeaderLen + MaxFrame)
 	}
-	g.notify(RxQueue)
+	g.Notify(RxQueue)
 	g.sendFrame(frame(90, 30), false)
-	g.notify(TxQueue)
+	g.Notify(TxQueue)
 	point()
 	point()
 }
@@ -79,7 +79,7 @@ func TestReplayReproducesALiveRun(t *testing.T) {
 	}()
 	live := bounce.NewEngine(devEnd.Backend())
 	g := newGuest(t, live, 64)
-	var log [][]bounce.Completion
+	var log virtiotest.Log
 	n := 0
 	point := func() {
 		n++
@@ -87,13 +87,8 @@ func TestReplayReproducesALiveRun(t *testing.T) {
 			peer.Send(frame(500+n, byte(n))) // unsolicited traffic
 		}
 		time.Sleep(2 * time.Millisecond)
-		cs := live.Poll()
-		for _, c := range cs {
-			live.Delivered(c.Tag)
-			g.dev.Complete(c)
-		}
-		log = append(log, cs)
-		g.collect()
+		log.Record(live, g.dev)
+		g.Collect()
 	}
 	netScript(g, point)
 	deadline := time.Now().Add(10 * time.Second)
@@ -110,7 +105,7 @@ func TestReplayReproducesALiveRun(t *testing.T) {
 	}
 	st := g.dev.Stats()
 	receives := 0
-	for _, cs := range log {
+	for _, cs := range log.Points {
 		for _, c := range cs {
 			if c.Data != nil {
 				receives++
@@ -126,29 +121,17 @@ func TestReplayReproducesALiveRun(t *testing.T) {
 	}
 
 	g2 := newGuest(t, replayEngine(t), 64)
-	next := 0
 	replayPoint := func() {
-		for _, c := range log[next] {
-			g2.dev.Engine().Delivered(c.Tag)
-			g2.dev.Complete(c)
-		}
-		next++
-		g2.collect()
+		log.Replay(g2.dev.Engine(), g2.dev)
+		g2.Collect()
 	}
 	netScript(g2, replayPoint)
-	for next < len(log) {
-		replayPoint()
+	for log.Replay(g2.dev.Engine(), g2.dev) {
+		g2.Collect()
 	}
-	if !bytes.Equal(g.ram.Data, g2.ram.Data) {
-		t.Error("guest memory differs")
-	}
-	for q := range 2 {
-		if !reflect.DeepEqual(g.rings[q].used, g2.rings[q].used) {
-			t.Errorf("queue %d: used rings differ: live %v, replay %v", q, g.rings[q].used, g2.rings[q].used)
-		}
-	}
-	if g.rises != g2.rises || !reflect.DeepEqual(g.dev.Save(), g2.dev.Save()) {
-		t.Errorf("interrupts %d vs %d, or device states differ:\n%+v\n%+v", g.rises, g2.rises, g.dev.Save(), g2.dev.Save())
+	virtiotest.SameRun(t, g.Driver, g2.Driver)
+	if !reflect.DeepEqual(g.dev.Save(), g2.dev.Save()) {
+		t.Errorf("device states differ:\n%+v\n%+v", g.dev.Save(), g2.dev.Save())
 	}
 	if !reflect.DeepEqual(g.frames, g2.frames) {
 		t.Error("received frames differ")

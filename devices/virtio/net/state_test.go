@@ -13,14 +13,14 @@ import (
 func busyGuest(t *testing.T) *guest {
 	g := newTestGuest(t)
 	g.postRx(2000)
-	g.notify(RxQueue)
+	g.Notify(RxQueue)
 	g.deliver(frame(100, 1))
 	g.deliver(frame(100, 2)) // no buffer
 	for i := range 3 {
 		g.sendFrame(frame(60+i, byte(i)), false)
 	}
-	g.post(TxQueue, seg{n: 4})
-	g.notify(TxQueue)
+	g.Post(TxQueue, seg{N: 4})
+	g.Notify(TxQueue)
 	return g
 }
 
@@ -105,13 +105,13 @@ func TestResubmitThenGoLive(t *testing.T) {
 	b := g.postRx(2000)
 	peer.Send(frame(77, 7))
 	deadline := time.Now().Add(5 * time.Second)
-	for !b.done && time.Now().Before(deadline) {
+	for !b.Done && time.Now().Before(deadline) {
 		for _, c := range e.Poll() {
 			g.complete(c)
 		}
 		time.Sleep(100 * time.Microsecond)
 	}
-	if !b.done || !bytes.Equal(g.frames[0], frame(77, 7)) {
+	if !b.Done || !bytes.Equal(g.frames[0], frame(77, 7)) {
 		t.Fatal("the resubmitted receive did not deliver")
 	}
 }
