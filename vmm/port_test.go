@@ -126,6 +126,24 @@ func TestStateThroughThePort(t *testing.T) {
 	}
 }
 
+// TestLoadLinuxSetsTheVCPU: LoadLinux places the kernel and points the
+// vCPU's registers at it.
+func TestLoadLinuxSetsTheVCPU(t *testing.T) {
+	vm, cpu := vmmtest.New(t, vmm.Config{Spec: vmm.Spec{MemoryBytes: 64 << 20}}, nil)
+	if err := vm.LoadLinux(vmm.LinuxSpec{Kernel: vmm.MinimalKernel(t), Cmdline: "console=ttyS0"}); err != nil {
+		t.Fatal(err)
+	}
+	if cpu.Registers.RIP != 0x1000000 || !strings.HasPrefix(vm.Cmdline(), "console=ttyS0") {
+		t.Errorf("RIP %#x, command line %q", cpu.Registers.RIP, vm.Cmdline())
+	}
+	if vm.MemoryBytes() != 64<<20 || vm.InterruptPending() {
+		t.Errorf("memory %d, interrupt pending %v", vm.MemoryBytes(), vm.InterruptPending())
+	}
+	if err := vm.LoadLinux(vmm.LinuxSpec{Kernel: []byte("not an ELF")}); err == nil {
+		t.Error("a kernel that is not one loaded")
+	}
+}
+
 func TestDirtyPagesNeedsTrackDirty(t *testing.T) {
 	vm, _ := vmmtest.New(t, vmm.Config{}, nil)
 	if _, err := vm.DirtyPages(); err == nil || !strings.Contains(err.Error(), "TrackDirty") {

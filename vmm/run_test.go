@@ -651,3 +651,31 @@ func TestRunEmulationFailureNamesTheInstruction(t *testing.T) {
 		t.Errorf("%v", err)
 	}
 }
+
+// TestRunTraces: ExitTrace has a line per synchronous exit, window and
+// injection, with the registers and, from TraceMemoryFrom on, the memory
+// CRC.
+func TestRunTraces(t *testing.T) {
+	var trace bytes.Buffer
+	d := &loopDriver{deliver: raiseAt(at(1), nil)}
+	vm, cpu := vmmtest.New(t, vmm.Config{Options: vmm.Options{Driver: d, ExitTrace: &trace, TraceMemory: true, TraceMemoryFrom: 2}}, model(
+		setIF(true, vmmtest.Out(0x80, 0)),
+		step(vmmtest.Window()),
+		step(vmmtest.Out(vmm.ExitPort, 0)),
+	))
+	d.cpu = cpu
+	initPIC(vm)
+	if _, err := run(t, vm); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(trace.String()), "\n")
+	want := []string{"exit 1 io-out port 0x80 rip=0x0 rflags=0x202 ", "exit 1 inject 0x20 ", "exit 1+window window ", "exit 2 io-out port 0xf4 rip="}
+	if len(lines) != len(want) {
+		t.Fatalf("trace\n%s", trace.String())
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(lines[i], w) || strings.Contains(lines[i], "mem=") != (i == 3) {
+			t.Errorf("line %d %q, want %q (memory CRC only from exit 2)", i, lines[i], w)
+		}
+	}
+}
