@@ -92,6 +92,8 @@ type VCPU struct {
 	cur       Step
 	last      vmm.Exit
 	injected  []uint8
+	queued    []uint8 // injected since the last entry that ran the Guest
+	entering  []uint8 // what this entry delivers (Entering)
 	dirty     map[uint32]bool
 	entries   int
 	closed    bool
@@ -160,6 +162,12 @@ func (c *VCPU) Window() bool { return c.window }
 // Injected lists the vectors the VMM queued, in order.
 func (c *VCPU) Injected() []uint8 { return append([]uint8(nil), c.injected...) }
 
+// Entering lists the vectors queued since the previous entry that ran
+// the Guest: what KVM delivers as the guest resumes at this one (a model
+// jumps to their handlers). An entry with immediate_exit set delivers
+// none; they wait for the next.
+func (c *VCPU) Entering() []uint8 { return c.entering }
+
 // ImmediateExit reports whether kvm_run.immediate_exit is set.
 func (c *VCPU) ImmediateExit() bool { return c.immediate.Load() }
 
@@ -187,6 +195,7 @@ func (c *VCPU) Run() unix.Errno {
 	}
 	c.Note("run")
 	c.entries++
+	c.entering, c.queued = c.queued, nil
 	c.cur = c.Guest(c)
 	return c.cur.Errno
 }
@@ -226,6 +235,7 @@ func (c *VCPU) Interrupt(vector uint8) error {
 	}
 	c.Note(fmt.Sprintf("interrupt %#x", vector))
 	c.injected = append(c.injected, vector)
+	c.queued = append(c.queued, vector)
 	return nil
 }
 
