@@ -485,6 +485,9 @@ func TestRunHalt(t *testing.T) {
 	d = &loopDriver{}
 	waits := 0
 	d.halted = func(_ context.Context, vm *vmm.VM, p vmm.Point) error {
+		if waits > 5 {
+			return errors.New("still halted with an interrupt pending")
+		}
 		if waits++; waits == 2 {
 			vm.PIC.SetIRQ(0, true)
 			vm.PIC.SetIRQ(0, false)
