@@ -40,8 +40,8 @@
 // check the real Run's rules (inject only where the guest can take it and
 // never at an exit that completes with an exception, input only at exits,
 // Deliver before injecting, NextEntry before entering) rather than a copy
-// of them. Run reads the host's time through the VM (hostTime), so that
-// tests can move it (the stall watch).
+// of them. Run reads the host's time through Options.HostTime, so that
+// tests can move it too (the stall watch).
 //
 // # Run loop
 //

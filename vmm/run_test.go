@@ -559,7 +559,7 @@ func TestRunStallWarning(t *testing.T) {
 		}
 	}
 	console := &bytes.Buffer{}
-	vm, cpu := vmmtest.New(t, vmm.Config{Options: vmm.Options{Driver: d, Console: console, Warn: func(m string) { warnings = append(warnings, m) }}}, model(
+	vm, cpu := vmmtest.New(t, vmm.Config{Options: vmm.Options{Driver: d, Console: console, Warn: func(m string) { warnings = append(warnings, m) }, HostTime: func() time.Time { return now }}}, model(
 		tick(vmmtest.Kicked()), tick(vmmtest.Kicked()), tick(vmmtest.Window()),
 		tick(vmmtest.Out(0x200, 0)),
 		tick(vmmtest.Kicked()), tick(vmmtest.Kicked()),
@@ -567,7 +567,6 @@ func TestRunStallWarning(t *testing.T) {
 	))
 	d.cpu = cpu
 	cpu.Registers.RIP = 0x1234
-	vmm.SetHostTime(vm, func() time.Time { return now })
 	res, err := run(t, vm)
 	if err != nil {
 		t.Fatal(err)

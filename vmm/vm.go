@@ -156,7 +156,10 @@ func NewWithVCPU(cfg Config, cpu VCPU, mem *Memory) (*VM, error) {
 // newVM is the VM of cfg (already defaulted) before it has a vCPU,
 // memory or devices.
 func newVM(cfg Config) *VM {
-	v := &VM{cfg: cfg, sysFd: -1, vmFd: -1, start: time.Now(), now: time.Now}
+	v := &VM{cfg: cfg, sysFd: -1, vmFd: -1, start: time.Now(), now: cfg.HostTime}
+	if v.now == nil {
+		v.now = time.Now
+	}
 	v.clock = cfg.Clock
 	if v.clock == nil {
 		v.clock = &HostClock{start: v.start}

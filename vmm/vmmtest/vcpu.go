@@ -22,8 +22,11 @@
 //     in MSRError.
 //
 // Everything else (when a window exit comes, what an injected vector
-// does) is the Guest's business: Window and Injected tell it what the
-// VMM asked for.
+// does) is the Guest's business: Window and Entering tell it what the
+// VMM asked for. A kick that lands while a model runs (vm.Kick from
+// another goroutine) shows as ImmediateExit; a model that stops there
+// returns Kicked, as KVM_RUN returns EINTR, and one that does not finds
+// its next entry cut short instead.
 package vmmtest
 
 import (
