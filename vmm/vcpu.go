@@ -96,6 +96,9 @@ func newKVMVCPU(sysFd, vmFd int) (c *kvmVCPU, err error) {
 	return c, nil
 }
 
+// The methods below implement VCPU with the ioctl or kvm_run field each
+// names.
+
 func (c *kvmVCPU) Run() unix.Errno       { return runVCPU(c.fd) }
 func (c *kvmVCPU) Exit() (Exit, error)   { return decodeExit(c.run) }
 func (c *kvmVCPU) RequestWindow(on bool) { runHeader(c.run).RequestInterruptWindow = flag(on) }
