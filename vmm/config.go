@@ -74,6 +74,10 @@ type Options struct {
 	// a guest that has made no synchronous exit for StallAfter (with its
 	// RIP and interrupt state).
 	Warn func(msg string)
+	// HostTime is the host's time as the run accounts for it: RunTime,
+	// the stall watch and Result.Duration. It never reaches the guest.
+	// Default: time.Now; tests that model the guest move it themselves.
+	HostTime func() time.Time
 }
 
 // ClockDriver is a Driver that owns the devices' clock: the VM must read

@@ -25,6 +25,24 @@
 //     instruction bytes) and any other error as the host's.
 //  5. Close the VM.
 //
+// # The vCPU port
+//
+// The run loop reaches the processor only through the VCPU interface: the
+// entry (KVM_RUN) and its decoded exit, kvm_run's immediate_exit,
+// if_flag, ready_for_interrupt_injection and request_interrupt_window,
+// KVM_INTERRUPT, the register and whole-state calls, KVM_TRANSLATE and the
+// dirty log. New gives the VM the KVM vCPU (kvmVCPU, whose ioctls live in
+// kvm_unsafe.go); NewWithVCPU(cfg, cpu, mem) builds the same VM, devices
+// and loop on any other, without /dev/kvm. Package vmmtest has one: it
+// plays a guest from a script of exits, or from a Guest function called
+// at each entry that changes the registers and memory and picks the exit
+// (a guest model), and it logs every call the loop makes, so that tests
+// check the real Run's rules (inject only where the guest can take it and
+// never at an exit that completes with an exception, input only at exits,
+// Deliver before injecting, NextEntry before entering) rather than a copy
+// of them. Run reads the host's time through Options.HostTime, so that
+// tests can move it too (the stall watch).
+//
 // # Run loop
 //
 // Each turn of the loop delivers asynchronous events to the devices (the

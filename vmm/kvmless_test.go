@@ -25,6 +25,9 @@ import (
 // a VM with its devices and memory but no file descriptors (every vCPU
 // ioctl fails with EBADF) and a kvm_run page that is plain memory.
 
+// kvmRun is the kvm_run page of a VM made by kvmlessVM.
+func kvmRun(v *VM) []byte { return v.cpu.(*kvmVCPU).run }
+
 // testClock is a device clock that moves only when a test sets it.
 type testClock struct{ now atomic.Int64 }
 
@@ -67,8 +70,8 @@ func kvmlessVM(t *testing.T) (*VM, *fakeDriver, *bytes.Buffer) {
 	d := &fakeDriver{tsc: 0x1122334455667788}
 	v := &VM{
 		cfg:   Config{Spec: Spec{MemoryBytes: mem.Size()}, Options: Options{Console: console}},
-		sysFd: -1, vmFd: -1, vcpuFd: -1,
-		mem: mem, clock: &testClock{}, run: fakeRun(),
+		sysFd: -1, vmFd: -1, cpu: &kvmVCPU{fd: -1, vmFd: -1, run: fakeRun()},
+		mem: mem, clock: &testClock{},
 		driver: d, point: Point{Exits: 5, Kind: AtExit},
 	}
 	if err := v.attachDevices(time.Unix(0, 0)); err != nil {
@@ -235,7 +238,7 @@ func TestTimeMSRs(t *testing.T) {
 
 func TestInjectInterruptAsksForWindow(t *testing.T) {
 	v, d, _ := kvmlessVM(t)
-	h := runHeader(v.run)
+	h := runHeader(kvmRun(v))
 	h.RequestInterruptWindow = 1
 	if err := v.injectInterrupt(); err != nil || h.RequestInterruptWindow != 0 {
 		t.Errorf("nothing pending: %v, window request %d", err, h.RequestInterruptWindow)
@@ -340,7 +343,7 @@ func TestAccessorsWithoutVCPU(t *testing.T) {
 		t.Errorf("guestError without a vCPU: %v", err)
 	}
 	v.Kick() // no vCPU thread: only immediate_exit is set
-	if v.run[1] != 1 {
+	if kvmRun(v)[1] != 1 {
 		t.Error("Kick did not set immediate_exit")
 	}
 	(&VM{}).Kick() // no kvm_run (closed, or never created): a no-op
@@ -386,7 +389,7 @@ func TestKickRacesClose(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		v := &VM{run: run, sysFd: -1, vmFd: -1, vcpuFd: -1}
+		v := &VM{cpu: &kvmVCPU{fd: -1, vmFd: -1, run: run}, sysFd: -1, vmFd: -1}
 		var wg sync.WaitGroup
 		for g := 0; g < 4; g++ {
 			wg.Add(1)

@@ -104,7 +104,7 @@ func TestTraceText(t *testing.T) {
 // registers fails, and the line says so.
 func TestTraceLine(t *testing.T) {
 	var b bytes.Buffer
-	v := &VM{vcpuFd: -1, point: Point{Exits: 3, Kind: AtExit}}
+	v := &VM{cpu: &kvmVCPU{fd: -1}, point: Point{Exits: 3, Kind: AtExit}}
 	v.traceLine("hlt") // no ExitTrace: nothing happens
 	v.cfg.ExitTrace = &b
 	v.traceLine("hlt")

@@ -140,12 +140,12 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 	defer runtime.UnlockOSThread()
 	v.tid.Store(int32(unix.Gettid()))
 	defer v.tid.Store(0)
-	began := time.Now()
+	began := v.hostTime()
 	v.driver = v.cfg.Driver
 	stopWatch := context.AfterFunc(ctx, v.Kick)
 	defer stopWatch()
 	defer func() {
-		res.Stats, res.Duration = v.stats, time.Since(began)
+		res.Stats, res.Duration = v.stats, v.hostTime().Sub(began)
 		if derr := v.driver.Stop(v, v.point, res, err); derr != nil && err == nil {
 			err = derr
 		}
@@ -154,7 +154,7 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 		return Result{}, err
 	}
 	v.point = Point{Kind: AtExit}
-	stall := stallWatch{last: time.Now()}
+	stall := stallWatch{last: began}
 	for {
 		if err := ctx.Err(); err != nil {
 			return Result{}, fmt.Errorf("run interrupted at %d exits: %w", v.point.Exits, err)
@@ -172,16 +172,16 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 			}
 		}
 		if v.driver.NextEntry() == EntryComplete {
-			setImmediateExit(v.run, 1)
+			v.cpu.SetImmediateExit(true)
 		}
-		entered := time.Now()
-		errno := runVCPU(v.vcpuFd)
-		left := time.Now()
+		entered := v.hostTime()
+		errno := v.cpu.Run()
+		left := v.hostTime()
 		v.runTime += left.Sub(entered)
 		var exit Exit
 		if errno == 0 {
 			var derr error
-			if exit, derr = decodeExit(v.run); derr != nil {
+			if exit, derr = v.cpu.Exit(); derr != nil {
 				return Result{}, v.guestError("malformed exit", derr.Error())
 			}
 		}
@@ -192,7 +192,7 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 		case classRetry:
 			continue
 		case classKicked:
-			setImmediateExit(v.run, 0)
+			v.cpu.SetImmediateExit(false)
 			v.stats.Kicks++
 			v.point = class.next(v.point)
 			stall.kicked(v, left)
@@ -223,31 +223,46 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 // injectInterrupt hands the PIC's highest-priority request to the vCPU if
 // it can take one now, and otherwise asks KVM to exit when it can.
 func (v *VM) injectInterrupt() error {
-	h := runHeader(v.run)
 	if !v.PIC.Pending() {
-		h.RequestInterruptWindow = 0
+		v.cpu.RequestWindow(false)
 		return nil
 	}
-	if h.ReadyForInterruptInjection == 0 || h.IfFlag == 0 {
-		h.RequestInterruptWindow = 0
-		if v.driver.Windows() {
-			h.RequestInterruptWindow = 1
-		}
+	if ifFlag, ready := v.cpu.Interruptible(); !ready || !ifFlag {
+		v.cpu.RequestWindow(v.driver.Windows())
 		return nil
 	}
 	vector := v.PIC.Acknowledge()
-	if err := injectInterrupt(v.vcpuFd, vector); err != nil {
-		return fmt.Errorf("KVM_INTERRUPT vector %#x: %w", vector, err)
+	if err := v.cpu.Interrupt(vector); err != nil {
+		return err
 	}
 	v.stats.Interrupts++
-	h.RequestInterruptWindow = 0
+	v.cpu.RequestWindow(false)
 	v.traceLine(fmt.Sprintf("inject %#x", vector))
 	return v.driver.Injected(v, v.point, vector)
 }
 
 // CancelWindow withdraws a request for an interrupt-window exit (a driver
 // that declined a Window point asks again later, with a kick).
-func (v *VM) CancelWindow() { runHeader(v.run).RequestInterruptWindow = 0 }
+func (v *VM) CancelWindow() { v.cpu.RequestWindow(false) }
+
+// complete enters the vCPU with immediate_exit set: KVM completes a
+// pending I/O, MMIO or MSR exit, or refreshes kvm_run, and returns EINTR
+// without running a guest instruction.
+func (v *VM) complete() unix.Errno {
+	v.cpu.SetImmediateExit(true)
+	errno := v.cpu.Run()
+	v.cpu.SetImmediateExit(false)
+	return errno
+}
+
+// hostTime is the host's time as the run accounts it (RunTime, the stall
+// watch, Result.Duration): never a guest input.
+func (v *VM) hostTime() time.Time {
+	if v.now == nil {
+		return time.Now()
+	}
+	return v.now()
+}
 
 // StallAfter is how long a guest may run without a synchronous exit before
 // the VM warns (Options.Warn). A guest that makes no exit for that long
@@ -271,9 +286,9 @@ func (s *stallWatch) kicked(v *VM, now time.Time) {
 		return
 	}
 	s.warned = true
-	h := runHeader(v.run)
+	ifFlag, ready := v.cpu.Interruptible()
 	msg := fmt.Sprintf("the guest has made no exit for %v (still at exit %d; %d interrupts injected, %d kicks, %d window exits so far): interrupt controller pending %v, guest IF %d, ready for injection %d",
-		now.Sub(s.last).Round(time.Second), v.point.Exits, v.stats.Interrupts, v.stats.Kicks, v.stats.Windows, v.PIC.Pending(), h.IfFlag, h.ReadyForInterruptInjection)
+		now.Sub(s.last).Round(time.Second), v.point.Exits, v.stats.Interrupts, v.stats.Kicks, v.stats.Windows, v.PIC.Pending(), flag(ifFlag), flag(ready))
 	if r, err := v.Regs(); err == nil {
 		msg += fmt.Sprintf("; RIP %#x RFLAGS %#x", r.RIP, r.RFLAGS)
 	}

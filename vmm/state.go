@@ -19,8 +19,8 @@ func (v *VM) DirtyPages() ([]uint32, error) {
 	}
 	npages := v.mem.Size() / pageSize
 	bitmap := make([]uint64, (npages+63)/64)
-	if err := getDirtyLog(v.vmFd, 0, bitmap); err != nil {
-		return nil, fmt.Errorf("KVM_GET_DIRTY_LOG: %w", err)
+	if err := v.cpu.DirtyLog(bitmap); err != nil {
+		return nil, err
 	}
 	var pages []uint32
 	for i, word := range bitmap {

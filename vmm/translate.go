@@ -1,17 +1,11 @@
 package vmm
 
-import "github.com/bobuhiro11/gokvm/kvm"
-
 // translate maps a linear address to a guest physical one.
 func (v *VM) translate(sregs Sregs, linear uint64) (uint64, bool) {
 	if sregs.CR0&cr0PG == 0 {
 		return linear, true
 	}
-	t := kvm.Translation{LinearAddress: linear}
-	if err := kvm.Translate(uintptr(v.vcpuFd), &t); err != nil || t.Valid == 0 {
-		return 0, false
-	}
-	return t.PhysicalAddress, true
+	return v.cpu.Translate(linear)
 }
 
 // instructionAt returns the guest RIP and up to 15 instruction bytes there.

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 
-	"github.com/bobuhiro11/gokvm/kvm"
 	"golang.org/x/sys/unix"
 
 	"github.com/ftkvm/ftkvm/tscpatch"
@@ -52,10 +51,7 @@ func (v *VM) timeMSR(e Exit) error {
 // it came from a listed site, and loads the TSC value into EDX:EAX (and
 // TSC_AUX, always 0, into ECX for rdtscp).
 func (v *VM) trappedTSC(e Exit) *stopRun {
-	setImmediateExit(v.run, 1)
-	errno := runVCPU(v.vcpuFd)
-	setImmediateExit(v.run, 0)
-	if errno != unix.EINTR {
+	if errno := v.complete(); errno != unix.EINTR {
 		return &stopRun{err: fmt.Errorf("completing trapped rdtsc: KVM_RUN returned %v, want EINTR", errno)}
 	}
 	regs, err := v.Regs()
@@ -83,7 +79,7 @@ func (v *VM) trappedTSC(e Exit) *stopRun {
 	if site.Kind == tscpatch.RDTSCP {
 		regs.RCX = 0
 	}
-	if err := kvm.SetRegs(uintptr(v.vcpuFd), &regs); err != nil {
+	if err := v.cpu.SetRegs(regs); err != nil {
 		return &stopRun{err: fmt.Errorf("setting rdtsc result: %w", err)}
 	}
 	v.stats.TSCReads++

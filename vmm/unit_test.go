@@ -5,8 +5,11 @@ import (
 	"debug/elf"
 	"encoding/binary"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 type recorder struct{ reads, writes []uint64 }
@@ -357,5 +360,51 @@ func TestLinuxClearCPUIDFitsLinuxBuffer(t *testing.T) {
 	}
 	if got := linuxCmdline("console=ttyS0", c); got != "console=ttyS0 "+opt {
 		t.Errorf("cmdline %q", got)
+	}
+}
+
+func TestCheckKernel(t *testing.T) {
+	if err := CheckKernel(minimalELF(t, elf.ELFCLASS64, elf.EM_X86_64, 0x1000000, []byte{0xf4})); err != nil {
+		t.Errorf("a 64-bit vmlinux: %v", err)
+	}
+	bz := make([]byte, 0x300)
+	binary.LittleEndian.PutUint32(bz[bpHeaderMagic:], headerMagic)
+	var ke *KernelError
+	for name, k := range map[string][]byte{
+		"bzImage": bz,
+		"32-bit":  minimalELF(t, elf.ELFCLASS32, elf.EM_386, 0x1000000, []byte{0xf4}),
+		"garbage": []byte("garbage"),
+	} {
+		if err := CheckKernel(k); !errors.As(err, &ke) {
+			t.Errorf("%s: %v, want a KernelError", name, err)
+		}
+	}
+}
+
+func TestReadFileLimited(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "image")
+	if err := os.WriteFile(path, []byte("12345"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := ReadFileLimited(path, 5); err != nil || string(b) != "12345" {
+		t.Errorf("within the limit: %q, %v", b, err)
+	}
+	for name, tc := range map[string]struct {
+		path  string
+		limit int64
+	}{"too large": {path, 4}, "a directory": {dir, 1 << 20}, "missing": {filepath.Join(dir, "none"), 1 << 20}} {
+		if _, err := ReadFileLimited(tc.path, tc.limit); err == nil {
+			t.Errorf("%s: read", name)
+		}
+	}
+}
+
+func TestHostClockMoves(t *testing.T) {
+	c := NewHostClock()
+	a := c.Now()
+	time.Sleep(time.Millisecond)
+	if b := c.Now(); a < 0 || b <= a {
+		t.Errorf("host clock %d then %d", a, b)
 	}
 }

@@ -65,34 +65,37 @@ func probeStateMSRs(vcpuFd int) []uint32 {
 
 // CaptureVCPUState reads the vCPU's whole state. Call it on the vCPU
 // thread between two entries.
-func (v *VM) CaptureVCPUState() (VCPUState, error) {
+func (v *VM) CaptureVCPUState() (VCPUState, error) { return v.cpu.CaptureState() }
+
+// CaptureState implements VCPU.
+func (c *kvmVCPU) CaptureState() (VCPUState, error) {
 	var s VCPUState
 	var err error
-	if s.Regs, err = v.Regs(); err != nil {
+	if s.Regs, err = c.Regs(); err != nil {
 		return s, err
 	}
-	if s.Sregs, err = v.Sregs(); err != nil {
+	if s.Sregs, err = c.Sregs(); err != nil {
 		return s, err
 	}
-	if err := kvm.GetDebugRegs(uintptr(v.vcpuFd), &s.Debug); err != nil {
+	if err := kvm.GetDebugRegs(uintptr(c.fd), &s.Debug); err != nil {
 		return s, fmt.Errorf("KVM_GET_DEBUGREGS: %w", err)
 	}
-	if err := kvm.GetVCPUEvents(uintptr(v.vcpuFd), &s.Events); err != nil {
+	if err := kvm.GetVCPUEvents(uintptr(c.fd), &s.Events); err != nil {
 		return s, fmt.Errorf("KVM_GET_VCPU_EVENTS: %w", err)
 	}
 	var x xsaveArea
-	if err := getXSAVE(v.vcpuFd, &x); err != nil {
+	if err := getXSAVE(c.fd, &x); err != nil {
 		return s, fmt.Errorf("KVM_GET_XSAVE: %w", err)
 	}
 	var buf bytes.Buffer
 	binary.Write(&buf, binary.LittleEndian, &x)
 	s.XSAVE = bytes.TrimRight(buf.Bytes(), "\x00")
 	var xcrs kvm.XCRS
-	if kvm.GetXCRS(uintptr(v.vcpuFd), &xcrs) == nil {
+	if kvm.GetXCRS(uintptr(c.fd), &xcrs) == nil {
 		s.XCRs = &xcrs
 	}
-	s.MSRIndex = append([]uint32(nil), v.stateMSRs...)
-	if s.MSRValue, err = getMSRs(v.vcpuFd, s.MSRIndex); err != nil {
+	s.MSRIndex = append([]uint32(nil), c.stateMSRs...)
+	if s.MSRValue, err = getMSRs(c.fd, s.MSRIndex); err != nil {
 		return s, fmt.Errorf("KVM_GET_MSRS: %w", err)
 	}
 	return s, nil
@@ -107,12 +110,26 @@ const (
 // ApplyVCPUState loads a captured state into the vCPU. Call it on the
 // vCPU thread between two entries, with no exit pending completion.
 func (v *VM) ApplyVCPUState(s VCPUState) error {
+	if err := v.cpu.ApplyState(s); err != nil {
+		return err
+	}
+	// kvm_run's if_flag and ready_for_interrupt_injection still describe
+	// the state before: an entry that returns at once (immediate_exit)
+	// refreshes them, as the primary's kick did where it captured s.
+	if errno := v.complete(); errno != unix.EINTR {
+		return fmt.Errorf("refreshing kvm_run after loading the state: KVM_RUN returned %v, want EINTR", errno)
+	}
+	return nil
+}
+
+// ApplyState implements VCPU.
+func (c *kvmVCPU) ApplyState(s VCPUState) error {
 	// Sregs before events: KVM_SET_SREGS queues the interrupt its bitmap
 	// names, and the events then say exactly what is pending.
-	if err := kvm.SetSregs(uintptr(v.vcpuFd), &s.Sregs); err != nil {
+	if err := kvm.SetSregs(uintptr(c.fd), &s.Sregs); err != nil {
 		return fmt.Errorf("KVM_SET_SREGS: %w", err)
 	}
-	if err := kvm.SetRegs(uintptr(v.vcpuFd), &s.Regs); err != nil {
+	if err := kvm.SetRegs(uintptr(c.fd), &s.Regs); err != nil {
 		return fmt.Errorf("KVM_SET_REGS: %w", err)
 	}
 	if len(s.XSAVE) > 4096 {
@@ -122,33 +139,24 @@ func (v *VM) ApplyVCPUState(s VCPUState) error {
 	full := make([]byte, 4096)
 	copy(full, s.XSAVE)
 	binary.Read(bytes.NewReader(full), binary.LittleEndian, &x)
-	if err := setXSAVE(v.vcpuFd, &x); err != nil {
+	if err := setXSAVE(c.fd, &x); err != nil {
 		return fmt.Errorf("KVM_SET_XSAVE: %w", err)
 	}
 	if s.XCRs != nil {
-		if err := kvm.SetXCRS(uintptr(v.vcpuFd), s.XCRs); err != nil {
+		if err := kvm.SetXCRS(uintptr(c.fd), s.XCRs); err != nil {
 			return fmt.Errorf("KVM_SET_XCRS: %w", err)
 		}
 	}
-	if err := kvm.SetDebugRegs(uintptr(v.vcpuFd), &s.Debug); err != nil {
+	if err := kvm.SetDebugRegs(uintptr(c.fd), &s.Debug); err != nil {
 		return fmt.Errorf("KVM_SET_DEBUGREGS: %w", err)
 	}
-	if err := setMSRs(v.vcpuFd, s.MSRIndex, s.MSRValue); err != nil {
+	if err := setMSRs(c.fd, s.MSRIndex, s.MSRValue); err != nil {
 		return fmt.Errorf("KVM_SET_MSRS: %w", err)
 	}
 	ev := s.Events
 	ev.Flags = vcpuEventValidNMIPending | vcpuEventValidShadow
-	if err := kvm.SetVCPUEvents(uintptr(v.vcpuFd), &ev); err != nil {
+	if err := kvm.SetVCPUEvents(uintptr(c.fd), &ev); err != nil {
 		return fmt.Errorf("KVM_SET_VCPU_EVENTS: %w", err)
-	}
-	// kvm_run's if_flag and ready_for_interrupt_injection still describe
-	// the state before: an entry that returns at once (immediate_exit)
-	// refreshes them, as the primary's kick did where it captured s.
-	setImmediateExit(v.run, 1)
-	errno := runVCPU(v.vcpuFd)
-	setImmediateExit(v.run, 0)
-	if errno != unix.EINTR {
-		return fmt.Errorf("refreshing kvm_run after loading the state: KVM_RUN returned %v, want EINTR", errno)
 	}
 	return nil
 }

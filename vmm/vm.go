@@ -22,11 +22,12 @@ type VM struct {
 	clock devices.Clock
 	start time.Time
 
-	sysFd, vmFd, vcpuFd int
-	run                 []byte
-	mem                 *Memory
-	cpuid               CPUID
-	cmdline             string
+	sysFd, vmFd int
+	cpu         VCPU // the port to the vCPU (New: KVM's)
+	mem         *Memory
+	cpuid       CPUID
+	cmdline     string
+	now         func() time.Time // the host's time, for the run's own accounting
 
 	PIO  *Bus
 	MMIO *Bus
@@ -44,7 +45,7 @@ type VM struct {
 
 	// The kick, the driver, and where the run is.
 	tid          atomic.Int32
-	kickMu       sync.Mutex    // Kick (any goroutine) against Close unmapping run
+	kickMu       sync.Mutex    // Kick (any goroutine) against Close releasing cpu
 	runTime      time.Duration // spent in KVM_RUN (RunTime)
 	exits        atomic.Uint64 // point.Exits, for Exits
 	exitFaults   bool          // the last exit completes with an exception (mayInject)
@@ -53,13 +54,10 @@ type VM struct {
 	lastExit     Exit
 	inputBacklog []byte
 	extraDevices []string
-	// stateMSRs: the MSRs a VCPUState carries (those of
-	// stateMSRCandidates this KVM reads).
-	stateMSRs  []uint32
-	bounce     *bounce.Engine
-	bounceDevs []bounceDevice // by tag slot (AddBounceDevice)
-	virtioArgs []string       // virtio_mmio.device= options for LoadLinux
-	virtio     []*virtio.MMIO // the virtio transports, in the order added
+	bounce       *bounce.Engine
+	bounceDevs   []bounceDevice // by tag slot (AddBounceDevice)
+	virtioArgs   []string       // virtio_mmio.device= options for LoadLinux
+	virtio       []*virtio.MMIO // the virtio transports, in the order added
 
 	stats Stats
 }
@@ -71,24 +69,12 @@ func New(cfg Config) (vm *VM, err error) {
 	if cfg, err = cfg.withDefaults(); err != nil {
 		return nil, err
 	}
-	v := &VM{cfg: cfg, sysFd: -1, vmFd: -1, vcpuFd: -1, start: time.Now()}
+	v := newVM(cfg)
 	defer func() {
 		if err != nil {
 			v.Close()
 		}
 	}()
-	v.clock = cfg.Clock
-	if v.clock == nil {
-		v.clock = &HostClock{start: v.start}
-	}
-	if cfg.Driver == nil {
-		cfg.Driver = NewLiveDriver(cfg.ConsoleInput)
-		v.cfg.Driver = cfg.Driver
-	}
-	epoch := cfg.Epoch
-	if epoch.IsZero() {
-		epoch = v.start
-	}
 
 	v.sysFd, err = unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -121,19 +107,11 @@ func New(cfg Config) (vm *VM, err error) {
 	if err := trapMSRs(v.vmFd, timeMSRs); err != nil {
 		return nil, fmt.Errorf("routing the time MSRs to the VMM: %w", err)
 	}
-	fd, err = kvm.CreateVCPU(uintptr(v.vmFd), 0)
+	cpu, err := newKVMVCPU(v.sysFd, v.vmFd)
 	if err != nil {
-		return nil, fmt.Errorf("KVM_CREATE_VCPU: %w", err)
+		return nil, err
 	}
-	v.vcpuFd = int(fd)
-	size, err := kvm.GetVCPUMMmapSize(uintptr(v.sysFd))
-	if err != nil || size < pageSize {
-		return nil, fmt.Errorf("KVM_GET_VCPU_MMAP_SIZE: %d, %v", size, err)
-	}
-	v.run, err = unix.Mmap(v.vcpuFd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return nil, fmt.Errorf("mapping kvm_run: %w", err)
-	}
+	v.cpu = cpu
 
 	supported := kvm.CPUID{Nent: 256, Entries: make([]kvm.CPUIDEntry2, 256)}
 	if err := kvm.GetSupportedCPUID(uintptr(v.sysFd), &supported); err != nil {
@@ -142,15 +120,62 @@ func New(cfg Config) (vm *VM, err error) {
 	if v.cpuid, err = BuildCPUID(supported.Entries[:supported.Nent]); err != nil {
 		return nil, err
 	}
-	if err := kvm.SetCPUID2(uintptr(v.vcpuFd), &kvm.CPUID{Nent: uint32(len(v.cpuid)), Entries: v.cpuid}); err != nil {
+	if err := kvm.SetCPUID2(uintptr(cpu.fd), &kvm.CPUID{Nent: uint32(len(v.cpuid)), Entries: v.cpuid}); err != nil {
 		return nil, fmt.Errorf("KVM_SET_CPUID2: %w", err)
 	}
-	v.stateMSRs = probeStateMSRs(v.vcpuFd)
+	cpu.stateMSRs = probeStateMSRs(cpu.fd)
 
-	if err := v.attachDevices(epoch); err != nil {
+	if err := v.attachDevices(v.epoch()); err != nil {
 		return nil, err
 	}
 	return v, nil
+}
+
+// NewWithVCPU creates a VM on a vCPU other than KVM's and on mem, which
+// must hold cfg.MemoryBytes: the real run loop and devices over a guest
+// that cpu plays or models (package vmmtest), without /dev/kvm. The VM
+// owns cpu and mem from then on (Close closes them). It has no CPUID
+// table: a guest's CPUID instruction is cpu's business.
+func NewWithVCPU(cfg Config, cpu VCPU, mem *Memory) (*VM, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if cpu == nil || mem == nil || mem.Size() != cfg.MemoryBytes {
+		return nil, fmt.Errorf("%w: a vCPU and %d bytes of memory are needed", ErrInvalidConfig, cfg.MemoryBytes)
+	}
+	v := newVM(cfg)
+	v.cpu, v.mem = cpu, mem
+	if err := v.attachDevices(v.epoch()); err != nil {
+		v.Close()
+		return nil, err
+	}
+	return v, nil
+}
+
+// newVM is the VM of cfg (already defaulted) before it has a vCPU,
+// memory or devices.
+func newVM(cfg Config) *VM {
+	v := &VM{cfg: cfg, sysFd: -1, vmFd: -1, start: time.Now(), now: cfg.HostTime}
+	if v.now == nil {
+		v.now = time.Now
+	}
+	v.clock = cfg.Clock
+	if v.clock == nil {
+		v.clock = &HostClock{start: v.start}
+	}
+	if cfg.Driver == nil {
+		v.cfg.Driver = NewLiveDriver(cfg.ConsoleInput)
+	}
+	return v
+}
+
+// epoch is the guest's wall-clock time at its start (the CMOS clock).
+func (v *VM) epoch() time.Time {
+	if v.cfg.Epoch.IsZero() {
+		return v.start
+	}
+	return v.cfg.Epoch
 }
 
 // Memory returns guest RAM.
@@ -200,42 +225,27 @@ func (v *VM) LoadBare(image []byte) error {
 
 // SetState sets the vCPU's registers.
 func (v *VM) SetState(st BootState) error {
-	if err := kvm.SetSregs(uintptr(v.vcpuFd), &st.Sregs); err != nil {
-		return fmt.Errorf("KVM_SET_SREGS: %w", err)
+	if err := v.cpu.SetSregs(st.Sregs); err != nil {
+		return err
 	}
-	if err := kvm.SetRegs(uintptr(v.vcpuFd), &st.Regs); err != nil {
-		return fmt.Errorf("KVM_SET_REGS: %w", err)
-	}
-	return nil
+	return v.cpu.SetRegs(st.Regs)
 }
 
 // Regs reads the vCPU's general registers.
-func (v *VM) Regs() (Regs, error) {
-	r, err := kvm.GetRegs(uintptr(v.vcpuFd))
-	if err != nil {
-		return Regs{}, fmt.Errorf("KVM_GET_REGS: %w", err)
-	}
-	return *r, nil
-}
+func (v *VM) Regs() (Regs, error) { return v.cpu.Regs() }
 
 // Sregs reads the vCPU's special registers.
-func (v *VM) Sregs() (Sregs, error) {
-	s, err := kvm.GetSregs(uintptr(v.vcpuFd))
-	if err != nil {
-		return Sregs{}, fmt.Errorf("KVM_GET_SREGS: %w", err)
-	}
-	return *s, nil
-}
+func (v *VM) Sregs() (Sregs, error) { return v.cpu.Sregs() }
 
-// Close releases the VM's file descriptors and memory.
+// Close releases the vCPU, the VM's file descriptors and memory.
 func (v *VM) Close() error {
 	v.kickMu.Lock() // a late Kick must not write to the unmapped page
-	if v.run != nil {
-		unix.Munmap(v.run)
-		v.run = nil
+	if v.cpu != nil {
+		v.cpu.Close()
+		v.cpu = nil
 	}
 	v.kickMu.Unlock()
-	for _, fd := range []*int{&v.vcpuFd, &v.vmFd, &v.sysFd} {
+	for _, fd := range []*int{&v.vmFd, &v.sysFd} {
 		if *fd >= 0 {
 			unix.Close(*fd)
 			*fd = -1
@@ -254,10 +264,10 @@ func (v *VM) Close() error {
 func (v *VM) Kick() {
 	v.kickMu.Lock()
 	defer v.kickMu.Unlock()
-	if v.run == nil {
+	if v.cpu == nil {
 		return
 	}
-	setImmediateExit(v.run, 1)
+	v.cpu.SetImmediateExit(true)
 	if tid := v.tid.Load(); tid != 0 {
 		// SIGURG: the Go runtime already handles it (async preemption) and
 		// ignores one it did not ask for, so no handler is needed here.

@@ -1,0 +1,17 @@
+package vmm
+
+import (
+	"debug/elf"
+	"testing"
+)
+
+// Hooks for the external tests (package vmm_test), which run the real
+// loop on vmmtest's vCPU.
+
+// InputBacklog is how many console bytes the VM holds back.
+func InputBacklog(v *VM) int { return len(v.inputBacklog) }
+
+// MinimalKernel is a 64-bit vmlinux of one hlt at 16 MiB.
+func MinimalKernel(t *testing.T) []byte {
+	return minimalELF(t, elf.ELFCLASS64, elf.EM_X86_64, 0x1000000, []byte{0xf4})
+}
