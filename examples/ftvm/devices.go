@@ -34,7 +34,9 @@ func (o *deviceOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.netSpec, "net", "", "virtio-net backend, attached at the first frame (a backup attaches it when it goes live):\n"+
 		"'tap:NAME' a tap interface (make it persistent so that it outlives the primary);\n"+
 		"'udp:LOCAL[,PEER]' a UDP socket bound to LOCAL (HOST:PORT), one Ethernet frame per datagram, as QEMU's -netdev dgram:\n"+
-		"frames go to PEER, or without it to the source of the last datagram received (dropped until one arrives)")
+		"with PEER, only PEER's datagrams are taken and frames go to PEER; without it, the source of the first datagram\n"+
+		"received becomes the peer and is kept (frames are dropped until one arrives); other sources' datagrams are dropped\n"+
+		"and counted. A source address is no authentication: outside a private link, use a firewall")
 	fs.StringVar(&o.mac, "mac", "52:54:00:f7:00:01", "the guest NIC's MAC address")
 	fs.StringVar(&o.guestIP, "guest-ip", "", "the guest's IPv4 address, for the gratuitous ARP a backup sends on --net when it goes live (without it: a RARP announcement of the MAC, which needs no address)")
 	fs.StringVar(&o.work, "work", "", "the example guest's workload: 'disk', 'net' or 'diskbench' (adds ftkvm.work= to the command line; needs --disk or --net)")
@@ -294,9 +296,9 @@ func (l *lazyNIC) close() {
 	if l.b == nil {
 		return
 	}
-	if u, ok := l.b.(*vnet.UDP); ok && (u.TxNoPeer() > 0 || u.Oversize() > 0) {
-		fmt.Fprintf(os.Stderr, "ftvm: %s: %d frames sent before any peer was known were dropped, %d datagrams too long (or empty) for a frame discarded\n",
-			l.what, u.TxNoPeer(), u.Oversize())
+	if u, ok := l.b.(*vnet.UDP); ok && (u.TxNoPeer() > 0 || u.Oversize() > 0 || u.Foreign() > 0) {
+		fmt.Fprintf(os.Stderr, "ftvm: %s: %d frames sent before any peer was known were dropped, %d datagrams too long (or empty) for a frame discarded, %d datagrams from other sources than the peer %v dropped\n",
+			l.what, u.TxNoPeer(), u.Oversize(), u.Foreign(), u.Peer())
 	}
 	l.b.Close()
 }
