@@ -313,3 +313,39 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// Without a usable KVM every guest command exits 6, after checking its
+// flags and guest, and a record leaves no file behind.
+func TestCommandsWithoutKVM(t *testing.T) {
+	dir := t.TempDir()
+	defer func(d string) { kvmDevice = d }(kvmDevice)
+	kvmDevice = filepath.Join(dir, "no-kvm")
+	image := filepath.Join(dir, "hlt.bin")
+	if err := os.WriteFile(image, []byte{0xfa, 0xf4}, 0o644); err != nil { // cli; hlt
+		t.Fatal(err)
+	}
+	logPath, _ := writeTestLog(t)
+	out := filepath.Join(dir, "out.log")
+	for _, args := range [][]string{
+		{"run", "-q", "--image", image},
+		{"record", "-q", "-o", out, "--image", image},
+		{"replay", "-q", logPath, "--image", image},
+		{"primary", "-q", "--insecure", "--listen", "127.0.0.1:0", "--split-dir", dir, "--image", image},
+		{"backup", "-q", "--insecure", "--connect", "127.0.0.1:1", "--split-dir", dir, "--image", image},
+	} {
+		code, err := dispatch(t.Context(), args[0], args[1:])
+		var nk *noKVMError
+		if code != exitNoKVM || !errors.As(err, &nk) {
+			t.Errorf("ftvm %q without KVM = %d, %v; want %d, a noKVMError", args, code, err, exitNoKVM)
+		}
+	}
+	for _, p := range []string{out, out + ".partial"} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("a record that never ran left %s", p)
+		}
+	}
+	// A usage error comes first.
+	if code, err := dispatch(t.Context(), "record", []string{"--image", image}); code != exitUsage || exitCode(err) != exitUsage {
+		t.Errorf("record without -o = %d, %v; want a usage error", code, err)
+	}
+}
