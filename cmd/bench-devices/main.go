@@ -376,6 +376,10 @@ type window struct {
 	dur   time.Duration
 }
 
+// recording is where `ftvm record -o path` writes while it runs: it
+// renames path.partial to path once the log is whole.
+func recording(path string) string { return path + ".partial" }
+
 func fileSize(path string) int64 {
 	st, err := os.Stat(path)
 	if err != nil {
@@ -421,7 +425,7 @@ func runNet(work string, ft bool, logPath string) (time.Duration, error) {
 	for i := range data {
 		data[i] = byte(i*7 + i>>12)
 	}
-	began, size0 := time.Now(), fileSize(logPath)
+	began, size0 := time.Now(), fileSize(recording(logPath))
 	sent := make(chan error, 1)
 	go func() { _, err := conn.Write(data); sent <- err }()
 	got := make([]byte, len(data))
@@ -430,7 +434,7 @@ func runNet(work string, ft bool, logPath string) (time.Duration, error) {
 	}
 	took := time.Since(began)
 	if logPath != "" {
-		lastWindow = window{bytes: fileSize(logPath) - size0, dur: took}
+		lastWindow = window{bytes: fileSize(recording(logPath)) - size0, dur: took}
 	}
 	if err := <-sent; err != nil {
 		return fail(err)
@@ -461,12 +465,12 @@ func record(work, w, path string) (window, error) {
 		return window{}, err
 	}
 	t0, err := p.when("FTKVM-GUEST: diskbench start", 5*time.Minute)
-	s0 := fileSize(path)
+	s0 := fileSize(recording(path))
 	if err == nil {
 		var t1 time.Time
 		t1, err = p.when("FTKVM-GUEST: diskbench iops done", 5*time.Minute)
 		if err == nil {
-			win := window{bytes: fileSize(path) - s0, dur: t1.Sub(t0)}
+			win := window{bytes: fileSize(recording(path)) - s0, dur: t1.Sub(t0)}
 			if err := p.wait(5 * time.Minute); err != nil {
 				return window{}, fmt.Errorf("%w\n%s", err, tail(p.stderr.String(), 8))
 			}

@@ -35,26 +35,10 @@ func cmdCerts(args []string) (int, error) {
 		fmt.Fprintf(os.Stderr, "usage: ftvm certs [--host NAME]... [--force] DIR\n\nMakes a CA and certificates for the primary and the backup of an FT pair in DIR.\n\n")
 		fs.PrintDefaults()
 	}
-	// The directory may come before, between or after the flags.
-	var dirs []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if err == flag.ErrHelp {
-				return 0, nil
-			}
-			return 2, usageError{err}
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		dirs = append(dirs, fs.Arg(0))
-		args = fs.Args()[1:]
+	dir, err := oneArg(fs, args, "directory")
+	if err != nil {
+		return exitUsage, err
 	}
-	if len(dirs) != 1 {
-		fs.Usage()
-		return 2, usageError{fmt.Errorf("want exactly one directory, got %q", dirs)}
-	}
-	dir := dirs[0]
 	files, err := pairtls.Generate(dir, pairtls.Options{Hosts: hosts, Force: *force})
 	if err != nil {
 		return 1, err

@@ -36,13 +36,16 @@ func cmdDemo(ctx context.Context, args []string) (int, error) {
 	}
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
-			return 0, nil
+			return exitOK, nil
 		}
-		return 2, usageError{err}
+		return exitUsage, usageError{err}
 	}
 	extra := fs.Args()
 	if len(extra) > 0 && extra[0] == "--" {
 		extra = extra[1:]
+	}
+	if err := checkKVM(); err != nil {
+		return exitNoKVM, err
 	}
 	if *chatter {
 		cdir, err := os.MkdirTemp("", "ftvm-demo-guest-")

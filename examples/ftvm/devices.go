@@ -27,16 +27,23 @@ type deviceOptions struct {
 	work                    string
 }
 
-func (o *deviceOptions) register(fs *flag.FlagSet) {
+func (o *deviceOptions) register(fs *flag.FlagSet, scope flagScope) {
 	fs.StringVar(&o.disk, "disk", "", "raw disk image for a virtio-blk disk (the guest's /dev/vda)")
-	fs.StringVar(&o.diskMode, "disk-mode", "shared", "FT disk mode: 'shared' (one image both hosts reach: a backup never reads or writes it until it goes live) or 'nonshared' (each host has its own copy: a backup performs the guest's writes on it as it replays)")
-	fs.StringVar(&o.diskGen, "disk-generation", "", "the disk's identity in the log header instead of its SHA-256 (which reads the whole image at start): a replay or backup must give the same")
+	o.diskMode = "shared"
+	if scope >= scopeLog {
+		fs.StringVar(&o.diskMode, "disk-mode", "shared", "FT disk mode: 'shared' (one image both hosts reach: a backup never reads or writes it until it goes live) or 'nonshared' (each host has its own copy: a backup performs the guest's writes on it as it replays; a replay onto a copy of the starting image rebuilds the disk)")
+		fs.StringVar(&o.diskGen, "disk-generation", "", "the disk's identity in the log header instead of its SHA-256 (which reads the whole image at start): a replay or backup must give the same")
+	}
 	fs.StringVar(&o.netSpec, "net", "", "virtio-net backend, attached at the first frame (a backup attaches it when it goes live):\n"+
 		"'tap:NAME' a tap interface (make it persistent so that it outlives the primary);\n"+
 		"'udp:LOCAL[,PEER]' a UDP socket bound to LOCAL (HOST:PORT), one Ethernet frame per datagram, as QEMU's -netdev dgram:\n"+
-		"frames go to PEER, or without it to the source of the last datagram received (dropped until one arrives)")
+		"with PEER, only PEER's datagrams are taken and frames go to PEER; without it, the source of the first datagram\n"+
+		"received becomes the peer and is kept (frames are dropped until one arrives); other sources' datagrams are dropped\n"+
+		"and counted. A source address is no authentication: outside a private link, use a firewall")
 	fs.StringVar(&o.mac, "mac", "52:54:00:f7:00:01", "the guest NIC's MAC address")
-	fs.StringVar(&o.guestIP, "guest-ip", "", "the guest's IPv4 address, for the gratuitous ARP a backup sends on --net when it goes live (without it: a RARP announcement of the MAC, which needs no address)")
+	if scope >= scopeLog { // record and replay take a pair's guest flags unchanged
+		fs.StringVar(&o.guestIP, "guest-ip", "", "the guest's IPv4 address, for the gratuitous ARP a backup sends on --net when it goes live (without it: a RARP announcement of the MAC, which needs no address)")
+	}
 	fs.StringVar(&o.work, "work", "", "the example guest's workload: 'disk', 'net' or 'diskbench' (adds ftkvm.work= to the command line; needs --disk or --net)")
 }
 
@@ -294,9 +301,9 @@ func (l *lazyNIC) close() {
 	if l.b == nil {
 		return
 	}
-	if u, ok := l.b.(*vnet.UDP); ok && (u.TxNoPeer() > 0 || u.Oversize() > 0) {
-		fmt.Fprintf(os.Stderr, "ftvm: %s: %d frames sent before any peer was known were dropped, %d datagrams too long (or empty) for a frame discarded\n",
-			l.what, u.TxNoPeer(), u.Oversize())
+	if u, ok := l.b.(*vnet.UDP); ok && (u.TxNoPeer() > 0 || u.Oversize() > 0 || u.Foreign() > 0) {
+		fmt.Fprintf(os.Stderr, "ftvm: %s: %d frames sent before any peer was known were dropped, %d datagrams too long (or empty) for a frame discarded, %d datagrams from other sources than the peer %v dropped\n",
+			l.what, u.TxNoPeer(), u.Oversize(), u.Foreign(), u.Peer())
 	}
 	l.b.Close()
 }

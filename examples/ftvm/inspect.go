@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -16,10 +15,12 @@ import (
 	"github.com/ftkvm/ftkvm/vmm"
 )
 
-const inspectUsage = `usage: ftvm inspect [--events N] FILE
+const inspectUsage = `usage: ftvm inspect FILE [--events N] [--from-exit N] [--json]
 
 Print a recorded log's header, its events counted and sized by kind, and how
 it ended. A damaged log is reported after what could be read of it.
+Exit status: 0 for a whole log, 7 for a damaged or incomplete one (no end
+event: the recording was cut short or is still being written).
 `
 
 func cmdInspect(args []string) (int, error) { return inspect(os.Stdout, args) }
@@ -33,32 +34,31 @@ func inspect(w io.Writer, args []string) (int, error) {
 	}
 	nEvents := fs.Int("events", 0, "also print the first `N` events, one per line")
 	fromExit := fs.Uint64("from-exit", 0, "with --events: start printing at the first event at or after this exit count")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0, nil
-		}
-		return 2, usageError{err}
-	}
-	if fs.NArg() != 1 {
-		return 2, usageError{fmt.Errorf("want one log FILE, got %d arguments", fs.NArg())}
+	asJSON := fs.Bool("json", false, "print one JSON object instead of text (docs/cli.md describes its fields)")
+	name, err := oneArg(fs, args, "log FILE")
+	if err != nil {
+		return exitUsage, err
 	}
 	if *nEvents < 0 {
-		return 2, usageError{fmt.Errorf("--events %d: must not be negative", *nEvents)}
+		return exitUsage, usageError{fmt.Errorf("--events %d: must not be negative", *nEvents)}
 	}
-	name := fs.Arg(0)
 
 	f, err := os.Open(name)
 	if err != nil {
-		return 1, err
+		return exitError, err
 	}
 	defer f.Close()
 	r, err := logio.NewReader(f)
 	if err != nil {
-		return 1, fmt.Errorf("%s: %w", name, err)
+		return exitBadLog, fmt.Errorf("%s: %w", name, err)
+	}
+	text := w
+	if *asJSON {
+		text = io.Discard
 	}
 	headerBytes := r.Offset()
-	printHeader(w, name, r.Header())
-	printed := 0
+	printHeader(text, name, r.Header())
+	var listed []jsonEvent
 
 	var s logio.Summary
 	var dma deviceTraffic
@@ -73,24 +73,34 @@ func inspect(w io.Writer, args []string) (int, error) {
 			damage = err
 			break
 		}
-		if printed < *nEvents && ev.GetExits() >= *fromExit {
-			if printed == 0 {
-				fmt.Fprintf(w, "\nevents:\n")
+		if len(listed) < *nEvents && ev.GetExits() >= *fromExit {
+			if len(listed) == 0 {
+				fmt.Fprintf(text, "\nevents:\n")
 			}
-			printed++
-			fmt.Fprintf(w, "%8d  exits %-10d %s\n", ev.GetSeq(), ev.GetExits(), formatEvent(ev))
+			listed = append(listed, jsonEvent{Seq: ev.GetSeq(), Exits: ev.GetExits(), Event: formatEvent(ev)})
+			fmt.Fprintf(text, "%8d  exits %-10d %s\n", ev.GetSeq(), ev.GetExits(), formatEvent(ev))
 		}
 		s.Add(ev, r.Offset()-start)
 		dma.add(ev)
 	}
 	s.Bytes = headerBytes + s.EventBytes // the intact part
-	printSummary(w, &s, headerBytes)
-	dma.print(w, r.Header().GetDevices())
+	printSummary(text, &s, headerBytes)
+	dma.print(text, r.Header().GetDevices())
 	if damage != nil {
-		fmt.Fprintf(w, "damaged    %v\n", damage)
-		return 1, fmt.Errorf("%s: damaged log, read %d of its events: %w", name, s.Events, damage)
+		fmt.Fprintf(text, "damaged    %v\n", damage)
+		err = fmt.Errorf("%s: damaged log, read %d of its events: %w", name, s.Events, damage)
+	} else if s.End == nil {
+		err = fmt.Errorf("%s: %w", name, errIncompleteLog)
 	}
-	return 0, nil
+	if *asJSON {
+		if jerr := writeJSON(w, name, r.Header(), &s, headerBytes, dma, listed, damage); jerr != nil {
+			return exitError, jerr
+		}
+	}
+	if err != nil {
+		return exitBadLog, err
+	}
+	return exitOK, nil
 }
 
 func printHeader(w io.Writer, name string, h *logpb.Header) {

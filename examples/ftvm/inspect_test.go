@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -144,6 +145,7 @@ func TestInspectDeviceTraffic(t *testing.T) {
 			dma(&logpb.Dma{Tag: nic + 1, Data: make([]byte, 100)}, &logpb.Dma{Tag: nic + 2}),
 			submit(nic+3, 1514),
 			dma(&logpb.Dma{Tag: nic + 4, Error: "net: link closed"}, &logpb.Dma{Tag: 5 << 56, Data: []byte{1}}),
+			{Kind: &logpb.Event_End{End: &logpb.End{Reason: 2}}},
 		})
 	out, code, err := runInspect(t, path)
 	if err != nil || code != 0 {
@@ -186,8 +188,8 @@ func TestInspectDamaged(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, code, err := runInspect(t, path)
-	if code == 0 || !errors.Is(err, logio.ErrTruncated) {
-		t.Fatalf("inspect of a cut log = %d, %v; want non-zero, ErrTruncated", code, err)
+	if code != exitBadLog || !errors.Is(err, logio.ErrTruncated) {
+		t.Fatalf("inspect of a cut log = %d, %v; want %d, ErrTruncated", code, err, exitBadLog)
 	}
 	if !strings.Contains(err.Error(), "record 9") {
 		t.Errorf("error %q does not name the damaged record", err)
@@ -206,11 +208,95 @@ func TestInspectNotALog(t *testing.T) {
 }
 
 func TestInspectUsage(t *testing.T) {
-	for _, args := range [][]string{{}, {"a", "b"}, {"--events", "x", "f"}, {"--events", "-1", "f"}, {"--bogus", "f"}} {
+	for _, args := range [][]string{{}, {"a", "b"}, {"a", "--events", "1", "b"}, {"--events", "x", "f"}, {"--events", "-1", "f"}, {"--bogus", "f"}, {"f", "--bogus"}} {
 		code, err := inspect(&bytes.Buffer{}, args)
 		var ue usageError
 		if code != 2 || !errors.As(err, &ue) {
 			t.Errorf("inspect %q = %d, %v; want 2, a usage error", args, code, err)
 		}
+	}
+}
+
+// The log file may come before, between or after the flags; '--' lets a
+// file named like a flag through.
+func TestInspectArgumentOrder(t *testing.T) {
+	path, _ := writeTestLog(t)
+	dashed := filepath.Join(filepath.Dir(path), "-events")
+	if err := os.Link(path, dashed); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{path, "--events", "2"},
+		{"--events", "2", path},
+		{"--events=2", path, "--from-exit", "0"},
+		{"--events", "2", "--", dashed},
+	} {
+		out, code, err := runInspect(t, args...)
+		if err != nil || code != exitOK {
+			t.Errorf("inspect %q = %d, %v", args, code, err)
+			continue
+		}
+		if !strings.Contains(out, "       2  exits 110") || strings.Contains(out, "       3  exits 120") {
+			t.Errorf("inspect %q did not list exactly 2 events:\n%s", args, out)
+		}
+	}
+}
+
+// A log without its End event (a recording cut short) is reported as
+// such, with exit status 7, after what it holds.
+func TestInspectIncomplete(t *testing.T) {
+	path, _ := writeLog(t, &logpb.Header{Version: 1}, []*logpb.Event{{Kind: &logpb.Event_Tsc{Tsc: 5}}})
+	out, code, err := runInspect(t, path)
+	if code != exitBadLog || !errors.Is(err, errIncompleteLog) {
+		t.Fatalf("inspect of a log without an end = %d, %v; want %d, errIncompleteLog", code, err, exitBadLog)
+	}
+	wantLines(t, out, "end        none: the recording is incomplete\n", "total                       1")
+}
+
+func TestInspectJSON(t *testing.T) {
+	path, _ := writeTestLog(t)
+	out, code, err := runInspect(t, path, "--json", "--events", "2")
+	if err != nil || code != exitOK {
+		t.Fatalf("inspect --json = %d, %v", code, err)
+	}
+	var got inspectJSON
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("not one JSON object: %v\n%s", err, out)
+	}
+	if got.File != path || !got.Complete || got.Events != 9 || got.FirstExits != 100 || got.LastExits != 180 {
+		t.Errorf("file %q complete %v events %d exits %d..%d; want %q, true, 9, 100..180", got.File, got.Complete, got.Events, got.FirstExits, got.LastExits, path)
+	}
+	if h := got.Header; h.MemoryBytes != 128<<20 || h.Cmdline != "console=ttyS0 quiet" || h.CPUID != strings.Repeat("c1", 32) || h.RDTSCSites != 7 || h.Epoch != "2023-11-14T22:13:20Z" {
+		t.Errorf("header %+v", h)
+	}
+	if got.End == nil || got.End.Reason != "exit port" || got.End.Status != 3 || got.End.Fingerprint != strings.Repeat("ee", 32) {
+		t.Errorf("end %+v", got.End)
+	}
+	if got.Bytes != got.HeaderBytes+got.EventBytes || got.EventBytes == 0 {
+		t.Errorf("bytes %d, header %d, events %d", got.Bytes, got.HeaderBytes, got.EventBytes)
+	}
+	kinds := map[string]int{}
+	for _, k := range got.Kinds {
+		kinds[k.Kind] = k.Events
+	}
+	if kinds["clock"] != 2 || kinds["end"] != 1 || kinds["tsc"] != 1 {
+		t.Errorf("kinds %v", kinds)
+	}
+	if len(got.Listed) != 2 || got.Listed[1].Seq != 2 || got.Listed[1].Event != "deliver at the exit, timer" {
+		t.Errorf("listed events %+v", got.Listed)
+	}
+	if strings.Contains(out, "version    1") {
+		t.Error("--json output carries the text too")
+	}
+
+	// A damaged log: JSON still, saying so, and exit status 7.
+	_, data := writeTestLog(t)
+	if err := os.WriteFile(path, data[:len(data)-10], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code, _ = runInspect(t, "--json", path)
+	got = inspectJSON{}
+	if err := json.Unmarshal([]byte(out), &got); err != nil || code != exitBadLog || got.Complete || got.Damage == "" || got.End != nil || got.Events != 8 {
+		t.Errorf("a cut log: code %d, complete %v, damage %q, end %v, events %d (%v)", code, got.Complete, got.Damage, got.End, got.Events, err)
 	}
 }

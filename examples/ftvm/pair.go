@@ -39,7 +39,7 @@ type pairOptions struct {
 const defaultTLSDir = "ftkvm-certs"
 
 func (o *pairOptions) register(fs *flag.FlagSet) {
-	o.guest.register(fs)
+	o.guest.register(fs, scopePair)
 	fs.StringVar(&o.splitDir, "split-dir", "", "directory on storage both hosts mount, for the split-brain test-and-set (required)")
 	fs.StringVar(&o.pair, "pair", "ftvm", "name of the FT pair (claim files are named after it)")
 	fs.StringVar(&o.node, "node", "", "this node's name in claims (default: primary@HOST or backup@HOST)")
@@ -135,19 +135,22 @@ func cmdPrimary(ctx context.Context, args []string) (int, error) {
 	listen := fs.String("listen", "", "address to accept the backup's connection on, e.g. :7700 (required)")
 	wait := fs.Duration("wait-backup", 60*time.Second, "how long to wait for the backup before running unprotected (0: forever)")
 	if err := parseFlags(fs, args); err != nil {
-		return 2, err
+		return exitUsage, err
 	}
 	if *listen == "" {
-		return 2, usageError{fmt.Errorf("--listen ADDR is required")}
+		return exitUsage, usageError{fmt.Errorf("--listen ADDR is required")}
 	}
 	cfg, g, err := o.config(fs, "primary")
 	if err != nil {
-		return 1, err
+		return exitError, err
 	}
 	defer g.close()
+	if err := checkKVM(); err != nil {
+		return exitNoKVM, err
+	}
 	l, err := net.Listen("tcp", *listen)
 	if err != nil {
-		return 1, err
+		return exitError, err
 	}
 	info := infof(o.quiet)
 	info("primary: %s with %d MiB; listening on %s (%s)", g.name, g.memory>>20, l.Addr(), security(o))
@@ -163,20 +166,23 @@ func cmdBackup(ctx context.Context, args []string) (int, error) {
 	wait := fs.Duration("connect-wait", 30*time.Second, "how long to keep trying to reach the primary")
 	runLog := fs.String("run-log", "", "write the log of the whole run to this `file`: the primary's log as this backup replays it and, if it goes live, what it records of its own run from there; 'ftvm replay' replays it across the failover (with --disk-mode nonshared onto a copy of the starting image, it rebuilds the disk the run ended with)")
 	if err := parseFlags(fs, args); err != nil {
-		return 2, err
+		return exitUsage, err
 	}
 	if *connect == "" {
-		return 2, usageError{fmt.Errorf("--connect ADDR is required")}
+		return exitUsage, usageError{fmt.Errorf("--connect ADDR is required")}
 	}
 	cfg, g, err := o.config(fs, "backup")
 	if err != nil {
-		return 1, err
+		return exitError, err
 	}
 	defer g.close()
+	if err := checkKVM(); err != nil {
+		return exitNoKVM, err
+	}
 	if *runLog != "" {
 		f, err := os.OpenFile(*runLog, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 		if err != nil {
-			return 1, fmt.Errorf("--run-log: %w (it must not exist yet)", err)
+			return exitError, fmt.Errorf("--run-log: %w (it must not exist yet)", err)
 		}
 		cfg.RunLog = f // closed by RunBackup
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -17,47 +16,40 @@ import (
 func cmdReplay(ctx context.Context, args []string) (int, error) {
 	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
 	var o guestOptions
-	o.register(fs)
+	o.register(fs, scopeLog)
 	console := fs.Bool("console", false, "show the guest's console output (off: a replay's output is the recording's)")
 	timeout := fs.Duration("timeout", 0, "stop the replay after this long (0: no limit)")
 	quiet := fs.Bool("q", false, "no progress or summary lines on stderr")
-	// The log file is the one positional argument, before or after flags.
-	var file string
-	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
-		file, args = args[0], args[1:]
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0, nil
-		}
-		return 2, usageError{err}
-	}
-	if file == "" && fs.NArg() == 1 {
-		file = fs.Arg(0)
-	} else if fs.NArg() > 0 || file == "" {
-		return 2, usageError{fmt.Errorf("usage: ftvm replay FILE [guest flags]")}
+	progressPeriod := fs.Duration("progress", progressEvery, "period of the progress line on stderr (0: none)")
+	file, err := oneArg(fs, args, "log FILE")
+	if err != nil {
+		return exitUsage, err
 	}
 	f, err := os.Open(file)
 	if err != nil {
-		return 1, err
+		return exitError, err
 	}
 	defer f.Close()
 	lr, err := logio.NewReader(f)
 	if err != nil {
-		return 1, fmt.Errorf("%s: %w", file, err)
+		return exitError, fmt.Errorf("%s: %w", file, err)
 	}
 	g, err := o.prepare()
 	if err != nil {
-		return 1, err
+		return exitError, err
 	}
 	defer g.close()
+	if err := checkKVM(); err != nil {
+		return exitNoKVM, err
+	}
 	recorded := lr.Header()
 	if s := recorded.GetLandmarks(); s != "" && s != replay.StrategyStateTransfer {
-		return 1, fmt.Errorf("%s: landmarks recorded with strategy %q; this replayer loads %q", file, s, replay.StrategyStateTransfer)
+		return exitError, fmt.Errorf("%s: landmarks recorded with strategy %q; this replayer loads %q", file, s, replay.StrategyStateTransfer)
 	}
-	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: lr})
+	var prog progress
+	rp, err := replay.NewReplayer(replay.ReplayerConfig{Source: countingSource{lr, &prog}})
 	if err != nil {
-		return 1, err
+		return exitError, err
 	}
 	cons := &replayConsole{rp: rp, out: io.Discard}
 	if *console {
@@ -66,21 +58,26 @@ func cmdReplay(ctx context.Context, args []string) (int, error) {
 	epoch := time.Unix(0, recorded.EpochUnixNano)
 	vm, err := vmm.New(g.config(vmm.Config{Spec: vmm.Spec{Epoch: epoch}, Options: vmm.Options{Console: cons, Driver: rp}}))
 	if err != nil {
-		return 1, err
+		return exitError, err
 	}
 	defer vm.Close()
 	cons.vm = vm
 	if err := g.load(vm); err != nil {
-		return 1, err
+		return exitError, err
 	}
 	if err := logio.CompareHeaders(recorded, header(g, vm, epoch, recorded.Verify)); err != nil {
-		return 1, fmt.Errorf("%s cannot replay on this VM: %w", file, err)
+		return exitError, fmt.Errorf("%s cannot replay on this VM: %w", file, err)
 	}
 	info := infof(*quiet)
 	info("replaying %s on %s", file, g.name)
 	ctx, cancel := withTimeout(ctx, *timeout)
 	defer cancel()
+	if *quiet {
+		*progressPeriod = 0
+	}
+	stopProgress := prog.print(os.Stderr, "replaying", *progressPeriod)
 	res, runErr := vm.Run(ctx)
+	stopProgress()
 	st := rp.Stats()
 	info("replayed %d events, %d landmarks (%s: %d pages loaded)", st.Events, st.Landmarks, replay.StrategyStateTransfer, st.LandmarkPages)
 	if st.Handovers > 0 {

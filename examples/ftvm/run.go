@@ -40,8 +40,18 @@ type guestOptions struct {
 	devices                 deviceOptions
 }
 
-func (o *guestOptions) register(fs *flag.FlagSet) {
-	o.devices.register(fs)
+// flagScope says which commands' guest flags to register: run shows none
+// of those that only matter to a log or to an FT pair.
+type flagScope int
+
+const (
+	scopeRun  flagScope = iota // ftvm run
+	scopeLog                   // record, replay: also the flags that go into a log's header
+	scopePair                  // primary, backup: also the flags for going live
+)
+
+func (o *guestOptions) register(fs *flag.FlagSet, scope flagScope) {
+	o.devices.register(fs, scope)
 	def := os.Getenv("FTKVM_GUEST_DIR")
 	if def == "" {
 		def = "guest/out"
@@ -236,17 +246,20 @@ func parseSize(s string) (uint64, error) {
 func cmdRun(ctx context.Context, args []string) (int, error) {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	var o guestOptions
-	o.register(fs)
+	o.register(fs, scopeRun)
 	timeout := fs.Duration("timeout", 0, "stop the guest after this long (0: no limit)")
 	quiet := fs.Bool("q", false, "no progress or summary lines on stderr")
 	if err := parseFlags(fs, args); err != nil {
-		return 2, err
+		return exitUsage, err
 	}
 	g, err := o.prepare()
 	if err != nil {
-		return 1, err
+		return exitError, err
 	}
 	defer g.close()
+	if err := checkKVM(); err != nil {
+		return exitNoKVM, err
+	}
 	vm, err := vmm.New(g.config(vmm.Config{Options: vmm.Options{Console: os.Stdout, ConsoleInput: os.Stdin}}))
 	if err != nil {
 		return 1, err
@@ -261,19 +274,6 @@ func cmdRun(ctx context.Context, args []string) (int, error) {
 	defer cancel()
 	res, err := vm.Run(ctx)
 	return report(info, res, err)
-}
-
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
-	}
-	return nil
 }
 
 func infof(quiet bool) func(string, ...any) {
@@ -291,23 +291,29 @@ func withTimeout(ctx context.Context, d time.Duration) (context.Context, context
 	return context.WithCancel(ctx)
 }
 
-// report turns a run's outcome into ftvm's exit status: the guest's status
-// byte, 0 for a power-off, 3 for a reset request, 1 for an error.
+// report turns a run's outcome into ftvm's exit status (exit.go): 0 for
+// a power-off or status 0, exitGuestStatus for the guest's own non-zero
+// status (said on stderr even with -q: it is the run's result),
+// exitReset for a reset request; an error's status is exitCode's.
 func report(info func(string, ...any), res vmm.Result, err error) (int, error) {
 	summary := fmt.Sprintf("%.1fs, %d exits, %d interrupts injected", res.Duration.Seconds(), res.Stats.SyncExits(), res.Stats.Interrupts)
 	if err != nil {
 		info("stopped after %s", summary)
-		return 1, err
+		return exitCode(err), err
 	}
 	switch res.Reason {
 	case vmm.StopExitPort:
-		info("guest exited with status %d after %s", res.Status, summary)
-		return res.Status, nil
+		if res.Status != 0 {
+			fmt.Fprintf(os.Stderr, "ftvm: guest exited with status %d after %s\n", res.Status, summary)
+			return exitGuestStatus, nil
+		}
+		info("guest exited with status 0 after %s", summary)
+		return exitOK, nil
 	case vmm.StopPowerOff:
 		info("guest powered off after %s", summary)
-		return 0, nil
+		return exitOK, nil
 	default:
 		info("guest requested a reset after %s; ftvm does not reboot guests", summary)
-		return 3, nil
+		return exitReset, nil
 	}
 }

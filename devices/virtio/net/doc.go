@@ -8,7 +8,8 @@
 // thread: no goroutines, no timers, no clock. The engine's backend does the
 // I/O on goroutines of its own: Endpoint (an in-process link, NewLink),
 // Tap (a Linux tap interface) or UDP (a frame socket: one frame per UDP
-// datagram, for where no tap can be made).
+// datagram, for where no tap can be made; it talks to one peer, given or
+// learned from the first datagram, and drops other sources' datagrams).
 //
 // # What the device offers
 //

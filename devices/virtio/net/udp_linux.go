@@ -18,11 +18,15 @@ import (
 // program of the user's, a userspace switch, or another VM's socket.
 // Serve is the device's backend; its methods are safe for concurrent use.
 //
-// Transmitted frames go to the peer: the configured one, or else the
-// source of the last datagram received, until which they are dropped and
-// counted (TxNoPeer). Received datagrams are taken from any source: a
-// socket bound beyond the loopback interface should be given its peer or
-// be behind a firewall. Like a Tap, it is for whoever runs the device
+// The socket talks to one peer. Given one, it accepts only that peer's
+// datagrams. Without one, it learns the source of the first datagram
+// received and keeps it: from then on only that source's datagrams are
+// accepted. Datagrams from any other source are dropped and counted
+// (Foreign), so that whoever can reach the port can neither inject frames
+// into the guest nor redirect its traffic. Transmitted frames go to the
+// peer, and are dropped and counted (TxNoPeer) while none is known. A
+// source address is not authentication: beyond a private link, put the
+// socket behind a firewall. Like a Tap, it is for whoever runs the device
 // live: a replaying FT backup must not bind the primary's address, so
 // open it at the first request (as ftvm does) or when going live.
 type UDP struct {
@@ -32,6 +36,7 @@ type UDP struct {
 	mu       sync.Mutex
 	peer     netip.AddrPort
 	txNoPeer atomic.Uint64
+	foreign  atomic.Uint64
 	rx       batcher
 }
 
@@ -40,8 +45,9 @@ type UDPConfig struct {
 	// Local is the address the socket binds; port 0 lets the kernel
 	// choose (LocalAddr says which).
 	Local netip.AddrPort
-	// Peer is where transmitted frames go. The zero AddrPort: the source
-	// of the last datagram received. A given peer needs an address and a
+	// Peer is the one address datagrams are accepted from and frames are
+	// sent to. The zero AddrPort: the source of the first datagram
+	// received, kept from then on. A given peer needs an address and a
 	// port, and an address of Local's family unless Local's address is
 	// unspecified (a dual-stack socket).
 	Peer netip.AddrPort
@@ -100,6 +106,10 @@ func (u *UDP) Close() error { return u.conn.Close() }
 // than MaxFrame (or empty).
 func (u *UDP) Oversize() uint64 { return u.rx.oversize.Load() }
 
+// Foreign is the number of datagrams Serve dropped because they came from
+// another source than the peer.
+func (u *UDP) Foreign() uint64 { return u.foreign.Load() }
+
 // TxNoPeer is the number of frames dropped because no peer was known yet.
 func (u *UDP) TxNoPeer() uint64 { return u.txNoPeer.Load() }
 
@@ -122,53 +132,68 @@ func (u *UDP) Serve(req bounce.Request) ([]byte, error) {
 	return u.rx.fill(req, u.read, u.poll)
 }
 
-// received notes a datagram's source as the peer, unless one was given.
-func (u *UDP) received(from netip.AddrPort) {
-	if u.fixed || !from.IsValid() {
-		return
-	}
-	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+// accept says whether a datagram from this source is the peer's; the
+// first source is learned as the peer if none was given. Zones are
+// ignored: a link-local peer is given with or without one.
+func (u *UDP) accept(from netip.AddrPort) bool {
+	from = netip.AddrPortFrom(from.Addr().Unmap().WithZone(""), from.Port())
 	u.mu.Lock()
-	u.peer = from
-	u.mu.Unlock()
+	defer u.mu.Unlock()
+	if !u.peer.IsValid() && !u.fixed && from.IsValid() {
+		u.peer = from
+	}
+	ok := from == netip.AddrPortFrom(u.peer.Addr().WithZone(""), u.peer.Port())
+	if !ok {
+		u.foreign.Add(1)
+	}
+	return ok
 }
 
-// read blocks until a datagram arrives. Its buffer has a byte more than
-// MaxFrame, so that a longer datagram (cut to fit) is seen as too long.
+// read blocks until a datagram from the peer arrives. Its buffer has a
+// byte more than MaxFrame, so that a longer datagram (cut to fit) is seen
+// as too long.
 func (u *UDP) read() ([]byte, error) {
 	buf := make([]byte, MaxFrame+1)
-	n, from, err := u.conn.ReadFromUDPAddrPort(buf)
-	if err != nil {
-		return nil, fmt.Errorf("net: udp %s: %w", u.local, err)
+	for {
+		n, from, err := u.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return nil, fmt.Errorf("net: udp %s: %w", u.local, err)
+		}
+		if u.accept(from) {
+			return buf[:n], nil
+		}
 	}
-	u.received(from)
-	return buf[:n], nil
 }
 
-// poll returns a datagram already waiting, or nil: one non-blocking
-// recvfrom(2).
+// poll returns a datagram from the peer already waiting, or nil:
+// non-blocking recvfrom(2)s until one is the peer's or none is waiting.
 func (u *UDP) poll() []byte {
 	rc, err := u.conn.SyscallConn()
 	if err != nil {
 		return nil
 	}
 	buf := make([]byte, MaxFrame+1)
-	var n int
-	var from unix.Sockaddr
-	rc.Read(func(fd uintptr) bool {
-		n, from, err = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
-		return true // one attempt: EAGAIN means nothing is waiting
-	})
-	if err != nil || n < 0 {
-		return nil
+	for {
+		var n int
+		var from unix.Sockaddr
+		rc.Read(func(fd uintptr) bool {
+			n, from, err = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+			return true // one attempt: EAGAIN means nothing is waiting
+		})
+		if err != nil || n < 0 {
+			return nil
+		}
+		var src netip.AddrPort
+		switch sa := from.(type) {
+		case *unix.SockaddrInet4:
+			src = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+		case *unix.SockaddrInet6:
+			src = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+		}
+		if u.accept(src) {
+			return buf[:n]
+		}
 	}
-	switch sa := from.(type) {
-	case *unix.SockaddrInet4:
-		u.received(netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)))
-	case *unix.SockaddrInet6:
-		u.received(netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)))
-	}
-	return buf[:n]
 }
 
 // Backend returns Serve as a bounce.Backend, for bounce.NewEngine.

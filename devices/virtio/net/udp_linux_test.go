@@ -69,7 +69,7 @@ func expectDatagram(t *testing.T, c *net.UDPConn) ([]byte, netip.AddrPort) {
 }
 
 // Without a configured peer, frames are dropped (and counted) until a
-// datagram arrives; then they go to its source. Datagrams come out as
+// datagram arrives; then they go to its source, kept from then on. Datagrams come out as
 // frames, in order, those already waiting in the same batch; empty and
 // over-long ones are discarded and counted.
 func TestUDPCarriesFramesBothWays(t *testing.T) {
@@ -142,19 +142,40 @@ func TestUDPCarriesFramesBothWays(t *testing.T) {
 		t.Errorf("%d frames dropped for want of a peer, want still 1", u.TxNoPeer())
 	}
 
-	// The peer follows the last source.
+	// The first source is kept: another one's datagrams are dropped and
+	// counted, in the blocking read and in the batch's polls alike, and
+	// the peer's own still come through behind them.
 	other := worldSocket(t)
 	other.WriteToUDP(frame(70, 3), to)
-	if got := readBatch(t, u, 1); !reflectEqual(got, [][]byte{frame(70, 3)}) || u.Peer() != addrOf(other) {
-		t.Fatalf("from a second source: %d frames, peer %v; want 1, %v", len(got), u.Peer(), addrOf(other))
+	world.WriteToUDP(frame(71, 4), to)
+	other.WriteToUDP(frame(72, 5), to)
+	world.WriteToUDP(frame(73, 6), to)
+	time.Sleep(50 * time.Millisecond)
+	if got := readBatch(t, u, RxBatchMax); !reflectEqual(got, [][]byte{frame(71, 4), frame(73, 6)}) {
+		t.Fatalf("from the peer and a second source: %d frames, want the peer's 2", len(got))
+	}
+	if u.Peer() != addrOf(world) || u.Foreign() != 2 {
+		t.Fatalf("after a second source: peer %v, %d foreign; want %v, 2", u.Peer(), u.Foreign(), addrOf(world))
+	}
+	f := frame(80, 7)
+	if _, err := u.Serve(bounce.Request{Tag: 3, Len: len(f), Write: true, Data: f}); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := expectDatagram(t, world); !bytes.Equal(d, f) {
+		t.Fatal("the learned peer did not get the frame sent after a second source wrote")
+	}
+	other.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if n, _, err := other.ReadFromUDP(make([]byte, 2048)); err == nil {
+		t.Fatalf("the second source got a datagram of %d bytes: it redirected the guest's traffic", n)
 	}
 }
 
-// A configured peer gets every transmitted frame, whoever sends to the
-// socket.
+// A configured peer gets every transmitted frame, and only its datagrams
+// reach the guest: a stranger's are dropped and counted, even the first.
 func TestUDPFixedPeer(t *testing.T) {
 	peer, stranger := worldSocket(t), worldSocket(t)
 	u := openTestUDP(t, addrOf(peer))
+	to := net.UDPAddrFromAddrPort(u.LocalAddr())
 	f := frame(80, 7)
 	if _, err := u.Serve(bounce.Request{Tag: 1, Len: len(f), Write: true, Data: f}); err != nil {
 		t.Fatal(err)
@@ -162,9 +183,14 @@ func TestUDPFixedPeer(t *testing.T) {
 	if d, _ := expectDatagram(t, peer); !bytes.Equal(d, f) {
 		t.Fatal("the configured peer did not get the frame")
 	}
-	stranger.WriteToUDP(frame(90, 8), net.UDPAddrFromAddrPort(u.LocalAddr()))
-	if got := readBatch(t, u, 1); !reflectEqual(got, [][]byte{frame(90, 8)}) {
-		t.Fatalf("a datagram from another source: %d frames", len(got))
+	stranger.WriteToUDP(frame(90, 8), to)
+	time.Sleep(20 * time.Millisecond) // the stranger's arrives first
+	peer.WriteToUDP(frame(91, 9), to)
+	if got := readBatch(t, u, 1); !reflectEqual(got, [][]byte{frame(91, 9)}) {
+		t.Fatalf("a stranger's datagram then the peer's: %d frames, want the peer's only", len(got))
+	}
+	if u.Foreign() != 1 {
+		t.Errorf("%d foreign datagrams counted, want 1", u.Foreign())
 	}
 	if u.Peer() != addrOf(peer) {
 		t.Fatalf("peer %v after a datagram from another source, want still %v", u.Peer(), addrOf(peer))
