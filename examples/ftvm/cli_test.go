@@ -2,9 +2,11 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -13,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftkvm/ftkvm/ft"
+	"github.com/ftkvm/ftkvm/ft/ftmetrics"
 	"github.com/ftkvm/ftkvm/replay"
 	"github.com/ftkvm/ftkvm/replay/logio"
 	"github.com/ftkvm/ftkvm/replay/logpb"
@@ -347,5 +351,34 @@ func TestCommandsWithoutKVM(t *testing.T) {
 	// A usage error comes first.
 	if code, err := dispatch(t.Context(), "record", []string{"--image", image}); code != exitUsage || exitCode(err) != exitUsage {
 		t.Errorf("record without -o = %d, %v; want a usage error", code, err)
+	}
+}
+
+// ftvm status reads a side's /status: PROTECTED exits 0, anything else 8,
+// and no answer 1.
+func TestStatusCommand(t *testing.T) {
+	cur := ft.Status{Role: "primary", State: "protected", Protected: true, Generation: 2, CommitP50: 3 * time.Millisecond}
+	srv := httptest.NewServer(ftmetrics.Handler("primary", func() (ft.Status, bool) { return cur, true }))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	ctx := context.Background()
+	if code, err := cmdStatus(ctx, []string{addr}); code != exitOK || err != nil {
+		t.Fatalf("protected: %d %v", code, err)
+	}
+	cur = ft.Status{Role: "primary", State: "alone", Reason: "the backup was lost"}
+	if code, err := cmdStatus(ctx, []string{"--json", addr}); code != exitUnprotected || err != nil {
+		t.Fatalf("alone: %d %v", code, err)
+	}
+	srv.Close()
+	if code, err := cmdStatus(ctx, []string{addr}); code != exitError || err == nil {
+		t.Fatalf("no answer: %d %v", code, err)
+	}
+	if code, _ := cmdStatus(ctx, nil); code != exitUsage {
+		t.Fatalf("no address: %d", code)
+	}
+	var b strings.Builder
+	printStatus(&b, ft.Status{Role: "backup", State: "replaying", Protected: true, LagEntries: 5})
+	if !strings.Contains(b.String(), "backup: PROTECTED (replaying)") || !strings.Contains(b.String(), "lag: 5 entries") {
+		t.Fatalf("printed:\n%s", b.String())
 	}
 }

@@ -24,6 +24,7 @@ const (
 	exitLostClaim   = 5  // this side of an FT pair lost the test-and-set: the other side is live
 	exitNoKVM       = 6  // no usable /dev/kvm (see noKVMError)
 	exitBadLog      = 7  // the log is damaged or incomplete (inspect, replay)
+	exitUnprotected = 8  // status: the side answered and is not protected
 	exitGuestStatus = 10 // the guest exited with a non-zero status of its own
 )
 
@@ -37,6 +38,7 @@ const exitCodes = `exit status:
   5   lost the test-and-set: the other side of the FT pair is live
   6   no usable KVM (/dev/kvm missing, not permitted, or kvm-pvm)
   7   the log is damaged or incomplete
+  8   status: the side answered, and it is not protected
   10  the guest exited with a non-zero status (stderr says which: "guest exited with status N")
 `
 

@@ -33,6 +33,7 @@ commands:
   backup   run the backup of an FT pair: --connect ADDR --split-dir DIR [--tls-dir CERTS] [the same guest flags]
            (both use mutual TLS 1.3 with the certificates in --tls-dir, default ./ftkvm-certs;
            --insecure runs them unauthenticated in plaintext)
+  status   ask a primary or backup for its state: ftvm status HOST:PORT [--json] (its --metrics-addr)
   demo     run an FT pair on this machine, kill the primary partway, watch the backup take over
   version  print ftvm's version (also --version)
 
@@ -87,6 +88,8 @@ func dispatch(ctx context.Context, cmd string, args []string) (int, error) {
 		return cmdCerts(args)
 	case "demo":
 		return cmdDemo(ctx, args)
+	case "status":
+		return cmdStatus(ctx, args)
 	case "version", "--version", "-version":
 		fmt.Println(version())
 		return exitOK, nil
