@@ -270,11 +270,12 @@ func decodePages(frame []byte, n int) ([]byte, error) {
 		return nil, fmt.Errorf("landmark pages: %w", err)
 	}
 	defer d.Close()
-	var out []byte
+	// Start at about what kernel pages compress from (3 to 4 times), then
+	// double: at most twice what decoded, or 4 times the frame, is held.
+	out := make([]byte, 0, min(want, max(4*len(frame), 64<<10)))
 	for len(out) < want {
 		if len(out) == cap(out) {
-			// Double, from 64 KiB: at most twice what decoded is held.
-			out = slices.Grow(out, min(want-len(out), max(len(out), 64<<10)))
+			out = slices.Grow(out, min(want-len(out), len(out)))
 		}
 		k, err := d.Read(out[len(out):cap(out)])
 		out = out[:len(out)+k]
