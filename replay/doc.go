@@ -54,7 +54,24 @@
 // made of plain values (machine_test.go), so round trips, tampered logs
 // and every cut of a log that ends in a go-live run in milliseconds
 // without KVM. The landmark locator (landmark.go) is a typed state machine
-// with no I/O.
+// with no I/O. What a Machine may also offer is declared in vmm, not
+// probed: one that writes its own copy of a disk while replayed is a
+// vmm.WriteReplayer, and the bounce engine's modes are set as
+// vmm.Machine.Bounce says.
+//
+// # Inside the replayer
+//
+// A Replayer is a log cursor (cursor.go: the next event, the first
+// divergence) plus the driver of the phase the run is in, to which every
+// vmm.Driver call goes: replaying (replaying.go), draining and live
+// (handover.go). Nothing else asks which phase it is: the replaying
+// driver swaps in the draining one where the log ends, and the draining
+// one swaps in the live one at the next delivery point (or back to
+// replaying across a backup's Handover), as raft's becomeFollower sets
+// its step function once. The rule that the TSC never runs backwards
+// nor stands still is one type (virtualTSC), used by the recorder and by
+// every phase of the replayer; a recorder that continues a log gets its
+// position through RecorderConfig.From.
 //
 // # Usage
 //

@@ -1,7 +1,8 @@
 package replay
 
 // The handover from replaying a log to running live (an FT backup whose
-// primary is gone), and the device clock that follows it.
+// primary is gone): the draining and live drivers, the one place that
+// swaps them in, and the device clock that follows.
 
 import (
 	"bytes"
@@ -9,80 +10,125 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ftkvm/ftkvm/devices"
 	"github.com/ftkvm/ftkvm/replay/logpb"
 	"github.com/ftkvm/ftkvm/vmm"
 )
-
-// phase is where a replay with GoLive stands with its handover.
-type phase uint8
-
-const (
-	// replaying: every input comes from the log.
-	replaying phase = iota
-	// draining: the log ended (GoLive is set) while the vCPU was handling
-	// an exit; what remains of it runs without the log until the next
-	// delivery point, where the handover happens.
-	draining
-	// live: GoLive succeeded; a vmm.LiveDriver drives the VM (or a
-	// Recorder, with Continue).
-	live
-)
-
-// liveSide drives the VM after the handover.
-type liveSide interface {
-	Start(vmm.Machine) error
-	Deliver(vmm.Machine, vmm.Point) (bool, error)
-	Halted(context.Context, vmm.Machine, vmm.Point) error
-	Injected(vmm.Machine, vmm.Point, uint8) error
-	TSC(vmm.Machine, vmm.Point) (uint64, error)
-	Stop(vmm.Machine, vmm.Point, vmm.Result, error) error
-}
 
 // logEnded reports whether the replay has used up a log that ends in a
 // handover: GoLive is set, every received event is replayed, and no
 // landmark is being reached.
 func (r *Replayer) logEnded() bool {
-	return r.cfg.GoLive != nil && r.err == nil && !r.loc.busy() && r.peek() == nil && r.eof
-}
-
-// handoverAhead reports whether the next event is a Handover: the log goes
-// on with what a backup recorded after going live there, and the replay
-// must first get there the way the backup did (draining).
-func (r *Replayer) handoverAhead() bool {
-	return r.err == nil && !r.loc.busy() && r.peek().GetHandover() != nil
+	return r.cfg.GoLive != nil && !r.loc.busy() && r.usedUp()
 }
 
 // atHandover reports whether the replay has reached a handover: the end
 // of a log that goes live, or a backup's Handover in a log of a whole run.
-func (r *Replayer) atHandover() bool { return r.logEnded() || r.handoverAhead() }
+func (r *Replayer) atHandover() bool {
+	return r.logEnded() || !r.loc.busy() && r.handoverAhead()
+}
 
-// handover goes live at p, a delivery point: GoLive decides (an FT backup
-// claims the right to run there); then the device clock continues from the
-// last logged reading or TSC on host time, the bounce engine re-issues
-// the DMA requests the log did not complete, and a LiveDriver takes over.
-// It is the only place the replay goes live. An error stops the run.
-func (r *Replayer) handover(vm vmm.Machine, p vmm.Point) error {
-	if r.phase == live {
-		return nil
-	}
+// drain swaps in the draining driver: the log ended (or a Handover is
+// next) while the vCPU was handling an exit; what remains of it runs
+// without the log until the next delivery point, where the handover
+// happens.
+func (r *Replayer) drain() { r.drv = draining{r} }
+
+// draining is the Replayer's driver between the end of the log and the
+// next delivery point. Clock reads stand at the last logged one, the TSC
+// moves on by one tick a read, injections have no record to be checked
+// against.
+type draining struct{ r *Replayer }
+
+func (d draining) deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
+	r := d.r
 	if r.handoverAhead() {
-		return r.join(vm, p)
+		if err := r.join(vm, p); err != nil {
+			return false, err
+		}
+		return r.drv.deliver(vm, p) // the backup's own events follow
 	}
+	if ok, err := r.goLive(vm, p); !ok || err != nil {
+		return false, err // !ok: going live at the next exit (Continue)
+	}
+	return r.drv.deliver(vm, p)
+}
+
+func (d draining) halted(ctx context.Context, vm vmm.Machine, p vmm.Point) error {
+	r := d.r
+	if r.handoverAhead() {
+		if err := r.join(vm, p); err != nil {
+			return err
+		}
+		// The backup waited here for its first live event, which the
+		// next Deliver at this exit replays.
+		if ev := r.peek(); ev.GetDeliver() != nil && ev.Exits == p.Exits {
+			return nil
+		}
+		return r.haltedDiverged(p)
+	}
+	if ok, err := r.goLive(vm, p); !ok || err != nil {
+		return err // halts are at exits, where the handover never waits
+	}
+	return r.drv.halted(ctx, vm, p)
+}
+
+func (d draining) stop(vm vmm.Machine, p vmm.Point, res vmm.Result, runErr error) error {
+	r := d.r
+	if r.err != nil {
+		return r.err
+	}
+	if runErr != nil {
+		return runErr
+	}
+	// The log ended before the run did: go live at its very end.
+	if r.handoverAhead() {
+		if err := r.join(vm, p); err != nil {
+			return err
+		}
+		return r.drv.stop(vm, p, res, runErr) // the backup's own log ends the run
+	}
+	if ok, err := r.goLive(vm, p); !ok || err != nil {
+		return err // stopped between exits while draining (Continue)
+	}
+	return r.drv.stop(vm, p, res, runErr)
+}
+
+func (draining) injected(vmm.Machine, vmm.Point, uint8) error { return nil }
+
+func (d draining) tsc(vmm.Machine, vmm.Point) (uint64, error) {
+	return d.r.tsc.next(0), nil // by as little as it can
+}
+
+func (d draining) now() int64                                 { return d.r.clock.last }
+func (d draining) read(vmm.Point, bool, uint64, []byte) error { return d.r.err }
+func (d draining) output(vmm.Point, []byte) error             { return d.r.err }
+func (draining) nextEntry() vmm.EntryMode                     { return vmm.EntryRun }
+func (draining) windows() bool                                { return false }
+
+// goLive goes live at p, a delivery point: GoLive decides (an FT backup
+// claims the right to run there); then the device clock continues from
+// the last logged reading or TSC on host time, the bounce engine
+// re-issues the DMA requests the log did not complete, and the live
+// driver is swapped in. It is the only place the replay goes live. It
+// reports false, with no error, if the handover waits for the next exit.
+// An error stops the run.
+func (r *Replayer) goLive(vm vmm.Machine, p vmm.Point) (bool, error) {
 	if r.cfg.GoLive == nil {
 		// Draining toward a Handover that is not at this exit: the run
 		// passed the point the backup went live at.
-		return r.diverge(p, 0, "the replay passed a backup's go-live", describe(r.peek()), "a go-live here")
+		return false, r.diverge(p, 0, "the replay passed a backup's go-live", describe(r.peek()), "a go-live here")
 	}
 	if e := vm.Bounce(); e != nil {
 		e.WaitShadows() // every write this host performs on its copy is done, or failed
 	}
 	if err := r.shadowErr(vm); err != nil {
-		return err
+		return false, err
 	}
 	if r.cfg.Continue != nil && p.Kind != vmm.AtExit && p.Kind != 0 {
 		// A kick while draining: go live at the next exit instead, a
 		// point a replay of the whole log can reach.
-		return nil
+		return false, nil
 	}
 	var mark *logpb.Event
 	if r.cfg.Continue != nil {
@@ -90,7 +136,7 @@ func (r *Replayer) handover(vm vmm.Machine, p vmm.Point) error {
 		fp, err := vm.Fingerprint()
 		if err != nil {
 			r.err = err
-			return err
+			return false, err
 		}
 		h := &logpb.Handover{Kind: uint32(p.Kind), Fingerprint: &logpb.Fingerprint{Sha256: fp[:]}}
 		if r.cfg.ContinueReason != nil {
@@ -100,49 +146,49 @@ func (r *Replayer) handover(vm vmm.Machine, p vmm.Point) error {
 	}
 	if err := r.cfg.GoLive(vm, p); err != nil {
 		r.err = err
-		return err
+		return false, err
 	}
 	r.clock.goLive()
 	if e := vm.Bounce(); e != nil {
 		e.SetLive()
 	}
-	if mark != nil {
-		if err := r.cfg.Continue.Append(mark); err != nil {
-			r.err = fmt.Errorf("logging the handover: %w", err)
-			return r.err
-		}
-		// Landmarks carry the pages written since the previous one: start
-		// that count here.
-		if _, err := vm.DirtyPages(); err != nil {
-			r.err = err
-			return err
-		}
-		rec, err := NewRecorder(RecorderConfig{Sink: r.cfg.Continue, Input: r.cfg.LiveInput, KickAfter: r.cfg.LiveKickAfter,
-			Clock: liveClock{r.clock}})
-		if err != nil {
-			r.err = err
-			return err
-		}
-		rec.seq, rec.lastTSC = mark.Seq, r.lastTSC
-		r.rec, r.live = rec, rec
-	} else {
+	side, err := r.liveSide(vm, mark)
+	if err == nil {
+		err = side.Start(vm)
+	}
+	if err != nil {
+		r.err = err
+		return false, err
+	}
+	r.drv = live{r: r, side: side}
+	at := p
+	r.stats.LiveAt = &at
+	return true, nil
+}
+
+// liveSide makes what drives the VM after the handover: a LiveDriver, or
+// with Continue a Recorder that numbers its events on from mark.
+func (r *Replayer) liveSide(vm vmm.Machine, mark *logpb.Event) (liveSide, error) {
+	if mark == nil {
 		ld := vmm.NewLiveDriver(r.cfg.LiveInput)
 		ld.KickAfter = r.cfg.LiveKickAfter
 		ld.SchedClock = r.clock.Now
-		r.live = ld
+		return hostSide{ld, &r.tsc, r.clock}, nil
 	}
-	if err := r.live.Start(vm); err != nil {
-		r.err = err
-		return err
+	if err := r.cfg.Continue.Append(mark); err != nil {
+		return nil, fmt.Errorf("logging the handover: %w", err)
 	}
-	r.phase = live
-	at := p
-	r.stats.LiveAt = &at
-	return nil
+	// Landmarks carry the pages written since the previous one: start
+	// that count here.
+	if _, err := vm.DirtyPages(); err != nil {
+		return nil, err
+	}
+	return NewRecorder(RecorderConfig{Sink: r.cfg.Continue, Input: r.cfg.LiveInput, KickAfter: r.cfg.LiveKickAfter,
+		Clock: liveClock{r.clock}, From: &Position{Seq: mark.Seq, TSC: r.tsc.last}})
 }
 
 // join replays across a Handover at p: the backup went live here, in
-// this state, and what follows is its own run.
+// this state, and what follows is its own run, replayed.
 func (r *Replayer) join(vm vmm.Machine, p vmm.Point) error {
 	ev := r.peek()
 	h := ev.GetHandover()
@@ -158,11 +204,65 @@ func (r *Replayer) join(vm vmm.Machine, p vmm.Point) error {
 		return r.diverge(p, ev.Seq, "machine state fingerprint differs where the backup went live", fmt.Sprintf("%x", h.GetFingerprint().GetSha256()), fmt.Sprintf("%x", fp))
 	}
 	r.consume()
-	r.phase = replaying
+	r.drv = replaying{r}
 	r.stats.Handovers++
 	r.stats.JoinedAt = &at
 	return nil
 }
+
+// liveSide drives the VM after the handover: a vmm.LiveDriver, or a
+// Recorder with Continue.
+type liveSide interface {
+	Start(vmm.Machine) error
+	Deliver(vmm.Machine, vmm.Point) (bool, error)
+	Halted(context.Context, vmm.Machine, vmm.Point) error
+	Injected(vmm.Machine, vmm.Point, uint8) error
+	TSC(vmm.Machine, vmm.Point) (uint64, error)
+	Clock() devices.Clock
+	Stop(vmm.Machine, vmm.Point, vmm.Result, error) error
+}
+
+// live is the Replayer's driver after the handover: host inputs, through
+// side. The log is done with: console output and reads are not checked.
+type live struct {
+	r    *Replayer
+	side liveSide
+}
+
+func (d live) deliver(vm vmm.Machine, p vmm.Point) (bool, error) { return d.side.Deliver(vm, p) }
+func (d live) halted(ctx context.Context, vm vmm.Machine, p vmm.Point) error {
+	return d.side.Halted(ctx, vm, p)
+}
+func (d live) injected(vm vmm.Machine, p vmm.Point, v uint8) error { return d.side.Injected(vm, p, v) }
+func (d live) tsc(vm vmm.Machine, p vmm.Point) (uint64, error)     { return d.side.TSC(vm, p) }
+func (d live) read(vmm.Point, bool, uint64, []byte) error          { return d.r.err }
+func (d live) output(vmm.Point, []byte) error                      { return d.r.err }
+func (live) nextEntry() vmm.EntryMode                              { return vmm.EntryRun }
+func (live) windows() bool                                         { return true }
+func (d live) now() int64                                          { return d.side.Clock().Now() }
+
+func (d live) stop(vm vmm.Machine, p vmm.Point, res vmm.Result, runErr error) error {
+	if err := d.side.Stop(vm, p, res, runErr); err != nil && runErr == nil {
+		return err
+	}
+	return runErr
+}
+
+// hostSide is the LiveDriver after a plain handover: its device clock
+// continues the replay's (liveNow, not logged), and the TSC never runs
+// backwards across the handover.
+type hostSide struct {
+	*vmm.LiveDriver
+	tsc   *virtualTSC
+	clock *replayClock
+}
+
+func (h hostSide) TSC(vm vmm.Machine, p vmm.Point) (uint64, error) {
+	v, err := h.LiveDriver.TSC(vm, p)
+	return h.tsc.next(v), err
+}
+
+func (h hostSide) Clock() devices.Clock { return liveClock{h.clock} }
 
 type replayClock struct {
 	r    *Replayer
@@ -170,7 +270,15 @@ type replayClock struct {
 	// After going live: host time since liveStart, added to liveBase.
 	liveBase  int64
 	liveStart time.Time
-	isLive    bool
+}
+
+// Now is the device clock: the log's readings while replaying, then the
+// live driver's.
+func (c *replayClock) Now() int64 {
+	if c.r.vm == nil {
+		return 0
+	}
+	return c.r.drv.now()
 }
 
 // goLive makes the clock continue from the last logged reading (or the
@@ -178,10 +286,10 @@ type replayClock struct {
 // backwards across it.
 func (c *replayClock) goLive() {
 	base := c.last
-	if t := int64(c.r.lastTSC / (vmm.TSCHz / 1_000_000_000)); t > base {
+	if t := int64(c.r.tsc.last / (vmm.TSCHz / 1_000_000_000)); t > base {
 		base = t
 	}
-	c.liveBase, c.liveStart, c.isLive = base, time.Now(), true
+	c.liveBase, c.liveStart = base, time.Now()
 }
 
 // liveNow is the clock after going live, without logging.
@@ -193,32 +301,8 @@ func (c *replayClock) liveNow() int64 {
 	return c.last
 }
 
-// liveClock is a recorder's host clock after the handover.
+// liveClock is the host clock after the handover: a recorder's (which
+// logs it) or a LiveDriver's.
 type liveClock struct{ c *replayClock }
 
 func (l liveClock) Now() int64 { return l.c.liveNow() }
-
-func (c *replayClock) Now() int64 {
-	r := c.r
-	if r.vm == nil {
-		return 0
-	}
-	if c.isLive {
-		if r.rec != nil {
-			return r.rec.clock.Now() // logged
-		}
-		return c.liveNow()
-	}
-	p := r.vm.Point()
-	ev, err := r.expect(p, fmt.Sprintf("a clock read at %d exits", p.Exits), func(ev *logpb.Event) bool {
-		_, ok := ev.Kind.(*logpb.Event_Clock)
-		return ok
-	})
-	if err != nil {
-		// Draining, the clock stands still until the handover; after a
-		// divergence, the sticky error stops the run at the next point.
-		return c.last
-	}
-	c.last = ev.GetClock()
-	return c.last
-}

@@ -17,16 +17,25 @@ type Guest struct {
 	RDTSCSites int    // patched rdtsc/rdtscp sites
 }
 
+// HeaderVM is what a log header pins of a VM's configuration (*vmm.VM
+// is one).
+type HeaderVM interface {
+	CPUID() vmm.CPUID
+	MemoryBytes() uint64
+	ExtraDevices() []string
+	Cmdline() string
+}
+
 // NewHeader returns the log header that pins vm's configuration: CPUID
 // table, memory, the guest's hashes and command line, the RTC epoch, and
 // whether reads are verified. A replay compares it with its own
 // (logio.CompareHeaders) before running.
-func NewHeader(vm *vmm.VM, g Guest, epoch time.Time, verify bool) *logpb.Header {
+func NewHeader(vm HeaderVM, g Guest, epoch time.Time, verify bool) *logpb.Header {
 	cpuid := vm.CPUID().Hash()
 	h := &logpb.Header{
 		Version:       logio.FormatVersion,
 		CpuidSha256:   cpuid[:],
-		MemoryBytes:   vm.Memory().Size(),
+		MemoryBytes:   vm.MemoryBytes(),
 		EpochUnixNano: epoch.UnixNano(),
 		Verify:        verify,
 		RdtscSites:    uint32(g.RDTSCSites),

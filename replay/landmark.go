@@ -251,7 +251,9 @@ const maxLandmarkBytes = 1 << 30
 
 // decodePages expands a landmark's pages_zstd, which must hold exactly n
 // pages: a frame that expands to anything else (a damaged or hostile log)
-// is refused, and decoding never allocates more than n pages.
+// is refused. The buffer grows with what the frame actually expands to,
+// never past n pages, so a landmark that lists many pages and carries
+// little data costs little before it is refused.
 func decodePages(frame []byte, n int) ([]byte, error) {
 	if n == 0 {
 		if len(frame) != 0 {
@@ -268,9 +270,24 @@ func decodePages(frame []byte, n int) ([]byte, error) {
 		return nil, fmt.Errorf("landmark pages: %w", err)
 	}
 	defer d.Close()
-	out := make([]byte, want)
-	if _, err := io.ReadFull(d, out); err != nil {
-		return nil, fmt.Errorf("landmark pages: %w (want %d pages)", err, n)
+	// Start at about what kernel pages compress from (3 to 4 times), then
+	// double: at most twice what decoded, or 4 times the frame, is held.
+	out := make([]byte, 0, min(want, max(4*len(frame), 64<<10)))
+	for len(out) < want {
+		if len(out) == cap(out) {
+			out = slices.Grow(out, min(want-len(out), len(out)))
+		}
+		k, err := d.Read(out[len(out):cap(out)])
+		out = out[:len(out)+k]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("landmark pages: %w (want %d pages)", err, n)
+		}
+	}
+	if len(out) < want {
+		return nil, fmt.Errorf("landmark pages expand to %d bytes, want %d pages", len(out), n)
 	}
 	if k, _ := d.Read(make([]byte, 1)); k != 0 {
 		return nil, fmt.Errorf("landmark pages expand to more than %d pages", n)

@@ -42,6 +42,17 @@ type RecorderConfig struct {
 	// backup's ack of the event. Without it writes are logged but not
 	// held.
 	HoldWrite func(seq uint64) func() error
+	// From, if set, continues a log that another driver began (a backup
+	// that records its run after going live, ReplayerConfig.Continue):
+	// the first event is numbered From.Seq+1, and every TSC value the
+	// guest reads is above From.TSC.
+	From *Position
+}
+
+// Position is where a log stands: the sequence number of its last event
+// and the last TSC value the guest read.
+type Position struct {
+	Seq, TSC uint64
 }
 
 // Recorder is the primary's vmm.Driver: it runs the guest on live host
@@ -58,7 +69,7 @@ type Recorder struct {
 	// (see logpb.Landmark.exit_regs).
 	exitAt   vmm.Point
 	exitRegs []uint64
-	lastTSC  uint64 // the TSC never runs backwards, nor stands still
+	tsc      virtualTSC
 	stats    RecordStats
 }
 
@@ -88,6 +99,9 @@ func NewRecorder(cfg RecorderConfig) (*Recorder, error) {
 		cfg.Clock = vmm.NewHostClock()
 	}
 	r := &Recorder{cfg: cfg}
+	if cfg.From != nil {
+		r.seq, r.tsc.last = cfg.From.Seq, cfg.From.TSC
+	}
 	r.clock = &recordingClock{r: r, inner: cfg.Clock}
 	r.live = vmm.NewLiveDriver(cfg.Input)
 	r.live.KickAfter = cfg.KickAfter
@@ -292,11 +306,7 @@ func (r *Recorder) Windows() bool { return true }
 // TSC implements vmm.Driver: the virtual TSC follows the host clock (not a
 // device read, so not a clock event) and is logged as a TSC event.
 func (r *Recorder) TSC(_ vmm.Machine, p vmm.Point) (uint64, error) {
-	v := uint64(r.clock.inner.Now()) * (vmm.TSCHz / 1_000_000_000)
-	if v <= r.lastTSC {
-		v = r.lastTSC + 1
-	}
-	r.lastTSC = v
+	v := r.tsc.next(uint64(r.clock.inner.Now()) * (vmm.TSCHz / 1_000_000_000))
 	r.emit(p, &logpb.Event{Kind: &logpb.Event_Tsc{Tsc: v}})
 	r.stats.TSC++
 	return v, r.err
@@ -343,4 +353,25 @@ func (r *Recorder) Stop(vm vmm.Machine, p vmm.Point, res vmm.Result, runErr erro
 	end.Fingerprint = &logpb.Fingerprint{Sha256: fp[:]}
 	r.emit(p, &logpb.Event{Kind: &logpb.Event_End{End: end}})
 	return r.err
+}
+
+// virtualTSC holds the rule every TSC value the guest reads obeys, on
+// either side and across a handover: it never runs backwards, nor stands
+// still.
+type virtualTSC struct{ last uint64 }
+
+// next returns v, or one tick past the last value if v is not above it.
+func (t *virtualTSC) next(v uint64) uint64 {
+	if v <= t.last {
+		v = t.last + 1
+	}
+	t.last = v
+	return v
+}
+
+// replayed takes a value from the log as it is: the recording obeyed the
+// rule, and a replay must read what it read.
+func (t *virtualTSC) replayed(v uint64) uint64 {
+	t.last = v
+	return v
 }

@@ -47,7 +47,11 @@ type Machine interface {
 	TimerDeadline() (deadline int64, ok bool)
 	// Clock is the devices' time source.
 	Clock() devices.Clock
-	// Bounce is the DMA bounce engine, nil without a DMA device.
+	// Bounce is the DMA bounce engine, nil without a DMA device. Its
+	// mode is the driver's to set at Start: a recording gates the
+	// guest's writes (SetGate); a replay puts it in replay mode
+	// (SetReplay; SetReplayWrites if the Machine is a WriteReplayer),
+	// and SetLive when the replay goes live. A LiveDriver leaves it live.
 	Bounce() *bounce.Engine
 	// Kick makes the vCPU leave the guest soon (a Kicked point).
 	Kick()
@@ -73,3 +77,15 @@ func (v *VM) TimerDeadline() (int64, bool) { return v.PIT.NextDeadline() }
 
 // MemoryBytes implements Machine.
 func (v *VM) MemoryBytes() uint64 { return v.mem.Size() }
+
+// WriteReplayer is an optional capability of a Machine being replayed:
+// the device writes it performs itself, on its own copy of the device
+// (a disk added with DiskOptions.OwnCopy, FT's non-shared disk mode),
+// while every other input comes from the log. A replayer hands it to the
+// bounce engine (bounce.Engine.SetReplayWrites); a Machine without it
+// performs none.
+type WriteReplayer interface {
+	ReplayWrites(req bounce.Request) bool
+}
+
+var _ WriteReplayer = (*VM)(nil)
