@@ -185,11 +185,86 @@ func (w *frameWriter) writeHandshake(typ frameType, payload []byte) error {
 
 // livenessCheck is the pure heartbeat/timeout rule. Times are nanoseconds
 // on one monotonic clock. paused: the side is not reading on purpose (its
-// buffer is full), so silence proves nothing.
-func livenessCheck(now, lastRecv, lastSend int64, interval, timeout time.Duration, paused bool) (heartbeat, timedOut bool) {
+// buffer is full), so silence proves nothing. still: how much of the
+// silence this side itself stood still for (stillCredit), which does not
+// count against the peer.
+func livenessCheck(now, lastRecv, lastSend int64, interval, timeout time.Duration, paused bool, still int64) (heartbeat, timedOut bool) {
 	heartbeat = now-lastSend >= int64(interval)
-	timedOut = !paused && now-lastRecv > int64(timeout)
+	timedOut = !paused && now-lastRecv-still > int64(timeout)
 	return
+}
+
+// stillCredit is how much of a silence this side itself stood still for:
+// the sum of its liveness ticks' lateness (each beyond one period) since
+// the peer was last heard from, at most the timeout. A verdict of silence
+// subtracts it, so the peer is judged only on time this side was running
+// and able to read: a host that stops scheduling its processes (an
+// overloaded emulated host; a real one under a stall) stalls both sides
+// of a pair on it alike, and neither blames the other for the host's
+// pause. Capped at one timeout, a side starved for good still detects a
+// dead peer, within twice the timeout plus its own pauses.
+//
+// credit is the running sum, heard whether lastRecv moved since the
+// previous tick (a frame arrived: the sum starts again), gap the time
+// since the previous tick.
+func stillCredit(credit int64, heard bool, gap int64, period, timeout time.Duration) int64 {
+	if heard {
+		credit = 0
+	}
+	if late := gap - int64(period); late > 0 {
+		credit += late
+	}
+	return min(credit, int64(timeout))
+}
+
+// silenceJudge is the tick loop's failure detector as a value: fed each
+// liveness tick's clock readings, it says when to send a heartbeat and
+// when the peer is dead. It reads no clock itself.
+type silenceJudge struct {
+	period, interval, timeout time.Duration
+
+	lastTick   int64 // the previous tick
+	deferred   bool  // the previous tick put off a verdict (localPause)
+	credit     int64 // this side's own pauses since the peer was last heard (stillCredit)
+	heardAt    int64 // lastRecv at the previous tick
+	longestGap int64 // this side's longest tick gap, for the verdict's message
+	lastRecv   int64
+	lastSend   int64
+}
+
+func newSilenceJudge(now, lastRecv int64, period time.Duration, cfg *Config) *silenceJudge {
+	return &silenceJudge{period: period, interval: cfg.HeartbeatInterval, timeout: cfg.Timeout, lastTick: now, heardAt: lastRecv}
+}
+
+// tick judges one liveness tick at now.
+func (j *silenceJudge) tick(now, lastRecv, lastSend int64, paused bool) (heartbeat, dead bool) {
+	gap := now - j.lastTick
+	j.credit = stillCredit(j.credit, lastRecv != j.heardAt, gap, j.period, j.timeout)
+	j.heardAt, j.lastRecv, j.lastSend = lastRecv, lastRecv, lastSend
+	heartbeat, dead = livenessCheck(now, lastRecv, lastSend, j.interval, j.timeout, paused, j.credit)
+	wasPaused := localPause(now, j.lastTick, j.period)
+	j.longestGap = max(j.longestGap, gap)
+	j.lastTick = now
+	if dead && wasPaused && !j.deferred {
+		// This process did not run for a while (its host starved):
+		// frames that arrived meanwhile may still be unread. Give the
+		// reader one period before judging; only once in a row, so a
+		// side starved for good still detects a dead peer.
+		j.deferred = true
+		return heartbeat, false
+	}
+	j.deferred = false
+	return heartbeat, dead
+}
+
+// verdict is the failure's message. It says how much of the silence this
+// side itself stood still for, when it last sent and its longest pause: a
+// silence seen by both sides of a pair whose own ticks were on time and
+// who both kept sending is the link's, not a host's.
+func (j *silenceJudge) verdict(now int64, peer string) string {
+	ms := func(d int64) time.Duration { return time.Duration(d).Round(time.Millisecond) }
+	return fmt.Sprintf("nothing from the %s for %v (timeout %v; of that, this side stood still %v; it sent %v ago, its longest pause %v)",
+		peer, ms(now-j.lastRecv), j.timeout, ms(j.credit), ms(now-j.lastSend), ms(j.longestGap))
 }
 
 // localPause reports whether this side itself stood still since the

@@ -341,7 +341,7 @@ func TestLivenessCheck(t *testing.T) {
 		{now: 1001 * ms, recv: 0, send: 990 * ms, hb: false, dead: true},
 		{now: 5000 * ms, recv: 0, send: 4990 * ms, paused: true, hb: false, dead: false},
 	} {
-		hb, dead := livenessCheck(c.now, c.recv, c.send, 100*time.Millisecond, time.Second, c.paused)
+		hb, dead := livenessCheck(c.now, c.recv, c.send, 100*time.Millisecond, time.Second, c.paused, 0)
 		if hb != c.hb || dead != c.dead {
 			t.Errorf("%+v: hb %v dead %v", c, hb, dead)
 		}
@@ -395,4 +395,95 @@ func dump(c *senderCore) string {
 		s += fmt.Sprintf(" [%d+%d sealed=%v]", b.first, b.count, b.sealed)
 	}
 	return s
+}
+
+func TestStillCredit(t *testing.T) {
+	ms := int64(time.Millisecond)
+	p, to := 50*time.Millisecond, time.Second
+	if c := stillCredit(0, false, 50*ms, p, to); c != 0 {
+		t.Errorf("an on-time tick: %d ms", c/ms)
+	}
+	if c := stillCredit(0, false, 450*ms, p, to); c != 400*ms {
+		t.Errorf("a 400 ms pause: %d ms", c/ms)
+	}
+	if c := stillCredit(400*ms, true, 60*ms, p, to); c != 10*ms {
+		t.Errorf("heard from the peer, then 10 ms late: %d ms", c/ms)
+	}
+	if c := stillCredit(900*ms, false, 500*ms, p, to); c != int64(to) {
+		t.Errorf("capped: %d ms", c/ms)
+	}
+}
+
+// judgeRun feeds a silenceJudge ticks every period, with the host standing
+// still where stall says (a tick that comes late by that much), and the
+// peer's frames at the times in frames (each read at the first tick after
+// it, as the reader would). It returns when the judge declared the peer
+// dead (-1: never, within end).
+func judgeRun(period, timeout time.Duration, stall func(tick int) time.Duration, frames []int64, end int64) int64 {
+	cfg := Config{HeartbeatInterval: 2 * period, Timeout: timeout}
+	j := newSilenceJudge(0, 0, period, &cfg)
+	now, recv := int64(0), int64(0)
+	for i := 0; now < end; i++ {
+		now += int64(period) + int64(stall(i))
+		for len(frames) > 0 && frames[0] <= now {
+			recv, frames = now, frames[1:]
+		}
+		if _, dead := j.tick(now, recv, now, false); dead {
+			return now
+		}
+	}
+	return -1
+}
+
+func TestSilenceJudge(t *testing.T) {
+	ms := int64(time.Millisecond)
+	period, timeout := 50*time.Millisecond, time.Second
+	none := func(int) time.Duration { return 0 }
+	every := func(step int64, until int64) []int64 {
+		var f []int64
+		for x := step; x < until; x += step {
+			f = append(f, x)
+		}
+		return f
+	}
+	// A live peer heard every 100 ms: never dead.
+	if at := judgeRun(period, timeout, none, every(100*ms, 20000*ms), 20000*ms); at != -1 {
+		t.Fatalf("live peer declared dead at %d ms", at/ms)
+	}
+	// A dead peer (silent after 1 s): dead one timeout later, give or
+	// take a tick.
+	if at := judgeRun(period, timeout, none, every(100*ms, 1000*ms), 10000*ms); at < 1900*ms || at > 2100*ms {
+		t.Fatalf("dead peer declared at %d ms, want about 1900-2000", at/ms)
+	}
+	// The host stands still 1.5 s (ticks stop), then the peer's frames
+	// that were waiting come in within 150 ms: no verdict. This is the
+	// false alarm both sides of a pair on one starved host raised.
+	stallAt := func(tick int) time.Duration {
+		if tick == 40 {
+			return 1500 * time.Millisecond
+		}
+		return 0
+	}
+	var frames []int64
+	for _, f := range every(100*ms, 20000*ms) {
+		if f <= 2000*ms || f >= 3700*ms { // nothing readable during the stall and 150 ms after
+			frames = append(frames, f)
+		}
+	}
+	if at := judgeRun(period, timeout, stallAt, frames, 20000*ms); at != -1 {
+		t.Fatalf("a host stall of 1.5 s made the live peer dead at %d ms", at/ms)
+	}
+	// The same with the many small stalls of an overloaded host: every
+	// tick 40 ms late, the peer heard at most every 1.4 s of wall time.
+	slow := func(int) time.Duration { return 40 * time.Millisecond }
+	if at := judgeRun(period, timeout, slow, every(1400*ms, 30000*ms), 30000*ms); at != -1 {
+		t.Fatalf("a starved host (ticks 40 ms late) declared a live peer dead at %d ms", at/ms)
+	}
+	// A side starved for good still finds a dead peer: every tick 200 ms
+	// late, the peer silent after 1 s: within twice the timeout plus the
+	// pauses.
+	starved := func(int) time.Duration { return 200 * time.Millisecond }
+	if at := judgeRun(period, timeout, starved, every(100*ms, 1000*ms), 60000*ms); at == -1 || at > 3500*ms {
+		t.Fatalf("a starved side found the dead peer at %d ms (-1: never), want within 3.5 s", at/ms)
+	}
 }

@@ -66,7 +66,11 @@
 //     Close (or ctx) is what releases them.
 //  5. Keep Timeout well above the peer's HeartbeatInterval (the handshake
 //     refuses a peer whose interval exceeds half the timeout) and above
-//     the longest pause either process may take.
+//     the longest pause either process may take. A side's own pauses
+//     (its liveness ticks coming late: its process or its whole host did
+//     not run) do not count against the peer, up to one Timeout per
+//     silence, so a host that stalls both sides of a pair raises no
+//     alarm; a pause of the peer's host alone still does.
 //  6. For TLS, give the sender a client certificate, RootCAs and
 //     ServerName, and the receiver a server certificate and ClientCAs.
 //     The sender is always the TLS client. A config that would let a peer

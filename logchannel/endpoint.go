@@ -222,8 +222,7 @@ func (e *endpoint) tickLoop(l *link) {
 	period := tickPeriod(&e.cfg)
 	t := time.NewTicker(period)
 	defer t.Stop()
-	lastTick, deferred := l.live.now(), false
-	var longestGap int64 // this side's own longest tick gap: its pauses, for the verdict's message
+	j := newSilenceJudge(l.live.now(), l.live.lastRecv.Load(), period, &e.cfg)
 	for {
 		select {
 		case <-l.done:
@@ -231,28 +230,9 @@ func (e *endpoint) tickLoop(l *link) {
 		case <-t.C:
 		}
 		now := l.live.now()
-		lastRecv := l.live.lastRecv.Load()
-		hb, dead := livenessCheck(now, lastRecv, l.live.lastSend.Load(), e.cfg.HeartbeatInterval, e.cfg.Timeout, l.live.paused.Load())
-		wasPaused := localPause(now, lastTick, period)
-		longestGap = max(longestGap, now-lastTick)
-		lastTick = now
-		if dead && wasPaused && !deferred {
-			// This process did not run for a while (its host starved):
-			// frames that arrived meanwhile may still be unread. Give the
-			// reader one period before judging; only once in a row, so a
-			// side starved for good still detects a dead peer.
-			deferred = true
-			continue
-		}
-		deferred = false
+		hb, dead := j.tick(now, l.live.lastRecv.Load(), l.live.lastSend.Load(), l.live.paused.Load())
 		if dead {
-			// The message says whether this side itself stood still (its
-			// longest tick gap) and went on sending: a silence seen by
-			// both sides of a pair whose own ticks were on time and who
-			// both kept sending is the link's, not a host's.
-			e.stop(l, errorf(ErrTimeout, "nothing from the %s for %v (timeout %v; this side sent %v ago, its longest pause %v)",
-				e.peer, time.Duration(now-lastRecv).Round(time.Millisecond), e.cfg.Timeout,
-				time.Duration(now-l.live.lastSend.Load()).Round(time.Millisecond), time.Duration(longestGap).Round(time.Millisecond)))
+			e.stop(l, errorf(ErrTimeout, "%s", j.verdict(now, e.peer)))
 			return
 		}
 		if hb {
