@@ -107,6 +107,9 @@ type Engine struct {
 	notify    func()
 	replaying bool
 	inflight  int
+	// running: the requests started on the backend and not yet ready,
+	// by tag (Save re-issues the ones Quiesce does not wait for).
+	running map[uint64]Request
 	// outstanding: requests submitted in replay mode whose completion has
 	// not been delivered yet (SetLive starts them).
 	outstanding map[uint64]Request
@@ -249,6 +252,10 @@ func complete(req Request, data []byte, err error) Completion {
 // waits for the previous one to be ready.
 func (e *Engine) start(req Request) {
 	e.inflight++
+	if e.running == nil {
+		e.running = map[uint64]Request{}
+	}
+	e.running[req.Tag] = req
 	var prev, done chan struct{}
 	if req.Ordered {
 		prev, done = e.lastOrdered, make(chan struct{})
@@ -273,6 +280,7 @@ func (e *Engine) start(req Request) {
 		e.mu.Lock()
 		e.ready = append(e.ready, c)
 		e.inflight--
+		delete(e.running, req.Tag)
 		notify := e.notify
 		e.mu.Unlock()
 		if notify != nil {
