@@ -75,7 +75,7 @@ func Check(b []byte) error {
 			i += n
 			return v, true
 		}
-		var skip uint64    // payload bytes
+		var skip uint64     // payload bytes
 		var children uint64 // nested values
 		container := false
 		ok := true
