@@ -46,6 +46,17 @@
 // at all on a backup sharing the disk, finds them as Requests with Write
 // set. In replay mode the Engine performs no write, as it performs no read;
 // SetLive starts the ones the log did not complete, with their data.
+//
+// # Snapshots
+//
+// A VM snapshot quiesces the engine rather than recording what to do
+// again: Quiesce waits for every transfer that ends on its own (a disk's),
+// and Save keeps their completions, data included, to be delivered after
+// Restore exactly as they would have been. Only a read with Upto (a
+// network receive) may wait on the outside world for ever: it is saved as
+// a request and started again by Restore, which to the device is the same
+// receive still waiting. The devices' own saved state lists the same tags
+// in flight, and they are restored without re-submitting (State).
 package bounce
 
 import (
