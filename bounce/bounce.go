@@ -46,6 +46,17 @@
 // at all on a backup sharing the disk, finds them as Requests with Write
 // set. In replay mode the Engine performs no write, as it performs no read;
 // SetLive starts the ones the log did not complete, with their data.
+//
+// # Snapshots
+//
+// A VM snapshot quiesces the engine rather than recording what to do
+// again: Quiesce waits for every transfer that ends on its own (a disk's),
+// and Save keeps their completions, data included, to be delivered after
+// Restore exactly as they would have been. Only a read with Upto (a
+// network receive) may wait on the outside world for ever: it is saved as
+// a request and started again by Restore, which to the device is the same
+// receive still waiting. The devices' own saved state lists the same tags
+// in flight, and they are restored without re-submitting (State).
 package bounce
 
 import (
@@ -107,6 +118,9 @@ type Engine struct {
 	notify    func()
 	replaying bool
 	inflight  int
+	// running: the requests started on the backend and not yet ready,
+	// by tag (Save re-issues the ones Quiesce does not wait for).
+	running map[uint64]Request
 	// outstanding: requests submitted in replay mode whose completion has
 	// not been delivered yet (SetLive starts them).
 	outstanding map[uint64]Request
@@ -249,6 +263,10 @@ func complete(req Request, data []byte, err error) Completion {
 // waits for the previous one to be ready.
 func (e *Engine) start(req Request) {
 	e.inflight++
+	if e.running == nil {
+		e.running = map[uint64]Request{}
+	}
+	e.running[req.Tag] = req
 	var prev, done chan struct{}
 	if req.Ordered {
 		prev, done = e.lastOrdered, make(chan struct{})
@@ -273,6 +291,7 @@ func (e *Engine) start(req Request) {
 		e.mu.Lock()
 		e.ready = append(e.ready, c)
 		e.inflight--
+		delete(e.running, req.Tag)
 		notify := e.notify
 		e.mu.Unlock()
 		if notify != nil {

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+
+	"github.com/ftkvm/ftkvm/internal/mpack"
 )
 
 // checkedLine sits between the devices and the PIC: it checks that every
@@ -68,9 +70,21 @@ func (r *fuzzRig) save() fuzzState {
 	return fuzzState{r.pic.Save(), r.pit.Save(), r.uart.Save(), r.cmos.Save(), r.kbc.Save()}
 }
 
-// clone restores r's saved state into a fresh rig at the same clock time.
+// clone restores r's saved state, through its snapshot encoding, into a
+// fresh rig at the same clock time.
 func (r *fuzzRig) clone() (*fuzzRig, error) {
-	s := r.save()
+	saved := r.save()
+	b, err := mpack.Marshal(saved)
+	if err != nil {
+		return nil, err
+	}
+	var s fuzzState
+	if err := mpack.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("decoding a saved state: %w", err)
+	}
+	if !reflect.DeepEqual(s, saved) {
+		return nil, fmt.Errorf("state changed through its encoding:\n%+v\n%+v", saved, s)
+	}
 	c := newFuzzRig()
 	c.clock.t = r.clock.t
 	c.line.level = r.line.level

@@ -55,6 +55,14 @@
 // ends the run as a power-off (Linux without ACPI powers off that way);
 // a byte written to ExitPort ends it with that status.
 //
+// # Snapshots
+//
+// CaptureDevices saves the vCPU and every device of a VM stopped at a
+// synchronous exit (it completes the exit's I/O first and quiesces the
+// bounce engine); RestoreDevices loads them into a new VM with the same
+// devices, whose clock continues the saved one (NewHostClockAt). Package
+// snapshot puts them, with guest memory, in one file.
+//
 // # Which KVM
 //
 // Any standard KVM (VMX or SVM). The project's own machines have no

@@ -60,6 +60,7 @@ func (v *VM) AddVirtio(a virtio.Attachment) (virtio.Device, error) {
 	}
 	v.extraDevices = append(v.extraDevices, name)
 	v.virtio = append(v.virtio, m)
+	v.virtioDevs = append(v.virtioDevs, dev)
 	return dev, nil
 }
 

@@ -55,9 +55,10 @@ type VM struct {
 	inputBacklog []byte
 	extraDevices []string
 	bounce       *bounce.Engine
-	bounceDevs   []bounceDevice // by tag slot (AddBounceDevice)
-	virtioArgs   []string       // virtio_mmio.device= options for LoadLinux
-	virtio       []*virtio.MMIO // the virtio transports, in the order added
+	bounceDevs   []bounceDevice  // by tag slot (AddBounceDevice)
+	virtioArgs   []string        // virtio_mmio.device= options for LoadLinux
+	virtio       []*virtio.MMIO  // the virtio transports, in the order added
+	virtioDevs   []virtio.Device // their device models, in the same order
 
 	stats Stats
 }

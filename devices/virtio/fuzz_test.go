@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"reflect"
 	"testing"
+
+	"github.com/ftkvm/ftkvm/internal/mpack"
 )
 
 // The fuzzed guest: fuzzRAM bytes of RAM at ramBase, the memory image
@@ -133,9 +135,18 @@ func (f *fuzzRig) check() {
 	}
 }
 
-// clone moves the device to a fresh transport through Save and Restore.
+// clone moves the device to a fresh transport through Save, the
+// snapshot encoding and Restore.
 func (f *fuzzRig) clone() {
-	s := f.m.Save()
+	saved := f.m.Save()
+	b, err := mpack.Marshal(saved)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var s MMIOState
+	if err := mpack.Unmarshal(b, &s); err != nil || !reflect.DeepEqual(s, saved) {
+		f.t.Fatalf("state changed through its encoding (%v):\n%+v\n%+v", err, saved, s)
+	}
 	m, err := NewMMIO(f.be, countingMemory{f.ram, &f.calls}, f.irq.set)
 	if err != nil {
 		f.t.Fatal(err)

@@ -162,3 +162,14 @@ func (m *MMIO) restoreQueue(i int, qs QueueState) (*Queue, error) {
 	}
 	return q, nil
 }
+
+// Stateful is a virtio device model whose own state a VM snapshot
+// carries beside its transport's (MMIO.Save). SaveState encodes the state
+// (msgpack); RestoreState decodes and checks one, refusing a state the
+// device cannot be in with the device unchanged, and submits nothing:
+// the VM's bounce engine, restored beside it, holds the transfers in
+// flight.
+type Stateful interface {
+	SaveState() ([]byte, error)
+	RestoreState([]byte) error
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/ftkvm/ftkvm/replay"
 	"github.com/ftkvm/ftkvm/replay/logio"
 	"github.com/ftkvm/ftkvm/replay/logpb"
+	"github.com/ftkvm/ftkvm/snapshot"
 	"github.com/ftkvm/ftkvm/split"
 	"github.com/ftkvm/ftkvm/vmm"
 )
@@ -44,6 +45,8 @@ func TestExitCodes(t *testing.T) {
 		{errors.New("halted: split-brain storage unreachable (storage unreachable)"), exitError},
 		{&logio.FormatError{Record: 3, Err: logio.ErrCorrupt}, exitBadLog},
 		{fmt.Errorf("f.log: %w", errIncompleteLog), exitBadLog},
+		{fmt.Errorf("s.snap: %w", snapshot.ErrCorrupt), exitBadLog},
+		{fmt.Errorf("s.snap: %w", snapshot.ErrMismatch), exitError},
 	} {
 		if got := exitCode(c.err); got != c.want {
 			t.Errorf("exitCode(%v) = %d, want %d", c.err, got, c.want)
@@ -380,5 +383,32 @@ func TestStatusCommand(t *testing.T) {
 	printStatus(&b, ft.Status{Role: "backup", State: "replaying", Protected: true, LagEntries: 5})
 	if !strings.Contains(b.String(), "backup: PROTECTED (replaying)") || !strings.Contains(b.String(), "lag: 5 entries") {
 		t.Fatalf("printed:\n%s", b.String())
+	}
+}
+
+// --snapshot and --snapshot-after go together, and are checked before a
+// guest is read or KVM is looked for.
+func TestSnapshotFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--snapshot", "f.snap"},
+		{"--snapshot-after", "1s"},
+		{"--snapshot", "f.snap", "--snapshot-after", "-1s"},
+	} {
+		if code, err := cmdRun(t.Context(), args); code != exitUsage || err == nil {
+			t.Errorf("run %q: status %d (%v), want %d", args, code, err, exitUsage)
+		}
+	}
+}
+
+// A snapshot is written whole or not at all, and read back refused when
+// it is damaged (exit status 7).
+func TestReadSnapshotRefusesDamage(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.snap")
+	if err := os.WriteFile(path, []byte(snapshot.Magic+"\x01\x00\x00\x00 not a whole snapshot"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := readSnapshot(path)
+	if !errors.Is(err, snapshot.ErrCorrupt) || exitCode(err) != exitBadLog {
+		t.Fatalf("damaged snapshot: %v (status %d)", err, exitCode(err))
 	}
 }

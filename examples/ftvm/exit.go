@@ -7,6 +7,7 @@ import (
 
 	"github.com/ftkvm/ftkvm/replay"
 	"github.com/ftkvm/ftkvm/replay/logio"
+	"github.com/ftkvm/ftkvm/snapshot"
 	"github.com/ftkvm/ftkvm/split"
 )
 
@@ -23,7 +24,7 @@ const (
 	exitDiverged    = 4  // a replay (or an FT backup) parted from the recording
 	exitLostClaim   = 5  // this side of an FT pair lost the test-and-set: the other side is live
 	exitNoKVM       = 6  // no usable /dev/kvm (see noKVMError)
-	exitBadLog      = 7  // the log is damaged or incomplete (inspect, replay)
+	exitBadLog      = 7  // the log is damaged or incomplete (inspect, replay), or a snapshot is (run --restore)
 	exitUnprotected = 8  // status: the side answered and is not protected
 	exitGuestStatus = 10 // the guest exited with a non-zero status of its own
 )
@@ -37,7 +38,7 @@ const exitCodes = `exit status:
   4   divergence: the replay parted from the recording
   5   lost the test-and-set: the other side of the FT pair is live
   6   no usable KVM (/dev/kvm missing, not permitted, or kvm-pvm)
-  7   the log is damaged or incomplete
+  7   the log (or a snapshot, run --restore) is damaged or incomplete
   8   status: the side answered, and it is not protected
   10  the guest exited with a non-zero status (stderr says which: "guest exited with status N")
 `
@@ -58,7 +59,7 @@ func exitCode(err error) int {
 		return exitDiverged
 	case lostClaim(err):
 		return exitLostClaim
-	case errors.As(err, &fe), errors.Is(err, errIncompleteLog):
+	case errors.As(err, &fe), errors.Is(err, errIncompleteLog), errors.Is(err, snapshot.ErrCorrupt):
 		return exitBadLog
 	}
 	return exitError

@@ -15,6 +15,7 @@ import (
 
 	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/guest/bare"
+	"github.com/ftkvm/ftkvm/snapshot"
 	"github.com/ftkvm/ftkvm/tscpatch"
 	"github.com/ftkvm/ftkvm/vmm"
 )
@@ -196,6 +197,18 @@ func (o *guestOptions) prepare() (*preparedGuest, error) {
 
 // load puts the prepared guest into vm.
 func (g *preparedGuest) load(vm *vmm.VM) error {
+	if err := g.addDevices(vm); err != nil {
+		return err
+	}
+	if g.bare {
+		return vm.LoadBare(g.kernel)
+	}
+	return vm.LoadLinux(vmm.LinuxSpec{Kernel: g.kernel, Initrd: g.initrd, Cmdline: g.cmdline})
+}
+
+// addDevices adds the guest's devices to vm (load does, and a restore
+// from a snapshot, which loads no image).
+func (g *preparedGuest) addDevices(vm *vmm.VM) error {
 	if g.dma {
 		// A replay puts the engine in replay mode: this backend then
 		// never runs and the data comes from the log.
@@ -203,13 +216,7 @@ func (g *preparedGuest) load(vm *vmm.VM) error {
 			return err
 		}
 	}
-	if err := g.devs.add(vm); err != nil {
-		return err
-	}
-	if g.bare {
-		return vm.LoadBare(g.kernel)
-	}
-	return vm.LoadLinux(vmm.LinuxSpec{Kernel: g.kernel, Initrd: g.initrd, Cmdline: g.cmdline})
+	return g.devs.add(vm)
 }
 
 // randomDMA is the DMA test device's backend: random bytes after a random
@@ -249,7 +256,12 @@ func cmdRun(ctx context.Context, args []string) (int, error) {
 	o.register(fs, scopeRun)
 	timeout := fs.Duration("timeout", 0, "stop the guest after this long (0: no limit)")
 	quiet := fs.Bool("q", false, "no progress or summary lines on stderr")
+	var so snapshotOptions
+	so.register(fs)
 	if err := parseFlags(fs, args); err != nil {
+		return exitUsage, err
+	}
+	if err := so.check(); err != nil {
 		return exitUsage, err
 	}
 	g, err := o.prepare()
@@ -260,19 +272,48 @@ func cmdRun(ctx context.Context, args []string) (int, error) {
 	if err := checkKVM(); err != nil {
 		return exitNoKVM, err
 	}
-	vm, err := vmm.New(g.config(vmm.Config{Options: vmm.Options{Console: os.Stdout, ConsoleInput: os.Stdin}}))
+	cfg := g.config(vmm.Config{Options: vmm.Options{Console: os.Stdout, ConsoleInput: os.Stdin}})
+	var saved *snapshot.File
+	if so.restore != "" {
+		if saved, err = readSnapshot(so.restore); err != nil {
+			return exitCode(err), err
+		}
+		sc := saved.Config()
+		cfg.MemoryBytes, cfg.Clock, cfg.Epoch = sc.MemoryBytes, sc.Clock, sc.Epoch
+	}
+	if so.after > 0 {
+		cfg.Driver, cfg.ConsoleInput = snapshot.StopAfter(vmm.NewLiveDriver(os.Stdin), so.after), nil
+	}
+	vm, err := vmm.New(cfg)
 	if err != nil {
 		return 1, err
 	}
 	defer vm.Close()
-	if err := g.load(vm); err != nil {
-		return 1, err
-	}
 	info := infof(*quiet)
-	info("booting %s with %d MiB (%d rdtsc sites patched)", g.name, g.memory>>20, g.nsites)
+	if saved != nil {
+		if err := g.addDevices(vm); err != nil {
+			return 1, err
+		}
+		if err := saved.Restore(vm, g.identity()); err != nil {
+			return exitCode(err), fmt.Errorf("%s: %w", so.restore, err)
+		}
+		info("restored %s from %s (%d MiB, saved at exit %d)", g.name, so.restore, cfg.MemoryBytes>>20, saved.Header.Exits)
+	} else {
+		if err := g.load(vm); err != nil {
+			return 1, err
+		}
+		info("booting %s with %d MiB (%d rdtsc sites patched)", g.name, g.memory>>20, g.nsites)
+	}
 	ctx, cancel := withTimeout(ctx, *timeout)
 	defer cancel()
 	res, err := vm.Run(ctx)
+	if stop := err; errors.Is(stop, snapshot.ErrStopped) {
+		if err := writeSnapshot(ctx, so.file, vm, g.identity()); err != nil {
+			return exitError, err
+		}
+		info("%v; snapshot written to %s", stop, so.file)
+		return exitOK, nil
+	}
 	return report(info, res, err)
 }
 

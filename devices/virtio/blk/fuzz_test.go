@@ -2,6 +2,7 @@ package blk
 
 import (
 	"encoding/binary"
+	"reflect"
 	"testing"
 
 	"github.com/ftkvm/ftkvm/devices/virtio/virtiotest"
@@ -139,8 +140,15 @@ func checkInvariants(t *testing.T, g *guest, scratch *Device) {
 			}
 		}
 	}
-	if err := scratch.Restore(s); err != nil {
-		t.Fatalf("Restore refuses a state Save returned: %v", err)
+	b, err := g.dev.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := scratch.RestoreState(b); err != nil {
+		t.Fatalf("RestoreState refuses a state SaveState returned: %v", err)
+	}
+	if got := scratch.Save(); !reflect.DeepEqual(got, s) {
+		t.Fatalf("state changed through its encoding:\n%+v\n%+v", s, got)
 	}
 	for _, u := range g.Rings[0].Used {
 		if u[1] > IDLen+1 && u[1] != 0 && (u[1]-1)%SectorSize != 0 {

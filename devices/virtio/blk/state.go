@@ -6,6 +6,7 @@ import (
 
 	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/devices/virtio"
+	"github.com/ftkvm/ftkvm/internal/mpack"
 )
 
 // State is the device's saved state. The configuration is not part of it
@@ -185,4 +186,16 @@ func checkChain(c *virtio.Chain, readLen, writeLen uint64) error {
 			c.Head, rd, wr, c.ReadLen, c.WriteLen, readLen, writeLen)
 	}
 	return nil
+}
+
+// SaveState implements virtio.Stateful.
+func (d *Device) SaveState() ([]byte, error) { return mpack.Marshal(d.Save()) }
+
+// RestoreState implements virtio.Stateful.
+func (d *Device) RestoreState(b []byte) error {
+	var s State
+	if err := mpack.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("blk: restore: %w", err)
+	}
+	return d.Restore(s)
 }

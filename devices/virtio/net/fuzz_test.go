@@ -1,6 +1,7 @@
 package net
 
 import (
+	"reflect"
 	"testing"
 
 	"github.com/ftkvm/ftkvm/bounce"
@@ -142,7 +143,23 @@ func checkInvariants(t *testing.T, g *guest, scratch *Device) {
 	if uint64(len(g.frames)) != st.RxFrames {
 		t.Fatalf("%d frames in guest buffers, %d counted", len(g.frames), st.RxFrames)
 	}
-	if err := scratch.Restore(s); err != nil {
-		t.Fatalf("Restore refuses a state Save returned: %v", err)
+	b, err := g.dev.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := scratch.RestoreState(b); err != nil {
+		t.Fatalf("RestoreState refuses a state SaveState returned: %v", err)
+	}
+	if got := scratch.Save(); !reflect.DeepEqual(got, s) {
+		t.Fatalf("state changed through its encoding:\n%+v\n%+v", s, got)
+	}
+	// A truncated encoding is refused and leaves the device as it was.
+	if len(b) > 1 {
+		if err := scratch.RestoreState(b[:len(b)-1]); err == nil {
+			t.Fatal("a truncated state was restored")
+		}
+		if got := scratch.Save(); !reflect.DeepEqual(got, s) {
+			t.Fatal("a refused state changed the device")
+		}
 	}
 }

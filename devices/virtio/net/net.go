@@ -126,7 +126,10 @@ type Device struct {
 	stats   Stats
 }
 
-var _ virtio.Device = (*Device)(nil)
+var (
+	_ virtio.Device   = (*Device)(nil)
+	_ virtio.Stateful = (*Device)(nil)
+)
 
 // New returns the device for cfg, submitting its transfers to engine,
 // whose backend must serve Requests as described in the package

@@ -3,6 +3,8 @@ package net
 import (
 	"fmt"
 	"slices"
+
+	"github.com/ftkvm/ftkvm/internal/mpack"
 )
 
 // State is the device's saved state. The configuration is not part of it
@@ -113,4 +115,16 @@ func check(s State) error {
 		}
 	}
 	return nil
+}
+
+// SaveState implements virtio.Stateful.
+func (d *Device) SaveState() ([]byte, error) { return mpack.Marshal(d.Save()) }
+
+// RestoreState implements virtio.Stateful.
+func (d *Device) RestoreState(b []byte) error {
+	var s State
+	if err := mpack.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("net: restore: %w", err)
+	}
+	return d.Restore(s)
 }
