@@ -16,7 +16,6 @@ import (
 	"github.com/ftkvm/ftkvm/logchannel"
 	"github.com/ftkvm/ftkvm/replay"
 	"github.com/ftkvm/ftkvm/split"
-	"github.com/ftkvm/ftkvm/vmm"
 )
 
 type primary struct {
@@ -89,15 +88,11 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 	if err != nil {
 		return Result{}, err
 	}
-	vm, err := vmm.New(vc)
+	vm, hdr, err := cfg.machine(vc)
 	if err != nil {
 		return Result{}, err
 	}
 	defer vm.Close()
-	if err := cfg.Guest.Load(vm); err != nil {
-		return Result{}, err
-	}
-	hdr := cfg.Guest.Header(vm, epoch)
 	hash, err := configHash(hdr)
 	if err != nil {
 		return Result{}, err
