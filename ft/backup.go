@@ -103,6 +103,9 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 	if err := json.Unmarshal(entry, &h); err != nil {
 		return Result{}, fmt.Errorf("the primary's hello: %w", err)
 	}
+	if err := logio.CheckDecoded(h.Header, hdr); err != nil {
+		return Result{}, fmt.Errorf("the primary's log header: refused before decoding: %w", err)
+	}
 	if err := proto.Unmarshal(h.Header, hdr); err != nil {
 		return Result{}, fmt.Errorf("the primary's log header: %w", err)
 	}
@@ -236,6 +239,11 @@ func (b *backup) Next() (*logpb.Event, error) {
 		return nil, err
 	}
 	ev := &logpb.Event{}
+	// An entry within the window can still decode to far more than its
+	// size (empty repeated messages): refuse it before decoding.
+	if err := logio.CheckDecoded(entry, ev); err != nil {
+		return nil, fmt.Errorf("log entry %d: refused before decoding: %w", seq, err)
+	}
 	if err := proto.Unmarshal(append([]byte(nil), entry...), ev); err != nil {
 		return nil, fmt.Errorf("log entry %d: %w", seq, err)
 	}
