@@ -334,6 +334,7 @@ type pair struct {
 	runLog   bytes.Buffer
 	pDead    atomic.Bool
 	pAlone   atomic.Bool // the primary won a claim: it releases without acks
+	bWon     atomic.Bool
 	pCtx     context.Context
 	pKill    context.CancelFunc
 	pCfg     Config
@@ -405,6 +406,10 @@ func newPair(t *testing.T, prog []toyvm.Op) *pair {
 		a, err := split.NewFileArbiter(split.FileConfig{Dir: p.splitDir, Pair: "toy", Node: "primary", Generation: gen})
 		return arbiter{a, &p.pDead, &p.pAlone}, err
 	}
+	p.bCfg.NewArbiter = func(gen uint64) (split.Arbiter, error) {
+		a, err := split.NewFileArbiter(split.FileConfig{Dir: p.splitDir, Pair: "toy", Node: "backup", Generation: gen})
+		return arbiter{a, nil, &p.bWon}, err
+	}
 	p.bCfg.Dial = p.l.dial(func(r *relay) { p.relay.Store(r) })
 	p.bCfg.RunLog = &p.runLog
 	p.bCfg.OnLive = func() {
@@ -421,6 +426,11 @@ func newPair(t *testing.T, prog []toyvm.Op) *pair {
 		})
 	}
 	p.pCtx, p.pKill = context.WithCancel(context.Background())
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(p.log.String())
+		}
+	})
 	return p
 }
 
@@ -455,9 +465,6 @@ func (p *pair) run() {
 	}()
 	wg.Wait()
 	p.t.Logf("primary: %s (%v); backup: %s (%v)", p.pRes.Outcome, p.pErr, p.bRes.Outcome, p.bErr)
-	if p.t.Failed() {
-		p.t.Log(p.log.String())
-	}
 }
 
 // kill is the primary's host dying: nothing more leaves it, its storage
@@ -534,6 +541,9 @@ func TestSessionProtectedRun(t *testing.T) {
 		t.Errorf("primary let out %d bytes (%d counted), backup %q", len(p.pOut.String()), p.pRes.Released, p.bOut.String())
 	}
 	p.checkWorld()
+	for end := time.Now().Add(2 * time.Second); len(p.pg.performed()) < 8 && time.Now().Before(end); {
+		time.Sleep(time.Millisecond) // the last ones run on their own goroutines
+	}
 	if got := p.pg.performed(); len(got) != 8 {
 		t.Errorf("the primary performed device writes %v, want 8", got)
 	}
@@ -550,4 +560,144 @@ func fp(t *testing.T, g *toyGuest) []byte {
 	defer g.mu.Unlock()
 	f, _ := g.m.Fingerprint()
 	return f[:]
+}
+
+// owner is who won the pair's claim: exactly one side may.
+func (p *pair) owner() string {
+	switch pw, bw := p.pAlone.Load(), p.bWon.Load(); {
+	case pw && bw:
+		p.t.Fatal("both sides won the test-and-set")
+	case pw:
+		return "primary"
+	case bw:
+		return "backup"
+	}
+	return ""
+}
+
+// The primary's host dies in the middle of the run: the backup replays
+// what it received, wins the claim, re-sends the output the primary may
+// not have let out, and runs the guest to its end. At the handover its
+// state is the primary's at that exit.
+func TestSessionPrimaryKilled(t *testing.T) {
+	for _, at := range []uint64{3, 40, 150, 350} {
+		t.Run(fmt.Sprint("exit", at), func(t *testing.T) {
+			p := newPair(t, chatterProg(40))
+			p.onPrimaryExit(at, p.kill)
+			p.run()
+			if !p.bRes.Live || p.bErr != nil || p.pErr == nil { // the dead primary's own result does not matter
+				t.Fatalf("primary %q %v, backup %q %v: want the backup live", p.pRes.Outcome, p.pErr, p.bRes.Outcome, p.bErr)
+			}
+			if p.bRes.Run.Reason != vmm.StopExitPort || p.bRes.Run.Status != 3 {
+				t.Errorf("the backup's run ended %+v", p.bRes.Run)
+			}
+			p.checkWorld()
+			if o := p.owner(); o != "backup" {
+				t.Errorf("the claim is held by %q", o)
+			}
+			if p.liveAt.Exits > at {
+				t.Errorf("went live at %v, past the primary's death at exit %d", p.liveAt, at)
+			}
+			if p.liveAt.Kind == vmm.AtExit && p.liveAt.Exits > 0 {
+				want, ok := p.exitFP.Load(p.liveAt.Exits)
+				if !ok || want.([32]byte) != p.liveFP {
+					t.Errorf("at the handover (%v) the backup's state is not the primary's after that exit", p.liveAt)
+				}
+			}
+			p.bg.mu.Lock()
+			regs, _ := p.bg.m.Regs()
+			p.bg.mu.Unlock()
+			if regs.RAX != work(p.prog) {
+				t.Errorf("the guest ended with %d work iterations, want %d", regs.RAX, work(p.prog))
+			}
+			// Every device write happens on one side or the other (some
+			// on their own goroutines after the run).
+			done := map[uint64]bool{}
+			for end := time.Now().Add(2 * time.Second); len(done) < 8 && time.Now().Before(end); time.Sleep(time.Millisecond) {
+				for _, tag := range append(p.pg.performed(), p.bg.performed()...) {
+					done[tag] = true
+				}
+			}
+			if len(done) != 8 {
+				t.Errorf("device writes performed: %v, want 8", done)
+			}
+		})
+	}
+}
+
+// A partition in the middle of the run: both sides lose each other, both
+// claim the pair, exactly one wins and runs on; the outside sees the
+// output once, with at most an overlap.
+func TestSessionPartition(t *testing.T) {
+	wins := map[string]int{}
+	for i := range 6 {
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			p := newPair(t, chatterProg(30))
+			p.onPrimaryExit(uint64(20+i*37), func() {
+				p.relay.Load().set(func(r *relay) { r.cut = true })
+			})
+			p.run()
+			if p.pRes.Live == p.bRes.Live {
+				t.Fatalf("primary %q (live %v), backup %q (live %v): want exactly one live", p.pRes.Outcome, p.pRes.Live, p.bRes.Outcome, p.bRes.Live)
+			}
+			winner := "primary"
+			if p.bRes.Live {
+				winner = "backup"
+			}
+			if o := p.owner(); o != winner {
+				t.Errorf("%s is live, the claim is held by %q", winner, o)
+			}
+			wins[winner]++
+			p.checkWorld()
+		})
+	}
+	t.Logf("wins: %v", wins)
+}
+
+// The backup's acks and heartbeats stop reaching the primary while the
+// log still reaches the backup: the primary declares the backup lost and
+// gives up the channel, which the backup sees end. Both claim the pair;
+// exactly one runs on, and the outside sees the output once.
+func TestSessionAckLoss(t *testing.T) {
+	for i := range 4 {
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			p := newPair(t, chatterProg(30))
+			p.onPrimaryExit(uint64(30+i*50), func() {
+				p.relay.Load().set(func(r *relay) { r.dropAcks = true })
+			})
+			p.run()
+			if p.pRes.Live == p.bRes.Live {
+				t.Fatalf("primary %q (live %v), backup %q (live %v): want exactly one live", p.pRes.Outcome, p.pRes.Live, p.bRes.Outcome, p.bRes.Live)
+			}
+			if w := p.owner(); p.pRes.Live != (w == "primary") {
+				t.Errorf("the claim went to %q; primary live %v", w, p.pRes.Live)
+			}
+			p.checkWorld()
+		})
+	}
+}
+
+// Acks held back (shorter than the timeout): the primary's output waits
+// for them and nothing leaves before its ack; the run ends protected.
+func TestSessionAckDelay(t *testing.T) {
+	p := newPair(t, chatterProg(30))
+	p.pCfg.Timeout, p.bCfg.Timeout = 2*time.Second, 2*time.Second
+	var before int
+	p.onPrimaryExit(60, func() {
+		r := p.relay.Load()
+		r.set(func(r *relay) { r.holdAcks = true })
+		before = len(p.pOut.String())
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			r.set(func(r *relay) { r.holdAcks = false })
+		}()
+	})
+	p.run()
+	if p.pRes.Outcome != "finished protected" || p.bErr != nil {
+		t.Fatalf("primary %q %v, backup %q %v", p.pRes.Outcome, p.pErr, p.bRes.Outcome, p.bErr)
+	}
+	if p.pRes.Commit.Max < 50*time.Millisecond {
+		t.Errorf("output commit delay at most %v while acks were held 100 ms (%d bytes out then)", p.pRes.Commit.Max, before)
+	}
+	p.checkWorld()
 }
