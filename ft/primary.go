@@ -201,59 +201,6 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 	return r, runErr
 }
 
-// acceptBackup waits for a backup with the same VM; nil if none came.
-func (p *primary) acceptBackup(ctx context.Context, l net.Listener, wait time.Duration, hash [32]byte) *logchannel.Sender {
-	actx, cancel := ctx, context.CancelFunc(func() {})
-	if wait > 0 {
-		actx, cancel = context.WithTimeout(ctx, wait)
-	}
-	defer cancel()
-	p.log.printf("waiting for the backup to connect on %s (%s)", l.Addr(), p.cfg.security())
-	conns := make(chan net.Conn)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				close(conns)
-				return
-			}
-			select {
-			case conns <- c:
-			case <-actx.Done():
-				c.Close()
-				close(conns)
-				return
-			}
-		}
-	}()
-	defer l.Close()
-	for {
-		select {
-		case <-actx.Done():
-			return nil
-		case c, ok := <-conns:
-			if !ok {
-				return nil
-			}
-			s, err := logchannel.NewSender(actx, c, p.cfg.channel(hash))
-			if err != nil {
-				c.Close()
-				switch {
-				case errors.Is(err, logchannel.ErrConfigMismatch):
-					p.log.printf("REFUSED the backup at %s: %v (%v)", c.RemoteAddr(), ErrConfigMismatch, err)
-				case errors.Is(err, logchannel.ErrAuth):
-					p.log.printf("REFUSED a connection from %s: not authenticated as the pair's backup (TLS): %v", c.RemoteAddr(), err)
-				default:
-					p.log.printf("backup at %s failed the handshake: %v", c.RemoteAddr(), err)
-				}
-				continue
-			}
-			p.log.printf("backup connected from %s (%s)", c.RemoteAddr(), p.cfg.security())
-			return s
-		}
-	}
-}
-
 // step feeds the pair's state machine an event and carries out the
 // action it returns (claim is the caller's: only watch claims). why
 // describes the event for the result.
