@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -52,7 +53,7 @@ type toyGuest struct {
 func (g *toyGuest) header(epoch time.Time) *logpb.Header {
 	h := sha256.New()
 	for _, op := range g.prog {
-		binary.Write(h, binary.LittleEndian, op)
+		binary.Write(h, binary.LittleEndian, [2]int64{int64(op.Kind), int64(op.N)})
 	}
 	return &logpb.Header{Version: logio.FormatVersion, MemoryBytes: toyvm.Pages * 4096, EpochUnixNano: epoch.UnixNano(),
 		ImageSha256: h.Sum(nil), Recorder: "toy"}
@@ -700,4 +701,49 @@ func TestSessionAckDelay(t *testing.T) {
 		t.Errorf("output commit delay at most %v while acks were held 100 ms (%d bytes out then)", p.pRes.Commit.Max, before)
 	}
 	p.checkWorld()
+}
+
+// A primary nobody joins runs unprotected once its wait is over, and
+// lets its output out at once; a backup built for another guest is
+// refused in the handshake, and the primary goes on waiting.
+func TestSessionNoBackup(t *testing.T) {
+	p := newPair(t, chatterProg(5))
+	other := &toyGuest{prog: chatterProg(6)}
+	p.bCfg.NewMachine = other.factory
+	bErr := make(chan error, 1)
+	go func() {
+		_, err := RunBackup(context.Background(), p.bCfg, "primary", time.Second)
+		bErr <- err
+	}()
+	res, err := RunPrimary(context.Background(), p.pCfg, p.l, 300*time.Millisecond)
+	if err != nil || !res.Live || !strings.HasPrefix(res.Outcome, "finished unprotected") {
+		t.Fatalf("primary %q %v", res.Outcome, err)
+	}
+	if p.pOut.String() != output(p.prog) {
+		t.Errorf("the primary let out %q", p.pOut.String())
+	}
+	if err := <-bErr; !errors.Is(err, ErrConfigMismatch) {
+		t.Errorf("the other guest's backup: %v, want ErrConfigMismatch", err)
+	}
+	if !strings.Contains(p.log.String(), "REFUSED the backup") {
+		t.Error("the primary did not log the refusal")
+	}
+}
+
+// The status lines of both sides, while a pair runs.
+func TestSessionStatus(t *testing.T) {
+	p := newPair(t, chatterProg(30))
+	p.pCfg.StatusEvery, p.bCfg.StatusEvery = time.Millisecond, time.Millisecond
+	p.pCfg.Timeout, p.bCfg.Timeout = 2*time.Second, 2*time.Second
+	p.onPrimaryExit(60, func() {
+		r := p.relay.Load()
+		r.set(func(r *relay) { r.holdAcks = true })
+		time.AfterFunc(30*time.Millisecond, func() { r.set(func(r *relay) { r.holdAcks = false }) })
+	})
+	p.run()
+	for _, want := range []string{"primary: PROTECTED: exit", "backup: BACKUP (replaying): at exit"} {
+		if !strings.Contains(p.log.String(), want) {
+			t.Errorf("no %q status line", want)
+		}
+	}
 }
