@@ -38,6 +38,10 @@ func (p *primary) acceptBackup(ctx context.Context, l net.Listener, wait time.Du
 	}
 	defer cancel()
 	p.log.printf("waiting for the backup to connect on %s (%s)", l.Addr(), p.cfg.security())
+	// Handshakes that lose the race, and the accept loop, end on their
+	// own: finished tells them nobody is listening any more.
+	finished := make(chan struct{})
+	defer close(finished)
 	conns := make(chan net.Conn)
 	go func() {
 		for {
@@ -52,15 +56,14 @@ func (p *primary) acceptBackup(ctx context.Context, l net.Listener, wait time.Du
 				c.Close()
 				close(conns)
 				return
+			case <-finished:
+				c.Close()
+				return
 			}
 		}
 	}()
 	defer l.Close()
 
-	// Handshakes that lose the race end on their own: finished tells
-	// them nobody is listening, and their contexts are cancelled.
-	finished := make(chan struct{})
-	defer close(finished)
 	done := make(chan handshake)
 	pending := map[uint64]context.CancelFunc{}
 	var order []uint64 // pending, oldest first
@@ -106,6 +109,8 @@ func (p *primary) acceptBackup(ctx context.Context, l net.Listener, wait time.Du
 				case <-finished:
 					if h.sender != nil {
 						h.sender.Close()
+					} else {
+						h.conn.Close()
 					}
 				}
 			}(handshake{id: next, conn: c})
