@@ -48,6 +48,10 @@ type toyGuest struct {
 	m      *toyvm.Machine
 	writes []uint64 // tags of the device writes performed
 	reads  int      // DMA reads performed
+	// acked, if set, says at each write what the primary's release
+	// says at each console write (world.acked); held records it.
+	acked func() (uint64, bool)
+	held  []release // upto is the write's tag
 }
 
 func (g *toyGuest) header(epoch time.Time) *logpb.Header {
@@ -75,6 +79,10 @@ func (g *toyGuest) factory(vc vmm.Config) (Machine, *logpb.Header, error) {
 		defer g.mu.Unlock()
 		if req.Write {
 			g.writes = append(g.writes, req.Tag)
+			if g.acked != nil {
+				a, prot := g.acked()
+				g.held = append(g.held, release{int(req.Tag), a, prot})
+			}
 			return nil, nil
 		}
 		g.reads++
@@ -400,6 +408,7 @@ func newPair(t *testing.T, prog []toyvm.Op) *pair {
 	}
 	base := Config{Insecure: true, SplitDir: p.splitDir, Pair: "toy", Timeout: 150 * time.Millisecond, Heartbeat: 20 * time.Millisecond,
 		ClaimTimeout: 3 * time.Second, StatusEvery: -1, Log: p.log, KickAfter: 50 * time.Microsecond}
+	p.pg.acked = p.pOut.acked
 	p.pCfg, p.bCfg = base, base
 	p.pCfg.Node, p.bCfg.Node = "primary", "backup"
 	p.pCfg.NewMachine, p.bCfg.NewMachine = p.pg.factory, p.bg.factory
@@ -518,6 +527,7 @@ func (p *pair) checkWorld() {
 		t.Fatalf("the backup's run log: %v", err)
 	}
 	var entryOf []uint64
+	submitted := map[uint64]uint64{} // device write tag → its Submit's entry
 	for {
 		ev, err := r.Next()
 		if err != nil || ev.GetHandover() != nil {
@@ -528,7 +538,17 @@ func (p *pair) checkWorld() {
 				entryOf = append(entryOf, ev.Seq+1)
 			}
 		}
+		if sub := ev.GetSubmit(); sub != nil {
+			submitted[sub.Tag] = ev.Seq + 1
+		}
 	}
+	p.pg.mu.Lock()
+	for _, w := range p.pg.held {
+		if e, ok := submitted[uint64(w.upto)]; w.protected && (!ok || e > w.acked) {
+			t.Errorf("the primary performed device write %d (log entry %d, logged %v) when the backup had acknowledged entry %d", w.upto, e, ok, w.acked)
+		}
+	}
+	p.pg.mu.Unlock()
 	p.pOut.mu.Lock()
 	defer p.pOut.mu.Unlock()
 	for _, rel := range p.pOut.releases {
