@@ -177,3 +177,36 @@ func TestBackupRefusesAmplifyingEntries(t *testing.T) {
 		})
 	}
 }
+
+// A backup lost between the handshake and its ack of the hello does not
+// leave the primary waiting for that ack for as long as its context
+// lasts.
+func TestPrimaryBackupLostBeforeHello(t *testing.T) {
+	p := newPair(t, chatterProg(3))
+	hash, err := configHash(p.pg.header(time.Unix(0, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bcfg := p.bCfg
+	bcfg.defaults("backup")
+	a, b := logchannel.NewPipe(0)
+	go func() {
+		lc := bcfg.channel(hash)
+		lc.AckMode = logchannel.AckConsumed // never acks: nothing is consumed
+		r, err := logchannel.NewReceiver(context.Background(), b, lc)
+		if err != nil {
+			t.Errorf("fake backup: %v", err)
+			return
+		}
+		time.Sleep(50 * time.Millisecond) // the hello arrives, unacknowledged
+		r.Close()
+	}()
+	go func() { p.l.conns <- a }()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = RunPrimary(ctx, p.pCfg, p.l, 5*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "sending the hello") || time.Since(start) > 5*time.Second {
+		t.Errorf("after %v: %v, want the hello's failure at once", time.Since(start), err)
+	}
+}

@@ -124,7 +124,7 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 		// that was told the pair exists can always take over.
 		_, err := p.sender.Append(ctx, hl)
 		if err == nil {
-			err = p.sender.Flush(ctx)
+			err = p.flushHello(ctx)
 		}
 		if err != nil {
 			p.sender.Close()
@@ -199,6 +199,24 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 		res.Duration.Round(time.Millisecond), vm.RunTime().Round(time.Millisecond), st.Landmarks, st.LandmarkTime.Round(time.Millisecond), p.sinkWait.Round(time.Millisecond),
 		(res.Duration - vm.RunTime() - st.LandmarkTime - p.sinkWait).Round(time.Millisecond))
 	return r, runErr
+}
+
+// flushHello waits for the backup's ack of the hello, or for the channel
+// to fail: a Flush alone would wait for a backup lost meanwhile for as
+// long as ctx lasts. A failure that comes after the ack is left for watch.
+func (p *primary) flushHello(ctx context.Context) error {
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	flushed := make(chan error, 1)
+	go func() { flushed <- p.sender.Flush(fctx) }()
+	select {
+	case err := <-flushed:
+		return err
+	case f := <-p.sender.Failed():
+		cancel()
+		<-flushed
+		return f.Err
+	}
 }
 
 // step feeds the pair's state machine an event and carries out the

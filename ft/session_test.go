@@ -406,7 +406,7 @@ func newPair(t *testing.T, prog []toyvm.Op) *pair {
 		}
 		return r.acked(), !p.pAlone.Load()
 	}
-	base := Config{Insecure: true, SplitDir: p.splitDir, Pair: "toy", Timeout: 150 * time.Millisecond, Heartbeat: 20 * time.Millisecond,
+	base := Config{Insecure: true, SplitDir: p.splitDir, Pair: "toy", Timeout: 300 * time.Millisecond, Heartbeat: 30 * time.Millisecond,
 		ClaimTimeout: 3 * time.Second, StatusEvery: -1, Log: p.log, KickAfter: 50 * time.Microsecond}
 	p.pg.acked = p.pOut.acked
 	p.pCfg, p.bCfg = base, base
@@ -787,7 +787,7 @@ func TestSessionStatus(t *testing.T) {
 	p.onPrimaryExit(60, func() {
 		r := p.relay.Load()
 		r.set(func(r *relay) { r.holdAcks = true })
-		time.AfterFunc(30*time.Millisecond, func() { r.set(func(r *relay) { r.holdAcks = false }) })
+		time.AfterFunc(150*time.Millisecond, func() { r.set(func(r *relay) { r.holdAcks = false }) })
 	})
 	p.run()
 	for _, want := range []string{"primary: PROTECTED: exit", "backup: BACKUP (replaying): at exit"} {
