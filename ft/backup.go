@@ -30,7 +30,7 @@ type backup struct {
 	recv *logchannel.Receiver
 	rp   *replay.Replayer
 	rl   *runLog // Config.RunLog
-	vm   *vmm.VM
+	vm   Machine
 	arb  split.Arbiter
 
 	replayed  atomic.Uint64 // last channel seq handed to the replay
@@ -73,7 +73,7 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 	if err := cfg.channel(hash).Validate(false); err != nil {
 		return Result{}, fmt.Errorf("the log channel's configuration: %w", err)
 	}
-	conn, err := dialRetry(ctx, addr, connectWait)
+	conn, err := b.dial(ctx, addr, connectWait)
 	if err != nil {
 		return Result{}, fmt.Errorf("connecting to the primary at %s: %w", addr, err)
 	}
@@ -103,6 +103,9 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 	if err := json.Unmarshal(entry, &h); err != nil {
 		return Result{}, fmt.Errorf("the primary's hello: %w", err)
 	}
+	if err := logio.CheckDecoded(h.Header, hdr); err != nil {
+		return Result{}, fmt.Errorf("the primary's log header: refused before decoding: %w", err)
+	}
 	if err := proto.Unmarshal(h.Header, hdr); err != nil {
 		return Result{}, fmt.Errorf("the primary's log header: %w", err)
 	}
@@ -126,14 +129,12 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 	if err != nil {
 		return Result{}, err
 	}
-	if b.vm, err = vmm.New(vc); err != nil {
+	var own *logpb.Header
+	if b.vm, own, err = cfg.machine(vc); err != nil {
 		return Result{}, err
 	}
 	defer b.vm.Close()
-	if err := cfg.Guest.Load(b.vm); err != nil {
-		return Result{}, err
-	}
-	if err := logio.CompareHeaders(hdr, cfg.Guest.Header(b.vm, epoch)); err != nil {
+	if err := logio.CompareHeaders(hdr, own); err != nil {
 		return Result{}, fmt.Errorf("%w: %v", ErrConfigMismatch, err)
 	}
 	b.log.printf("pair %q generation %d with primary %s: replaying its log (console output suppressed)", h.Pair, h.Generation, h.Primary)
@@ -184,23 +185,32 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 	return r, runErr
 }
 
+// probeHash builds a machine the way the real one will be (whose RTC
+// epoch comes from the primary) only to hash its header.
 func (b *backup) probeHash() ([32]byte, error) {
-	vm, err := vmm.New(vmm.Config{Spec: b.cfg.Guest.Spec})
+	s := b.cfg.Guest.Spec
+	s.Epoch = time.Unix(0, 0)
+	vm, hdr, err := b.cfg.machine(vmm.Config{Spec: s})
 	if err != nil {
 		return [32]byte{}, err
 	}
-	defer vm.Close()
-	if err := b.cfg.Guest.Load(vm); err != nil {
-		return [32]byte{}, err
-	}
-	return configHash(b.cfg.Guest.Header(vm, time.Unix(0, 0)))
+	vm.Close()
+	return configHash(hdr)
 }
 
-func dialRetry(ctx context.Context, addr string, wait time.Duration) (net.Conn, error) {
+// dial connects to the primary (Config.Dial, default TCP), retrying until
+// wait has passed.
+func (b *backup) dial(ctx context.Context, addr string, wait time.Duration) (net.Conn, error) {
+	dial := b.cfg.Dial
+	if dial == nil {
+		dial = func(ctx context.Context, addr string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		}
+	}
 	deadline := time.Now().Add(wait)
 	for {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", addr)
+		c, err := dial(ctx, addr)
 		if err == nil {
 			return c, nil
 		}
@@ -229,6 +239,11 @@ func (b *backup) Next() (*logpb.Event, error) {
 		return nil, err
 	}
 	ev := &logpb.Event{}
+	// An entry within the window can still decode to far more than its
+	// size (empty repeated messages): refuse it before decoding.
+	if err := logio.CheckDecoded(entry, ev); err != nil {
+		return nil, fmt.Errorf("log entry %d: refused before decoding: %w", seq, err)
+	}
 	if err := proto.Unmarshal(append([]byte(nil), entry...), ev); err != nil {
 		return nil, fmt.Errorf("log entry %d: %w", seq, err)
 	}

@@ -24,6 +24,12 @@
 //     package pairtls makes and loads a pair's CA and node certificates),
 //     so only the pair's backup can read the guest's inputs and only its
 //     primary can feed the backup a log. Plaintext needs Config.Insecure.
+//   - Pairing no stranger can stall (accept.go): the primary handshakes
+//     every connection on its own goroutine within a short deadline, a
+//     bounded number at once (a new one evicts the oldest), so silent or
+//     garbage connections to its port do not delay the real backup. The
+//     backup refuses a hello or log entry that would decode to more than
+//     logio.MaxDecoded before decoding it.
 //   - Go-live: the backup replays every entry it received, wins the
 //     test-and-set, re-sends the console output from the last Released
 //     count the primary logged (duplicates allowed, losses not), and runs on
@@ -46,6 +52,14 @@
 // failover_test.go checks them together: for random interleavings of log
 // entries, outputs, acks and the primary's crash, the outside world sees
 // one execution's output with at most a duplicated overlap.
+//
+// Each side builds its VM through a MachineFactory (Config.NewMachine;
+// by default vmm.New with Guest.Load and Guest.Header) and the backup
+// reaches the primary through Config.Dial (by default TCP), so the real
+// RunPrimary and RunBackup, goroutines and all, run in tests over toy
+// machines (internal/toyvm) and an in-memory network
+// (session_test.go): the primary killed, partitions, lost and held acks,
+// in milliseconds and without KVM.
 //
 // The channel's first entry is a hello (JSON) carrying the primary's log
 // header (whose RTC epoch the backup adopts) and the split-brain

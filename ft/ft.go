@@ -1,11 +1,13 @@
 package ft
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"sort"
 	"sync"
@@ -71,9 +73,10 @@ type Guest struct {
 	// console, console input, driver and clock itself (vmm.Options'
 	// Console, ConsoleInput, Driver, Clock): setting them here is an error.
 	Options vmm.Options
-	// Load puts the guest into a new VM (vm.LoadLinux or vm.LoadBare).
-	Load func(vm *vmm.VM) error
-	// Header describes the loaded VM (replay.NewHeader).
+	// Load puts the guest into a new VM (vm.LoadLinux or vm.LoadBare)
+	// and Header describes the loaded VM (replay.NewHeader): the default
+	// MachineFactory's two steps (Config.NewMachine replaces them).
+	Load   func(vm *vmm.VM) error
 	Header func(vm *vmm.VM, epoch time.Time) *logpb.Header
 	// Bare says the guest is a bare test image (no Linux kernel).
 	Bare bool
@@ -82,6 +85,12 @@ type Guest struct {
 // Config configures either side of a pair.
 type Config struct {
 	Guest Guest
+	// NewMachine, if set, builds this side's machine instead of vmm.New
+	// with Guest.Load and Guest.Header (which it then need not set).
+	NewMachine MachineFactory
+	// Dial, if set, connects the backup to the primary at addr instead
+	// of TCP, tried until connectWait has passed.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
 
 	// SplitDir, Pair and Node configure the default arbiter, a
 	// split.FileArbiter on SplitDir (shared storage both hosts mount). The

@@ -3,6 +3,7 @@ package ft
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,5 +25,20 @@ func TestGuestVMConfig(t *testing.T) {
 	g.Options.Console = &console
 	if _, err := g.vmConfig(epoch, &console, d); !errors.Is(err, vmm.ErrInvalidConfig) {
 		t.Errorf("a Guest setting the console: err = %v, want ErrInvalidConfig", err)
+	}
+}
+
+// The default factory needs the Guest's Load and Header; a Config with a
+// NewMachine uses that instead.
+func TestMachineFactory(t *testing.T) {
+	var c Config
+	if _, _, err := c.machine(vmm.Config{}); err == nil || !strings.Contains(err.Error(), "Guest.Load and Guest.Header") {
+		t.Errorf("no Load: err = %v", err)
+	}
+	g := &toyGuest{prog: chatterProg(1)}
+	c.NewMachine = g.factory
+	m, hdr, err := c.machine(vmm.Config{Spec: vmm.Spec{Epoch: time.Unix(5, 0)}})
+	if err != nil || m == nil || hdr.EpochUnixNano != 5e9 {
+		t.Errorf("NewMachine: %v, %v, %v", m, hdr, err)
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/ftkvm/ftkvm/logchannel"
 	"github.com/ftkvm/ftkvm/replay"
 	"github.com/ftkvm/ftkvm/split"
-	"github.com/ftkvm/ftkvm/vmm"
 )
 
 type primary struct {
@@ -89,15 +88,11 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 	if err != nil {
 		return Result{}, err
 	}
-	vm, err := vmm.New(vc)
+	vm, hdr, err := cfg.machine(vc)
 	if err != nil {
 		return Result{}, err
 	}
 	defer vm.Close()
-	if err := cfg.Guest.Load(vm); err != nil {
-		return Result{}, err
-	}
-	hdr := cfg.Guest.Header(vm, epoch)
 	hash, err := configHash(hdr)
 	if err != nil {
 		return Result{}, err
@@ -129,7 +124,7 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 		// that was told the pair exists can always take over.
 		_, err := p.sender.Append(ctx, hl)
 		if err == nil {
-			err = p.sender.Flush(ctx)
+			err = p.flushHello(ctx)
 		}
 		if err != nil {
 			p.sender.Close()
@@ -206,56 +201,21 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 	return r, runErr
 }
 
-// acceptBackup waits for a backup with the same VM; nil if none came.
-func (p *primary) acceptBackup(ctx context.Context, l net.Listener, wait time.Duration, hash [32]byte) *logchannel.Sender {
-	actx, cancel := ctx, context.CancelFunc(func() {})
-	if wait > 0 {
-		actx, cancel = context.WithTimeout(ctx, wait)
-	}
+// flushHello waits for the backup's ack of the hello, or for the channel
+// to fail: a Flush alone would wait for a backup lost meanwhile for as
+// long as ctx lasts. A failure that comes after the ack is left for watch.
+func (p *primary) flushHello(ctx context.Context) error {
+	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	p.log.printf("waiting for the backup to connect on %s (%s)", l.Addr(), p.cfg.security())
-	conns := make(chan net.Conn)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				close(conns)
-				return
-			}
-			select {
-			case conns <- c:
-			case <-actx.Done():
-				c.Close()
-				close(conns)
-				return
-			}
-		}
-	}()
-	defer l.Close()
-	for {
-		select {
-		case <-actx.Done():
-			return nil
-		case c, ok := <-conns:
-			if !ok {
-				return nil
-			}
-			s, err := logchannel.NewSender(actx, c, p.cfg.channel(hash))
-			if err != nil {
-				c.Close()
-				switch {
-				case errors.Is(err, logchannel.ErrConfigMismatch):
-					p.log.printf("REFUSED the backup at %s: %v (%v)", c.RemoteAddr(), ErrConfigMismatch, err)
-				case errors.Is(err, logchannel.ErrAuth):
-					p.log.printf("REFUSED a connection from %s: not authenticated as the pair's backup (TLS): %v", c.RemoteAddr(), err)
-				default:
-					p.log.printf("backup at %s failed the handshake: %v", c.RemoteAddr(), err)
-				}
-				continue
-			}
-			p.log.printf("backup connected from %s (%s)", c.RemoteAddr(), p.cfg.security())
-			return s
-		}
+	flushed := make(chan error, 1)
+	go func() { flushed <- p.sender.Flush(fctx) }()
+	select {
+	case err := <-flushed:
+		return err
+	case f := <-p.sender.Failed():
+		cancel()
+		<-flushed
+		return f.Err
 	}
 }
 

@@ -39,7 +39,7 @@ func TestGoLiveAtEveryCut(t *testing.T) {
 		cfg := ReplayerConfig{GoLive: func(vm vmm.Machine, p vmm.Point) error {
 			goLives++
 			handedOver.Store(true)
-			if m.inRead {
+			if m.InRead() {
 				t.Errorf("cut %d: GoLive called inside a device read at %v", cut, p)
 			}
 			if p != vm.Point() {
@@ -49,7 +49,7 @@ func TestGoLiveAtEveryCut(t *testing.T) {
 		}}
 		r := replayToyWith(t, prog, rec.events[:cut], cfg, func(tm *toyMachine, r *Replayer) {
 			m, rp = tm, r
-			tm.bounce.SetNotify(nil)
+			tm.Bounce().SetNotify(nil)
 		}, func() {
 			if !handedOver.Load() { // backend calls run on goroutines of their own
 				t.Errorf("cut %d: the replay called the DMA backend before going live", cut)
@@ -72,9 +72,9 @@ func TestGoLiveAtEveryCut(t *testing.T) {
 		if r.out != rec.out {
 			t.Errorf("cut %d: output %q, recording %q", cut, r.out, rec.out)
 		}
-		for i := 1; i < len(m.tscs); i++ {
-			if m.tscs[i] <= m.tscs[i-1] {
-				t.Fatalf("cut %d: TSC went from %d to %d across the handover", cut, m.tscs[i-1], m.tscs[i])
+		for i := 1; i < len(m.TSCs()); i++ {
+			if m.TSCs()[i] <= m.TSCs()[i-1] {
+				t.Fatalf("cut %d: TSC went from %d to %d across the handover", cut, m.TSCs()[i-1], m.TSCs()[i])
 			}
 		}
 		if calls.Load() > 0 {
@@ -121,7 +121,7 @@ func TestContinuedLogReplaysTheWholeRun(t *testing.T) {
 		cont := &MemLog{}
 		cfg := ReplayerConfig{GoLive: func(vmm.Machine, vmm.Point) error { return nil }, Continue: cont,
 			ContinueReason: func() string { return "test" }, LiveKickAfter: 50 * time.Microsecond}
-		live := replayToyWith(t, prog, rec.events[:cut], cfg, func(tm *toyMachine, _ *Replayer) { tm.spin = 100 }, func() {})
+		live := replayToyWith(t, prog, rec.events[:cut], cfg, func(tm *toyMachine, _ *Replayer) { tm.SetSpin(100) }, func() {})
 		if live.err != nil {
 			t.Fatalf("cut %d: the backup's run: %v", cut, live.err)
 		}

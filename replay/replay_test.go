@@ -92,8 +92,9 @@ func recordToy(t *testing.T, prog []toyOp, o recordOpts) toyRecording {
 		t.Fatal(err)
 	}
 	m := newToy(prog)
-	m.clock, m.spin = rec.Clock(), 100
-	m.bounce = bounce.NewEngine(func(req bounce.Request) ([]byte, error) {
+	m.SetClock(rec.Clock())
+	m.SetSpin(100)
+	m.SetBounce(bounce.NewEngine(func(req bounce.Request) ([]byte, error) {
 		r := rand.New(rand.NewPCG(o.seed, req.Tag))
 		time.Sleep(time.Duration(r.IntN(500)) * time.Microsecond)
 		b := make([]byte, req.Len)
@@ -101,16 +102,16 @@ func recordToy(t *testing.T, prog []toyOp, o recordOpts) toyRecording {
 			b[i] = byte(r.Uint32())
 		}
 		return b, nil
-	})
+	}))
 	var out bytes.Buffer
-	m.output = func(_ vmm.Point, b []byte) error {
+	m.SetOutput(func(_ vmm.Point, b []byte) error {
 		out.Write(b)
 		_, err := rec.Output(b, uint64(out.Len()))
 		return err
-	}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	res, err := m.run(ctx, rec)
+	res, err := m.Run(ctx, rec)
 	if err != nil {
 		t.Fatalf("recording: %v", err)
 	}
@@ -145,13 +146,14 @@ func replayToyWith(t *testing.T, prog []toyOp, events []*logpb.Event, cfg Replay
 	r := toyReplay{rp: rp}
 	m := newToy(prog)
 	r.m = m
-	m.clock, m.spin = rp.Clock(), 100
-	m.bounce = bounce.NewEngine(func(req bounce.Request) ([]byte, error) {
+	m.SetClock(rp.Clock())
+	m.SetSpin(100)
+	m.SetBounce(bounce.NewEngine(func(req bounce.Request) ([]byte, error) {
 		if backend != nil {
 			backend()
 		}
 		return make([]byte, req.Len), nil
-	})
+	}))
 	if backend == nil {
 		backend = func() { r.calls++ }
 	}
@@ -159,13 +161,13 @@ func replayToyWith(t *testing.T, prog []toyOp, events []*logpb.Event, cfg Replay
 		setup(m, rp)
 	}
 	var out bytes.Buffer
-	m.output = func(p vmm.Point, b []byte) error {
+	m.SetOutput(func(p vmm.Point, b []byte) error {
 		out.Write(b)
 		return rp.Output(p, b)
-	}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	r.res, r.err = m.run(ctx, rp)
+	r.res, r.err = m.Run(ctx, rp)
 	r.out = out.String()
 	r.fp, _ = m.Fingerprint()
 	return r

@@ -21,11 +21,11 @@ func TestSubmitIsPassedOnlyAtItsExit(t *testing.T) {
 	}
 	m := newToy(nil)
 	rp.vm = m
-	m.point = vmm.Point{Exits: 4, Kind: vmm.AtExit}
+	m.SetPoint(vmm.Point{Exits: 4, Kind: vmm.AtExit})
 	if ev := rp.peek(); ev.GetSubmit() == nil {
 		t.Fatalf("at exit 4 the next event is %s, want the submission at exit 5", describe(ev))
 	}
-	m.point.Exits = 5
+	m.SetPoint(vmm.Point{Exits: 5, Kind: vmm.AtExit})
 	if ev := rp.peek(); ev.GetInject() == 0 || rp.stats.Submits != 1 {
 		t.Fatalf("at exit 5: next event %s, %d submissions passed; want the injection and 1", describe(ev), rp.stats.Submits)
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
@@ -222,4 +223,16 @@ func checkDecoded(payload []byte, md protoreflect.MessageDescriptor) error {
 	}
 	return fmt.Errorf("the %s's %d-byte payload would decode to more than the limit of %d bytes (MaxDecoded): the estimate passed it after %d messages",
 		strings.ToLower(string(md.Name())), len(payload), MaxDecoded, messages)
+}
+
+// CheckDecoded refuses, with an error wrapping ErrTooLarge, a marshalled
+// message of m's type that would decode to more than MaxDecoded, without
+// decoding it: the check the Reader makes on every record, for callers
+// that receive records another way (an FT backup, from its log channel).
+// m is only read for its type.
+func CheckDecoded(payload []byte, m proto.Message) error {
+	if err := checkDecoded(payload, m.ProtoReflect().Descriptor()); err != nil {
+		return fmt.Errorf("%w: %v", ErrTooLarge, err)
+	}
+	return nil
 }

@@ -185,3 +185,28 @@ func TestWriterRefusesWhatWouldDecodeTooLarge(t *testing.T) {
 		t.Errorf("the refused event left %d bytes", w.Bytes()-before)
 	}
 }
+
+// CheckDecoded is the Reader's check for records that come another way:
+// it refuses the hostile Deliver without decoding it, and passes honest
+// events and headers.
+func TestCheckDecoded(t *testing.T) {
+	var err error
+	hostile := hostileDeliver(6, 4<<20)
+	n := allocated(func() { err = CheckDecoded(hostile, &logpb.Event{}) })
+	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "MaxDecoded") {
+		t.Errorf("hostile event: err = %v, want ErrTooLarge naming MaxDecoded", err)
+	}
+	if n > 1<<20 {
+		t.Errorf("checking allocated %d KiB", n>>10)
+	}
+	for _, ev := range testEvents(8) {
+		b, _ := proto.Marshal(ev)
+		if err := CheckDecoded(b, &logpb.Event{}); err != nil {
+			t.Errorf("event %d: %v", ev.Seq, err)
+		}
+	}
+	b, _ := proto.Marshal(testHeader())
+	if err := CheckDecoded(b, &logpb.Header{}); err != nil {
+		t.Errorf("header: %v", err)
+	}
+}
