@@ -22,14 +22,15 @@ func startedReplayer(t *testing.T, events []*logpb.Event, cfg ReplayerConfig) (*
 		t.Fatal(err)
 	}
 	m := newToy(nil)
-	m.clock, m.bounce = rp.Clock(), bounce.NewEngine(nil)
+	m.SetClock(rp.Clock())
+	m.SetBounce(bounce.NewEngine(nil))
 	if now := rp.Clock().Now(); now != 0 {
 		t.Fatalf("the clock read %d before the run started", now)
 	}
 	if err := rp.Start(m); err != nil {
 		t.Fatal(err)
 	}
-	m.point = vmm.Point{Exits: 3, Kind: vmm.AtExit}
+	m.SetPoint(vmm.Point{Exits: 3, Kind: vmm.AtExit})
 	return rp, m
 }
 
@@ -61,19 +62,19 @@ func TestReplayDrainsToAHandoverThenJoins(t *testing.T) {
 					Reason: uint32(vmm.StopExitPort), Fingerprint: &logpb.Fingerprint{Sha256: fp[:]}}}})
 			}
 			rp, m := startedReplayer(t, events, ReplayerConfig{})
-			if v, err := rp.TSC(m, m.point); err != nil || v != 1 {
+			if v, err := rp.TSC(m, m.Point()); err != nil || v != 1 {
 				t.Fatalf("TSC while draining: %d, %v; want 1 (one tick past none)", v, err)
 			}
-			if v, _ := rp.TSC(m, m.point); v != 2 {
+			if v, _ := rp.TSC(m, m.Point()); v != 2 {
 				t.Fatalf("second TSC while draining: %d, want 2", v)
 			}
-			if err := rp.Injected(m, m.point, 0x20); err != nil {
+			if err := rp.Injected(m, m.Point(), 0x20); err != nil {
 				t.Fatalf("an injection while draining: %v", err)
 			}
-			if err := rp.Read(m, m.point, false, 0x3f8, []byte{1}); err != nil {
+			if err := rp.Read(m, m.Point(), false, 0x3f8, []byte{1}); err != nil {
 				t.Fatalf("a read while draining: %v", err)
 			}
-			if err := rp.Output(m.point, []byte("x")); err != nil {
+			if err := rp.Output(m.Point(), []byte("x")); err != nil {
 				t.Fatalf("output while draining: %v", err)
 			}
 			if rp.NextEntry() != vmm.EntryRun || rp.Windows() {
@@ -81,22 +82,22 @@ func TestReplayDrainsToAHandoverThenJoins(t *testing.T) {
 			}
 			switch next {
 			case "deliver":
-				if err := rp.Halted(context.Background(), m, m.point); err != nil {
+				if err := rp.Halted(context.Background(), m, m.Point()); err != nil {
 					t.Fatalf("halted at the handover: %v", err)
 				}
-				if ok, err := rp.Deliver(m, m.point); !ok || err != nil || string(m.console) != "k" {
-					t.Fatalf("the backup's first event: delivered %v, %v, console %q", ok, err, m.console)
+				if ok, err := rp.Deliver(m, m.Point()); !ok || err != nil || string(m.Console()) != "k" {
+					t.Fatalf("the backup's first event: delivered %v, %v, console %q", ok, err, m.Console())
 				}
 			case "end":
-				if err := rp.Stop(m, m.point, vmm.Result{Reason: vmm.StopExitPort}, nil); err != nil {
+				if err := rp.Stop(m, m.Point(), vmm.Result{Reason: vmm.StopExitPort}, nil); err != nil {
 					t.Fatalf("the run ending at the handover: %v", err)
 				}
 			case "nothing":
-				err := rp.Halted(context.Background(), m, m.point)
+				err := rp.Halted(context.Background(), m, m.Point())
 				if !errors.Is(err, ErrDiverged) {
 					t.Fatalf("halted with nothing after the handover: %v, want a divergence", err)
 				}
-				if err := rp.Halted(context.Background(), m, m.point); !errors.Is(err, ErrDiverged) {
+				if err := rp.Halted(context.Background(), m, m.Point()); !errors.Is(err, ErrDiverged) {
 					t.Fatalf("the divergence is not sticky: %v", err)
 				}
 				if rp.NextEntry() != vmm.EntryRun {
@@ -104,8 +105,8 @@ func TestReplayDrainsToAHandoverThenJoins(t *testing.T) {
 				}
 				return
 			}
-			if st := rp.Stats(); st.Handovers != 1 || *st.JoinedAt != m.point || rp.Live() {
-				t.Fatalf("stats %+v, live %v: want one handover joined at %v, not live", st, rp.Live(), m.point)
+			if st := rp.Stats(); st.Handovers != 1 || *st.JoinedAt != m.Point() || rp.Live() {
+				t.Fatalf("stats %+v, live %v: want one handover joined at %v, not live", st, rp.Live(), m.Point())
 			}
 		})
 	}
@@ -127,24 +128,24 @@ func TestContinuedHandoverWaitsForAnExit(t *testing.T) {
 	if !rp.NeedsDirtyLog() {
 		t.Fatal("a replay that records its live run needs the dirty log")
 	}
-	m.point.Kind = vmm.Kicked
-	if _, err := rp.TSC(m, m.point); err != nil { // the log has ended: draining
+	m.SetPoint(vmm.Point{Exits: m.Point().Exits, Kind: vmm.Kicked})
+	if _, err := rp.TSC(m, m.Point()); err != nil { // the log has ended: draining
 		t.Fatal(err)
 	}
-	if ok, err := rp.Deliver(m, m.point); ok || err != nil || goLives != 0 {
+	if ok, err := rp.Deliver(m, m.Point()); ok || err != nil || goLives != 0 {
 		t.Fatalf("at a kick: delivered %v, %v, GoLive called %d times; want nothing yet", ok, err, goLives)
 	}
-	if err := rp.Stop(m, m.point, vmm.Result{}, nil); err != nil || goLives != 0 {
+	if err := rp.Stop(m, m.Point(), vmm.Result{}, nil); err != nil || goLives != 0 {
 		t.Fatalf("stopped at a kick: %v, GoLive called %d times; want neither", err, goLives)
 	}
-	m.point = vmm.Point{Exits: 4, Kind: vmm.AtExit}
-	if _, err := rp.Deliver(m, m.point); err != nil || goLives != 1 || !rp.Live() || !rp.Windows() {
+	m.SetPoint(vmm.Point{Exits: 4, Kind: vmm.AtExit})
+	if _, err := rp.Deliver(m, m.Point()); err != nil || goLives != 1 || !rp.Live() || !rp.Windows() {
 		t.Fatalf("at the next exit: %v, GoLive called %d times, live %v", err, goLives, rp.Live())
 	}
 	if len(cont.Events) == 0 || cont.Events[0].GetHandover() == nil || cont.Events[0].Exits != 4 || cont.Events[0].Seq != 1 {
 		t.Fatalf("the continuation does not begin with a Handover at exit 4: %v", cont.Events)
 	}
-	if v, err := rp.TSC(m, m.point); err != nil || v <= 2 {
+	if v, err := rp.TSC(m, m.Point()); err != nil || v <= 2 {
 		t.Fatalf("live TSC %d, %v: want past the drained ones", v, err)
 	}
 }
@@ -177,7 +178,7 @@ func TestContinuedHandoverLoggingFails(t *testing.T) {
 // goLive without GoLive is a divergence, never a handover.
 func TestGoLiveWithoutGoLiveDiverges(t *testing.T) {
 	rp, m := startedReplayer(t, nil, ReplayerConfig{})
-	if ok, err := rp.goLive(m, m.point); ok || !errors.Is(err, ErrDiverged) {
+	if ok, err := rp.goLive(m, m.Point()); ok || !errors.Is(err, ErrDiverged) {
 		t.Fatalf("goLive without GoLive: %v, %v", ok, err)
 	}
 	if rp.Live() || rp.NeedsDirtyLog() {

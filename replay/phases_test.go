@@ -83,15 +83,15 @@ func TestRecorderHoldsDeviceWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := newToy(nil)
-	m.clock = rec.Clock()
+	m.SetClock(rec.Clock())
 	performed := make(chan bounce.Request, 4)
-	m.bounce = bounce.NewEngine(func(req bounce.Request) ([]byte, error) { performed <- req; return nil, nil })
+	m.SetBounce(bounce.NewEngine(func(req bounce.Request) ([]byte, error) { performed <- req; return nil, nil }))
 	if err := rec.Start(m); err != nil {
 		t.Fatal(err)
 	}
-	m.point = vmm.Point{Exits: 3, Kind: vmm.AtExit}
-	m.clock.Now() // an event before the write: the Submit is not the first
-	if err := m.bounce.Submit(writeRequest(5, 512)); err != nil {
+	m.SetPoint(vmm.Point{Exits: 3, Kind: vmm.AtExit})
+	m.Clock().Now() // an event before the write: the Submit is not the first
+	if err := m.Bounce().Submit(writeRequest(5, 512)); err != nil {
 		t.Fatal(err)
 	}
 	last := log.Events[len(log.Events)-1]
@@ -118,7 +118,7 @@ func TestRecorderHoldsDeviceWrites(t *testing.T) {
 	}
 	// A read is not an output: neither logged at submission nor held.
 	n := len(log.Events)
-	if err := m.bounce.Submit(bounce.Request{Tag: 6, Len: 16}); err != nil {
+	if err := m.Bounce().Submit(bounce.Request{Tag: 6, Len: 16}); err != nil {
 		t.Fatal(err)
 	}
 	if len(log.Events) != n || len(held) != 1 {
@@ -156,11 +156,11 @@ func TestRecorderRefusesAWriteItCouldNotLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := newToy(nil)
-	m.clock = rec.Clock()
+	m.SetClock(rec.Clock())
 	var calls atomic.Int32
-	m.bounce = bounce.NewEngine(func(bounce.Request) ([]byte, error) { calls.Add(1); return nil, nil })
+	m.SetBounce(bounce.NewEngine(func(bounce.Request) ([]byte, error) { calls.Add(1); return nil, nil }))
 	notified := make(chan struct{}, 1)
-	m.bounce.SetNotify(func() {
+	m.Bounce().SetNotify(func() {
 		select {
 		case notified <- struct{}{}:
 		default:
@@ -169,8 +169,8 @@ func TestRecorderRefusesAWriteItCouldNotLog(t *testing.T) {
 	if err := rec.Start(m); err != nil {
 		t.Fatal(err)
 	}
-	m.point = vmm.Point{Exits: 1, Kind: vmm.AtExit}
-	if err := m.bounce.Submit(writeRequest(9, 64)); err != nil {
+	m.SetPoint(vmm.Point{Exits: 1, Kind: vmm.AtExit})
+	if err := m.Bounce().Submit(writeRequest(9, 64)); err != nil {
 		t.Fatal(err)
 	}
 	if heldCalled {
@@ -185,7 +185,7 @@ func TestRecorderRefusesAWriteItCouldNotLog(t *testing.T) {
 			t.Fatal("the unlogged write never completed")
 		case <-time.After(10 * time.Millisecond):
 		}
-		done = append(done, m.bounce.Poll()...)
+		done = append(done, m.Bounce().Poll()...)
 	}
 	if done[0].Tag != 9 || !strings.Contains(done[0].Err, "channel closed") {
 		t.Fatalf("completion %+v, want tag 9 failed with the logging error", done[0])
@@ -194,7 +194,7 @@ func TestRecorderRefusesAWriteItCouldNotLog(t *testing.T) {
 		t.Error("the backend performed a write whose submission was never logged")
 	}
 	// The recording itself stops with the logging error.
-	if _, err := rec.Deliver(m, m.point); !errors.Is(err, broken) {
+	if _, err := rec.Deliver(m, m.Point()); !errors.Is(err, broken) {
 		t.Errorf("Deliver after the failure: %v, want the logging error", err)
 	}
 }
@@ -214,10 +214,10 @@ func TestRecorderStopsWhenItsLogFails(t *testing.T) {
 		t.Error("a recorder must keep the dirty log, take interrupt windows and always run")
 	}
 	m := newToy([]toyOp{{opClock, 0}, {opTSC, 0}, {opClock, 0}, {opTSC, 0}, {opClock, 0}, {opEnd, 0}})
-	m.clock = rec.Clock()
+	m.SetClock(rec.Clock())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := m.run(ctx, rec); !errors.Is(err, broken) || !strings.Contains(err.Error(), "logging event 4") {
+	if _, err := m.Run(ctx, rec); !errors.Is(err, broken) || !strings.Contains(err.Error(), "logging event 4") {
 		t.Fatalf("run ended with %v, want the failure to log event 4", err)
 	}
 	if _, err := NewRecorder(RecorderConfig{}); err == nil {
@@ -236,17 +236,17 @@ func TestRecorderContinuesFromAPosition(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := newToy([]toyOp{{opTSC, 0}, {opTSC, 0}, {opEnd, 0}})
-	m.clock = rec.Clock()
+	m.SetClock(rec.Clock())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := m.run(ctx, rec); err != nil {
+	if _, err := m.Run(ctx, rec); err != nil {
 		t.Fatal(err)
 	}
 	if log.Events[0].Seq != 42 {
 		t.Fatalf("first event numbered %d, want 42", log.Events[0].Seq)
 	}
-	if len(m.tscs) != 2 || m.tscs[0] != lastTSC+1 || m.tscs[1] != lastTSC+2 {
-		t.Fatalf("TSC read %v, want one tick past %d each", m.tscs, uint64(lastTSC))
+	if len(m.TSCs()) != 2 || m.TSCs()[0] != lastTSC+1 || m.TSCs()[1] != lastTSC+2 {
+		t.Fatalf("TSC read %v, want one tick past %d each", m.TSCs(), uint64(lastTSC))
 	}
 }
 
@@ -301,21 +301,21 @@ func TestReplayStopsWhenItsOwnCopyMissesAWrite(t *testing.T) {
 	}
 	w := &writingToy{toyMachine: newToy(nil)}
 	performed := make(chan bounce.Request, 4)
-	w.bounce = bounce.NewEngine(func(req bounce.Request) ([]byte, error) {
+	w.SetBounce(bounce.NewEngine(func(req bounce.Request) ([]byte, error) {
 		performed <- req
 		if req.Write {
 			return nil, errors.New("EIO")
 		}
 		return make([]byte, req.Len), nil
-	})
+	}))
 	if err := rp.Start(w); err != nil {
 		t.Fatal(err)
 	}
-	w.point = vmm.Point{Exits: 2, Kind: vmm.AtExit}
-	if err := w.bounce.Submit(bounce.Request{Tag: 1, Len: 16}); err != nil {
+	w.SetPoint(vmm.Point{Exits: 2, Kind: vmm.AtExit})
+	if err := w.Bounce().Submit(bounce.Request{Tag: 1, Len: 16}); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.bounce.Submit(writeRequest(2, 512)); err != nil {
+	if err := w.Bounce().Submit(writeRequest(2, 512)); err != nil {
 		t.Fatal(err)
 	}
 	if w.asked.Load() == 0 {
@@ -329,15 +329,15 @@ func TestReplayStopsWhenItsOwnCopyMissesAWrite(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the write was not performed on this host's copy")
 	}
-	w.bounce.WaitShadows()
-	err = rp.Halted(context.Background(), w, w.point)
+	w.Bounce().WaitShadows()
+	err = rp.Halted(context.Background(), w, w.Point())
 	if err == nil || !strings.Contains(err.Error(), "copy of the disk") {
 		t.Fatalf("Halted at the end of the log: %v, want the failed write on this host's copy", err)
 	}
 	if goLives != 0 || rp.Live() {
 		t.Fatal("a backup whose disk missed a write went live")
 	}
-	if _, err := rp.Deliver(w, w.point); err == nil {
+	if _, err := rp.Deliver(w, w.Point()); err == nil {
 		t.Error("the replay went on after its copy missed a write")
 	}
 }
@@ -357,11 +357,13 @@ func TestReplayStopsOnASourceError(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := newToy(prog)
-	m.clock, m.bounce, m.spin = rp.Clock(), bounce.NewEngine(nil), 100
-	m.output = func(p vmm.Point, b []byte) error { return rp.Output(p, b) }
+	m.SetClock(rp.Clock())
+	m.SetBounce(bounce.NewEngine(nil))
+	m.SetSpin(100)
+	m.SetOutput(func(p vmm.Point, b []byte) error { return rp.Output(p, b) })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := m.run(ctx, rp); !errors.Is(err, broken) {
+	if _, err := m.Run(ctx, rp); !errors.Is(err, broken) {
 		t.Fatalf("run ended with %v, want the Source's error", err)
 	}
 	if _, err := NewReplayer(ReplayerConfig{}); err == nil {

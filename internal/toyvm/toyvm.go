@@ -132,6 +132,9 @@ func (m *Machine) Injected() []vmm.Point { return m.injected }
 // Exits counts the synchronous exits so far; safe from any goroutine.
 func (m *Machine) Exits() uint64 { return m.exits.Load() }
 
+// Console is the console input delivered and not yet read by the guest.
+func (m *Machine) Console() []byte { return m.console }
+
 // Close implements the machine's release; the toy holds nothing.
 func (m *Machine) Close() error { return nil }
 
