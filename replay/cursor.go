@@ -23,6 +23,7 @@ type cursor struct {
 	eof     bool
 	err     error  // first divergence or read failure; sticky
 	lastSeq uint64 // of the last event read from the Source
+	seqSeen bool   // an event was read: the next must be numbered lastSeq+1
 	stats   ReplayStats
 }
 
@@ -37,9 +38,19 @@ func (c *cursor) peek() *logpb.Event {
 				c.eof = true
 			case err != nil:
 				c.err = fmt.Errorf("reading the log: %w", err)
+			case c.seqSeen && ev.Seq != c.lastSeq+1:
+				// A log is numbered without gaps (the recorder counts every
+				// event): an event missing or out of order is a log that
+				// was cut or spliced, whatever state the replay would
+				// reach without it.
+				p := vmm.Point{}
+				if c.vm != nil {
+					p = c.vm.Point()
+				}
+				c.diverge(p, ev.Seq, "event numbering", fmt.Sprintf("event %d", c.lastSeq+1), fmt.Sprintf("event %d", ev.Seq))
 			default:
 				c.next = ev
-				c.lastSeq = ev.Seq
+				c.lastSeq, c.seqSeen = ev.Seq, true
 			}
 		}
 		// A device write's submission carries no input: it marks where

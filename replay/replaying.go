@@ -242,5 +242,5 @@ func (d replaying) stop(vm vmm.Machine, p vmm.Point, res vmm.Result, runErr erro
 	if extra := r.peek(); extra != nil {
 		return r.diverge(p, extra.Seq, "the log goes on after its end", "nothing", describe(extra))
 	}
-	return nil
+	return r.err // reading past the end may have found a misnumbered event
 }
