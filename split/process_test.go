@@ -27,7 +27,9 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv(childDirEnv); dir != "" {
 		os.Exit(raceChild(dir, os.Getenv(childNodeEnv), os.Getenv(childGenEnv)))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	stopSharedEtcd()
+	os.Exit(code)
 }
 
 // raceChild is a racing node: it says "ready", waits for a line on stdin
