@@ -27,6 +27,9 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv(childDirEnv); dir != "" {
 		os.Exit(raceChild(dir, os.Getenv(childNodeEnv), os.Getenv(childGenEnv)))
 	}
+	if eps := os.Getenv(etcdChildEnv); eps != "" {
+		os.Exit(etcdRaceChild(eps, os.Getenv(etcdChildClusterEnv), os.Getenv(childNodeEnv)))
+	}
 	code := m.Run()
 	stopSharedEtcd()
 	os.Exit(code)
