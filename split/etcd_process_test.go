@@ -83,6 +83,7 @@ func etcdRaceChild(endpoints, clusterText, node string) int {
 // 100 there); FTKVM_SOAK=1 runs 50 processes x 100 generations, with the
 // leader killed and leadership moved on the way.
 func TestEtcdProcessesRaceOneWinner(t *testing.T) {
+	t.Parallel() // mostly waits: for members to stop, for timeouts
 	if testing.Short() {
 		t.Skip("-short: the goroutine race stands in for it")
 	}

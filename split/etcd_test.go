@@ -162,6 +162,7 @@ func race(t *testing.T, c *etcdCluster, pair string, procs, rounds int, disrupt 
 // The same race goes on while the leader is killed (SIGKILL-like: raft
 // stops without handing over) and, later, leadership moves.
 func TestEtcdRaceAcrossMemberKillAndLeaderChange(t *testing.T) {
+	t.Parallel() // mostly waits: for members to stop, for timeouts
 	c := startEtcdCluster(t, 3, "ftkvm-split-kill", "")
 	var killed = -1
 	race(t, c, "kill", 10, 30, func(round int) {
@@ -186,6 +187,7 @@ func TestEtcdRaceAcrossMemberKillAndLeaderChange(t *testing.T) {
 // minority side, never wins: it is told ErrUnreachable, while the majority
 // side's contender wins; after healing it learns it lost.
 func TestEtcdMinorityNeverWins(t *testing.T) {
+	t.Parallel() // mostly waits: for members to stop, for timeouts
 	c := startEtcdCluster(t, 3, "ftkvm-split-minority", "")
 	ctx := context.Background()
 	cfg := split.EtcdConfig{Endpoints: c.endpoints(2), Pair: "cut", Node: "minority", Generation: 1, Timeout: 500 * time.Millisecond}

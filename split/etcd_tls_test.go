@@ -53,6 +53,7 @@ func writeCert(t *testing.T, dir, name string, parent *x509.Certificate, parentK
 // The arbiter speaks TLS to etcd, with a client certificate where etcd
 // asks for one; without it, or with another CA, nothing is claimed.
 func TestEtcdTLS(t *testing.T) {
+	t.Parallel() // mostly waits: for members to stop, for timeouts
 	dir := t.TempDir()
 	ca, caKey := writeCert(t, dir, "ca", nil, nil, &x509.Certificate{SerialNumber: big.NewInt(1), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign})
 	writeCert(t, dir, "server", ca, caKey, &x509.Certificate{SerialNumber: big.NewInt(2), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
