@@ -457,8 +457,7 @@ func (a *EtcdArbiter) claim(ctx context.Context, gen uint64, lease clientv3.Leas
 		return err
 	}
 	if resp.Succeeded {
-		a.hold(gen, lease)
-		return nil
+		return a.hold(gen, lease)
 	}
 	rec, err := a.decodeClaim(gen, resp.Responses[0].GetResponseRange().GetKvs())
 	if err != nil {
@@ -475,8 +474,7 @@ func (a *EtcdArbiter) claim(ctx context.Context, gen uint64, lease clientv3.Leas
 	// repeated call).
 	holds := resp.Responses[1].GetResponseRange().GetKvs()
 	if len(holds) == 1 && clientv3.LeaseID(holds[0].Lease) == lease {
-		a.hold(gen, lease)
-		return nil
+		return a.hold(gen, lease)
 	}
 	why := "the hold key is gone: the lease that held it expired (this node was cut from the etcd majority for longer than the lease TTL)"
 	if len(holds) == 1 {
@@ -640,12 +638,22 @@ func (a *EtcdArbiter) leaseEnd(sent time.Time) time.Time {
 	return sent.Add(a.ttl - a.ttl/10)
 }
 
-func (a *EtcdArbiter) hold(gen uint64, lease clientv3.LeaseID) {
+// hold records that the claim of gen is this node's under lease. If the
+// keep-alive gave the lease up meanwhile (its renewal was overdue as the
+// claim went through), the node cannot count on it: ErrLeaseExpired.
+func (a *EtcdArbiter) hold(gen uint64, lease clientv3.LeaseID) error {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.lease == lease && gen == a.gen.Load() {
-		a.held = gen
+	if a.lease == lease {
+		if gen == a.gen.Load() {
+			a.held = gen
+		}
+		a.mu.Unlock()
+		return nil
 	}
+	a.mu.Unlock()
+	err := a.errorf(gen, ErrLeaseExpired, nil, "claim %s is this node's, but its lease %x was given up as the claim went through (not renewed in time): refusing; this node must halt", a.ClaimKey(gen), lease)
+	a.markLost(gen, err)
+	return err
 }
 
 // keepAlive renews the lease every third of its TTL, on its own clock:
