@@ -497,7 +497,7 @@ func TestEtcdConfigAndURL(t *testing.T) {
 			t.Errorf("%s: %v, want ErrInvalidConfig", name, err)
 		}
 	}
-	if eps, err := split.ParseEtcdURL("etcd://h1:2379,10.0.0.2:2379"); err != nil || !slices.Equal(eps, []string{"h1:2379", "10.0.0.2:2379"}) {
+	if eps, err := split.ParseEtcdURL("etcd://h1:2379,[::1]:2379"); err != nil || !slices.Equal(eps, []string{"h1:2379", "[::1]:2379"}) {
 		t.Errorf("ParseEtcdURL: %v, %v", eps, err)
 	}
 	for _, bad := range []string{"h1:2379", "etcd://", "etcd://h1", "etcd://h1:1,,h2:2", "etcd://h1:2379/x", "/mnt/ft"} {
