@@ -10,7 +10,8 @@
 //
 // Arbiter is the interface, so other arbiters (a quorum service, a SCSI
 // reservation) can be added; FileArbiter, a directory on storage both
-// hosts mount (NFS, or a cluster filesystem), is the default.
+// hosts mount (NFS, or a cluster filesystem), is the default, and
+// EtcdArbiter puts the claims on an etcd cluster (see "On etcd" below).
 //
 // # Usage
 //
@@ -157,4 +158,86 @@
 // abandoned call finishes, and a claim it makes stands (see duty 3).
 // Missing directories, permission errors, I/O errors and a full disk are
 // ErrUnreachable too, with the path in the message.
+//
+// # On etcd
+//
+// For many pairs on many hosts without a shared filesystem, EtcdArbiter
+// keeps the same decisions in an etcd cluster (Open takes
+// "etcd://host1:2379,host2:2379,..."; TLS with EtcdConfig's CAFile,
+// CertFile and KeyFile). Its semantics are the file arbiter's: the claim
+// of generation G is created once and never changed or removed, so there
+// is one winner per generation; Owner, Advance, Latest and Generation
+// behave the same; every error wraps the same sentinels.
+//
+// The claim is one transaction: if <Prefix><Pair>/claim/<G> was never
+// created (create revision 0), put the record there (the file arbiter's
+// text, with its checksum) and put <Prefix><Pair>/hold/<G> under this
+// node's lease; else read both. etcd runs a transaction through raft as
+// one step, so of concurrent transactions exactly one finds the key
+// absent. A node that finds its own record is told it holds the claim
+// only if the hold key is still under its own live lease: a record left
+// by an earlier run of the node, or whose lease expired, is refused with
+// ErrLeaseExpired (which wraps ErrLost), since this run cannot prove it
+// is the live one. The lease is granted ahead (Prepare; Open's
+// constructor does it when the pair starts), so the claim itself is one
+// round trip to the leader plus one raft commit.
+//
+// Why the record is not itself under the lease: a lease that expired
+// would delete the decision, and the other node could then win the same
+// generation while the first still runs on an answer it got earlier. The
+// lease instead fences the live node: it renews the lease every third of
+// its TTL, and once it has not renewed it for 0.9 TTL (it is cut from the
+// etcd majority) Lost is closed and OnLost called: the live node must
+// halt without releasing more output. The hold key expires in etcd no
+// earlier, so anyone who sees it gone (an operator, a restarter about to
+// start the VM elsewhere from its disk) knows the VM runs nowhere. A node
+// that is not live yet is not fenced: it takes a new lease at its claim.
+//
+// What etcd guarantees, and what the arbiter relies on:
+//
+//   - Transactions and reads are linearizable (reads are, unless
+//     serializable is asked for, which the arbiter never does): a member
+//     answers only what a majority committed, after confirming with the
+//     majority that it is current. A member cut off with a minority
+//     cannot commit and cannot confirm: the arbiter gets a timeout, which
+//     is ErrUnreachable, and never a win. So a side cut from the etcd
+//     majority never goes live, as the file arbiter's side that cannot
+//     reach the storage.
+//   - Committed writes survive the loss of a minority of members, so a
+//     decision outlives a member's crash. etcd must run with fsync (its
+//     default, never --unsafe-no-fsync) on disks that honour flushes.
+//   - Every answer names its cluster: the arbiter checks it against
+//     EtcdConfig.ClusterID, or against the ID all endpoints reported when
+//     it connected, and refuses another (ErrWrongCluster, which wraps
+//     ErrCorrupt): an endpoint list that mixes clusters, or an endpoint
+//     that now belongs to a rebuilt cluster, is an operator's error, not
+//     a decision. The check is against mistakes, not attackers: against
+//     an endpoint that lies on purpose, use TLS with a CA of the cluster's
+//     own.
+//
+// What etcd does not guarantee, and the arbiter assumes:
+//
+//   - Lease time is not synchronised time. etcd's leader expires a lease
+//     TTL after it last renewed it, on its own clock; the holder counts
+//     from before it sent the renewal, on its own clock, and gives up at
+//     0.9 TTL. This holds if the two clocks' rates differ by less than
+//     10% and a halt completes within the rest: wall-clock steps do not
+//     matter (Go's timers are monotonic), only rates. A leader change
+//     restarts the lease's count in etcd, which only makes it later.
+//   - The lease TTL against the failure detector's timeout: the TTL is
+//     how long a live node goes on while cut from etcd, and how soon a
+//     restarter may act. Keep it well above etcd's election timeout
+//     (etcd grants at least 1.5 times it) and above the pair's heartbeat
+//     timeout, so that a leader election or a short blip of the etcd
+//     network does not halt a live node: the default 5 s against the
+//     default 1 s heartbeat timeout and etcd's default 1 s election.
+//     After Advance the node no longer holds the current generation, and
+//     a lost lease no longer halts it: its new backup takes over by the
+//     pair's own detector if it must.
+//   - A claim whose answer was lost may still commit (see duty 3); its
+//     retry finds it, under the same lease, and it is a win.
+//
+// Records written by another version of ftkvm are refused (ErrCorrupt,
+// naming the version), as is anything that is not a whole record for
+// the pair and generation of its key.
 package split

@@ -46,3 +46,29 @@ func ExampleFileArbiter() {
 	// hostA: halting, generation 1 belongs to hostB
 	// hostB: new backup joins at generation 2
 }
+
+// Wiring the etcd arbiter where a pair takes an arbiter constructor (as
+// ft.Config.NewArbiter does), with a halt when the live node loses its
+// lease.
+func ExampleOpen() {
+	newArbiter, err := split.Open("etcd://etcd1:2379,etcd2:2379,etcd3:2379", split.EtcdConfig{
+		Pair: "vm1", Node: "hostA",
+		CAFile: "/etc/ftkvm/etcd-ca.pem", CertFile: "/etc/ftkvm/etcd-client.pem", KeyFile: "/etc/ftkvm/etcd-client-key.pem",
+		OnLost: func(err error) {
+			// Cut from the etcd majority while live: stop before anyone
+			// may take the VM elsewhere, releasing no more output.
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		},
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return
+	}
+	a, err := newArbiter(1) // the generation from the pair's handshake
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return
+	}
+	_ = a // a.TestAndSet(ctx) when the peer is declared dead, as with FileArbiter
+}

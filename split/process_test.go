@@ -27,7 +27,12 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv(childDirEnv); dir != "" {
 		os.Exit(raceChild(dir, os.Getenv(childNodeEnv), os.Getenv(childGenEnv)))
 	}
-	os.Exit(m.Run())
+	if eps := os.Getenv(etcdChildEnv); eps != "" {
+		os.Exit(etcdRaceChild(eps, os.Getenv(etcdChildClusterEnv), os.Getenv(childNodeEnv)))
+	}
+	code := m.Run()
+	stopSharedEtcd()
+	os.Exit(code)
 }
 
 // raceChild is a racing node: it says "ready", waits for a line on stdin
