@@ -1,0 +1,141 @@
+package replay
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/ftkvm/ftkvm/vmm"
+)
+
+// pageMachine is guest memory of n pages, all dirty, made to look like a
+// kernel's: a quarter all zeros, the rest mostly small integers and
+// pointers with some text, so zstd meets what it meets in a real guest.
+type pageMachine struct {
+	mem   []byte
+	pages []uint32
+}
+
+func newPageMachine(n int) *pageMachine {
+	rng := rand.New(rand.NewPCG(1, uint64(n)))
+	m := &pageMachine{mem: make([]byte, n*4096)}
+	for pfn := range n {
+		m.pages = append(m.pages, uint32(pfn))
+		if pfn%4 == 0 {
+			continue
+		}
+		page := m.mem[pfn*4096 : (pfn+1)*4096]
+		for off := 0; off < 4096; off += 8 {
+			var v uint64
+			switch rng.IntN(4) {
+			case 0: // pointer
+				v = 0xffff_8880_0000_0000 | rng.Uint64N(1<<24)<<3
+			case 1: // small integer
+				v = rng.Uint64N(256)
+			case 2: // text
+				for i := range 8 {
+					v |= uint64('a'+rng.IntN(26)) << (8 * i)
+				}
+			}
+			binary.LittleEndian.PutUint64(page[off:], v)
+		}
+	}
+	return m
+}
+
+func (m *pageMachine) CaptureVCPUState() (vmm.VCPUState, error) {
+	return vmm.VCPUState{Regs: vmm.Regs{RIP: 0x1000, RFLAGS: 2}}, nil
+}
+func (m *pageMachine) DirtyPages() ([]uint32, error) { return slices.Clone(m.pages), nil }
+func (m *pageMachine) PageContents(pfn uint32) ([]byte, error) {
+	return slices.Clone(m.mem[pfn*4096 : (pfn+1)*4096]), nil
+}
+
+var landmarkBenchPages = []int{10, 100, 1000}
+
+// BenchmarkLandmark splits a landmark's cost into its parts, per
+// landmark of n dirty pages: capture (what stays on the vCPU thread:
+// vCPU state, dirty list, page copies) and finish (what the log pipe's
+// worker does), and finish's own parts: the zero test, SHA-256 (what the
+// log carries), xxHash (for comparison) and zstd.
+func BenchmarkLandmark(b *testing.B) {
+	for _, n := range landmarkBenchPages {
+		m := newPageMachine(n)
+		bytes := int64(n * 4096)
+		var nonzero []byte
+		for pfn := range n {
+			if page := m.mem[pfn*4096 : (pfn+1)*4096]; !isZero(page) {
+				nonzero = append(nonzero, page...)
+			}
+		}
+		b.Run(fmt.Sprintf("capture/pages=%d", n), func(b *testing.B) {
+			b.SetBytes(bytes)
+			for b.Loop() {
+				if _, err := captureLandmark(m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("finish/pages=%d", n), func(b *testing.B) {
+			b.SetBytes(bytes)
+			raw, _ := captureLandmark(m)
+			data := raw.data
+			for b.Loop() {
+				raw.data = data
+				raw.finish()
+			}
+		})
+		b.Run(fmt.Sprintf("copy/pages=%d", n), func(b *testing.B) {
+			b.SetBytes(bytes)
+			for b.Loop() {
+				for _, pfn := range m.pages {
+					m.PageContents(pfn)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("zerotest/pages=%d", n), func(b *testing.B) {
+			b.SetBytes(bytes)
+			for b.Loop() {
+				for pfn := range n {
+					isZero(m.mem[pfn*4096 : (pfn+1)*4096])
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("sha256/pages=%d", n), func(b *testing.B) {
+			b.SetBytes(bytes)
+			for b.Loop() {
+				sha256.Sum256(m.mem)
+			}
+		})
+		b.Run(fmt.Sprintf("xxhash/pages=%d", n), func(b *testing.B) {
+			b.SetBytes(bytes)
+			for b.Loop() {
+				xxhash.Sum64(m.mem)
+			}
+		})
+		b.Run(fmt.Sprintf("zstd/pages=%d", n), func(b *testing.B) {
+			b.SetBytes(bytes)
+			for b.Loop() {
+				pageEncoder.EncodeAll(nonzero, nil)
+			}
+		})
+	}
+}
+
+// The benchmark's memory compresses about as a kernel's does, so the
+// zstd figures mean something.
+func TestPageMachineCompressesLikeAGuest(t *testing.T) {
+	m := newPageMachine(100)
+	raw, _ := captureLandmark(m)
+	lm, zeros := raw.finish()
+	ratio := float64(75*4096) / float64(len(lm.PagesZstd))
+	if zeros != 25 || ratio < 2 || ratio > 8 {
+		t.Errorf("%d zero pages, compression %.1fx: want 25 and 2x to 8x", zeros, ratio)
+	}
+	t.Logf("compression %.1fx", ratio)
+}
