@@ -37,6 +37,9 @@ type logPipe struct {
 	zeroPages  uint64
 	// waited is how long the caller waited for room in the queue.
 	waited time.Duration
+	// spare holds page buffers of finished landmarks for the next
+	// captures (captureLandmark).
+	spare [][]byte
 	// deepest is the longest the queue grew (tests check that they
 	// exercise it).
 	deepest int
@@ -53,6 +56,14 @@ type queuedEvent struct {
 const (
 	maxQueuedEvents = 4096
 	maxQueuedBytes  = 64 << 20
+)
+
+// Page buffers kept for reuse: enough for the worker to finish one
+// landmark while the vCPU thread captures the next, and none so large
+// that one huge landmark (the first after a boot) pins its memory.
+const (
+	maxSpareBuffers = 2
+	maxSpareBytes   = 16 << 20
 )
 
 func newLogPipe(sink Sink, appended uint64) *logPipe {
@@ -132,11 +143,14 @@ func (p *logPipe) work() {
 		if !failed {
 			if q.raw != nil {
 				began := time.Now()
-				lm, zeros := q.raw.finish()
+				lm, zeros, buf := q.raw.finish()
 				q.ev.GetDeliver().Landmark = lm
 				p.mu.Lock()
 				p.finishTime += time.Since(began)
 				p.zeroPages += uint64(zeros)
+				if len(p.spare) < maxSpareBuffers && cap(buf) <= maxSpareBytes {
+					p.spare = append(p.spare, buf[:0])
+				}
 				p.mu.Unlock()
 			}
 			err = p.sink.Append(q.ev)
@@ -178,6 +192,21 @@ func (p *logPipe) waitAppended(seq uint64) error {
 	return nil
 }
 
+// buffer returns a page buffer to capture a landmark into: a spare one if
+// the worker has one, else nil.
+func (p *logPipe) buffer() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.spare)
+	if n == 0 {
+		return nil
+	}
+	buf := p.spare[n-1]
+	p.spare[n-1] = nil
+	p.spare = p.spare[:n-1]
+	return buf
+}
+
 // failed returns the pipe's sticky error.
 func (p *logPipe) failed() error {
 	p.mu.Lock()
@@ -190,5 +219,5 @@ func (raw *rawLandmark) size() int {
 	if raw == nil {
 		return 0
 	}
-	return len(raw.data) * 4096
+	return len(raw.buf)
 }

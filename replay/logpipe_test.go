@@ -195,7 +195,7 @@ func TestCorruptedLandmarkHashIsDetected(t *testing.T) {
 func rawEvent(b byte) (*logpb.Event, *rawLandmark) {
 	page := bytes.Repeat([]byte{b}, 4096)
 	lm := &logpb.Landmark{Pages: []uint32{3}}
-	return &logpb.Event{Kind: &logpb.Event_Deliver{Deliver: &logpb.Deliver{}}}, &rawLandmark{lm: lm, data: [][]byte{page}}
+	return &logpb.Event{Kind: &logpb.Event_Deliver{Deliver: &logpb.Deliver{}}}, &rawLandmark{lm: lm, buf: page}
 }
 
 func clockEvent(seq uint64) *logpb.Event {

@@ -254,7 +254,7 @@ func (r *Recorder) Deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
 	if p.Kind != vmm.AtExit {
 		began := time.Now()
 		var err error
-		raw, err = captureLandmark(vm)
+		raw, err = captureLandmark(vm, r.pipe.buffer())
 		took := time.Since(began)
 		r.stats.LandmarkTime += took
 		r.stats.LandmarkMax = max(r.stats.LandmarkMax, took)
@@ -271,7 +271,8 @@ func (r *Recorder) Deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
 	return true, r.err
 }
 
-// landmarkSource is what capturing a landmark needs of the VM.
+// landmarkSource is what capturing a landmark needs of the VM. A
+// vmm.PageCopier copies the pages into the recorder's buffer.
 type landmarkSource interface {
 	CaptureVCPUState() (vmm.VCPUState, error)
 	DirtyPages() ([]uint32, error)
@@ -282,8 +283,8 @@ type landmarkSource interface {
 // state and a copy of every dirty page, not yet hashed or compressed
 // (finish does that, off the vCPU thread).
 type rawLandmark struct {
-	lm   *logpb.Landmark // all but page_data, pages_sha256 and pages_zstd
-	data [][]byte        // the pages' contents, in lm.Pages order
+	lm  *logpb.Landmark // all but page_data, pages_sha256 and pages_zstd
+	buf []byte          // the pages' contents, 4096 bytes each, in lm.Pages order
 }
 
 // captureLandmark records where the vCPU stands between two exits, with
@@ -296,9 +297,10 @@ type rawLandmark struct {
 // each exit, which on an emulated host made recording several times
 // slower.
 //
-// It only copies: the guest runs on once it returns, and what the copy
-// holds is the state at the point.
-func captureLandmark(vm landmarkSource) (*rawLandmark, error) {
+// It only copies, into buf (reused from an earlier landmark where it can
+// be: memory already touched takes a copy several times faster than
+// fresh memory). The guest runs on once it returns.
+func captureLandmark(vm landmarkSource, buf []byte) (*rawLandmark, error) {
 	st, err := vm.CaptureVCPUState()
 	if err != nil {
 		return nil, err
@@ -311,48 +313,61 @@ func captureLandmark(vm landmarkSource) (*rawLandmark, error) {
 	if err != nil {
 		return nil, err
 	}
-	raw := &rawLandmark{
-		lm:   &logpb.Landmark{Rip: st.Regs.RIP, Rflags: st.Regs.RFLAGS, Gprs: vmm.GPRs(st.Regs), Pages: pages, VcpuState: blob},
-		data: make([][]byte, len(pages)),
+	if need := len(pages) * 4096; cap(buf) < need {
+		buf = make([]byte, 0, need+need/4)
 	}
-	for i, pfn := range pages {
-		if raw.data[i], err = vm.PageContents(pfn); err != nil {
+	buf = buf[:0]
+	if pc, ok := vm.(vmm.PageCopier); ok {
+		if buf, err = pc.CopyPages(buf, pages); err != nil {
 			return nil, err
 		}
+	} else {
+		for _, pfn := range pages {
+			data, err := vm.PageContents(pfn)
+			if err != nil {
+				return nil, err
+			}
+			buf = append(buf, data...)
+		}
 	}
-	return raw, nil
+	if len(buf) != len(pages)*4096 {
+		return nil, fmt.Errorf("landmark: %d bytes copied for %d pages", len(buf), len(pages))
+	}
+	lm := &logpb.Landmark{Rip: st.Regs.RIP, Rflags: st.Regs.RFLAGS, Gprs: vmm.GPRs(st.Regs), Pages: pages, VcpuState: blob}
+	return &rawLandmark{lm: lm, buf: buf}, nil
 }
 
 // finish completes the landmark from the copied pages: which are all
 // zeros, the SHA-256 over frame numbers and contents, and the non-zero
-// pages zstd-compressed. It returns the landmark and how many pages were
-// zeros. It needs nothing of the VM, so any goroutine may run it.
-func (raw *rawLandmark) finish() (*logpb.Landmark, int) {
-	lm := raw.lm
-	var nonzero []byte
-	zeros := 0
+// pages zstd-compressed. It returns the landmark, how many pages were
+// zeros and the page buffer, free for another capture. It needs nothing
+// of the VM, so any goroutine may run it.
+func (raw *rawLandmark) finish() (*logpb.Landmark, int, []byte) {
+	lm, buf := raw.lm, raw.buf
+	raw.buf = nil
 	h := sha256.New()
 	var n [4]byte
 	lm.PageData = make([]*logpb.Page, len(lm.Pages))
+	kept := 0 // non-zero pages, moved to the front of buf in order
 	for i, pfn := range lm.Pages {
-		data := raw.data[i]
+		data := buf[i*4096 : (i+1)*4096]
 		binary.LittleEndian.PutUint32(n[:], pfn)
 		h.Write(n[:])
 		h.Write(data)
 		zero := isZero(data)
 		lm.PageData[i] = &logpb.Page{Pfn: pfn, Zero: zero}
-		if zero {
-			zeros++
-		} else {
-			nonzero = append(nonzero, data...)
+		if !zero {
+			if kept != i {
+				copy(buf[kept*4096:], data)
+			}
+			kept++
 		}
 	}
 	lm.PagesSha256 = h.Sum(nil)
-	if len(nonzero) > 0 {
-		lm.PagesZstd = pageEncoder.EncodeAll(nonzero, nil)
+	if kept > 0 {
+		lm.PagesZstd = pageEncoder.EncodeAll(buf[:kept*4096], nil)
 	}
-	raw.data = nil
-	return lm, zeros
+	return lm, len(lm.Pages) - kept, buf
 }
 
 func isZero(b []byte) bool {
