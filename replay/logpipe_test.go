@@ -343,8 +343,12 @@ func TestRecorderWriteWaitsForItsSubmitToBeLogged(t *testing.T) {
 	if len(evs) != 2 || evs[0].GetDeliver().GetLandmark() == nil || evs[1].GetSubmit().GetTag() != 7 {
 		t.Fatalf("logged %d events, want the landmark then the Submit", len(evs))
 	}
-	if st := rec.Stats(); st.Landmarks != 1 || st.LandmarkPages != 1 || st.LandmarkTime <= 0 || st.LandmarkMax <= 0 || st.LandmarkMax > st.LandmarkTime {
-		t.Errorf("stats %+v", st)
+	if st := rec.Stats(); st.Landmarks != 1 || st.LandmarkPages != 1 || st.LandmarkTime <= 0 || st.LandmarkMax != st.LandmarkTime ||
+		st.LandmarkCost() != st.LandmarkTime || st.LandmarkFinishTime <= 0 {
+		t.Errorf("stats after one landmark: %+v", st)
+	}
+	if (RecordStats{}).LandmarkCost() != 0 {
+		t.Error("LandmarkCost without landmarks")
 	}
 }
 

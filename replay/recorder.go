@@ -94,6 +94,15 @@ type RecordStats struct {
 	LogWait time.Duration
 }
 
+// LandmarkCost is the mean time one landmark took on the vCPU thread
+// (0 without landmarks).
+func (s RecordStats) LandmarkCost() time.Duration {
+	if s.Landmarks == 0 {
+		return 0
+	}
+	return s.LandmarkTime / time.Duration(s.Landmarks)
+}
+
 // NewRecorder returns a recorder. Create the VM with Options.Driver set
 // to it: the VM then reads time through r.Clock() and keeps KVM's dirty
 // log (vmm.ClockDriver, vmm.DirtyLogDriver).
