@@ -22,6 +22,8 @@ import (
 // same entry, which is simply appended a little later.
 type logPipe struct {
 	sink Sink
+	// The queue's bounds (maxQueuedEvents, maxQueuedBytes).
+	maxEvents, maxBytes int
 
 	mu   sync.Mutex
 	cond *sync.Cond // broadcast when the queue shrinks or err is set
@@ -67,7 +69,7 @@ const (
 )
 
 func newLogPipe(sink Sink, appended uint64) *logPipe {
-	p := &logPipe{sink: sink, appended: appended}
+	p := &logPipe{sink: sink, appended: appended, maxEvents: maxQueuedEvents, maxBytes: maxQueuedBytes}
 	p.cond = sync.NewCond(&p.mu)
 	return p
 }
@@ -93,9 +95,9 @@ func (p *logPipe) append(ev *logpb.Event, raw *rawLandmark) error {
 		p.mu.Unlock()
 		return err
 	}
-	if len(p.queue) >= maxQueuedEvents || p.queuedBytes >= maxQueuedBytes {
+	if p.full() {
 		began := time.Now()
-		for p.err == nil && (len(p.queue) >= maxQueuedEvents || p.queuedBytes >= maxQueuedBytes) {
+		for p.err == nil && p.full() {
 			p.cond.Wait()
 		}
 		p.waited += time.Since(began)
@@ -114,6 +116,11 @@ func (p *logPipe) append(ev *logpb.Event, raw *rawLandmark) error {
 	}
 	p.mu.Unlock()
 	return nil
+}
+
+// full reports whether the queue is at its bounds. Called with mu held.
+func (p *logPipe) full() bool {
+	return len(p.queue) >= p.maxEvents || p.queuedBytes >= p.maxBytes
 }
 
 // done records that ev was appended (err nil) or failed. Called with mu

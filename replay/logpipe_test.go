@@ -292,6 +292,42 @@ func TestLogPipeStopsAtAFailure(t *testing.T) {
 	}
 }
 
+// A full queue holds the caller until the worker makes room, and the
+// wait is counted; every event still arrives, in order.
+func TestLogPipeFullQueueWaits(t *testing.T) {
+	gate := make(chan struct{})
+	sink := &checkingSink{t: t}
+	p := newLogPipe(sinkFunc(func(ev *logpb.Event) error {
+		if ev.Seq == 1 {
+			<-gate
+		}
+		return sink.Append(ev)
+	}), 0)
+	p.maxEvents = 3
+	ev, raw := rawEvent(1)
+	ev.Seq = 1
+	p.append(ev, raw)
+	p.append(clockEvent(2), nil)
+	p.append(clockEvent(3), nil)
+	fourth := make(chan error, 1)
+	go func() { fourth <- p.append(clockEvent(4), nil) }()
+	select {
+	case err := <-fourth:
+		t.Fatalf("an append to a full queue returned at once (%v)", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	close(gate)
+	if err := <-fourth; err != nil {
+		t.Fatal(err)
+	}
+	if err := p.flush(); err != nil || len(sink.logged()) != 4 {
+		t.Fatalf("flush: %v, %d events logged, want 4", err, len(sink.logged()))
+	}
+	if p.waited < 10*time.Millisecond {
+		t.Errorf("waited %v for room, not counted", p.waited)
+	}
+}
+
 // A device write submitted while a landmark is still being finished
 // leaves only once its Submit event is in the log, however HoldWrite
 // answers.
