@@ -65,24 +65,25 @@ func recordToyTo(t *testing.T, prog []toyOp, o recordOpts, sink *checkingSink) (
 		t.Fatal(err)
 	}
 	m := newToy(prog)
-	m.clock, m.spin = rec.Clock(), 100
-	m.bounce = bounce.NewEngine(func(req bounce.Request) ([]byte, error) {
+	m.SetClock(rec.Clock())
+	m.SetSpin(100)
+	m.SetBounce(bounce.NewEngine(func(req bounce.Request) ([]byte, error) {
 		r := rand.New(rand.NewPCG(o.seed, req.Tag))
 		b := make([]byte, req.Len)
 		for i := range b {
 			b[i] = byte(r.Uint32())
 		}
 		return b, nil
-	})
+	}))
 	var out bytes.Buffer
-	m.output = func(_ vmm.Point, b []byte) error {
+	m.SetOutput(func(_ vmm.Point, b []byte) error {
 		out.Write(b)
 		_, err := rec.Output(b, uint64(out.Len()))
 		return err
-	}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	res, err := m.run(ctx, rec)
+	res, err := m.Run(ctx, rec)
 	if err != nil {
 		t.Fatalf("recording: %v", err)
 	}
@@ -126,7 +127,7 @@ func TestOffThreadLandmarksReplayExactly(t *testing.T) {
 			// own: count its calls atomically.
 			var backendCalls atomic.Int32
 			r := replayToyWith(t, prog, rec.events[:cut], ReplayerConfig{GoLive: func(vmm.Machine, vmm.Point) error { return nil }},
-				func(tm *toyMachine, _ *Replayer) { tm.bounce.SetNotify(nil) }, func() { backendCalls.Add(1) })
+				func(tm *toyMachine, _ *Replayer) { tm.Bounce().SetNotify(nil) }, func() { backendCalls.Add(1) })
 			if r.err != nil || r.res != rec.res || r.out != rec.out {
 				t.Fatalf("program %d cut %d of %d: ended %+v (%v) with output %q, recording %+v with %q",
 					i, cut, len(rec.events), r.res, r.err, r.out, rec.res, rec.out)
@@ -344,21 +345,21 @@ func TestRecorderWriteWaitsForItsSubmitToBeLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := newToy(nil)
-	m.clock = rec.Clock()
+	m.SetClock(rec.Clock())
 	performed := make(chan bounce.Request, 1)
-	m.bounce = bounce.NewEngine(func(req bounce.Request) ([]byte, error) { performed <- req; return nil, nil })
+	m.SetBounce(bounce.NewEngine(func(req bounce.Request) ([]byte, error) { performed <- req; return nil, nil }))
 	if err := rec.Start(m); err != nil {
 		t.Fatal(err)
 	}
-	m.write(100, 1)
-	m.point = vmm.Point{Exits: 2, Kind: vmm.Kicked}
-	m.irq = true // a kick with an interrupt pending takes a landmark
-	if ok, err := rec.Deliver(m, m.point); !ok || err != nil {
+	m.GuestWrite(100, 1)
+	m.SetPoint(vmm.Point{Exits: 2, Kind: vmm.Kicked})
+	m.SetIRQ(true) // a kick with an interrupt pending takes a landmark
+	if ok, err := rec.Deliver(m, m.Point()); !ok || err != nil {
 		t.Fatalf("Deliver at a kick: %v, %v", ok, err)
 	}
-	m.irq = false
-	m.point = vmm.Point{Exits: 3, Kind: vmm.AtExit}
-	if err := m.bounce.Submit(writeRequest(7, 64)); err != nil {
+	m.SetIRQ(false)
+	m.SetPoint(vmm.Point{Exits: 3, Kind: vmm.AtExit})
+	if err := m.Bounce().Submit(writeRequest(7, 64)); err != nil {
 		t.Fatal(err)
 	}
 	select {
