@@ -39,7 +39,7 @@ func TestRunLogIsALogAndNeverFailsTheRun(t *testing.T) {
 
 	var out bytes.Buffer
 	var status strings.Builder
-	l := newRunLog(&out, hdr, &logger{w: &status, role: "backup"})
+	l := newRunLog(&out, hdr, testLogger(&status))
 	for _, ev := range events(100) {
 		if err := l.Append(ev); err != nil {
 			t.Fatal(err)
@@ -72,7 +72,7 @@ func TestRunLogIsALogAndNeverFailsTheRun(t *testing.T) {
 
 	// A writer that fills up: the log ends, the run does not.
 	status.Reset()
-	l = newRunLog(&failAfter{n: 70 << 10}, hdr, &logger{w: &status, role: "backup"})
+	l = newRunLog(&failAfter{n: 70 << 10}, hdr, testLogger(&status))
 	for _, ev := range events(20000) {
 		ev.Kind = &logpb.Event_Output{Output: &logpb.Output{Data: bytes.Repeat([]byte("x"), 64)}}
 		if err := l.Append(ev); err != nil {

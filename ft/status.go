@@ -136,3 +136,115 @@ func (r *rate) update(now time.Time, count uint64) float64 {
 	r.last, r.at = count, now
 	return r.value
 }
+
+// reporter delivers a side's status to Config.OnStatus and Config.Monitor,
+// in order: at every state change and every StatusEvery.
+type reporter struct {
+	role     string
+	onStatus func(Status)
+	mon      *Monitor
+
+	mu    sync.Mutex
+	state string
+	since time.Time
+	bw    rate // log bytes per second between reports
+}
+
+func newReporter(role string, cfg *Config) *reporter {
+	return &reporter{role: role, onStatus: cfg.OnStatus, mon: cfg.Monitor}
+}
+
+// report stamps s with the role, the time its state was entered and the
+// log bandwidth, and delivers it.
+func (r *reporter) report(s Status, now time.Time) {
+	if r.onStatus == nil && r.mon == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s.State != r.state || r.since.IsZero() {
+		r.state, r.since = s.State, now
+	}
+	s.Role, s.Since = r.role, r.since
+	s.LogBytesPerSecond = r.bw.update(now, s.LogBytes)
+	if r.mon != nil {
+		r.mon.store(s)
+	}
+	if r.onStatus != nil {
+		r.onStatus(s)
+	}
+}
+
+// lagTracker follows the log entries the peer has not yet taken
+// (acknowledged, or replayed): how many, their bytes, and when the oldest
+// came. Entries are kept in buckets of a millisecond, so it holds at most
+// one bucket per millisecond of lag whatever the entry rate.
+type lagTracker struct {
+	mu      sync.Mutex
+	buckets []lagBucket
+	last    uint64    // highest entry noted
+	done    uint64    // entries taken up to here
+	doneAt  time.Time // when done last advanced
+	pending uint64    // bytes of the entries after done, where known
+}
+
+type lagBucket struct {
+	upto  uint64 // entries up to here
+	bytes uint64
+	at    time.Time // when the first of them came
+}
+
+// added notes entries up to seq, of n bytes in all (0: unknown), at now.
+func (t *lagTracker) added(seq, n uint64, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if seq <= t.last {
+		return
+	}
+	t.last = seq
+	if seq <= t.done {
+		return
+	}
+	t.pending += n
+	if k := len(t.buckets); k > 0 && now.Sub(t.buckets[k-1].at) < time.Millisecond {
+		t.buckets[k-1].upto, t.buckets[k-1].bytes = seq, t.buckets[k-1].bytes+n
+		return
+	}
+	t.buckets = append(t.buckets, lagBucket{upto: seq, bytes: n, at: now})
+}
+
+// took notes that the peer took every entry up to seq, at now.
+func (t *lagTracker) took(seq uint64, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if seq <= t.done {
+		return
+	}
+	t.done, t.doneAt = seq, now
+	i := 0
+	for i < len(t.buckets) && t.buckets[i].upto <= seq {
+		t.pending -= t.buckets[i].bytes
+		i++
+	}
+	t.buckets = t.buckets[i:]
+	if len(t.buckets) == 0 {
+		t.buckets, t.pending = nil, 0
+	}
+}
+
+// fill sets s's log entries, lag figures and last-ack age as of now.
+func (t *lagTracker) fill(s *Status, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s.LogEntries = t.last
+	if t.last > t.done {
+		s.LagEntries = t.last - t.done
+	}
+	s.LagBytes = t.pending
+	if len(t.buckets) > 0 {
+		s.LagAge = now.Sub(t.buckets[0].at)
+	}
+	if !t.doneAt.IsZero() {
+		s.LastAckAge = now.Sub(t.doneAt)
+	}
+}

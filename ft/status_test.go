@@ -1,6 +1,8 @@
 package ft
 
 import (
+	"io"
+	"log/slog"
 	"testing"
 	"time"
 )
@@ -65,4 +67,11 @@ func TestMonitor(t *testing.T) {
 	if (Status{State: "protected"}).Final() {
 		t.Fatal("protected is final")
 	}
+}
+
+// testLogger is a side's logger writing text records to w, as Config.Log
+// does.
+func testLogger(w io.Writer) *slog.Logger {
+	c := Config{Log: w}
+	return c.logger("backup")
 }
