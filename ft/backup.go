@@ -448,7 +448,9 @@ func (b *backup) status(stop chan struct{}) {
 }
 
 // report delivers the backup's status now (see reporter) and returns it.
-func (b *backup) report() Status {
+func (b *backup) report() Status { return b.rep.report(b.snapshot) }
+
+func (b *backup) snapshot() (Status, time.Time) {
 	now := time.Now()
 	b.mu.Lock()
 	state, why := b.pair.state, b.pair.why
@@ -474,6 +476,5 @@ func (b *backup) report() Status {
 	}
 	b.lag.fill(&s, now)
 	s.Released = b.released.Load()
-	b.rep.report(s, now)
-	return s
+	return s, now
 }

@@ -466,7 +466,9 @@ func (p *primary) status(stop chan struct{}) {
 }
 
 // report delivers the primary's status now (see reporter) and returns it.
-func (p *primary) report() Status {
+func (p *primary) report() Status { return p.rep.report(p.snapshot) }
+
+func (p *primary) snapshot() (Status, time.Time) {
 	now := time.Now()
 	p.qmu.Lock()
 	state, why, released := p.pair.state, p.pair.why, p.commit.released
@@ -484,6 +486,5 @@ func (p *primary) report() Status {
 		p.lag.fill(&s, now)
 	}
 	s.CommitP50, s.CommitP99 = p.commit.recent.percentiles()
-	p.rep.report(s, now)
-	return s
+	return s, now
 }

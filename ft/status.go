@@ -154,14 +154,15 @@ func newReporter(role string, cfg *Config) *reporter {
 	return &reporter{role: role, onStatus: cfg.OnStatus, mon: cfg.Monitor}
 }
 
-// report stamps s with the role, the time its state was entered and the
-// log bandwidth, and delivers it.
-func (r *reporter) report(s Status, now time.Time) {
-	if r.onStatus == nil && r.mon == nil {
-		return
-	}
+// report takes the side's status from snap, stamps it with the role, the
+// time its state was entered and the log bandwidth, delivers it, and
+// returns it. snap runs under the reporter's lock, so that two reports
+// racing (a state change on the vCPU thread, another on a watcher) are
+// delivered in the order their states were read.
+func (r *reporter) report(snap func() (Status, time.Time)) Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	s, now := snap()
 	if s.State != r.state || r.since.IsZero() {
 		r.state, r.since = s.State, now
 	}
@@ -173,6 +174,7 @@ func (r *reporter) report(s Status, now time.Time) {
 	if r.onStatus != nil {
 		r.onStatus(s)
 	}
+	return s
 }
 
 // lagTracker follows the log entries the peer has not yet taken
