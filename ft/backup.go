@@ -54,6 +54,8 @@ type backup struct {
 	mu      sync.Mutex // guards pair and haltErr: the watch goroutines step it too
 	pair    pairCore
 	haltErr error // why the live backup halted (its claim was lost)
+	// watchers: watchClaim, ended (by runCancel) before RunBackup returns.
+	watchers sync.WaitGroup
 	// released mirrors console.sent for the status.
 	released atomic.Uint64
 
@@ -78,6 +80,7 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 	}
 	b := &backup{cfg: cfg, log: cfg.logger("backup"), rep: newReporter("backup", &cfg), ctx: ctx, pair: newBackupCore()}
 	b.runCtx, b.runCancel = context.WithCancel(ctx)
+	defer b.watchers.Wait()
 	defer b.runCancel()
 	b.report()
 
@@ -164,9 +167,10 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 	failDone := make(chan struct{})
 	go b.watch(failDone)
 	defer close(failDone)
-	statusStop := make(chan struct{})
-	go b.status(statusStop)
-	defer close(statusStop)
+	// The status goroutine ends before the run returns: no report after.
+	statusStop, statusDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(statusDone); b.status(statusStop) }()
+	defer func() { close(statusStop); <-statusDone }()
 
 	res, runErr := b.vm.Run(b.runCtx)
 	r := Result{Run: res}
@@ -352,7 +356,8 @@ func (b *backup) takeOver(ev pairEvent, p vmm.Point) error {
 		time.Since(start).Round(time.Millisecond), p, since, len(tail), from),
 		"state", stLive.String(), "exits", p.Exits, "resend_bytes", len(tail), "resend_from", from)
 	b.live.Store(true)
-	go b.watchClaim()
+	b.watchers.Add(1)
+	go func() { defer b.watchers.Done(); b.watchClaim() }()
 	b.cfg.Output.Write(tail)
 	b.console.wrote(len(tail))
 	b.released.Add(uint64(len(tail)))

@@ -163,9 +163,10 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 	go func() { defer close(relDone); p.releaseLoop() }()
 	watchStop, watchDone := make(chan struct{}), make(chan struct{})
 	go func() { defer close(watchDone); p.watch(watchStop) }()
-	statusStop := make(chan struct{})
-	go p.status(statusStop)
-	defer close(statusStop)
+	// The status goroutine ends before the run returns: no report after.
+	statusStop, statusDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(statusDone); p.status(statusStop) }()
+	defer func() { close(statusStop); <-statusDone }()
 
 	res, runErr := vm.Run(p.runCtx)
 	if errors.Is(runErr, context.Canceled) && p.protection() == halted {
@@ -288,13 +289,14 @@ func (p *primary) watch(stop chan struct{}) {
 	detected := time.Now()
 	p.log.Warn(fmt.Sprintf("BACKUP LOST: %v; holding %d output bytes; claiming the pair on shared storage", f, p.held()),
 		"held_bytes", p.held(), "last_acked", f.LastAcked, "last_appended", f.LastAppended)
+	won := false
 	if p.step(evPeerLost, "") == actClaim {
 		switch ev, err := claim(p.arb, p.cfg.ClaimTimeout); ev {
 		case evClaimWon:
 			p.log.Warn(fmt.Sprintf("WON the test-and-set (%v after detection): running UNPROTECTED from here", time.Since(detected).Round(time.Millisecond)),
 				"state", stAlone.String(), "protected", false)
 			p.step(ev, "the backup was lost at exit "+fmt.Sprint(p.lastExits.Load()))
-			go p.watchClaim(stop)
+			won = true
 		case evClaimLost:
 			p.log.Error(fmt.Sprintf("LOST the test-and-set: %v; the backup is live: HALTING", err), "state", stHalted.String())
 			p.haltOn(ev, "the backup is live ("+err.Error()+")", err)
@@ -304,6 +306,9 @@ func (p *primary) watch(stop chan struct{}) {
 		}
 	}
 	p.sender.Close() // releases a vCPU waiting for window space
+	if won {
+		p.watchClaim(stop)
+	}
 }
 
 // haltOn steps the pair into halted with cause as the primary's error.

@@ -20,6 +20,7 @@ type scraper struct {
 	t   *testing.T
 	srv *httptest.Server
 
+	one       sync.Mutex // one scrape at a time, so their results stay in order
 	mu        sync.Mutex
 	states    []string // in order, without repeats
 	protected map[string]bool
@@ -39,6 +40,8 @@ func newScraper(t *testing.T, role string, m *ft.Monitor) *scraper {
 }
 
 func (s *scraper) scrape() {
+	s.one.Lock()
+	defer s.one.Unlock()
 	resp, err := http.Get(s.srv.URL + "/metrics")
 	if err != nil {
 		s.t.Error(err)

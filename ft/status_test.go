@@ -128,7 +128,7 @@ func TestReporter(t *testing.T) {
 	t0 := time.Unix(100, 0)
 	r.report(func() (Status, time.Time) { return Status{State: "replaying", LogBytes: 0}, t0 })
 	r.report(func() (Status, time.Time) { return Status{State: "replaying", LogBytes: 1000}, t0.Add(time.Second) })
-	r.report(func() (Status, time.Time) { return Status{State: "live", LogBytes: 3000}, t0.Add(2*time.Second) })
+	r.report(func() (Status, time.Time) { return Status{State: "live", LogBytes: 3000}, t0.Add(2 * time.Second) })
 	if len(got) != 3 || got[1].Since != t0 || got[2].Since != t0.Add(2*time.Second) || got[1].Role != "backup" ||
 		got[1].LogBytesPerSecond != 1000 || got[2].LogBytesPerSecond != 2000 {
 		t.Fatalf("reports %+v", got)
