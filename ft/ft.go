@@ -97,7 +97,7 @@ type Config struct {
 	// generation comes from the primary, in the pair's first log entry.
 	SplitDir string
 	Pair     string // default "ftvm"
-	Node     string // default "primary" / "backup" plus the host name
+	Node     string // default DefaultNode(role): "primary@HOST" / "backup@HOST"
 	// NewArbiter, if set, replaces the FileArbiter.
 	NewArbiter func(generation uint64) (split.Arbiter, error)
 	// ClaimTimeout bounds the test-and-set, retries included (an
@@ -183,8 +183,7 @@ func (c *Config) defaults(role string) {
 		c.Pair = "ftvm"
 	}
 	if c.Node == "" {
-		h, _ := os.Hostname()
-		c.Node = role + "@" + h
+		c.Node = DefaultNode(role)
 	}
 	if c.ClaimTimeout == 0 {
 		c.ClaimTimeout = 5 * time.Second
@@ -207,6 +206,14 @@ func (c *Config) defaults(role string) {
 	if c.StatusEvery == 0 {
 		c.StatusEvery = 2 * time.Second
 	}
+}
+
+// DefaultNode is a side's node name in the pair's claims when Config.Node
+// is empty: its role ("primary" or "backup"), "@", and the host name. An
+// arbiter built outside ft (Config.NewArbiter) takes the same name.
+func DefaultNode(role string) string {
+	h, _ := os.Hostname()
+	return role + "@" + h
 }
 
 // ErrNoTLS is returned when Config has neither TLS nor Insecure.

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"os"
-	"strings"
 
 	"github.com/ftkvm/ftkvm/replay"
 	"github.com/ftkvm/ftkvm/replay/logio"
@@ -66,12 +65,9 @@ func exitCode(err error) int {
 }
 
 // lostClaim says whether err is a side's halt after losing the
-// test-and-set. The backup wraps split.ErrLost; the primary reports its
-// halt in words (ft's Result.Outcome, "halted: the backup is live (...
-// lost the claim ...)"), so its text is matched too.
-func lostClaim(err error) bool {
-	return errors.Is(err, split.ErrLost) || strings.Contains(err.Error(), split.ErrLost.Error())
-}
+// test-and-set, or losing the claim it won (an etcd lease): both sides'
+// errors wrap split.ErrLost.
+func lostClaim(err error) bool { return errors.Is(err, split.ErrLost) }
 
 // errIncompleteLog: a log without its End event, which a recorder writes
 // last: the recording was cut short (or is still being written).

@@ -2,12 +2,17 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/ftkvm/ftkvm/ft"
+	"github.com/ftkvm/ftkvm/ft/ftmetrics"
 	"github.com/ftkvm/ftkvm/ft/pairtls"
 )
 
@@ -59,5 +64,90 @@ func TestCertsCommand(t *testing.T) {
 	}
 	if st, err := os.Stat(filepath.Join(dir, pairtls.PrimaryKeyFile)); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("primary key: %v %v", st, err)
+	}
+}
+
+// The pair's flags that contradict or lack each other are usage errors,
+// refused before the guest is built.
+func TestPairFlagContract(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--insecure", "--bare", "hello"}, "--split-dir is required"},
+		{[]string{"--insecure", "--split-dir", dir, "--arbiter", "etcd://127.0.0.1:1", "--bare", "hello"}, "contradict"},
+		{[]string{"--insecure", "--split-dir", dir, "--etcd-ca", "ca.pem", "--bare", "hello"}, "go with --arbiter"},
+		{[]string{"--insecure", "--arbiter", "http://127.0.0.1:2379", "--bare", "hello"}, "--arbiter"},
+		{[]string{"--insecure", "--split-dir", dir, "--log-format", "xml", "--bare", "hello"}, "--log-format"},
+	} {
+		for _, side := range []struct {
+			cmd  func(context.Context, []string) (int, error)
+			args []string
+		}{{cmdPrimary, []string{"--listen", "127.0.0.1:0"}}, {cmdBackup, []string{"--connect", "127.0.0.1:1"}}} {
+			args := append(side.args[:len(side.args):len(side.args)], c.args...)
+			code, err := side.cmd(context.Background(), args)
+			var ue usageError
+			if code != exitUsage || !errors.As(err, &ue) || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("%v: exit %d, %v; want a usage error about %q", args, code, err, c.want)
+			}
+		}
+	}
+}
+
+// --log-format json gives ft a JSON handler; text leaves ft its own text
+// handler on stderr.
+func TestPairLogFormat(t *testing.T) {
+	var b strings.Builder
+	o := pairOptions{logFormat: "json"}
+	l, err := o.logger(&b)
+	if err != nil || l == nil {
+		t.Fatalf("json: %v %v", l, err)
+	}
+	l.Warn("PRIMARY LOST: x", "state", "draining")
+	var rec map[string]any
+	if err := json.Unmarshal([]byte(b.String()), &rec); err != nil || rec["level"] != "WARN" || rec["msg"] != "PRIMARY LOST: x" || rec["state"] != "draining" || rec["time"] == nil {
+		t.Fatalf("json record %q: %v", b.String(), err)
+	}
+	o.logFormat = "text"
+	if l, err := o.logger(&b); l != nil || err != nil {
+		t.Fatalf("text: %v %v", l, err)
+	}
+}
+
+// --metrics-addr serves the side's Monitor: /status answers 503 until the
+// side reports, /metrics the process's metrics; a taken port is an error.
+func TestPairServeMetrics(t *testing.T) {
+	o := pairOptions{metricsAddr: "127.0.0.1:0"}
+	stop, addr, err := o.serveMetrics("backup", new(ft.Monitor))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	resp, err := http.Get("http://" + addr + "/status")
+	if err != nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("/status before any report: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	resp, err = http.Get("http://" + addr + "/metrics")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("/metrics: %v %v", resp, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "go_goroutines") {
+		t.Fatalf("/metrics:\n%s", body)
+	}
+	if _, err := ftmetrics.Fetch(context.Background(), addr); err == nil || !strings.Contains(err.Error(), "503") {
+		t.Fatalf("ftvm status before any report: %v", err)
+	}
+	o2 := pairOptions{metricsAddr: addr}
+	if _, _, err := o2.serveMetrics("backup", new(ft.Monitor)); err == nil {
+		t.Fatal("a second server on the same port")
+	}
+	if stop, addr, err := (&pairOptions{}).serveMetrics("backup", nil); err != nil || addr != "" {
+		t.Fatalf("no --metrics-addr: %q %v", addr, err)
+	} else {
+		stop()
 	}
 }
