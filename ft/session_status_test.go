@@ -3,12 +3,14 @@ package ft
 import (
 	"context"
 	"errors"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ftkvm/ftkvm/internal/fttest"
 	"github.com/ftkvm/ftkvm/internal/toyvm"
 	"github.com/ftkvm/ftkvm/split"
 )
@@ -308,4 +310,38 @@ func TestSessionPrimaryClaimLost(t *testing.T) {
 			t.Fatalf("primary %q %v, backup %q: want the primary halted with split.ErrLost", p.pRes.Outcome, p.pErr, p.bRes.Outcome)
 		}
 	})
+}
+
+// The log records keep the words scripts and the end-to-end tests look
+// for (e2e, internal/fttest, cmd/bench-twohost), with a level and fields,
+// in the text handler Config.Log gets.
+func TestSessionLogRecords(t *testing.T) {
+	p := newPair(t, chatterProg(40))
+	p.onPrimaryExit(150, func() { p.die(false) }) // silent: the timeout's words
+	p.run()
+	if !p.bRes.Live {
+		t.Fatalf("backup %q %v: want it live", p.bRes.Outcome, p.bErr)
+	}
+	log := p.log.String()
+	for _, want := range []string{
+		`level=INFO msg="backup attached; pair \"toy\" generation `,
+		"booting the guest PROTECTED",
+		`level=WARN msg="PRIMARY LOST: `,
+		"nothing from the sender for ",
+		"role=backup state=draining",
+		"WON the test-and-set",
+		"LIVE at exit ",
+	} {
+		if fttest.Line(log, want) == "" {
+			t.Errorf("no record with %q", want)
+		}
+	}
+	// The failover's junction is read from the record as the e2e tests do.
+	out, from, live, err := fttest.Junction(p.pOut.String(), p.bOut.String(), log)
+	if err != nil || !live || out != output(p.prog) || from > len(p.pOut.String()) {
+		t.Errorf("junction from the log: live %v, from %d, %v; output %q", live, from, err, out)
+	}
+	if m := regexp.MustCompile(`LIVE at exit [0-9]+, ([0-9.]+[µm]?s) after`).FindStringSubmatch(log); m == nil {
+		t.Error("the LIVE record lacks the time since the primary was declared lost (cmd/bench-twohost reads it)")
+	}
 }

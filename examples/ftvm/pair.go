@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/ftkvm/ftkvm/ft"
@@ -153,7 +154,11 @@ func (o *pairOptions) config(flags *flag.FlagSet, role string) (ft.Config, *prep
 		}
 	}
 	if g.devs != nil && g.devs.nic != nil {
-		cfg.OnLive = func() { g.devs.announce(cfg.Log) }
+		announceLog := cfg.Log
+		if cfg.Logger != nil {
+			announceLog = recordWriter{cfg.Logger.With("role", role)} // JSON stays JSON
+		}
+		cfg.OnLive = func() { g.devs.announce(announceLog) }
 	}
 	return cfg, g, nil
 }
@@ -206,6 +211,17 @@ func (o *pairOptions) serveMetrics(role string, m *ft.Monitor) (stop func(), add
 	srv := &http.Server{Handler: ftmetrics.Handler(role, m.Status), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(l)
 	return func() { srv.Close() }, l.Addr().String(), nil
+}
+
+// recordWriter turns lines written to it into Info records of l, for
+// code that logs to an io.Writer.
+type recordWriter struct{ l *slog.Logger }
+
+func (w recordWriter) Write(b []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		w.l.Info(line)
+	}
+	return len(b), nil
 }
 
 type discardLog struct{}

@@ -109,6 +109,14 @@ func TestPairLogFormat(t *testing.T) {
 	if err := json.Unmarshal([]byte(b.String()), &rec); err != nil || rec["level"] != "WARN" || rec["msg"] != "PRIMARY LOST: x" || rec["state"] != "draining" || rec["time"] == nil {
 		t.Fatalf("json record %q: %v", b.String(), err)
 	}
+	// Lines written for the log (the live side's announcement) become
+	// records too.
+	b.Reset()
+	recordWriter{l}.Write([]byte("ftvm: announced 10.0.2.15\nsecond\n"))
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], `"msg":"ftvm: announced 10.0.2.15"`) || !strings.Contains(lines[1], `"msg":"second"`) {
+		t.Fatalf("records %q", b.String())
+	}
 	o.logFormat = "text"
 	if l, err := o.logger(&b); l != nil || err != nil {
 		t.Fatalf("text: %v %v", l, err)
