@@ -291,7 +291,7 @@ func TestSessionPrimaryClaimLost(t *testing.T) {
 		if len(p.pOut.String()) >= len(output(p.prog)) {
 			t.Errorf("the primary let out all %d bytes after its claim was lost", len(p.pOut.String()))
 		}
-		if s, _ := pm.Status(); s.State != "halted" || s.Protected {
+		if s, _ := pm.Status(); s.State != "halted" || s.Protected || s.LagEntries != 0 || s.LagAge != 0 {
 			t.Errorf("the primary's status %+v", s)
 		}
 	})

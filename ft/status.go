@@ -38,8 +38,9 @@ type Status struct {
 	LagEntries uint64        `json:"lag_entries"`
 	LagBytes   uint64        `json:"lag_bytes"`
 	LagAge     time.Duration `json:"lag_age_ns"`
-	// LastAckAge is how long ago the backup's last acknowledgement came
-	// (primary), or the last entry arrived (backup); 0 before the first.
+	// LastAckAge is how long ago the backup's acknowledgements last moved
+	// on (primary), or the backup last took an entry for replay (backup);
+	// 0 before the first. The lag's times are kept to the millisecond.
 	LastAckAge time.Duration `json:"last_ack_age_ns"`
 
 	// Commit delay of released output (primary): from the guest's write to
