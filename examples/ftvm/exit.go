@@ -21,7 +21,7 @@ const (
 	exitUsage       = 2  // bad flags or arguments
 	exitReset       = 3  // the guest asked for a reset; ftvm does not reboot guests
 	exitDiverged    = 4  // a replay (or an FT backup) parted from the recording
-	exitLostClaim   = 5  // this side of an FT pair lost the test-and-set: the other side is live
+	exitLostClaim   = 5  // this side of an FT pair lost the test-and-set (the other side is live), or lost the claim it won
 	exitNoKVM       = 6  // no usable /dev/kvm (see noKVMError)
 	exitBadLog      = 7  // the log is damaged or incomplete (inspect, replay), or a snapshot is (run --restore)
 	exitUnprotected = 8  // status: the side answered and is not protected
@@ -35,7 +35,7 @@ const exitCodes = `exit status:
   2   usage: bad flags or arguments
   3   the guest asked for a reset (ftvm does not reboot guests)
   4   divergence: the replay parted from the recording
-  5   lost the test-and-set: the other side of the FT pair is live
+  5   lost the test-and-set (the other side of the FT pair is live), or the etcd lease of a won claim
   6   no usable KVM (/dev/kvm missing, not permitted, or kvm-pvm)
   7   the log (or a snapshot, run --restore) is damaged or incomplete
   8   status: the side answered, and it is not protected
