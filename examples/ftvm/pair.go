@@ -142,15 +142,9 @@ func (o *pairOptions) config(flags *flag.FlagSet, role string) (ft.Config, *prep
 		cfg.Log, cfg.Logger = discardLog{}, nil
 	}
 	if o.arbiter != "" {
-		node := o.node
-		if node == "" {
-			node = ft.DefaultNode(role)
-		}
-		cfg.NewArbiter, err = split.Open(o.arbiter, split.EtcdConfig{Pair: o.pair, Node: node,
-			CAFile: o.etcdCA, CertFile: o.etcdCert, KeyFile: o.etcdKey})
-		if err != nil {
+		if cfg.NewArbiter, err = o.etcdArbiter(role); err != nil {
 			g.close()
-			return ft.Config{}, nil, fmt.Errorf("--arbiter %s: %w", o.arbiter, err)
+			return ft.Config{}, nil, err
 		}
 	}
 	if g.devs != nil && g.devs.nic != nil {
@@ -161,6 +155,25 @@ func (o *pairOptions) config(flags *flag.FlagSet, role string) (ft.Config, *prep
 		cfg.OnLive = func() { g.devs.announce(announceLog) }
 	}
 	return cfg, g, nil
+}
+
+// openEtcd connects to the etcd arbiter's cluster (split.Open).
+var openEtcd = split.Open
+
+// etcdArbiter connects to --arbiter's etcd cluster and returns the pair's
+// arbiter constructor, for ft.Config.NewArbiter. The node is named as ft
+// names it (ft.DefaultNode) unless --node says otherwise, so that the
+// claims and the pair's hello agree.
+func (o *pairOptions) etcdArbiter(role string) (func(uint64) (split.Arbiter, error), error) {
+	node := o.node
+	if node == "" {
+		node = ft.DefaultNode(role)
+	}
+	a, err := openEtcd(o.arbiter, split.EtcdConfig{Pair: o.pair, Node: node, CAFile: o.etcdCA, CertFile: o.etcdCert, KeyFile: o.etcdKey})
+	if err != nil {
+		return nil, fmt.Errorf("--arbiter %s: %w", o.arbiter, err)
+	}
+	return a, nil
 }
 
 // check refuses contradictory or missing pair flags before anything is

@@ -14,6 +14,7 @@ import (
 	"github.com/ftkvm/ftkvm/ft"
 	"github.com/ftkvm/ftkvm/ft/ftmetrics"
 	"github.com/ftkvm/ftkvm/ft/pairtls"
+	"github.com/ftkvm/ftkvm/split"
 )
 
 // Without certificates and without --insecure neither side starts, and
@@ -157,5 +158,37 @@ func TestPairServeMetrics(t *testing.T) {
 		t.Fatalf("no --metrics-addr: %q %v", addr, err)
 	} else {
 		stop()
+	}
+}
+
+// --arbiter etcd://... opens the cluster with the pair's name, the node's
+// name as ft names it by default (or --node), and the TLS files.
+func TestPairEtcdArbiter(t *testing.T) {
+	var got split.EtcdConfig
+	var url string
+	defer func(f func(string, split.EtcdConfig) (func(uint64) (split.Arbiter, error), error)) { openEtcd = f }(openEtcd)
+	openEtcd = func(u string, c split.EtcdConfig) (func(uint64) (split.Arbiter, error), error) {
+		url, got = u, c
+		if c.Pair == "refuse" {
+			return nil, split.ErrUnreachable
+		}
+		return func(uint64) (split.Arbiter, error) { return nil, nil }, nil
+	}
+	o := pairOptions{arbiter: "etcd://e1:2379,e2:2379", pair: "vm1", etcdCA: "ca.pem", etcdCert: "c.pem", etcdKey: "k.pem"}
+	if f, err := o.etcdArbiter("backup"); err != nil || f == nil {
+		t.Fatal(err)
+	}
+	if url != o.arbiter || got.Pair != "vm1" || got.Node != ft.DefaultNode("backup") || !strings.HasPrefix(got.Node, "backup@") ||
+		got.CAFile != "ca.pem" || got.CertFile != "c.pem" || got.KeyFile != "k.pem" {
+		t.Errorf("opened %q with %+v", url, got)
+	}
+	o.node = "b1"
+	o.etcdArbiter("backup")
+	if got.Node != "b1" {
+		t.Errorf("--node b1: node %q", got.Node)
+	}
+	o.pair = "refuse"
+	if _, err := o.etcdArbiter("primary"); !errors.Is(err, split.ErrUnreachable) || !strings.Contains(err.Error(), "--arbiter etcd://e1:2379,e2:2379") {
+		t.Errorf("an unreachable cluster: %v", err)
 	}
 }
