@@ -489,6 +489,7 @@ func (p *primary) snapshot() (Status, time.Time) {
 	if p.sender != nil {
 		p.lag.took(p.sender.Acked(), now)
 		p.lag.fill(&s, now)
+		s.RTT = p.sender.RTT()
 		if state != stProtected && state != stClaiming {
 			// No backup any more: nothing is waiting for it.
 			s.LagEntries, s.LagBytes, s.LagAge = 0, 0, 0

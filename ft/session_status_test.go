@@ -136,11 +136,18 @@ func TestSessionStatusLag(t *testing.T) {
 	_, all := pl.get()
 	var lagged Status
 	bw := 0.0
+	var rtt time.Duration
 	for _, s := range all {
 		if s.LagAge > lagged.LagAge {
 			lagged = s
 		}
 		bw = max(bw, s.LogBytesPerSecond)
+		rtt = max(rtt, s.RTT)
+	}
+	// The acks held for 150 ms are one round trip of about that much:
+	// smoothed by 1/8, it still lifts the channel's estimate past 10 ms.
+	if rtt < 10*time.Millisecond {
+		t.Errorf("the channel's round trip peaked at %v across the held acks", rtt)
 	}
 	if bw == 0 {
 		t.Error("no report of the log's bandwidth")

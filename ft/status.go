@@ -42,6 +42,9 @@ type Status struct {
 	// on (primary), or the backup last took an entry for replay (backup);
 	// 0 before the first. The lag's times are kept to the millisecond.
 	LastAckAge time.Duration `json:"last_ack_age_ns"`
+	// RTT is the log channel's smoothed round trip (primary): from the
+	// write that carried an entry to the backup's ack of it.
+	RTT time.Duration `json:"rtt_ns"`
 
 	// Commit delay of released output (primary): from the guest's write to
 	// its release, over the last CommitWindow outputs.

@@ -24,7 +24,14 @@ type Sender struct {
 	ackCh        chan struct{} // closed when acked advances (nil: no waiter)
 
 	acked atomic.Uint64 // mirror of core.acked for lock-free Acked
+	rtt   rttProbe      // guarded by mu
+	srtt  atomic.Int64  // rtt.srtt for lock-free RTT
 }
+
+// RTT is the channel's smoothed round trip: from a write that carried an
+// entry to the ack that covered it, the receiver's delay before acking
+// included (0 before the first sample).
+func (s *Sender) RTT() time.Duration { return time.Duration(s.srtt.Load()) }
 
 // NewSender runs the handshake on conn (and TLS first if cfg.TLS is set)
 // and starts the channel. conn is closed if the handshake fails.
@@ -349,6 +356,9 @@ func (s *Sender) writeLoop(cc *link) {
 		if s.core.written(taken) {
 			s.spaceFreed() // batches acked during the write are gone only now
 		}
+		if err == nil && len(taken) > 0 {
+			s.rtt.sent(s.core.sent, time.Now())
+		}
 		s.mu.Unlock()
 		clear(taken)
 		if err != nil {
@@ -378,6 +388,9 @@ func (s *Sender) readLoop(cc *link) {
 			advanced, err := s.core.ack(h.seq)
 			if advanced {
 				s.ackAdvanced()
+			}
+			if s.rtt.acked(h.seq, time.Now()) {
+				s.srtt.Store(int64(s.rtt.srtt))
 			}
 			s.mu.Unlock()
 			if err != nil {

@@ -63,6 +63,6 @@ func printStatus(w io.Writer, s ft.Status) {
 	fmt.Fprintf(w, "  log: %d entries, %d bytes, %.0f bytes/s\n", s.LogEntries, s.LogBytes, s.LogBytesPerSecond)
 	fmt.Fprintf(w, "  lag: %d entries, %d bytes, oldest %v; peer last heard %v ago\n", s.LagEntries, s.LagBytes, s.LagAge.Round(time.Millisecond), s.LastAckAge.Round(time.Millisecond))
 	if s.Role == "primary" {
-		fmt.Fprintf(w, "  output commit: p50 %v, p99 %v; %d bytes released\n", s.CommitP50.Round(10*time.Microsecond), s.CommitP99.Round(10*time.Microsecond), s.Released)
+		fmt.Fprintf(w, "  output commit: p50 %v, p99 %v; %d bytes released; channel round trip %v\n", s.CommitP50.Round(10*time.Microsecond), s.CommitP99.Round(10*time.Microsecond), s.Released, s.RTT.Round(10*time.Microsecond))
 	}
 }

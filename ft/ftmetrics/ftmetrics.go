@@ -15,6 +15,7 @@
 //	ftkvm_lag_entries, ftkvm_lag_bytes  not yet acknowledged (primary) or replayed (backup)
 //	ftkvm_lag_seconds                   the age of the oldest of them
 //	ftkvm_last_ack_age_seconds          since the peer was last heard from
+//	ftkvm_channel_rtt_seconds           the log channel's smoothed round trip (primary)
 //	ftkvm_commit_delay_seconds{quantile="0.5"|"0.99"}  rolling, over ft.CommitWindow outputs
 //	ftkvm_released_bytes_total          console output let out
 package ftmetrics
@@ -59,6 +60,7 @@ var specs = []struct{ name, help string }{
 	{"ftkvm_lag_bytes", "Bytes of those entries, where known."},
 	{"ftkvm_lag_seconds", "Age of the oldest entry not yet acknowledged or replayed."},
 	{"ftkvm_last_ack_age_seconds", "Seconds since the peer was last heard from."},
+	{"ftkvm_channel_rtt_seconds", "The log channel's smoothed round trip, the backup's ack delay included (primary)."},
 	{"ftkvm_commit_delay_seconds", "Output commit delay, rolling percentiles."},
 	{"ftkvm_released_bytes_total", "Bytes of console output let out."},
 }
@@ -110,6 +112,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge("ftkvm_lag_bytes", float64(s.LagBytes))
 	gauge("ftkvm_lag_seconds", s.LagAge.Seconds())
 	gauge("ftkvm_last_ack_age_seconds", s.LastAckAge.Seconds())
+	gauge("ftkvm_channel_rtt_seconds", s.RTT.Seconds())
 	gauge("ftkvm_commit_delay_seconds", s.CommitP50.Seconds(), "0.5")
 	gauge("ftkvm_commit_delay_seconds", s.CommitP99.Seconds(), "0.99")
 	counter("ftkvm_released_bytes_total", s.Released)
