@@ -214,9 +214,10 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 		r.Outcome, res.Stats.SyncExits(), res.Duration, r.Released, r.Commit.P50, r.Commit.P99, r.Commit.N, r.CommitToChannel.P50, r.CommitToAck.P50),
 		"outcome", r.Outcome, "exits", res.Stats.SyncExits(), "released", r.Released, "commit_p50", r.Commit.P50, "commit_p99", r.Commit.P99)
 	st := p.rec.Stats()
-	p.log.Info(fmt.Sprintf("where the vCPU thread's %v went: running the guest %v, capturing %d landmarks %v, waiting for the log channel %v, the rest (exits, devices, logging) %v",
-		res.Duration.Round(time.Millisecond), vm.RunTime().Round(time.Millisecond), st.Landmarks, st.LandmarkTime.Round(time.Millisecond), p.sinkWait.Round(time.Millisecond),
-		(res.Duration - vm.RunTime() - st.LandmarkTime - p.sinkWait).Round(time.Millisecond)))
+	p.log.Info(fmt.Sprintf("where the vCPU thread's %v went: running the guest %v, capturing %d landmarks %v (%v each, max %v), waiting for the log pipe %v and the log channel %v, the rest (exits, devices, logging) %v; hashing and compressing the landmarks off the vCPU thread took %v",
+		res.Duration.Round(time.Millisecond), vm.RunTime().Round(time.Millisecond), st.Landmarks, st.LandmarkTime.Round(time.Millisecond),
+		st.LandmarkCost().Round(time.Microsecond), st.LandmarkMax.Round(time.Microsecond), st.LogWait.Round(time.Millisecond), p.sinkWait.Round(time.Millisecond),
+		(res.Duration - vm.RunTime() - st.LandmarkTime - st.LogWait - p.sinkWait).Round(time.Millisecond), st.LandmarkFinishTime.Round(time.Millisecond)))
 	return r, runErr
 }
 
