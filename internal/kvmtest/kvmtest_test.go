@@ -2,6 +2,7 @@ package kvmtest
 
 import (
 	"errors"
+	"flag"
 	"strings"
 	"testing"
 )
@@ -81,5 +82,29 @@ func TestUsable(t *testing.T) {
 				t.Fatalf("error %q lacks %q", err, c.msg)
 			}
 		})
+	}
+}
+
+// Where Require would skip, RunExamples leaves the Examples out by adding
+// "^Example" to test.skip, keeping a pattern already given.
+func TestSkipExamples(t *testing.T) {
+	f := flag.Lookup("test.skip")
+	if f == nil {
+		t.Fatal("no test.skip flag")
+	}
+	old := f.Value.String()
+	defer f.Value.Set(old)
+	f.Value.Set("")
+	skipExamples("needs /dev/kvm: elsewhere", errors.New("no device"))
+	if got := f.Value.String(); got != "^Example" {
+		t.Errorf("test.skip = %q, want ^Example", got)
+	}
+	f.Value.Set("TestSlow")
+	skipExamples("needs /dev/kvm: elsewhere", errors.New("no device"))
+	if got := f.Value.String(); got != "TestSlow|^Example" {
+		t.Errorf("test.skip = %q, want TestSlow|^Example", got)
+	}
+	if got := trimNeeds("needs /dev/kvm"); got != "need /dev/kvm" {
+		t.Errorf("trimNeeds = %q", got)
 	}
 }
