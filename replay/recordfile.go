@@ -189,4 +189,3 @@ func (c *checkedConsole) Write(data []byte) (int, error) {
 	}
 	return c.out.Write(data)
 }
-

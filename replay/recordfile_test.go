@@ -59,4 +59,3 @@ func TestReplayFileChecksTheLog(t *testing.T) {
 		t.Errorf("missing: err = %v", err)
 	}
 }
-
