@@ -19,7 +19,7 @@ import (
 
 // The Examples with Output lines boot guests: they run where /dev/kvm
 // works (make test's KVM stage) and are left out where it does not.
-func TestMain(m *testing.M) { os.Exit(kvmtest.RunExamples(m)) }
+func TestMain(m *testing.M) { os.Exit(kvmtest.RunExamples(m, "ExampleRecordFile")) }
 
 // Record a bare guest's run to a file, then replay the file on a second
 // VM: the replay ends in the recorded state, or ReplayFile says where it

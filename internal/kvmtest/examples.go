@@ -4,19 +4,20 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 )
 
-// RunExamples is the TestMain of a package whose Examples boot guests
-// (and so need /dev/kvm) and have Output lines, which makes go test run
-// them. An Example cannot skip itself, so where Require would skip (no
-// usable /dev/kvm, and Decide says Skip) it adds "^Example" to the
-// test.skip flag: the Examples are left out, said on stderr, and the
-// tests run as usual (their own Require skips them). Where Decide says
-// Fail (CI=true without KVM) the Examples run, and fail. Use it as
+// RunExamples is the TestMain of a package whose named Examples boot
+// guests (and so need /dev/kvm) and have Output lines, which makes go
+// test run them. An Example cannot skip itself, so where Require would
+// skip (no usable /dev/kvm, and Decide says Skip) it adds those names to
+// the test.skip flag: they are left out, said on stderr, and the rest
+// runs as usual (a test's own Require skips it). Where Decide says Fail
+// (CI=true without KVM) they run, and fail. Use it as
 //
-//	func TestMain(m *testing.M) { os.Exit(kvmtest.RunExamples(m)) }
-func RunExamples(m *testing.M) int {
+//	func TestMain(m *testing.M) { os.Exit(kvmtest.RunExamples(m, "ExampleRecordFile")) }
+func RunExamples(m *testing.M, examples ...string) int {
 	if !flag.Parsed() {
 		flag.Parse()
 	}
@@ -25,31 +26,23 @@ func RunExamples(m *testing.M) int {
 		return m.Run()
 	}
 	action, msg := Decide(false, os.Getenv)
-	if action == Skip {
-		skipExamples(msg, err)
+	if action == Skip && len(examples) > 0 {
+		skipExamples(examples, msg, err)
 	}
 	return m.Run()
 }
 
-func skipExamples(msg string, err error) {
+func skipExamples(examples []string, msg string, err error) {
 	f := flag.Lookup("test.skip")
 	if f == nil {
 		return
 	}
-	pattern := "^Example"
+	pattern := "^(" + strings.Join(examples, "|") + ")$"
 	if old := f.Value.String(); old != "" {
 		pattern = old + "|" + pattern
 	}
 	if f.Value.Set(pattern) != nil {
 		return
 	}
-	fmt.Fprintf(os.Stderr, "kvmtest: Examples skipped: they %s (%v)\n", trimNeeds(msg), err)
-}
-
-// trimNeeds turns Decide's "needs /dev/kvm: ..." into "need /dev/kvm: ...".
-func trimNeeds(msg string) string {
-	if len(msg) > 5 && msg[:5] == "needs" {
-		return "need" + msg[5:]
-	}
-	return msg
+	fmt.Fprintf(os.Stderr, "kvmtest: skipping %s: %s (%v)\n", strings.Join(examples, ", "), msg, err)
 }

@@ -86,7 +86,7 @@ func TestUsable(t *testing.T) {
 }
 
 // Where Require would skip, RunExamples leaves the Examples out by adding
-// "^Example" to test.skip, keeping a pattern already given.
+// the named Examples to test.skip, keeping a pattern already given.
 func TestSkipExamples(t *testing.T) {
 	f := flag.Lookup("test.skip")
 	if f == nil {
@@ -95,16 +95,13 @@ func TestSkipExamples(t *testing.T) {
 	old := f.Value.String()
 	defer f.Value.Set(old)
 	f.Value.Set("")
-	skipExamples("needs /dev/kvm: elsewhere", errors.New("no device"))
-	if got := f.Value.String(); got != "^Example" {
-		t.Errorf("test.skip = %q, want ^Example", got)
+	skipExamples([]string{"Example", "ExampleRecordFile"}, "needs /dev/kvm: elsewhere", errors.New("no device"))
+	if got := f.Value.String(); got != "^(Example|ExampleRecordFile)$" {
+		t.Errorf("test.skip = %q", got)
 	}
 	f.Value.Set("TestSlow")
-	skipExamples("needs /dev/kvm: elsewhere", errors.New("no device"))
-	if got := f.Value.String(); got != "TestSlow|^Example" {
-		t.Errorf("test.skip = %q, want TestSlow|^Example", got)
-	}
-	if got := trimNeeds("needs /dev/kvm"); got != "need /dev/kvm" {
-		t.Errorf("trimNeeds = %q", got)
+	skipExamples([]string{"Example"}, "needs /dev/kvm: elsewhere", errors.New("no device"))
+	if got := f.Value.String(); got != "TestSlow|^(Example)$" {
+		t.Errorf("test.skip = %q", got)
 	}
 }
