@@ -1,7 +1,6 @@
 package replay
 
 import (
-	"fmt"
 	"time"
 
 	"github.com/ftkvm/ftkvm/replay/logpb"
@@ -43,7 +42,7 @@ type PreparedGuest struct {
 func PrepareBare(image []byte) (*PreparedGuest, error) {
 	p, err := tscpatch.PrepareFlat(image, vmm.BareLoadAddr)
 	if err != nil {
-		return nil, fmt.Errorf("bare guest: %w", err)
+		return nil, err
 	}
 	return &PreparedGuest{
 		Guest:       Guest{Bare: true, Kernel: p.Image, RDTSCSites: len(p.Sites)},
