@@ -7,14 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-
-	"github.com/bobuhiro11/gokvm/kvm"
-)
-
-// Regs mirrors struct kvm_regs; Sregs mirrors struct kvm_sregs.
-type (
-	Regs  = kvm.Regs
-	Sregs = kvm.Sregs
 )
 
 // BootState is the initial vCPU state a loader produces.
@@ -78,15 +70,15 @@ func setupLongMode(mem *Memory) (Sregs, error) {
 		}
 	}
 
-	code := kvm.Segment{Base: 0, Limit: 0xFFFFFFFF, Selector: 0x08, Typ: 0xB, Present: 1, S: 1, L: 1, G: 1}
-	data := kvm.Segment{Base: 0, Limit: 0xFFFFFFFF, Selector: 0x10, Typ: 0x3, Present: 1, S: 1, DB: 1, G: 1}
+	code := Segment{Base: 0, Limit: 0xFFFFFFFF, Selector: 0x08, Typ: 0xB, Present: 1, S: 1, L: 1, G: 1}
+	data := Segment{Base: 0, Limit: 0xFFFFFFFF, Selector: 0x10, Typ: 0x3, Present: 1, S: 1, DB: 1, G: 1}
 	var s Sregs
 	s.CS = code
 	s.DS, s.ES, s.FS, s.GS, s.SS = data, data, data, data, data
-	s.TR = kvm.Segment{Base: 0, Limit: 0xFFFF, Selector: 0x18, Typ: 0xB, Present: 1}
-	s.LDT = kvm.Segment{Typ: 0x2, Present: 1, Limit: 0xFFFF}
-	s.GDT = kvm.Descriptor{Base: gdtAddr, Limit: uint16(8*len(gdt) - 1)}
-	s.IDT = kvm.Descriptor{Base: 0, Limit: 0}
+	s.TR = Segment{Base: 0, Limit: 0xFFFF, Selector: 0x18, Typ: 0xB, Present: 1}
+	s.LDT = Segment{Typ: 0x2, Present: 1, Limit: 0xFFFF}
+	s.GDT = Descriptor{Base: gdtAddr, Limit: uint16(8*len(gdt) - 1)}
+	s.IDT = Descriptor{Base: 0, Limit: 0}
 	s.CR0 = cr0PE | cr0MP | cr0ET | cr0NE | cr0WP | cr0AM | cr0PG
 	s.CR3 = pml4Addr
 	s.CR4 = cr4PAE | cr4OSFXSR | cr4OSXMMEXCPT

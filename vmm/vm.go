@@ -118,10 +118,10 @@ func New(cfg Config) (vm *VM, err error) {
 	if err := kvm.GetSupportedCPUID(uintptr(v.sysFd), &supported); err != nil {
 		return nil, fmt.Errorf("KVM_GET_SUPPORTED_CPUID: %w", err)
 	}
-	if v.cpuid, err = BuildCPUID(supported.Entries[:supported.Nent]); err != nil {
+	if v.cpuid, err = BuildCPUID(fromKVMCPUID(supported.Entries[:supported.Nent])); err != nil {
 		return nil, err
 	}
-	if err := kvm.SetCPUID2(uintptr(cpu.fd), &kvm.CPUID{Nent: uint32(len(v.cpuid)), Entries: v.cpuid}); err != nil {
+	if err := kvm.SetCPUID2(uintptr(cpu.fd), &kvm.CPUID{Nent: uint32(len(v.cpuid)), Entries: kvmCPUID(v.cpuid)}); err != nil {
 		return nil, fmt.Errorf("KVM_SET_CPUID2: %w", err)
 	}
 	cpu.stateMSRs = probeStateMSRs(cpu.fd)
