@@ -46,9 +46,8 @@
 // CaptureVCPUState, ApplyVCPUState, TimerDeadline, Kick: replay's
 // landmarks and deliveries go through them, and internal test machines
 // implement them), WriteReplayer and ReplayWrites (a replay's device
-// writes), CancelWindow, the VCPU port below (NewWithVCPU), and the boot
-// loaders on bare Memory (LoadLinux, LoadBare as functions). An embedder
-// does not call them.
+// writes), CancelWindow, and the VCPU port below (NewWithVCPU, Memory,
+// Bus). An embedder does not call them.
 //
 // # The vCPU port
 //
