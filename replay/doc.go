@@ -37,6 +37,14 @@
 // instruction or anywhere else, and the replay never runs slower than
 // the guest between exits (it skips the stretch the landmark covers).
 //
+// The vCPU thread only copies what the landmark needs (the vCPU state
+// and the dirty pages) and runs on; the recorder's log pipe (logpipe.go)
+// hashes and compresses the copy on a goroutine of its own and appends
+// it, with the events logged behind it queued until it is in the Sink,
+// so the log's order and contents are what they would be without the
+// pipe. A device write leaves only once its Submit event is in the Sink.
+// RecordStats.LandmarkTime is what stays on the vCPU thread.
+//
 // The price is log volume (see the README's figures) and that a replay
 // does not re-execute the instructions between an exit and a landmark:
 // a divergence there is caught by the exit-register check at the next

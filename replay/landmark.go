@@ -241,8 +241,9 @@ func loadLandmark(m landmarkMachine, memBytes uint64, lm *logpb.Landmark) error 
 	return m.ApplyVCPUState(st)
 }
 
-// The landmark pages' codec: zstd at its fastest level (the recorder
-// compresses on the vCPU thread). Kernel pages are mostly zeros and
+// The landmark pages' codec: zstd at its fastest level (the recorder's
+// log pipe compresses while the guest runs on, and on a one-core host
+// that is still the vCPU's time). Kernel pages are mostly zeros and
 // repeated structures.
 var pageEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
 

@@ -65,6 +65,7 @@ type Recorder struct {
 	seq   uint64
 	since uint64 // events since the last fingerprint
 	err   error  // first failure to log; sticky
+	pipe  *logPipe
 	// exitRegs are the registers at exitAt, the last synchronous exit
 	// (see logpb.Landmark.exit_regs).
 	exitAt   vmm.Point
@@ -77,12 +78,29 @@ type Recorder struct {
 type RecordStats struct {
 	Events, Clock, Delivers, Landmarks, Injects, TSC, Reads, Fingerprints, Outputs, Submits uint64
 	// LandmarkPages counts the pages state-transfer landmarks carried
-	// (ZeroPages of them all zeros, sent without data).
+	// (ZeroPages of them all zeros, sent without data; ZeroPages is
+	// complete once the run has stopped).
 	LandmarkPages, ZeroPages uint64
-	// LandmarkTime is the time spent capturing landmarks (vCPU state,
-	// dirty log, page contents, hash and compression), on the vCPU
-	// thread: the recording's own cost between exits.
-	LandmarkTime time.Duration
+	// LandmarkTime is the time spent capturing the Landmarks on the vCPU
+	// thread (vCPU state, dirty log, a copy of each dirty page): the
+	// recording's own cost between exits. LandmarkMax is the longest
+	// single capture.
+	LandmarkTime, LandmarkMax time.Duration
+	// LandmarkFinishTime is the time spent hashing and compressing the
+	// landmarks' pages, off the vCPU thread, before they were logged.
+	LandmarkFinishTime time.Duration
+	// LogWait is how long the vCPU thread waited for landmarks still
+	// being finished, when the guest ran too far ahead of its log.
+	LogWait time.Duration
+}
+
+// LandmarkCost is the mean time one landmark took on the vCPU thread
+// (0 without landmarks).
+func (s RecordStats) LandmarkCost() time.Duration {
+	if s.Landmarks == 0 {
+		return 0
+	}
+	return s.LandmarkTime / time.Duration(s.Landmarks)
 }
 
 // NewRecorder returns a recorder. Create the VM with Options.Driver set
@@ -102,6 +120,7 @@ func NewRecorder(cfg RecorderConfig) (*Recorder, error) {
 	if cfg.From != nil {
 		r.seq, r.tsc.last = cfg.From.Seq, cfg.From.TSC
 	}
+	r.pipe = newLogPipe(cfg.Sink, r.seq)
 	r.clock = &recordingClock{r: r, inner: cfg.Clock}
 	r.live = vmm.NewLiveDriver(cfg.Input)
 	r.live.KickAfter = cfg.KickAfter
@@ -117,8 +136,15 @@ func (r *Recorder) Clock() devices.Clock { return r.clock }
 // written since the previous one.
 func (r *Recorder) NeedsDirtyLog() bool { return true }
 
-// Stats returns what has been logged so far.
-func (r *Recorder) Stats() RecordStats { return r.stats }
+// Stats returns what has been logged so far. Call it on the vCPU thread
+// or once the run has stopped.
+func (r *Recorder) Stats() RecordStats {
+	st := r.stats
+	r.pipe.mu.Lock()
+	st.ZeroPages, st.LandmarkFinishTime, st.LogWait = r.pipe.zeroPages, r.pipe.finishTime, r.pipe.waited
+	r.pipe.mu.Unlock()
+	return st
+}
 
 type recordingClock struct {
 	r     *Recorder
@@ -141,6 +167,12 @@ func (c *recordingClock) Now() int64 {
 }
 
 func (r *Recorder) emit(p vmm.Point, ev *logpb.Event) {
+	r.emitLandmark(p, ev, nil)
+}
+
+// emitLandmark logs ev, a delivery whose landmark raw is finished off
+// the vCPU thread (nil: ev is whole).
+func (r *Recorder) emitLandmark(p vmm.Point, ev *logpb.Event, raw *rawLandmark) {
 	if r.err != nil {
 		return
 	}
@@ -148,9 +180,18 @@ func (r *Recorder) emit(p vmm.Point, ev *logpb.Event) {
 	ev.Seq, ev.Exits = r.seq, p.Exits
 	r.stats.Events++
 	r.since++
-	if err := r.cfg.Sink.Append(ev); err != nil {
-		r.err = fmt.Errorf("logging event %d: %w", ev.Seq, err)
+	if err := r.pipe.append(ev, raw); err != nil {
+		r.err = err
 	}
+}
+
+// logErr is the first failure to log, also one the pipe's worker met
+// after emit returned.
+func (r *Recorder) logErr() error {
+	if r.err == nil {
+		r.err = r.pipe.failed()
+	}
+	return r.err
 }
 
 // Start implements vmm.Driver.
@@ -172,16 +213,26 @@ func (r *Recorder) submitted(req bounce.Request) func() error {
 		err := r.err
 		return func() error { return err }
 	}
+	// The submission may still be queued behind a landmark: the write
+	// waits, on its own goroutine, until it is logged.
+	seq, pipe := r.seq, r.pipe
+	logged := func() error { return pipe.waitAppended(seq) }
 	if r.cfg.HoldWrite == nil {
-		return nil
+		return logged
 	}
-	return r.cfg.HoldWrite(r.seq)
+	hold := r.cfg.HoldWrite(seq)
+	return func() error {
+		if err := logged(); err != nil {
+			return err
+		}
+		return hold()
+	}
 }
 
 // Deliver implements vmm.Driver.
 func (r *Recorder) Deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
-	if r.err != nil {
-		return false, r.err
+	if err := r.logErr(); err != nil {
+		return false, err
 	}
 	if p.Kind == vmm.AtExit && p != r.exitAt {
 		regs, err := vm.Regs()
@@ -208,27 +259,41 @@ func (r *Recorder) Deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
 	for _, c := range a.DMA {
 		d.Dma = append(d.Dma, &logpb.Dma{Tag: c.Tag, Data: c.Data, Error: c.Err})
 	}
+	var raw *rawLandmark
 	if p.Kind != vmm.AtExit {
 		began := time.Now()
-		lm, err := captureLandmark(vm)
-		r.stats.LandmarkTime += time.Since(began)
+		var err error
+		raw, err = captureLandmark(vm, r.pipe.buffer())
+		took := time.Since(began)
+		r.stats.LandmarkTime += took
+		r.stats.LandmarkMax = max(r.stats.LandmarkMax, took)
 		if err != nil {
 			return false, err
 		}
-		lm.ExitRegs = r.exitRegs
-		d.Landmark = lm
+		raw.lm.ExitRegs = r.exitRegs
 		r.stats.Landmarks++
-		r.stats.LandmarkPages += uint64(len(lm.PageData))
-		for _, pg := range lm.PageData {
-			if pg.Zero {
-				r.stats.ZeroPages++
-			}
-		}
+		r.stats.LandmarkPages += uint64(len(raw.lm.Pages))
 	}
-	r.emit(p, &logpb.Event{Kind: &logpb.Event_Deliver{Deliver: d}})
+	r.emitLandmark(p, &logpb.Event{Kind: &logpb.Event_Deliver{Deliver: d}}, raw)
 	r.stats.Delivers++
 	vm.DeliverAsync(a)
 	return true, r.err
+}
+
+// landmarkSource is what capturing a landmark needs of the VM. A
+// vmm.PageCopier copies the pages into the recorder's buffer.
+type landmarkSource interface {
+	CaptureVCPUState() (vmm.VCPUState, error)
+	DirtyPages() ([]uint32, error)
+	PageContents(pfn uint32) ([]byte, error)
+}
+
+// rawLandmark is a landmark as the vCPU thread captures it: the vCPU
+// state and a copy of every dirty page, not yet hashed or compressed
+// (finish does that, off the vCPU thread).
+type rawLandmark struct {
+	lm  *logpb.Landmark // all but page_data, pages_sha256 and pages_zstd
+	buf []byte          // the pages' contents, 4096 bytes each, in lm.Pages order
 }
 
 // captureLandmark records where the vCPU stands between two exits, with
@@ -240,7 +305,11 @@ func (r *Recorder) Deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
 // instead would cost a write-protection fault per page written after
 // each exit, which on an emulated host made recording several times
 // slower.
-func captureLandmark(vm vmm.Machine) (*logpb.Landmark, error) {
+//
+// It only copies, into buf (reused from an earlier landmark where it can
+// be: memory already touched takes a copy several times faster than
+// fresh memory). The guest runs on once it returns.
+func captureLandmark(vm landmarkSource, buf []byte) (*rawLandmark, error) {
 	st, err := vm.CaptureVCPUState()
 	if err != nil {
 		return nil, err
@@ -253,27 +322,61 @@ func captureLandmark(vm vmm.Machine) (*logpb.Landmark, error) {
 	if err != nil {
 		return nil, err
 	}
-	lm := &logpb.Landmark{Rip: st.Regs.RIP, Rflags: st.Regs.RFLAGS, Gprs: vmm.GPRs(st.Regs), Pages: pages, VcpuState: blob}
-	var raw []byte
-	h := sha256.New()
-	for _, pfn := range pages {
-		data, err := vm.PageContents(pfn)
-		if err != nil {
+	if need := len(pages) * 4096; cap(buf) < need {
+		buf = make([]byte, 0, need+need/4)
+	}
+	buf = buf[:0]
+	if pc, ok := vm.(vmm.PageCopier); ok {
+		if buf, err = pc.CopyPages(buf, pages); err != nil {
 			return nil, err
 		}
-		h.Write(binary.LittleEndian.AppendUint32(nil, pfn))
+	} else {
+		for _, pfn := range pages {
+			data, err := vm.PageContents(pfn)
+			if err != nil {
+				return nil, err
+			}
+			buf = append(buf, data...)
+		}
+	}
+	if len(buf) != len(pages)*4096 {
+		return nil, fmt.Errorf("landmark: %d bytes copied for %d pages", len(buf), len(pages))
+	}
+	lm := &logpb.Landmark{Rip: st.Regs.RIP, Rflags: st.Regs.RFLAGS, Gprs: vmm.GPRs(st.Regs), Pages: pages, VcpuState: blob}
+	return &rawLandmark{lm: lm, buf: buf}, nil
+}
+
+// finish completes the landmark from the copied pages: which are all
+// zeros, the SHA-256 over frame numbers and contents, and the non-zero
+// pages zstd-compressed. It returns the landmark, how many pages were
+// zeros and the page buffer, free for another capture. It needs nothing
+// of the VM, so any goroutine may run it.
+func (raw *rawLandmark) finish() (*logpb.Landmark, int, []byte) {
+	lm, buf := raw.lm, raw.buf
+	raw.buf = nil
+	h := sha256.New()
+	var n [4]byte
+	lm.PageData = make([]*logpb.Page, len(lm.Pages))
+	kept := 0 // non-zero pages, moved to the front of buf in order
+	for i, pfn := range lm.Pages {
+		data := buf[i*4096 : (i+1)*4096]
+		binary.LittleEndian.PutUint32(n[:], pfn)
+		h.Write(n[:])
 		h.Write(data)
 		zero := isZero(data)
-		lm.PageData = append(lm.PageData, &logpb.Page{Pfn: pfn, Zero: zero})
+		lm.PageData[i] = &logpb.Page{Pfn: pfn, Zero: zero}
 		if !zero {
-			raw = append(raw, data...)
+			if kept != i {
+				copy(buf[kept*4096:], data)
+			}
+			kept++
 		}
 	}
 	lm.PagesSha256 = h.Sum(nil)
-	if len(raw) > 0 {
-		lm.PagesZstd = pageEncoder.EncodeAll(raw, nil)
+	if kept > 0 {
+		lm.PagesZstd = pageEncoder.EncodeAll(buf[:kept*4096], nil)
 	}
-	return lm, nil
+	return lm, len(lm.Pages) - kept, buf
 }
 
 func isZero(b []byte) bool {
@@ -339,8 +442,13 @@ func (r *Recorder) Output(data []byte, released uint64) (uint64, error) {
 }
 
 // Stop implements vmm.Driver: it logs the end of the run with the final
-// fingerprint.
-func (r *Recorder) Stop(vm vmm.Machine, p vmm.Point, res vmm.Result, runErr error) error {
+// fingerprint. Every event is in the Sink when it returns.
+func (r *Recorder) Stop(vm vmm.Machine, p vmm.Point, res vmm.Result, runErr error) (err error) {
+	defer func() {
+		if ferr := r.pipe.flush(); ferr != nil && err == nil {
+			err = ferr
+		}
+	}()
 	r.live.Stop(vm, p, res, runErr)
 	end := &logpb.End{Reason: uint32(res.Reason), Status: uint32(res.Status)}
 	if runErr != nil {

@@ -33,6 +33,32 @@ func (v *VM) DirtyPages() ([]uint32, error) {
 	return pages, nil
 }
 
+// PageCopier is an optional capability of a Machine: copying pages into
+// a buffer the caller reuses. A recorder copies a landmark's pages on the
+// vCPU thread; into a fresh allocation per page (PageContents) that costs
+// several times the copy itself, in zeroing and first-touch page faults.
+type PageCopier interface {
+	// CopyPages appends the 4 KiB contents of each listed page frame to
+	// dst, in order, and returns the extended slice.
+	CopyPages(dst []byte, pages []uint32) ([]byte, error)
+}
+
+var _ PageCopier = (*VM)(nil)
+
+// CopyPages implements PageCopier. A frame outside guest memory is an
+// error, and dst is returned as it was.
+func (v *VM) CopyPages(dst []byte, pages []uint32) ([]byte, error) {
+	n := len(dst)
+	for _, pfn := range pages {
+		page, err := v.mem.Slice(GuestAddress(uint64(pfn)*pageSize), pageSize)
+		if err != nil {
+			return dst[:n], fmt.Errorf("page %#x: %w", pfn, err)
+		}
+		dst = append(dst, page...)
+	}
+	return dst, nil
+}
+
 // pagesHash hashes the listed page frames' numbers and contents, for a
 // landmark. In the pages of the current paging hierarchy (pageTables)
 // the Accessed and Dirty bits of every entry are left out: the processor

@@ -132,6 +132,13 @@ func (m *Machine) Injected() []vmm.Point { return m.injected }
 // Exits counts the synchronous exits so far; safe from any goroutine.
 func (m *Machine) Exits() uint64 { return m.exits.Load() }
 
+// GuestWrite writes a byte of memory as the guest would (the page is
+// dirtied), for tests that place the machine by hand.
+func (m *Machine) GuestWrite(addr uint64, b byte) { m.write(addr, b) }
+
+// SetIRQ raises or lowers IRQ0 by hand (an interrupt pending at a point).
+func (m *Machine) SetIRQ(v bool) { m.irq = v }
+
 // Console is the console input delivered and not yet read by the guest.
 func (m *Machine) Console() []byte { return m.console }
 
