@@ -3,7 +3,6 @@ package ft_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log"
 	"net"
 	"os"
@@ -61,7 +60,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	cfg := ft.Config{Guest: guest, SplitDir: shared, StatusEvery: -1, TLS: primaryTLS, Log: io.Discard}
+	cfg := ft.Config{Guest: guest, SplitDir: shared, StatusEvery: -1, TLS: primaryTLS}
 
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
