@@ -1,16 +1,19 @@
 package replay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ftkvm/ftkvm/replay/logio"
 	"github.com/ftkvm/ftkvm/replay/logpb"
 	"github.com/ftkvm/ftkvm/vmm"
+	"google.golang.org/protobuf/proto"
 )
 
 // A FileConfig that sets what RecordFile supplies is refused before any
@@ -57,5 +60,30 @@ func TestReplayFileChecksTheLog(t *testing.T) {
 	}
 	if _, err := ReplayFile(context.Background(), filepath.Join(dir, "none.log"), g, FileConfig{}); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing: err = %v", err)
+	}
+}
+
+// PrepareBare patches the rdtsc of a copy of the image; the header pins
+// the patched image and the site count; Spec carries memory, sites and
+// epoch. PrepareLinux refuses what is no vmlinux.
+func TestPrepareGuest(t *testing.T) {
+	image := []byte{0x0f, 0x31, 0xf4} // rdtsc; hlt
+	g, err := PrepareBare(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !g.Bare || g.RDTSCSites != 1 || g.Sites == nil || g.MemoryBytes != DefaultBareMemory || bytes.Equal(g.Kernel, image) || image[0] != 0x0f {
+		t.Errorf("PrepareBare: %+v (image % x)", g, image)
+	}
+	epoch := time.Unix(1_700_000_000, 0)
+	if s := g.Spec(epoch); s.MemoryBytes != DefaultBareMemory || s.TSCSites != g.Sites || !s.Epoch.Equal(epoch) {
+		t.Errorf("Spec = %+v", s)
+	}
+	h := g.Header(fakeHeaderVM{}, epoch, true)
+	if want := NewHeader(fakeHeaderVM{}, g.Guest, epoch, true); !proto.Equal(h, want) || !h.Verify {
+		t.Errorf("Header = %v, want %v", h, want)
+	}
+	if _, err := PrepareLinux([]byte("not a vmlinux"), nil, ""); err == nil {
+		t.Error("PrepareLinux took a non-ELF kernel")
 	}
 }
