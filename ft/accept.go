@@ -3,6 +3,7 @@ package ft
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"time"
 
@@ -37,7 +38,7 @@ func (p *primary) acceptBackup(ctx context.Context, l net.Listener, wait time.Du
 		actx, cancel = context.WithTimeout(ctx, wait)
 	}
 	defer cancel()
-	p.log.printf("waiting for the backup to connect on %s (%s)", l.Addr(), p.cfg.security())
+	p.log.Info(fmt.Sprintf("waiting for the backup to connect on %s (%s)", l.Addr(), p.cfg.security()))
 	// Handshakes that lose the race, and the accept loop, end on their
 	// own: finished tells them nobody is listening any more.
 	finished := make(chan struct{})
@@ -95,7 +96,7 @@ func (p *primary) acceptBackup(ctx context.Context, l net.Listener, wait time.Du
 				continue
 			}
 			if len(pending) >= maxHandshakes {
-				p.log.printf("%d connections in their handshake: dropping the oldest", len(pending))
+				p.log.Warn(fmt.Sprintf("%d connections in their handshake: dropping the oldest", len(pending)))
 				forget(order[0])
 			}
 			next++
@@ -117,17 +118,17 @@ func (p *primary) acceptBackup(ctx context.Context, l net.Listener, wait time.Du
 		case h := <-done:
 			forget(h.id)
 			if h.err == nil {
-				p.log.printf("backup connected from %s (%s)", h.conn.RemoteAddr(), p.cfg.security())
+				p.log.Info(fmt.Sprintf("backup connected from %s (%s)", h.conn.RemoteAddr(), p.cfg.security()))
 				return h.sender
 			}
 			h.conn.Close()
 			switch {
 			case errors.Is(h.err, logchannel.ErrConfigMismatch):
-				p.log.printf("REFUSED the backup at %s: %v (%v)", h.conn.RemoteAddr(), ErrConfigMismatch, h.err)
+				p.log.Warn(fmt.Sprintf("REFUSED the backup at %s: %v (%v)", h.conn.RemoteAddr(), ErrConfigMismatch, h.err))
 			case errors.Is(h.err, logchannel.ErrAuth):
-				p.log.printf("REFUSED a connection from %s: not authenticated as the pair's backup (TLS): %v", h.conn.RemoteAddr(), h.err)
+				p.log.Warn(fmt.Sprintf("REFUSED a connection from %s: not authenticated as the pair's backup (TLS): %v", h.conn.RemoteAddr(), h.err))
 			default:
-				p.log.printf("backup at %s failed the handshake: %v", h.conn.RemoteAddr(), h.err)
+				p.log.Warn(fmt.Sprintf("backup at %s failed the handshake: %v", h.conn.RemoteAddr(), h.err))
 			}
 			if conns == nil && len(pending) == 0 {
 				return nil

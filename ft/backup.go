@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -24,24 +25,39 @@ import (
 const consumedBatch = 64
 
 type backup struct {
-	cfg  Config
-	log  *logger
-	ctx  context.Context
-	recv *logchannel.Receiver
-	rp   *replay.Replayer
-	rl   *runLog // Config.RunLog
-	vm   Machine
-	arb  split.Arbiter
+	cfg Config
+	log *slog.Logger
+	rep *reporter
+	lag lagTracker // entries received and not yet replayed
+	gen uint64     // the pair's generation, from the hello
+	ctx context.Context
+	// runCtx is the guest's run; cancelled when the side halts after
+	// going live (its claim lost).
+	runCtx    context.Context
+	runCancel context.CancelFunc
+	recv      *logchannel.Receiver
+	rp        *replay.Replayer
+	rl        *runLog // Config.RunLog
+	vm        Machine
+	arb       split.Arbiter
 
 	replayed  atomic.Uint64 // last channel seq handed to the replay
+	logBytes  atomic.Uint64 // bytes of the entries taken from the channel
+	joined    atomic.Bool   // the primary's hello arrived
+	revoked   atomic.Bool   // halted after going live: the console lets nothing more out
 	lastExits atomic.Uint64
 	live      atomic.Bool  // mirrors console.live for the status goroutine
 	lostAt    atomic.Int64 // unix nanos when the primary was declared lost
 	ended     int          // 0: log still open, 1: orderly end, 2: disconnected
 	cause     error
 
-	mu   sync.Mutex // guards pair: the watch goroutine steps it too
-	pair pairCore
+	mu      sync.Mutex // guards pair and haltErr: the watch goroutines step it too
+	pair    pairCore
+	haltErr error // why the live backup halted (its claim was lost)
+	// watchers: watchClaim, ended (by runCancel) before RunBackup returns.
+	watchers sync.WaitGroup
+	// released mirrors console.sent for the status.
+	released atomic.Uint64
 
 	// console is the output the primary may not have let out; used on the
 	// vCPU thread only (and after the run).
@@ -62,7 +78,11 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 	if err := cfg.checkSecurity(); err != nil {
 		return Result{}, err
 	}
-	b := &backup{cfg: cfg, log: &logger{w: cfg.Log, role: "backup"}, ctx: ctx, pair: newBackupCore()}
+	b := &backup{cfg: cfg, log: cfg.logger("backup"), rep: newReporter("backup", &cfg), ctx: ctx, pair: newBackupCore()}
+	b.runCtx, b.runCancel = context.WithCancel(ctx)
+	defer b.watchers.Wait()
+	defer b.runCancel()
+	b.report()
 
 	// The configuration hash, from a VM built the same way as the real one
 	// (whose RTC epoch comes from the primary).
@@ -92,7 +112,7 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 		return Result{}, fmt.Errorf("handshake with the primary at %s: %w", addr, err)
 	}
 	defer b.recv.Close()
-	b.log.printf("connected to the primary at %s (%s)", addr, cfg.security())
+	b.log.Info(fmt.Sprintf("connected to the primary at %s (%s)", addr, cfg.security()))
 
 	seq, entry, err := b.recv.Next(ctx)
 	if err != nil {
@@ -111,6 +131,9 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 	}
 	b.recv.Consumed(seq)
 	b.replayed.Store(seq)
+	b.logBytes.Add(uint64(len(entry)))
+	b.gen = h.Generation
+	b.joined.Store(true)
 	if b.arb, err = cfg.arbiter(h.Generation); err != nil {
 		return Result{}, err
 	}
@@ -137,24 +160,32 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 	if err := logio.CompareHeaders(hdr, own); err != nil {
 		return Result{}, fmt.Errorf("%w: %v", ErrConfigMismatch, err)
 	}
-	b.log.printf("pair %q generation %d with primary %s: replaying its log (console output suppressed)", h.Pair, h.Generation, h.Primary)
+	b.log.Info(fmt.Sprintf("pair %q generation %d with primary %s: replaying its log (console output suppressed)", h.Pair, h.Generation, h.Primary),
+		"pair", h.Pair, "generation", h.Generation, "primary", h.Primary, "state", stReplaying.String())
+	b.report()
 
 	failDone := make(chan struct{})
 	go b.watch(failDone)
 	defer close(failDone)
-	statusStop := make(chan struct{})
-	go b.status(statusStop)
-	defer close(statusStop)
+	// The status goroutine ends before the run returns: no report after.
+	statusStop, statusDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(statusDone); b.status(statusStop) }()
+	defer func() { close(statusStop); <-statusDone }()
 
-	res, runErr := b.vm.Run(ctx)
+	res, runErr := b.vm.Run(b.runCtx)
 	r := Result{Run: res}
+	if b.revoked.Load() {
+		b.mu.Lock()
+		runErr = &haltError{"halted: " + b.pair.why, b.haltErr}
+		b.mu.Unlock()
+	}
 	switch {
 	case b.live.Load() || runErr != nil:
 	case b.ended == 2:
 		// The guest finished in the replay, but the primary died before
 		// closing the log in order: the end of the output may not have
 		// left it.
-		b.log.printf("the guest finished in the replay, but the primary was lost before it closed the log: %v", b.cause)
+		b.log.Info(fmt.Sprintf("the guest finished in the replay, but the primary was lost before it closed the log: %v", b.cause))
 		if err := b.takeOver(evRunEndedLogBroke, b.vm.Point()); err != nil {
 			runErr = err
 		}
@@ -164,10 +195,12 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 	r.Released = b.console.sent
 	if b.rl != nil {
 		if r.RunLogErr = b.rl.close(); r.RunLogErr != nil {
-			b.log.printf("the run's log is incomplete: %v", r.RunLogErr)
+			b.log.Error(fmt.Sprintf("the run's log is incomplete: %v", r.RunLogErr))
 		}
 	}
 	switch {
+	case b.revoked.Load():
+		r.Outcome = runErr.Error()
 	case b.live.Load():
 		r.Outcome, r.Live = "went live", true
 	case runErr == nil:
@@ -180,8 +213,10 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 	if st.LiveAt != nil {
 		live = fmt.Sprintf(", live from %v", *st.LiveAt)
 	}
-	b.log.printf("%s after %d exits; replayed %d events (%d landmarks)%s; released %d console bytes",
-		r.Outcome, res.Stats.SyncExits(), st.Events, st.Landmarks, live, r.Released)
+	b.report()
+	b.log.Info(fmt.Sprintf("%s after %d exits; replayed %d events (%d landmarks)%s; released %d console bytes",
+		r.Outcome, res.Stats.SyncExits(), st.Events, st.Landmarks, live, r.Released),
+		"outcome", r.Outcome, "exits", res.Stats.SyncExits(), "replayed", st.Events, "released", r.Released)
 	return r, runErr
 }
 
@@ -257,6 +292,10 @@ func (b *backup) Next() (*logpb.Event, error) {
 	}
 	b.replayed.Store(seq)
 	b.lastExits.Store(ev.Exits)
+	b.logBytes.Add(uint64(len(entry)))
+	now := time.Now()
+	b.lag.added(b.recv.Received(), 0, now)
+	b.lag.took(seq, now)
 	if b.rl != nil {
 		b.rl.Append(ev)
 	}
@@ -267,7 +306,7 @@ func (b *backup) Next() (*logpb.Event, error) {
 // received entry has been replayed.
 func (b *backup) goLive(vm vmm.Machine, p vmm.Point) error {
 	why := b.why()
-	b.log.printf("log ended (%s) after entry %d; replayed all of it, at %v: claiming the pair on shared storage", why, b.replayed.Load(), p)
+	b.log.Info(fmt.Sprintf("log ended (%s) after entry %d; replayed all of it, at %v: claiming the pair on shared storage", why, b.replayed.Load(), p))
 	return b.takeOver(evLogEnded, p)
 }
 
@@ -284,7 +323,7 @@ func (b *backup) why() string {
 // means this side does not go live.
 func (b *backup) takeOver(ev pairEvent, p vmm.Point) error {
 	if err := b.console.check(); err != nil {
-		b.log.printf("%v; NOT going live", err)
+		b.log.Error(fmt.Sprintf("%v; NOT going live", err))
 		return fmt.Errorf("not going live: %w", err)
 	}
 	if act := b.step(ev, ""); act != actClaim {
@@ -294,11 +333,11 @@ func (b *backup) takeOver(ev pairEvent, p vmm.Point) error {
 	ev, err := claim(b.arb, b.cfg.ClaimTimeout)
 	switch ev {
 	case evClaimLost:
-		b.log.printf("LOST the test-and-set: %v; the primary is live: HALTING", err)
+		b.log.Error(fmt.Sprintf("LOST the test-and-set: %v; the primary is live: HALTING", err), "state", stHalted.String())
 		b.step(ev, "the primary is live ("+err.Error()+")")
 		return fmt.Errorf("halted: the primary is live (%w)", err)
 	case evClaimUnreachable:
-		b.log.printf("cannot reach the split-brain storage: %v; NOT going live", err)
+		b.log.Error(fmt.Sprintf("cannot reach the split-brain storage: %v; NOT going live", err), "state", stHalted.String())
 		b.step(ev, "split-brain storage unreachable ("+err.Error()+")")
 		return fmt.Errorf("not going live: %w", err)
 	}
@@ -313,11 +352,15 @@ func (b *backup) takeOver(ev pairEvent, p vmm.Point) error {
 	if t := b.lostAt.Load(); t != 0 {
 		since = fmt.Sprintf(", %v after the primary was declared lost", time.Since(time.Unix(0, t)).Round(time.Millisecond))
 	}
-	b.log.printf("WON the test-and-set in %v: LIVE at %v%s; re-sending %d console bytes from offset %d",
-		time.Since(start).Round(time.Millisecond), p, since, len(tail), from)
+	b.log.Warn(fmt.Sprintf("WON the test-and-set in %v: LIVE at %v%s; re-sending %d console bytes from offset %d",
+		time.Since(start).Round(time.Millisecond), p, since, len(tail), from),
+		"state", stLive.String(), "exits", p.Exits, "resend_bytes", len(tail), "resend_from", from)
 	b.live.Store(true)
+	b.watchers.Add(1)
+	go func() { defer b.watchers.Done(); b.watchClaim() }()
 	b.cfg.Output.Write(tail)
 	b.console.wrote(len(tail))
+	b.released.Add(uint64(len(tail)))
 	if b.cfg.OnLive != nil {
 		b.cfg.OnLive()
 	}
@@ -328,11 +371,13 @@ func (b *backup) takeOver(ev pairEvent, p vmm.Point) error {
 // the action.
 func (b *backup) step(ev pairEvent, why string) pairAction {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	act, err := b.pair.step(ev, why)
+	b.mu.Unlock()
 	if err != nil {
-		b.log.printf("%v", err) // a bug, but the state is unchanged
+		b.log.Error(err.Error()) // a bug, but the state is unchanged
+		return act
 	}
+	b.report()
 	return act
 }
 
@@ -340,8 +385,12 @@ func (b *backup) step(ev pairEvent, why string) pairAction {
 // replaying, written out once live.
 func (b *backup) Write(data []byte) (int, error) {
 	if b.console.live {
+		if b.revoked.Load() {
+			return len(data), nil // halted: the claim is lost
+		}
 		n, err := b.cfg.Output.Write(data)
 		b.console.wrote(n)
+		b.released.Add(uint64(n))
 		return n, err
 	}
 	if err := b.rp.Output(b.vm.Point(), data); err != nil {
@@ -351,7 +400,7 @@ func (b *backup) Write(data []byte) (int, error) {
 		return len(data), nil // reported once, below, and when the log ends
 	}
 	if err := b.console.replayed(data, b.rp.Released()); err != nil {
-		b.log.printf("at %v: %v: this backup will not go live", b.vm.Point(), err)
+		b.log.Info(fmt.Sprintf("at %v: %v: this backup will not go live", b.vm.Point(), err))
 	}
 	return len(data), nil
 }
@@ -362,17 +411,75 @@ func (b *backup) watch(done chan struct{}) {
 	case f := <-b.recv.Failed():
 		b.lostAt.Store(time.Now().UnixNano())
 		b.step(evPeerLost, "")
-		b.log.printf("PRIMARY LOST: %v; %d received entries still to replay", f, int64(f.LastReceived)-int64(b.replayed.Load()))
+		b.log.Warn(fmt.Sprintf("PRIMARY LOST: %v; %d received entries still to replay", f, int64(f.LastReceived)-int64(b.replayed.Load())),
+			"state", stDraining.String(), "last_received", f.LastReceived, "replayed", b.replayed.Load())
+	}
+}
+
+// watchClaim halts the live backup if its arbiter reports that the
+// claim it won is lost (an etcd lease not renewed in time): the VM may be
+// started elsewhere, so the guest stops and its console lets nothing more
+// out.
+func (b *backup) watchClaim() {
+	lost, reason := claimLoss(b.arb)
+	if lost == nil {
+		return
+	}
+	select {
+	case <-b.runCtx.Done():
+	case <-lost:
+		err := reason()
+		b.revoked.Store(true)
+		b.mu.Lock()
+		b.haltErr = err
+		b.mu.Unlock()
+		b.log.Error(fmt.Sprintf("the split-brain claim is LOST: %v: HALTING", err), "state", stHalted.String())
+		b.step(evClaimRevoked, "the claim was lost after going live ("+err.Error()+")")
+		b.runCancel()
 	}
 }
 
 func (b *backup) status(stop chan struct{}) {
 	every(stop, b.cfg.StatusEvery, func() {
+		s := b.report()
 		if b.live.Load() {
-			b.log.printf("LIVE: running standalone, at exit %d", b.vm.Exits())
+			b.log.Info(fmt.Sprintf("LIVE: running standalone, at exit %d", b.vm.Exits()), "state", s.State)
 			return
 		}
 		rcv, rep := b.recv.Received(), b.replayed.Load()
-		b.log.printf("BACKUP (replaying): at exit %d, replayed entry %d of %d received (lag %d entries)", b.lastExits.Load(), rep, rcv, int64(rcv)-int64(rep))
+		b.log.Info(fmt.Sprintf("BACKUP (replaying): at exit %d, replayed entry %d of %d received (lag %d entries)", b.lastExits.Load(), rep, rcv, int64(rcv)-int64(rep)),
+			"state", s.State, "lag_entries", s.LagEntries, "lag_age", s.LagAge, "log_bytes_per_second", s.LogBytesPerSecond)
 	})
+}
+
+// report delivers the backup's status now (see reporter) and returns it.
+func (b *backup) report() Status { return b.rep.report(b.snapshot) }
+
+func (b *backup) snapshot() (Status, time.Time) {
+	now := time.Now()
+	b.mu.Lock()
+	state, why := b.pair.state, b.pair.why
+	b.mu.Unlock()
+	s := Status{State: state.String(), Reason: why, Generation: b.gen, LogBytes: b.logBytes.Load()}
+	switch {
+	case !b.joined.Load():
+		s.Reason = "connecting to the primary"
+	case state == stReplaying:
+		s.Protected = true
+	case state == stDraining:
+		s.Reason = "the primary was lost: replaying what was received"
+	case state == stClaiming:
+		s.Reason = "the primary was lost: claiming the pair"
+	}
+	if b.live.Load() && b.vm != nil {
+		s.Exits = b.vm.Exits()
+	} else {
+		s.Exits = b.lastExits.Load()
+	}
+	if b.recv != nil {
+		b.lag.added(b.recv.Received(), 0, now)
+	}
+	b.lag.fill(&s, now)
+	s.Released = b.released.Load()
+	return s, now
 }

@@ -43,6 +43,7 @@ type outputCommit struct {
 	acksOver  bool   // waiting for an ack can no longer succeed
 	closed    bool   // nothing more will be held or appended
 	delays    []time.Duration
+	recent    rolling // the latest delays, for the status's percentiles
 	// The delay's parts, for released output whose append and ack times
 	// were noted (noteAppended, noteAcked): guest write to the channel,
 	// channel to the backup's ack as the release loop saw it.
@@ -184,6 +185,7 @@ func (c *outputCommit) next(now time.Time) commitStep {
 	for _, it := range items {
 		data = append(data, it.data...)
 		c.delays = append(c.delays, now.Sub(it.at))
+		c.recent.add(now.Sub(it.at))
 		if !it.appended.IsZero() && !it.acked.IsZero() {
 			c.toChannel = append(c.toChannel, it.appended.Sub(it.at))
 			c.toAck = append(c.toAck, it.acked.Sub(it.appended))

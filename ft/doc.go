@@ -34,6 +34,14 @@
 //     test-and-set, re-sends the console output from the last Released
 //     count the primary logged (duplicates allowed, losses not), and runs on
 //     with live devices.
+//   - A claim lost after it was won (an etcd arbiter's lease, reported on
+//     its Lost channel) halts the side running on it: no more output
+//     leaves, and its error wraps split.ErrLost.
+//   - State for programs and people: each side reports a Status (the pair
+//     state and why, the log's rate, the lag, the rolling commit delay) to
+//     Config.OnStatus and Config.Monitor at every state change and every
+//     Config.StatusEvery (package ftmetrics serves a Monitor as Prometheus
+//     metrics and JSON), and logs through log/slog (Config.Logger).
 //
 // The decisions are made by pure cores, which do no IO, start no
 // goroutine and read no clock, and are tested without KVM or sockets; the

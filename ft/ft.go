@@ -7,10 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"sort"
-	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -97,7 +97,7 @@ type Config struct {
 	// generation comes from the primary, in the pair's first log entry.
 	SplitDir string
 	Pair     string // default "ftvm"
-	Node     string // default "primary" / "backup" plus the host name
+	Node     string // default DefaultNode(role): "primary@HOST" / "backup@HOST"
 	// NewArbiter, if set, replaces the FileArbiter.
 	NewArbiter func(generation uint64) (split.Arbiter, error)
 	// ClaimTimeout bounds the test-and-set, retries included (an
@@ -141,13 +141,24 @@ type Config struct {
 
 	// Output receives the guest's console output once it may leave the
 	// machine (default os.Stdout). Input is the console input (primary; the
-	// backup's after it goes live). Log receives status lines (default
-	// os.Stderr); StatusEvery is the period of the progress line (default
-	// 2 s, negative: none).
-	Output      io.Writer
-	Input       io.Reader
-	Log         io.Writer
+	// backup's after it goes live).
+	Output io.Writer
+	Input  io.Reader
+	// Logger receives the side's log records (log/slog), each with the
+	// side's role: Info for progress, Warn for a lost peer, Error for a
+	// halt. If nil, a text handler writes them to Log (default
+	// os.Stderr).
+	Logger *slog.Logger
+	Log    io.Writer
+	// StatusEvery is the period of the progress record and of the status
+	// reports (OnStatus, Monitor) between state changes (default 2 s,
+	// negative: none; state changes are reported anyway).
 	StatusEvery time.Duration
+	// OnStatus, if set, hears the side's Status at every change of the
+	// pair's state and every StatusEvery, in order, on ft's goroutines:
+	// it must not block. Monitor, if set, keeps the latest.
+	OnStatus func(Status)
+	Monitor  *Monitor
 	// KickAfter: see replay.RecorderConfig.KickAfter.
 	KickAfter time.Duration
 	// OnLive, if set, runs on the backup's vCPU thread once it has won
@@ -172,8 +183,7 @@ func (c *Config) defaults(role string) {
 		c.Pair = "ftvm"
 	}
 	if c.Node == "" {
-		h, _ := os.Hostname()
-		c.Node = role + "@" + h
+		c.Node = DefaultNode(role)
 	}
 	if c.ClaimTimeout == 0 {
 		c.ClaimTimeout = 5 * time.Second
@@ -196,6 +206,14 @@ func (c *Config) defaults(role string) {
 	if c.StatusEvery == 0 {
 		c.StatusEvery = 2 * time.Second
 	}
+}
+
+// DefaultNode is a side's node name in the pair's claims when Config.Node
+// is empty: its role ("primary" or "backup"), "@", and the host name. An
+// arbiter built outside ft (Config.NewArbiter) takes the same name.
+func DefaultNode(role string) string {
+	h, _ := os.Hostname()
+	return role + "@" + h
 }
 
 // ErrNoTLS is returned when Config has neither TLS nor Insecure.
@@ -285,17 +303,16 @@ func claim(a split.Arbiter, timeout time.Duration) (pairEvent, error) {
 	}
 }
 
-// logger writes timestamped status lines.
-type logger struct {
-	mu   sync.Mutex
-	w    io.Writer
-	role string
-}
-
-func (l *logger) printf(format string, a ...any) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	fmt.Fprintf(l.w, "ft %s %s: %s\n", time.Now().Format("15:04:05.000"), l.role, fmt.Sprintf(format, a...))
+// logger is the side's structured logger: Config.Logger, or a text
+// handler on Config.Log, with the side's role on every record. Messages
+// keep the words scripts and tests look for ("LIVE at", "PRIMARY LOST",
+// "re-sending N console bytes from offset M"); the figures are fields too.
+func (c *Config) logger(role string) *slog.Logger {
+	l := c.Logger
+	if l == nil {
+		l = slog.New(slog.NewTextHandler(c.Log, nil))
+	}
+	return l.With("role", role)
 }
 
 // vmConfig is the VM configuration of one side: the guest's Spec with

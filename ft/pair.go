@@ -28,7 +28,10 @@ import (
 //     closed in order has nothing to do; if the log broke instead, the end
 //     of the output may not have left the primary, so it claims.
 //   - Each side claims at most once; alone, live, halted and finished are
-//     final.
+//     final, but for one exit: a side that runs on a claim it won (alone,
+//     live) halts when the arbiter reports that claim lost (an etcd lease
+//     that was not renewed: the peer, or a restarter, may now start the
+//     VM elsewhere).
 //
 // Invariant: why is set exactly when the state is final (alone, live,
 // halted or finished).
@@ -81,10 +84,11 @@ const (
 	evClaimLost                         // the test-and-set: the peer holds it
 	evClaimUnreachable                  // the test-and-set could not be decided within the claim timeout
 	evAckFailed                         // primary: waiting for the backup's ack failed for good
+	evClaimRevoked                      // the arbiter reports that the claim this side won is lost (a lease expired)
 )
 
 var eventNames = [...]string{"backup joined", "no backup", "peer lost", "log ended", "run ended, log closed", "run ended, log broken",
-	"claim won", "claim lost", "storage unreachable", "ack failed"}
+	"claim won", "claim lost", "storage unreachable", "ack failed", "claim revoked"}
 
 func (e pairEvent) String() string {
 	if int(e) < len(eventNames) {
@@ -153,6 +157,12 @@ func (c *pairCore) step(ev pairEvent, why string) (pairAction, error) {
 // next is the transition table.
 func (c *pairCore) next(ev pairEvent) (pairState, pairAction, bool) {
 	s := c.state
+	if ev == evClaimRevoked {
+		if s == stAlone || s == stLive {
+			return stHalted, actHalt, true
+		}
+		return s, actNone, s.final()
+	}
 	if s.final() {
 		// Late news for a side that has decided: a failure detector or an
 		// ack wait that the decision itself ended.
@@ -230,4 +240,35 @@ func judgeClaim(err error, now, deadline time.Time) (ev pairEvent, retry bool) {
 		return evClaimUnreachable, false
 	}
 	return evClaimUnreachable, true
+}
+
+// haltError is a side's error when it halted: its words are the outcome,
+// and it wraps the cause (the claim's error: split.ErrLost when the peer
+// holds the pair, split.ErrUnreachable when the storage could not tell).
+type haltError struct {
+	outcome string
+	cause   error
+}
+
+func (e *haltError) Error() string { return e.outcome }
+func (e *haltError) Unwrap() error { return e.cause }
+
+// claimLoss returns the channel on which an arbiter reports that a claim
+// it won is lost (split.EtcdArbiter's Lost: its lease was not renewed in
+// time), and the reason, or nil if the arbiter cannot lose a won claim (a
+// file's claim stands for good).
+func claimLoss(a split.Arbiter) (<-chan struct{}, func() error) {
+	l, ok := a.(interface {
+		Lost() <-chan struct{}
+		LostReason() error
+	})
+	if !ok {
+		return nil, nil
+	}
+	return l.Lost(), func() error {
+		if err := l.LostReason(); err != nil {
+			return err
+		}
+		return split.ErrLost
+	}
 }

@@ -67,6 +67,13 @@ func TestPairTransitions(t *testing.T) {
 		{B, stLive, evLogEnded, stLive, actNone, true},
 		{B, stFinished, evRunEndedLogBroke, stFinished, actNone, true},
 		{B, stHalted, evClaimWon, stHalted, actNone, true},
+		// A won claim reported lost (a lease): a side running on it halts.
+		{P, stAlone, evClaimRevoked, stHalted, actHalt, false},
+		{B, stLive, evClaimRevoked, stHalted, actHalt, false},
+		{B, stHalted, evClaimRevoked, stHalted, actNone, false},
+		{B, stFinished, evClaimRevoked, stFinished, actNone, false},
+		{B, stReplaying, evClaimRevoked, stReplaying, actNone, true},
+		{P, stProtected, evClaimRevoked, stProtected, actNone, true},
 		// Primary-only events on the backup.
 		{B, stReplaying, evBackupJoined, stReplaying, actNone, true},
 		{B, stReplaying, evAckFailed, stReplaying, actNone, true},

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
@@ -20,7 +21,10 @@ import (
 
 type primary struct {
 	cfg    Config
-	log    *logger
+	log    *slog.Logger
+	rep    *reporter
+	lag    lagTracker // entries the backup has not acknowledged
+	gen    uint64     // the pair's generation (0: no backup came)
 	rec    *replay.Recorder
 	sender *logchannel.Sender
 	arb    split.Arbiter
@@ -35,6 +39,7 @@ type primary struct {
 	mode atomic.Int32
 
 	events    atomic.Uint64 // events logged
+	logBytes  atomic.Uint64 // bytes of the entries appended to the channel
 	lastExits atomic.Uint64
 
 	// The vCPU thread hands log entries and output to the pump goroutine
@@ -53,6 +58,11 @@ type primary struct {
 	space    chan struct{} // closed by the pump when pending drains
 	outDirty bool          // output queued since the pump last looked
 	sinkErr  error         // the pump's failure to append, reported by the sink
+
+	// halt is why the primary halted, for its error: the claim's error
+	// (wrapping split.ErrLost or split.ErrUnreachable), or the arbiter's
+	// report that the claim was lost after it ran alone. Guarded by qmu.
+	halt error
 
 	pumpIdle     atomic.Bool
 	pokeR, pokeW *os.File
@@ -76,8 +86,9 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 	if err := cfg.checkSecurity(); err != nil {
 		return Result{}, err
 	}
-	p := &primary{cfg: cfg, log: &logger{w: cfg.Log, role: "primary"}, pair: newPrimaryCore()}
+	p := &primary{cfg: cfg, log: cfg.logger("primary"), rep: newReporter("primary", &cfg), pair: newPrimaryCore()}
 	p.qcond = sync.NewCond(&p.qmu)
+	p.report()
 	var err error
 	p.rec, err = replay.NewRecorder(replay.RecorderConfig{Sink: p, Input: cfg.Input, KickAfter: cfg.KickAfter, HoldWrite: p.holdWrite})
 	if err != nil {
@@ -110,10 +121,11 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 		if ctx.Err() != nil {
 			return Result{}, ctx.Err()
 		}
-		p.log.printf("no backup connected within %v: running UNPROTECTED", waitBackup)
-		p.step(evNoBackup, "ran unprotected (no backup)")
+		p.log.Warn(fmt.Sprintf("no backup connected within %v: running UNPROTECTED", waitBackup), "state", stAlone.String(), "protected", false)
+		p.step(evNoBackup, fmt.Sprintf("ran unprotected (no backup connected within %v)", waitBackup))
 	} else {
 		gen := uint64(time.Now().UnixNano())
+		p.gen = gen
 		if p.arb, err = cfg.arbiter(gen); err != nil {
 			p.sender.Close()
 			return Result{}, err
@@ -122,7 +134,9 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 		hl, _ := json.Marshal(hello{Header: hb, Generation: gen, Pair: cfg.Pair, Primary: cfg.Node})
 		// The guest starts once the backup has the hello, so a backup
 		// that was told the pair exists can always take over.
-		_, err := p.sender.Append(ctx, hl)
+		seq, err := p.sender.Append(ctx, hl)
+		p.logBytes.Add(uint64(len(hl)))
+		p.lag.added(seq, uint64(len(hl)), time.Now())
 		if err == nil {
 			err = p.flushHello(ctx)
 		}
@@ -130,8 +144,10 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 			p.sender.Close()
 			return Result{}, fmt.Errorf("sending the hello to the backup: %w", err)
 		}
+		p.lag.took(p.sender.Acked(), time.Now())
 		p.step(evBackupJoined, "")
-		p.log.printf("backup attached; pair %q generation %d; booting the guest PROTECTED (output held until the backup acks)", cfg.Pair, gen)
+		p.log.Info(fmt.Sprintf("backup attached; pair %q generation %d; booting the guest PROTECTED (output held until the backup acks)", cfg.Pair, gen),
+			"pair", cfg.Pair, "generation", gen, "state", stProtected.String())
 	}
 
 	if p.pokeR, p.pokeW, err = os.Pipe(); err != nil {
@@ -147,9 +163,10 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 	go func() { defer close(relDone); p.releaseLoop() }()
 	watchStop, watchDone := make(chan struct{}), make(chan struct{})
 	go func() { defer close(watchDone); p.watch(watchStop) }()
-	statusStop := make(chan struct{})
-	go p.status(statusStop)
-	defer close(statusStop)
+	// The status goroutine ends before the run returns: no report after.
+	statusStop, statusDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(statusDone); p.status(statusStop) }()
+	defer func() { close(statusStop); <-statusDone }()
 
 	res, runErr := vm.Run(p.runCtx)
 	if errors.Is(runErr, context.Canceled) && p.protection() == halted {
@@ -162,7 +179,7 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 	<-pumpDone
 	if p.sender != nil && p.protection() == protected {
 		if err := p.sender.Flush(p.ackCtx); err != nil && p.protection() == protected {
-			p.log.printf("flushing the log: %v", err)
+			p.log.Warn(fmt.Sprintf("flushing the log: %v", err))
 		}
 	}
 	p.qmu.Lock()
@@ -179,7 +196,7 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 	p.qmu.Lock()
 	r := Result{Run: res, Released: p.commit.released, Commit: summarize(p.commit.delays),
 		CommitToChannel: summarize(p.commit.toChannel), CommitToAck: summarize(p.commit.toAck)}
-	prot, why := p.pair.protection(), p.pair.why
+	prot, why, halt := p.pair.protection(), p.pair.why, p.halt
 	p.qmu.Unlock()
 	switch prot {
 	case protected:
@@ -189,15 +206,17 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 	default:
 		r.Outcome = "halted: " + why
 		if runErr == nil {
-			runErr = errors.New(r.Outcome)
+			runErr = &haltError{r.Outcome, halt}
 		}
 	}
-	p.log.printf("%s after %d exits in %v; released %d console bytes; output commit delay p50 %v p99 %v over %d writes (of which guest write to log channel p50 %v, channel to the backup's ack p50 %v)",
-		r.Outcome, res.Stats.SyncExits(), res.Duration, r.Released, r.Commit.P50, r.Commit.P99, r.Commit.N, r.CommitToChannel.P50, r.CommitToAck.P50)
+	p.report()
+	p.log.Info(fmt.Sprintf("%s after %d exits in %v; released %d console bytes; output commit delay p50 %v p99 %v over %d writes (of which guest write to log channel p50 %v, channel to the backup's ack p50 %v)",
+		r.Outcome, res.Stats.SyncExits(), res.Duration, r.Released, r.Commit.P50, r.Commit.P99, r.Commit.N, r.CommitToChannel.P50, r.CommitToAck.P50),
+		"outcome", r.Outcome, "exits", res.Stats.SyncExits(), "released", r.Released, "commit_p50", r.Commit.P50, "commit_p99", r.Commit.P99)
 	st := p.rec.Stats()
-	p.log.printf("where the vCPU thread's %v went: running the guest %v, capturing %d landmarks %v, waiting for the log channel %v, the rest (exits, devices, logging) %v",
+	p.log.Info(fmt.Sprintf("where the vCPU thread's %v went: running the guest %v, capturing %d landmarks %v, waiting for the log channel %v, the rest (exits, devices, logging) %v",
 		res.Duration.Round(time.Millisecond), vm.RunTime().Round(time.Millisecond), st.Landmarks, st.LandmarkTime.Round(time.Millisecond), p.sinkWait.Round(time.Millisecond),
-		(res.Duration - vm.RunTime() - st.LandmarkTime - p.sinkWait).Round(time.Millisecond))
+		(res.Duration - vm.RunTime() - st.LandmarkTime - p.sinkWait).Round(time.Millisecond)))
 	return r, runErr
 }
 
@@ -231,9 +250,10 @@ func (p *primary) step(ev pairEvent, why string) pairAction {
 	p.qcond.Broadcast()
 	p.qmu.Unlock()
 	if err != nil {
-		p.log.printf("%v", err) // a bug, but the state is unchanged
+		p.log.Error(err.Error()) // a bug, but the state is unchanged
 		return actNone
 	}
+	p.report()
 	switch act {
 	case actRunAlone:
 		p.ackCancel() // the release loop lets held output out
@@ -267,21 +287,56 @@ func (p *primary) watch(stop chan struct{}) {
 	case f = <-p.sender.Failed():
 	}
 	detected := time.Now()
-	p.log.printf("BACKUP LOST: %v; holding %d output bytes; claiming the pair on shared storage", f, p.held())
+	p.log.Warn(fmt.Sprintf("BACKUP LOST: %v; holding %d output bytes; claiming the pair on shared storage", f, p.held()),
+		"held_bytes", p.held(), "last_acked", f.LastAcked, "last_appended", f.LastAppended)
+	won := false
 	if p.step(evPeerLost, "") == actClaim {
 		switch ev, err := claim(p.arb, p.cfg.ClaimTimeout); ev {
 		case evClaimWon:
-			p.log.printf("WON the test-and-set (%v after detection): running UNPROTECTED from here", time.Since(detected).Round(time.Millisecond))
+			p.log.Warn(fmt.Sprintf("WON the test-and-set (%v after detection): running UNPROTECTED from here", time.Since(detected).Round(time.Millisecond)),
+				"state", stAlone.String(), "protected", false)
 			p.step(ev, "the backup was lost at exit "+fmt.Sprint(p.lastExits.Load()))
+			won = true
 		case evClaimLost:
-			p.log.printf("LOST the test-and-set: %v; the backup is live: HALTING", err)
-			p.step(ev, "the backup is live ("+err.Error()+")")
+			p.log.Error(fmt.Sprintf("LOST the test-and-set: %v; the backup is live: HALTING", err), "state", stHalted.String())
+			p.haltOn(ev, "the backup is live ("+err.Error()+")", err)
 		default:
-			p.log.printf("cannot reach the split-brain storage: %v; HALTING without releasing the %d held bytes (the backup may be live)", err, p.held())
-			p.step(ev, "split-brain storage unreachable ("+err.Error()+")")
+			p.log.Error(fmt.Sprintf("cannot reach the split-brain storage: %v; HALTING without releasing the %d held bytes (the backup may be live)", err, p.held()), "state", stHalted.String())
+			p.haltOn(ev, "split-brain storage unreachable ("+err.Error()+")", err)
 		}
 	}
 	p.sender.Close() // releases a vCPU waiting for window space
+	if won {
+		p.watchClaim(stop)
+	}
+}
+
+// haltOn steps the pair into halted with cause as the primary's error.
+func (p *primary) haltOn(ev pairEvent, why string, cause error) {
+	p.qmu.Lock()
+	if p.halt == nil {
+		p.halt = cause
+	}
+	p.qmu.Unlock()
+	p.step(ev, why)
+}
+
+// watchClaim halts the primary running alone if its arbiter reports that
+// the claim it won is lost (an etcd lease not renewed in time): another
+// node may start the VM, so no more output may leave.
+func (p *primary) watchClaim(stop chan struct{}) {
+	lost, reason := claimLoss(p.arb)
+	if lost == nil {
+		return
+	}
+	select {
+	case <-stop:
+	case <-p.runCtx.Done():
+	case <-lost:
+		err := reason()
+		p.log.Error(fmt.Sprintf("the split-brain claim is LOST: %v: HALTING", err), "state", stHalted.String())
+		p.haltOn(evClaimRevoked, "the claim was lost while running alone ("+err.Error()+")", err)
+	}
 }
 
 // Write is the guest's console, on the vCPU thread: it logs the output and
@@ -370,6 +425,7 @@ func (p *primary) releaseLoop() {
 			p.qmu.Unlock()
 			err := p.sender.WaitAcked(p.ackCtx, st.entry)
 			acked := p.sender.Acked()
+			p.lag.took(acked, time.Now())
 			p.qmu.Lock()
 			p.commit.ackedTo(acked)
 			p.commit.noteAcked(acked, time.Now())
@@ -395,22 +451,49 @@ func (p *primary) ackFailed(err error) {
 	p.qmu.Unlock()
 	defer p.qmu.Lock()
 	if p.step(evAckFailed, err.Error()) == actHalt {
-		p.log.printf("waiting for the backup's ack: %v: HALTING", err)
+		p.log.Error(fmt.Sprintf("waiting for the backup's ack: %v: HALTING", err), "state", stHalted.String())
 	}
 }
 
 func (p *primary) status(stop chan struct{}) {
 	every(stop, p.cfg.StatusEvery, func() {
-		p.qmu.Lock()
-		prot, released, held := p.pair.protection(), p.commit.released, p.commit.heldBytes
-		p.qmu.Unlock()
-		mode := [...]string{"PROTECTED", "UNPROTECTED", "HALTED"}[prot]
-		if p.sender != nil && prot == protected {
-			app, ack := p.events.Load()+1, p.sender.Acked()
-			p.log.printf("%s: exit %d, log %d entries sent / %d acked by the backup, output %d bytes released / %d held",
-				mode, p.lastExits.Load(), app, ack, released, held)
+		s := p.report()
+		mode := [...]string{"PROTECTED", "UNPROTECTED", "HALTED"}[p.protection()]
+		if p.sender != nil && s.State == stProtected.String() {
+			p.log.Info(fmt.Sprintf("%s: exit %d, log %d entries sent / %d acked by the backup, output %d bytes released / %d held",
+				mode, s.Exits, s.LogEntries, s.LogEntries-s.LagEntries, s.Released, p.held()),
+				"state", s.State, "lag_entries", s.LagEntries, "lag_age", s.LagAge, "log_bytes_per_second", s.LogBytesPerSecond,
+				"commit_p50", s.CommitP50, "commit_p99", s.CommitP99)
 		} else {
-			p.log.printf("%s: exit %d, output %d bytes released", mode, p.lastExits.Load(), released)
+			p.log.Info(fmt.Sprintf("%s: exit %d, output %d bytes released", mode, s.Exits, s.Released), "state", s.State, "reason", s.Reason)
 		}
 	})
+}
+
+// report delivers the primary's status now (see reporter) and returns it.
+func (p *primary) report() Status { return p.rep.report(p.snapshot) }
+
+func (p *primary) snapshot() (Status, time.Time) {
+	now := time.Now()
+	p.qmu.Lock()
+	state, why, released := p.pair.state, p.pair.why, p.commit.released
+	p.qmu.Unlock()
+	s := Status{State: state.String(), Protected: state == stProtected, Reason: why, Generation: p.gen,
+		Exits: p.lastExits.Load(), LogBytes: p.logBytes.Load(), Released: released}
+	switch state {
+	case stJoining:
+		s.Reason = "waiting for a backup to connect"
+	case stClaiming:
+		s.Reason = "the backup was lost: claiming the pair; output held"
+	}
+	if p.sender != nil {
+		p.lag.took(p.sender.Acked(), now)
+		p.lag.fill(&s, now)
+		if state != stProtected && state != stClaiming {
+			// No backup any more: nothing is waiting for it.
+			s.LagEntries, s.LagBytes, s.LagAge = 0, 0, 0
+		}
+	}
+	s.CommitP50, s.CommitP99 = p.commit.recent.percentiles()
+	return s, now
 }

@@ -107,6 +107,8 @@ func (p *primary) pump() {
 				break
 			}
 			last = seq
+			p.logBytes.Add(uint64(len(e)))
+			p.lag.added(seq, uint64(len(e)), time.Now())
 		}
 		p.qmu.Lock()
 		p.commit.appendedTo(last)

@@ -6,7 +6,9 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/ftkvm/ftkvm/internal/flushlog"
 	"github.com/ftkvm/ftkvm/replay/logio"
 	"github.com/ftkvm/ftkvm/replay/logpb"
 )
@@ -39,7 +41,7 @@ func TestRunLogIsALogAndNeverFailsTheRun(t *testing.T) {
 
 	var out bytes.Buffer
 	var status strings.Builder
-	l := newRunLog(&out, hdr, &logger{w: &status, role: "backup"})
+	l := newRunLog(&out, hdr, testLogger(&status))
 	for _, ev := range events(100) {
 		if err := l.Append(ev); err != nil {
 			t.Fatal(err)
@@ -72,7 +74,7 @@ func TestRunLogIsALogAndNeverFailsTheRun(t *testing.T) {
 
 	// A writer that fills up: the log ends, the run does not.
 	status.Reset()
-	l = newRunLog(&failAfter{n: 70 << 10}, hdr, &logger{w: &status, role: "backup"})
+	l = newRunLog(&failAfter{n: 70 << 10}, hdr, testLogger(&status))
 	for _, ev := range events(20000) {
 		ev.Kind = &logpb.Event_Output{Output: &logpb.Output{Data: bytes.Repeat([]byte("x"), 64)}}
 		if err := l.Append(ev); err != nil {
@@ -84,5 +86,33 @@ func TestRunLogIsALogAndNeverFailsTheRun(t *testing.T) {
 	}
 	if c := strings.Count(status.String(), "the run's log stops"); c != 1 {
 		t.Fatalf("the error was reported %d times, want once:\n%s", c, status.String())
+	}
+}
+
+// TestRunLogSurvivesACrash: without close (the backup killed), the run
+// log holds every event appended before its last flush, which comes
+// within flushlog.Interval.
+func TestRunLogSurvivesACrash(t *testing.T) {
+	var out syncBuf
+	var status strings.Builder
+	l := newRunLog(&out, &logpb.Header{Version: 1}, testLogger(&status))
+	defer l.close()
+	for i := 1; i <= 30; i++ {
+		l.Append(&logpb.Event{Seq: uint64(i), Exits: uint64(i), Kind: &logpb.Event_Clock{Clock: int64(i)}})
+	}
+	n := 0
+	for end := time.Now().Add(5 * flushlog.Interval); n < 30 && time.Now().Before(end); time.Sleep(flushlog.Interval / 10) {
+		r, err := logio.NewReader(strings.NewReader(out.String()))
+		if err != nil {
+			continue // not even the header yet
+		}
+		for n = 0; ; n++ {
+			if _, err := r.Next(); err != nil {
+				break
+			}
+		}
+	}
+	if n != 30 {
+		t.Fatalf("the unclosed log holds %d of 30 events after %v", n, 5*flushlog.Interval)
 	}
 }

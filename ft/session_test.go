@@ -790,7 +790,7 @@ func TestSessionStatus(t *testing.T) {
 		time.AfterFunc(150*time.Millisecond, func() { r.set(func(r *relay) { r.holdAcks = false }) })
 	})
 	p.run()
-	for _, want := range []string{"primary: PROTECTED: exit", "backup: BACKUP (replaying): at exit"} {
+	for _, want := range []string{"PROTECTED: exit", "BACKUP (replaying): at exit"} {
 		if !strings.Contains(p.log.String(), want) {
 			t.Errorf("no %q status line", want)
 		}

@@ -38,8 +38,9 @@ type Status struct {
 	LagEntries uint64        `json:"lag_entries"`
 	LagBytes   uint64        `json:"lag_bytes"`
 	LagAge     time.Duration `json:"lag_age_ns"`
-	// LastAckAge is how long ago the backup's last acknowledgement came
-	// (primary), or the last entry arrived (backup); 0 before the first.
+	// LastAckAge is how long ago the backup's acknowledgements last moved
+	// on (primary), or the backup last took an entry for replay (backup);
+	// 0 before the first. The lag's times are kept to the millisecond.
 	LastAckAge time.Duration `json:"last_ack_age_ns"`
 
 	// Commit delay of released output (primary): from the guest's write to
@@ -135,4 +136,118 @@ func (r *rate) update(now time.Time, count uint64) float64 {
 	}
 	r.last, r.at = count, now
 	return r.value
+}
+
+// reporter delivers a side's status to Config.OnStatus and Config.Monitor,
+// in order: at every state change and every StatusEvery.
+type reporter struct {
+	role     string
+	onStatus func(Status)
+	mon      *Monitor
+
+	mu    sync.Mutex
+	state string
+	since time.Time
+	bw    rate // log bytes per second between reports
+}
+
+func newReporter(role string, cfg *Config) *reporter {
+	return &reporter{role: role, onStatus: cfg.OnStatus, mon: cfg.Monitor}
+}
+
+// report takes the side's status from snap, stamps it with the role, the
+// time its state was entered and the log bandwidth, delivers it, and
+// returns it. snap runs under the reporter's lock, so that two reports
+// racing (a state change on the vCPU thread, another on a watcher) are
+// delivered in the order their states were read.
+func (r *reporter) report(snap func() (Status, time.Time)) Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, now := snap()
+	if s.State != r.state || r.since.IsZero() {
+		r.state, r.since = s.State, now
+	}
+	s.Role, s.Since = r.role, r.since
+	s.LogBytesPerSecond = r.bw.update(now, s.LogBytes)
+	if r.mon != nil {
+		r.mon.store(s)
+	}
+	if r.onStatus != nil {
+		r.onStatus(s)
+	}
+	return s
+}
+
+// lagTracker follows the log entries the peer has not yet taken
+// (acknowledged, or replayed): how many, their bytes, and when the oldest
+// came. Entries are kept in buckets of a millisecond, so it holds at most
+// one bucket per millisecond of lag whatever the entry rate.
+type lagTracker struct {
+	mu      sync.Mutex
+	buckets []lagBucket
+	last    uint64    // highest entry noted
+	done    uint64    // entries taken up to here
+	doneAt  time.Time // when done last advanced
+	pending uint64    // bytes of the entries after done, where known
+}
+
+type lagBucket struct {
+	upto  uint64 // entries up to here
+	bytes uint64
+	at    time.Time // when the first of them came
+}
+
+// added notes entries up to seq, of n bytes in all (0: unknown), at now.
+func (t *lagTracker) added(seq, n uint64, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if seq <= t.last {
+		return
+	}
+	t.last = seq
+	if seq <= t.done {
+		return
+	}
+	t.pending += n
+	if k := len(t.buckets); k > 0 && now.Sub(t.buckets[k-1].at) < time.Millisecond {
+		t.buckets[k-1].upto, t.buckets[k-1].bytes = seq, t.buckets[k-1].bytes+n
+		return
+	}
+	t.buckets = append(t.buckets, lagBucket{upto: seq, bytes: n, at: now})
+}
+
+// took notes that the peer took every entry up to seq, at now.
+func (t *lagTracker) took(seq uint64, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if seq <= t.done {
+		return
+	}
+	t.done, t.doneAt = seq, now
+	i := 0
+	for i < len(t.buckets) && t.buckets[i].upto <= seq {
+		t.pending -= t.buckets[i].bytes
+		i++
+	}
+	t.buckets = t.buckets[i:]
+	if len(t.buckets) == 0 {
+		t.buckets, t.pending = nil, 0
+	}
+}
+
+// fill sets s's log entries, lag figures and last-ack age as of now.
+func (t *lagTracker) fill(s *Status, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s.LogEntries = t.last
+	if t.last > t.done {
+		s.LagEntries = t.last - t.done
+	}
+	s.LagBytes = t.pending
+	if len(t.buckets) > 0 {
+		s.LagAge = now.Sub(t.buckets[0].at)
+	}
+	if !t.doneAt.IsZero() {
+		s.LastAckAge = now.Sub(t.doneAt)
+	}
 }

@@ -1,6 +1,8 @@
 package ft
 
 import (
+	"io"
+	"log/slog"
 	"testing"
 	"time"
 )
@@ -64,5 +66,74 @@ func TestMonitor(t *testing.T) {
 	}
 	if (Status{State: "protected"}).Final() {
 		t.Fatal("protected is final")
+	}
+}
+
+// testLogger is a side's logger writing text records to w, as Config.Log
+// does.
+func testLogger(w io.Writer) *slog.Logger {
+	c := Config{Log: w}
+	return c.logger("backup")
+}
+
+// The lag tracker: entries noted and taken, their bytes, the age of the
+// oldest (to the millisecond bucket), the time since the peer last took
+// any; entries noted again or taken twice change nothing.
+func TestLagTracker(t *testing.T) {
+	var l lagTracker
+	t0 := time.Unix(100, 0)
+	var s Status
+	l.fill(&s, t0)
+	if s != (Status{}) {
+		t.Fatalf("empty: %+v", s)
+	}
+	l.added(3, 300, t0)
+	l.added(5, 200, t0.Add(500*time.Microsecond)) // same bucket
+	l.added(8, 50, t0.Add(10*time.Millisecond))
+	l.added(8, 999, t0.Add(11*time.Millisecond)) // nothing new
+	s = Status{}
+	l.fill(&s, t0.Add(20*time.Millisecond))
+	if s.LogEntries != 8 || s.LagEntries != 8 || s.LagBytes != 550 || s.LagAge != 20*time.Millisecond || s.LastAckAge != 0 {
+		t.Fatalf("nothing taken: %+v", s)
+	}
+	l.took(5, t0.Add(30*time.Millisecond))
+	l.took(4, t0.Add(31*time.Millisecond)) // older news
+	s = Status{}
+	l.fill(&s, t0.Add(40*time.Millisecond))
+	if s.LagEntries != 3 || s.LagBytes != 50 || s.LagAge != 30*time.Millisecond || s.LastAckAge != 10*time.Millisecond {
+		t.Fatalf("taken to 5: %+v", s)
+	}
+	l.took(8, t0.Add(50*time.Millisecond))
+	s = Status{}
+	l.fill(&s, t0.Add(60*time.Millisecond))
+	if s.LagEntries != 0 || s.LagBytes != 0 || s.LagAge != 0 || s.LastAckAge != 10*time.Millisecond || len(l.buckets) != 0 {
+		t.Fatalf("all taken: %+v", s)
+	}
+	// A long lag at a high rate keeps one bucket per millisecond.
+	for i := range 100000 {
+		l.added(uint64(9+i), 10, t0.Add(time.Second+time.Duration(i)*time.Microsecond))
+	}
+	if len(l.buckets) > 101 {
+		t.Fatalf("%d buckets for 100 ms of entries", len(l.buckets))
+	}
+}
+
+// The reporter stamps the role and the time the state was entered, keeps
+// that time while the state stays, and delivers to both the callback and
+// the Monitor.
+func TestReporter(t *testing.T) {
+	var got []Status
+	var m Monitor
+	r := newReporter("backup", &Config{OnStatus: func(s Status) { got = append(got, s) }, Monitor: &m})
+	t0 := time.Unix(100, 0)
+	r.report(func() (Status, time.Time) { return Status{State: "replaying", LogBytes: 0}, t0 })
+	r.report(func() (Status, time.Time) { return Status{State: "replaying", LogBytes: 1000}, t0.Add(time.Second) })
+	r.report(func() (Status, time.Time) { return Status{State: "live", LogBytes: 3000}, t0.Add(2 * time.Second) })
+	if len(got) != 3 || got[1].Since != t0 || got[2].Since != t0.Add(2*time.Second) || got[1].Role != "backup" ||
+		got[1].LogBytesPerSecond != 1000 || got[2].LogBytesPerSecond != 2000 {
+		t.Fatalf("reports %+v", got)
+	}
+	if s, ok := m.Status(); !ok || s != got[2] {
+		t.Fatalf("monitor %+v %v", s, ok)
 	}
 }

@@ -40,8 +40,11 @@ func TestExitCodes(t *testing.T) {
 		{&replay.DivergenceError{}, exitDiverged},
 		{fmt.Errorf("backup: %w", &replay.DivergenceError{}), exitDiverged},
 		{fmt.Errorf("halted: the primary is live (%w)", lost), exitLostClaim},
-		// The primary's halt is its Outcome in words, not a wrapped error.
-		{errors.New("halted: the backup is live (" + lost.Error() + ")"), exitLostClaim},
+		// The primary's halt wraps the claim's error; its words alone do
+		// not count (a guest may print them).
+		{fmt.Errorf("halted: the backup is live: %w", lost), exitLostClaim},
+		{fmt.Errorf("halted: the claim was lost while running alone: %w", split.ErrLeaseExpired), exitLostClaim},
+		{errors.New("halted: the backup is live (" + lost.Error() + ")"), exitError},
 		{errors.New("halted: split-brain storage unreachable (storage unreachable)"), exitError},
 		{&logio.FormatError{Record: 3, Err: logio.ErrCorrupt}, exitBadLog},
 		{fmt.Errorf("f.log: %w", errIncompleteLog), exitBadLog},

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"os"
-	"strings"
 
 	"github.com/ftkvm/ftkvm/replay"
 	"github.com/ftkvm/ftkvm/replay/logio"
@@ -22,7 +21,7 @@ const (
 	exitUsage       = 2  // bad flags or arguments
 	exitReset       = 3  // the guest asked for a reset; ftvm does not reboot guests
 	exitDiverged    = 4  // a replay (or an FT backup) parted from the recording
-	exitLostClaim   = 5  // this side of an FT pair lost the test-and-set: the other side is live
+	exitLostClaim   = 5  // this side of an FT pair lost the test-and-set (the other side is live), or lost the claim it won
 	exitNoKVM       = 6  // no usable /dev/kvm (see noKVMError)
 	exitBadLog      = 7  // the log is damaged or incomplete (inspect, replay), or a snapshot is (run --restore)
 	exitUnprotected = 8  // status: the side answered and is not protected
@@ -36,7 +35,7 @@ const exitCodes = `exit status:
   2   usage: bad flags or arguments
   3   the guest asked for a reset (ftvm does not reboot guests)
   4   divergence: the replay parted from the recording
-  5   lost the test-and-set: the other side of the FT pair is live
+  5   lost the test-and-set (the other side of the FT pair is live), or the etcd lease of a won claim
   6   no usable KVM (/dev/kvm missing, not permitted, or kvm-pvm)
   7   the log (or a snapshot, run --restore) is damaged or incomplete
   8   status: the side answered, and it is not protected
@@ -66,12 +65,9 @@ func exitCode(err error) int {
 }
 
 // lostClaim says whether err is a side's halt after losing the
-// test-and-set. The backup wraps split.ErrLost; the primary reports its
-// halt in words (ft's Result.Outcome, "halted: the backup is live (...
-// lost the claim ...)"), so its text is matched too.
-func lostClaim(err error) bool {
-	return errors.Is(err, split.ErrLost) || strings.Contains(err.Error(), split.ErrLost.Error())
-}
+// test-and-set, or losing the claim it won (an etcd lease): both sides'
+// errors wrap split.ErrLost.
+func lostClaim(err error) bool { return errors.Is(err, split.ErrLost) }
 
 // errIncompleteLog: a log without its End event, which a recorder writes
 // last: the recording was cut short (or is still being written).

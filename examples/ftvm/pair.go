@@ -6,14 +6,20 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
+	"log/slog"
 	"net"
+	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/ftkvm/ftkvm/ft"
+	"github.com/ftkvm/ftkvm/ft/ftmetrics"
 	"github.com/ftkvm/ftkvm/ft/pairtls"
 	"github.com/ftkvm/ftkvm/replay/logpb"
+	"github.com/ftkvm/ftkvm/split"
 	"github.com/ftkvm/ftkvm/vmm"
 )
 
@@ -32,6 +38,12 @@ type pairOptions struct {
 	quiet       bool
 	tlsDir      string
 	insecure    bool
+	metricsAddr string
+	logFormat   string
+	arbiter     string // etcd://h1:2379,...; empty: the file arbiter on --split-dir
+	etcdCA      string
+	etcdCert    string
+	etcdKey     string
 }
 
 // defaultTLSDir is where ftvm primary/backup look for the pair's
@@ -40,7 +52,13 @@ const defaultTLSDir = "ftkvm-certs"
 
 func (o *pairOptions) register(fs *flag.FlagSet) {
 	o.guest.register(fs, scopePair)
-	fs.StringVar(&o.splitDir, "split-dir", "", "directory on storage both hosts mount, for the split-brain test-and-set (required)")
+	fs.StringVar(&o.splitDir, "split-dir", "", "directory on storage both hosts mount, for the split-brain test-and-set (required unless --arbiter)")
+	fs.StringVar(&o.arbiter, "arbiter", "", "the split-brain test-and-set on an etcd cluster instead of --split-dir: etcd://HOST:PORT,HOST:PORT,... (a live side whose etcd lease lapses halts)")
+	fs.StringVar(&o.etcdCA, "etcd-ca", "", "with --arbiter: the CA `file` (PEM) of the etcd members' certificates; talks TLS to etcd")
+	fs.StringVar(&o.etcdCert, "etcd-cert", "", "with --arbiter: this node's client certificate `file` (PEM) for etcd, with --etcd-key")
+	fs.StringVar(&o.etcdKey, "etcd-key", "", "with --arbiter: this node's client key `file` (PEM) for etcd, with --etcd-cert")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve the pair state on HOST:PORT: Prometheus metrics on /metrics, JSON on /status (read by 'ftvm status HOST:PORT')")
+	fs.StringVar(&o.logFormat, "log-format", "text", "the format of the log records on stderr: text or json (log/slog's handlers: time, level, message, fields)")
 	fs.StringVar(&o.pair, "pair", "ftvm", "name of the FT pair (claim files are named after it)")
 	fs.StringVar(&o.node, "node", "", "this node's name in claims (default: primary@HOST or backup@HOST)")
 	fs.DurationVar(&o.timeout, "ft-timeout", time.Second, "failure detection: the peer is declared dead after this long without heartbeats or log traffic")
@@ -88,8 +106,8 @@ func (o *pairOptions) tlsConfig(flags *flag.FlagSet, role string) (*tls.Config, 
 // config loads this side's certificates, prepares the guest and builds
 // the ft configuration.
 func (o *pairOptions) config(flags *flag.FlagSet, role string) (ft.Config, *preparedGuest, error) {
-	if o.splitDir == "" {
-		return ft.Config{}, nil, usageError{fmt.Errorf("--split-dir is required (a directory both nodes mount)")}
+	if err := o.check(); err != nil {
+		return ft.Config{}, nil, err
 	}
 	tc, err := o.tlsConfig(flags, role)
 	if err != nil {
@@ -101,6 +119,11 @@ func (o *pairOptions) config(flags *flag.FlagSet, role string) (ft.Config, *prep
 	}
 	status := o.statusEvery
 	log := os.Stderr
+	logger, err := o.logger(log)
+	if err != nil {
+		g.close()
+		return ft.Config{}, nil, err
+	}
 	cfg := ft.Config{
 		Guest: ft.Guest{
 			Spec:    g.config(vmm.Config{}).Spec,
@@ -112,16 +135,106 @@ func (o *pairOptions) config(flags *flag.FlagSet, role string) (ft.Config, *prep
 		TLS: tc, Insecure: o.insecure,
 		SplitDir: o.splitDir, Pair: o.pair, Node: o.node,
 		ClaimTimeout: o.claim, Timeout: o.timeout, Heartbeat: o.heartbeat, WindowBytes: o.window, WindowEntries: o.windowEnt,
-		Output: os.Stdout, Input: os.Stdin, Log: log, StatusEvery: status, KickAfter: o.kickAfter,
+		Output: os.Stdout, Input: os.Stdin, Log: log, Logger: logger, StatusEvery: status, KickAfter: o.kickAfter,
 	}
 	if o.quiet {
 		cfg.StatusEvery = -1
-		cfg.Log = discardLog{}
+		cfg.Log, cfg.Logger = discardLog{}, nil
+	}
+	if o.arbiter != "" {
+		if cfg.NewArbiter, err = o.etcdArbiter(role); err != nil {
+			g.close()
+			return ft.Config{}, nil, err
+		}
 	}
 	if g.devs != nil && g.devs.nic != nil {
-		cfg.OnLive = func() { g.devs.announce(cfg.Log) }
+		announceLog := cfg.Log
+		if cfg.Logger != nil {
+			announceLog = recordWriter{cfg.Logger.With("role", role)} // JSON stays JSON
+		}
+		cfg.OnLive = func() { g.devs.announce(announceLog) }
 	}
 	return cfg, g, nil
+}
+
+// openEtcd connects to the etcd arbiter's cluster (split.Open).
+var openEtcd = split.Open
+
+// etcdArbiter connects to --arbiter's etcd cluster and returns the pair's
+// arbiter constructor, for ft.Config.NewArbiter. The node is named as ft
+// names it (ft.DefaultNode) unless --node says otherwise, so that the
+// claims and the pair's hello agree.
+func (o *pairOptions) etcdArbiter(role string) (func(uint64) (split.Arbiter, error), error) {
+	node := o.node
+	if node == "" {
+		node = ft.DefaultNode(role)
+	}
+	a, err := openEtcd(o.arbiter, split.EtcdConfig{Pair: o.pair, Node: node, CAFile: o.etcdCA, CertFile: o.etcdCert, KeyFile: o.etcdKey})
+	if err != nil {
+		return nil, fmt.Errorf("--arbiter %s: %w", o.arbiter, err)
+	}
+	return a, nil
+}
+
+// check refuses contradictory or missing pair flags before anything is
+// built.
+func (o *pairOptions) check() error {
+	switch {
+	case o.splitDir == "" && o.arbiter == "":
+		return usageError{fmt.Errorf("--split-dir is required (a directory both nodes mount), or --arbiter etcd://HOST:PORT,...")}
+	case o.splitDir != "" && o.arbiter != "":
+		return usageError{fmt.Errorf("--split-dir and --arbiter contradict each other: the pair's claims live in one place")}
+	case o.arbiter == "" && (o.etcdCA != "" || o.etcdCert != "" || o.etcdKey != ""):
+		return usageError{fmt.Errorf("--etcd-ca, --etcd-cert and --etcd-key go with --arbiter etcd://...")}
+	case o.arbiter != "":
+		if _, err := split.ParseEtcdURL(o.arbiter); err != nil {
+			return usageError{fmt.Errorf("--arbiter: %w", err)}
+		}
+	}
+	if o.logFormat != "text" && o.logFormat != "json" {
+		return usageError{fmt.Errorf("--log-format %q: want text or json", o.logFormat)}
+	}
+	return nil
+}
+
+// logger is the side's log/slog logger on w, in --log-format; nil for
+// text, which ft makes itself from Config.Log.
+func (o *pairOptions) logger(w io.Writer) (*slog.Logger, error) {
+	switch o.logFormat {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, nil)), nil
+	case "text", "":
+		return nil, nil
+	}
+	return nil, usageError{fmt.Errorf("--log-format %q: want text or json", o.logFormat)}
+}
+
+// serveMetrics opens --metrics-addr (if set) and serves the side's status
+// from m on it, as ftmetrics.Handler; stop closes it, addr is where it
+// listens. The address is bound before the side starts, so a taken port
+// is an error at once.
+func (o *pairOptions) serveMetrics(role string, m *ft.Monitor) (stop func(), addr string, err error) {
+	if o.metricsAddr == "" {
+		return func() {}, "", nil
+	}
+	l, err := net.Listen("tcp", o.metricsAddr)
+	if err != nil {
+		return nil, "", fmt.Errorf("--metrics-addr: %w", err)
+	}
+	srv := &http.Server{Handler: ftmetrics.Handler(role, m.Status), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(l)
+	return func() { srv.Close() }, l.Addr().String(), nil
+}
+
+// recordWriter turns lines written to it into Info records of l, for
+// code that logs to an io.Writer.
+type recordWriter struct{ l *slog.Logger }
+
+func (w recordWriter) Write(b []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		w.l.Info(line)
+	}
+	return len(b), nil
 }
 
 type discardLog struct{}
@@ -142,7 +255,7 @@ func cmdPrimary(ctx context.Context, args []string) (int, error) {
 	}
 	cfg, g, err := o.config(fs, "primary")
 	if err != nil {
-		return exitError, err
+		return exitCode(err), err
 	}
 	defer g.close()
 	if err := checkKVM(); err != nil {
@@ -152,6 +265,13 @@ func cmdPrimary(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return exitError, err
 	}
+	cfg.Monitor = new(ft.Monitor)
+	stopMetrics, _, err := o.serveMetrics("primary", cfg.Monitor)
+	if err != nil {
+		l.Close()
+		return exitError, err
+	}
+	defer stopMetrics()
 	info := infof(o.quiet)
 	info("primary: %s with %d MiB; listening on %s (%s)", g.name, g.memory>>20, l.Addr(), security(o))
 	res, runErr := ft.RunPrimary(ctx, cfg, l, *wait)
@@ -173,12 +293,18 @@ func cmdBackup(ctx context.Context, args []string) (int, error) {
 	}
 	cfg, g, err := o.config(fs, "backup")
 	if err != nil {
-		return exitError, err
+		return exitCode(err), err
 	}
 	defer g.close()
 	if err := checkKVM(); err != nil {
 		return exitNoKVM, err
 	}
+	cfg.Monitor = new(ft.Monitor)
+	stopMetrics, _, err := o.serveMetrics("backup", cfg.Monitor)
+	if err != nil {
+		return exitError, err
+	}
+	defer stopMetrics()
 	if *runLog != "" {
 		f, err := os.OpenFile(*runLog, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 		if err != nil {
