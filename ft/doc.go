@@ -61,8 +61,11 @@
 // entries, outputs, acks and the primary's crash, the outside world sees
 // one execution's output with at most a duplicated overlap.
 //
-// Each side builds its VM through a MachineFactory (Config.NewMachine;
-// by default vmm.New with Guest.Load and Guest.Header) and the backup
+// Both sides describe the same Guest: LinuxGuest(kernel, initrd, cmdline)
+// or BareGuest(image) prepare one (its rdtsc sites patched, its header
+// built), GuestOf wraps a replay.PreparedGuest. Each side builds its VM
+// through a MachineFactory (Config.NewMachine; by default vmm.New with
+// Guest.Load and Guest.Header) and the backup
 // reaches the primary through Config.Dial (by default TCP), so the real
 // RunPrimary and RunBackup, goroutines and all, run in tests over toy
 // machines (internal/toyvm) and an in-memory network

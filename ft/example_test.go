@@ -6,48 +6,35 @@ import (
 	"log"
 	"net"
 	"os"
+	"testing"
 	"time"
 
 	"github.com/ftkvm/ftkvm/ft"
-	"github.com/ftkvm/ftkvm/ft/ftguest"
 	"github.com/ftkvm/ftkvm/ft/pairtls"
-	"github.com/ftkvm/ftkvm/replay"
-	"github.com/ftkvm/ftkvm/replay/logpb"
-	"github.com/ftkvm/ftkvm/tscpatch"
-	"github.com/ftkvm/ftkvm/vmm"
+	"github.com/ftkvm/ftkvm/guest/bare"
+	"github.com/ftkvm/ftkvm/internal/kvmtest"
 )
 
+// The Example boots guests: it runs where /dev/kvm works (make test's KVM
+// stage) and is left out where it does not.
+func TestMain(m *testing.M) { os.Exit(kvmtest.RunExamples(m, "Example")) }
+
 // Example embeds an FT pair in a VMM: both sides describe the same guest
-// with an ft.Guest (here a flat bare image, the "chatter" test guest,
-// with its rdtsc sites patched so that every TSC read exits, as ftvm
-// does) and run it, the backup dialling the primary, over mutual TLS with
-// certificates from package pairtls. In a deployment the two sides run on
-// two hosts and SplitDir is storage both mount; here they share one
-// process and loopback.
-//
-// It needs /dev/kvm (and gcc, to build the guest), so it has no Output
-// line: go test compiles it but does not run it. TestPairInProcess runs
-// the same pair inside an emulated KVM host.
+// (ft.BareGuest: a flat image with its rdtsc sites patched, here the
+// "hello" bare test guest; ft.LinuxGuest reads a kernel and initrd) and
+// run it, the backup dialling the primary, over mutual TLS with
+// certificates from package pairtls. In a deployment the two sides run
+// on two hosts and SplitDir is storage both mount; here they share one
+// process and loopback. The primary's console output is released only
+// once the backup has acknowledged the log up to it.
 func Example() {
-	path, err := ftguest.Build(os.TempDir(), ftguest.Spec{Lines: 20, Spin: 1000})
+	img, err := bare.Build("hello")
 	if err != nil {
 		log.Fatal(err)
 	}
-	image, err := os.ReadFile(path)
+	guest, err := ft.BareGuest(img.Binary)
 	if err != nil {
 		log.Fatal(err)
-	}
-	prep, err := tscpatch.PrepareFlat(image, vmm.BareLoadAddr)
-	if err != nil {
-		log.Fatal(err)
-	}
-	guest := ft.Guest{
-		Spec: vmm.Spec{MemoryBytes: 64 << 20, TSCSites: prep.Table},
-		Load: func(vm *vmm.VM) error { return vm.LoadBare(prep.Image) },
-		Header: func(vm *vmm.VM, epoch time.Time) *logpb.Header {
-			return replay.NewHeader(vm, replay.Guest{Bare: true, Kernel: prep.Image, RDTSCSites: len(prep.Sites)}, epoch, false)
-		},
-		Bare: true,
 	}
 	shared, err := os.MkdirTemp("", "ft-split")
 	if err != nil {
@@ -96,6 +83,11 @@ func Example() {
 		log.Fatal("primary: ", err)
 	}
 	bres := <-backupDone
-	fmt.Printf("primary: %s, %d console bytes released\n", res.Outcome, res.Released)
+	fmt.Printf("primary: %s, guest status %d, %d console bytes released\n", res.Outcome, res.Run.Status, res.Released)
 	fmt.Printf("backup: %s\n", bres.Outcome)
+	// Output:
+	// hello from a bare guest
+	// string I/O works
+	// primary: finished protected, guest status 42, 41 console bytes released
+	// backup: finished as backup (the primary completed the run)
 }

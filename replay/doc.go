@@ -83,6 +83,17 @@
 //
 // # Usage
 //
+// To a file and back, in one call each:
+//
+//	guest, _ := PrepareLinux(vmlinux, initrd, cmdline) // or PrepareBare(image)
+//	res, err := RecordFile(ctx, "run.log", guest, FileConfig{Console: os.Stdout})
+//	res, err = ReplayFile(ctx, "run.log", guest, FileConfig{})
+//
+// Prepare* patch the guest's rdtsc sites (package tscpatch) so its TSC
+// reads are logged; RecordFile writes the header once the VM is loaded
+// and renames the log into place when it ends whole. With a Sink or
+// Source of your own (an FT channel, memory), drive the VM yourself.
+//
 // Record:
 //
 //  1. r, _ := NewRecorder(RecorderConfig{Sink: sink})

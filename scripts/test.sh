@@ -18,8 +18,12 @@ cd "$(dirname "$0")/.."
 
 # The packages with tests that need /dev/kvm, in the order they run in the
 # emulated host. The one list: add a package here when its tests call
-# kvmtest.Require.
-KVM_PKGS=(./vmm ./replay/suite ./ft ./e2e)
+# kvmtest.Require, or Examples with Output that boot guests
+# (kvmtest.RunExamples).
+KVM_PKGS=(./vmm ./replay/suite ./ft ./e2e ./replay)
+# KVM_RUN narrows a package's run in the emulated host to the tests that
+# need KVM (-test.run), where the rest already ran on this machine.
+declare -A KVM_RUN=([./replay]='^Example')
 # The package that starts emulated hosts itself (two per test).
 TWOHOST_PKG=./e2e/twohost
 
@@ -137,12 +141,12 @@ for p in "${KVM_PKGS[@]}"; do
 		echo '#!/bin/bash'
 		echo 'set -u'
 		echo 'echo "kernel $(uname -r), $(nproc) vCPU, $(ls -l /dev/kvm)"'
-		printf 'pkg=%q dir=%q bin=%q\n' "$MODULE/$name" "$ROOT/$name" "$bin"
+		printf 'pkg=%q dir=%q bin=%q run=%q\n' "$MODULE/$name" "$ROOT/$name" "$bin" "${KVM_RUN[$p]:-}"
 		cat <<'INSIDE'
 t0=${EPOCHREALTIME/./}
 rc=0
 echo "=== package $pkg"
-(cd "$dir" && "$bin" -test.count=1 -test.v -test.timeout="$PKG_TIMEOUT") || rc=$?
+(cd "$dir" && "$bin" -test.count=1 -test.v -test.timeout="$PKG_TIMEOUT" ${run:+-test.run="$run"}) || rc=$?
 us=$((${EPOCHREALTIME/./} - t0))
 if ((rc == 0)); then
 	printf 'ok  \t%s\t%d.%03ds\n' "$pkg" $((us / 1000000)) $((us % 1000000 / 1000))

@@ -7,18 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-
-	"github.com/bobuhiro11/gokvm/kvm"
 )
 
-// Regs mirrors struct kvm_regs; Sregs mirrors struct kvm_sregs.
-type (
-	Regs  = kvm.Regs
-	Sregs = kvm.Sregs
-)
-
-// BootState is the initial vCPU state a loader produces.
-type BootState struct {
+// bootState is the initial vCPU state a loader produces.
+type bootState struct {
 	Regs  Regs
 	Sregs Sregs
 }
@@ -78,15 +70,15 @@ func setupLongMode(mem *Memory) (Sregs, error) {
 		}
 	}
 
-	code := kvm.Segment{Base: 0, Limit: 0xFFFFFFFF, Selector: 0x08, Typ: 0xB, Present: 1, S: 1, L: 1, G: 1}
-	data := kvm.Segment{Base: 0, Limit: 0xFFFFFFFF, Selector: 0x10, Typ: 0x3, Present: 1, S: 1, DB: 1, G: 1}
+	code := Segment{Base: 0, Limit: 0xFFFFFFFF, Selector: 0x08, Typ: 0xB, Present: 1, S: 1, L: 1, G: 1}
+	data := Segment{Base: 0, Limit: 0xFFFFFFFF, Selector: 0x10, Typ: 0x3, Present: 1, S: 1, DB: 1, G: 1}
 	var s Sregs
 	s.CS = code
 	s.DS, s.ES, s.FS, s.GS, s.SS = data, data, data, data, data
-	s.TR = kvm.Segment{Base: 0, Limit: 0xFFFF, Selector: 0x18, Typ: 0xB, Present: 1}
-	s.LDT = kvm.Segment{Typ: 0x2, Present: 1, Limit: 0xFFFF}
-	s.GDT = kvm.Descriptor{Base: gdtAddr, Limit: uint16(8*len(gdt) - 1)}
-	s.IDT = kvm.Descriptor{Base: 0, Limit: 0}
+	s.TR = Segment{Base: 0, Limit: 0xFFFF, Selector: 0x18, Typ: 0xB, Present: 1}
+	s.LDT = Segment{Typ: 0x2, Present: 1, Limit: 0xFFFF}
+	s.GDT = Descriptor{Base: gdtAddr, Limit: uint16(8*len(gdt) - 1)}
+	s.IDT = Descriptor{Base: 0, Limit: 0}
 	s.CR0 = cr0PE | cr0MP | cr0ET | cr0NE | cr0WP | cr0AM | cr0PG
 	s.CR3 = pml4Addr
 	s.CR4 = cr4PAE | cr4OSFXSR | cr4OSXMMEXCPT
@@ -94,24 +86,24 @@ func setupLongMode(mem *Memory) (Sregs, error) {
 	return s, nil
 }
 
-// LoadBare loads a flat binary test guest at BareLoadAddr and returns the
+// loadBare loads a flat binary test guest at BareLoadAddr and returns the
 // state to enter it: 64-bit mode, RIP at the image, RSP just below it,
 // interrupts disabled.
-func LoadBare(mem *Memory, image []byte) (BootState, error) {
+func loadBare(mem *Memory, image []byte) (bootState, error) {
 	if len(image) == 0 {
-		return BootState{}, errors.New("bare guest image is empty")
+		return bootState{}, errors.New("bare guest image is empty")
 	}
 	if uint64(len(image)) > mem.Size()-BareLoadAddr || mem.Size() < BareLoadAddr {
-		return BootState{}, fmt.Errorf("bare guest image of %d bytes does not fit in %d bytes of memory above %#x", len(image), mem.Size(), BareLoadAddr)
+		return bootState{}, fmt.Errorf("bare guest image of %d bytes does not fit in %d bytes of memory above %#x", len(image), mem.Size(), BareLoadAddr)
 	}
 	if err := mem.WriteAt(image, BareLoadAddr); err != nil {
-		return BootState{}, err
+		return bootState{}, err
 	}
 	sregs, err := setupLongMode(mem)
 	if err != nil {
-		return BootState{}, err
+		return bootState{}, err
 	}
-	return BootState{
+	return bootState{
 		Regs:  Regs{RIP: BareLoadAddr, RSP: BareStackTop, RFLAGS: rflagsReserved},
 		Sregs: sregs,
 	}, nil
@@ -156,13 +148,13 @@ type KernelError struct{ Reason string }
 
 func (e *KernelError) Error() string { return "kernel image: " + e.Reason }
 
-// LoadLinux loads a vmlinux with the 64-bit boot protocol: PT_LOAD segments
+// loadLinux loads a vmlinux with the 64-bit boot protocol: PT_LOAD segments
 // at their physical addresses, boot_params with an e820 map, the command
 // line and the initrd, and RSI pointing at boot_params.
-func LoadLinux(mem *Memory, spec LinuxSpec) (BootState, error) {
+func loadLinux(mem *Memory, spec LinuxSpec) (bootState, error) {
 	f, err := parseKernel(spec.Kernel)
 	if err != nil {
-		return BootState{}, err
+		return bootState{}, err
 	}
 	entry := uint64(0)
 	kernelEnd := uint64(0)
@@ -172,18 +164,18 @@ func LoadLinux(mem *Memory, spec LinuxSpec) (BootState, error) {
 			continue
 		}
 		if p.Filesz > p.Memsz {
-			return BootState{}, &KernelError{fmt.Sprintf("segment at %#x has file size %#x > memory size %#x", p.Paddr, p.Filesz, p.Memsz)}
+			return bootState{}, &KernelError{fmt.Sprintf("segment at %#x has file size %#x > memory size %#x", p.Paddr, p.Filesz, p.Memsz)}
 		}
 		if p.Paddr < highMemStart || p.Paddr+p.Memsz < p.Paddr || p.Paddr+p.Memsz > mem.Size() {
-			return BootState{}, &KernelError{fmt.Sprintf("segment [%#x, %#x) does not fit in guest memory above 1 MiB (memory is %d MiB)", p.Paddr, p.Paddr+p.Memsz, mem.Size()>>20)}
+			return bootState{}, &KernelError{fmt.Sprintf("segment [%#x, %#x) does not fit in guest memory above 1 MiB (memory is %d MiB)", p.Paddr, p.Paddr+p.Memsz, mem.Size()>>20)}
 		}
 		dst, err := mem.Slice(GuestAddress(p.Paddr), p.Memsz)
 		if err != nil {
-			return BootState{}, err
+			return bootState{}, err
 		}
 		n, err := p.ReadAt(dst[:p.Filesz], 0)
 		if err != nil || uint64(n) != p.Filesz {
-			return BootState{}, &KernelError{fmt.Sprintf("segment at %#x truncated: %v", p.Paddr, err)}
+			return bootState{}, &KernelError{fmt.Sprintf("segment at %#x truncated: %v", p.Paddr, err)}
 		}
 		clear(dst[p.Filesz:])
 		// The entry point may be given as a physical or a virtual address.
@@ -196,23 +188,23 @@ func LoadLinux(mem *Memory, spec LinuxSpec) (BootState, error) {
 		loaded++
 	}
 	if loaded == 0 {
-		return BootState{}, &KernelError{"no loadable segments"}
+		return bootState{}, &KernelError{"no loadable segments"}
 	}
 	if entry == 0 {
-		return BootState{}, &KernelError{fmt.Sprintf("entry point %#x is in no loaded segment", f.Entry)}
+		return bootState{}, &KernelError{fmt.Sprintf("entry point %#x is in no loaded segment", f.Entry)}
 	}
 
 	if len(spec.Cmdline)+1 > cmdlineMax {
-		return BootState{}, fmt.Errorf("kernel command line is %d bytes, at most %d", len(spec.Cmdline), cmdlineMax-1)
+		return bootState{}, fmt.Errorf("kernel command line is %d bytes, at most %d", len(spec.Cmdline), cmdlineMax-1)
 	}
 	zp, err := mem.Slice(zeroPageAddr, pageSize)
 	if err != nil {
-		return BootState{}, err
+		return bootState{}, err
 	}
 	clear(zp)
 	cl, err := mem.Slice(cmdlineAddr, cmdlineMax)
 	if err != nil {
-		return BootState{}, err
+		return bootState{}, err
 	}
 	clear(cl)
 	copy(cl, spec.Cmdline)
@@ -232,14 +224,14 @@ func LoadLinux(mem *Memory, spec LinuxSpec) (BootState, error) {
 		top := min(mem.Size(), uint64(initrdAddrMax)+1, identityBytes)
 		size := uint64(len(spec.Initrd))
 		if size > top {
-			return BootState{}, fmt.Errorf("initrd of %d bytes does not fit in memory", size)
+			return bootState{}, fmt.Errorf("initrd of %d bytes does not fit in memory", size)
 		}
 		addr := (top - size) &^ (pageSize - 1)
 		if addr < kernelEnd {
-			return BootState{}, fmt.Errorf("initrd of %d bytes does not fit between the kernel's end (%#x) and the top of memory (%#x); give the guest more memory", size, kernelEnd, top)
+			return bootState{}, fmt.Errorf("initrd of %d bytes does not fit between the kernel's end (%#x) and the top of memory (%#x); give the guest more memory", size, kernelEnd, top)
 		}
 		if err := mem.WriteAt(spec.Initrd, GuestAddress(addr)); err != nil {
-			return BootState{}, err
+			return bootState{}, err
 		}
 		le.PutUint32(zp[bpRamdiskImage:], uint32(addr))
 		le.PutUint32(zp[bpRamdiskSize:], uint32(size))
@@ -260,9 +252,9 @@ func LoadLinux(mem *Memory, spec LinuxSpec) (BootState, error) {
 
 	sregs, err := setupLongMode(mem)
 	if err != nil {
-		return BootState{}, err
+		return bootState{}, err
 	}
-	return BootState{
+	return bootState{
 		Regs:  Regs{RIP: entry, RSI: zeroPageAddr, RFLAGS: rflagsReserved},
 		Sregs: sregs,
 	}, nil

@@ -19,8 +19,8 @@ type busEntry struct {
 	dev        devices.Device
 }
 
-// NewBus returns an empty bus; name ("pio", "mmio") appears in errors.
-func NewBus(name string) *Bus { return &Bus{name: name} }
+// newBus returns an empty bus; name ("pio", "mmio") appears in errors.
+func newBus(name string) *Bus { return &Bus{name: name} }
 
 // Register attaches dev at [base, base+size).
 func (b *Bus) Register(name string, base, size uint64, dev devices.Device) error {

@@ -5,12 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sort"
-
-	"github.com/bobuhiro11/gokvm/kvm"
 )
-
-// CPUIDEntry mirrors struct kvm_cpuid_entry2.
-type CPUIDEntry = kvm.CPUIDEntry2
 
 // CPUID is the explicit CPUID table a VM runs with. It is part of the VM
 // configuration: primary and backup must run with identical tables.

@@ -25,8 +25,8 @@ func (e exitPort) Write(_ uint64, d []byte) {
 }
 
 func (v *VM) attachDevices(epoch time.Time) error {
-	v.PIO = NewBus("pio")
-	v.MMIO = NewBus("mmio")
+	v.PIO = newBus("pio")
+	v.MMIO = newBus("mmio")
 	v.PIC = devices.NewPIC()
 	v.PIT = devices.NewPIT(v.clock, v.PIC)
 	v.UART = devices.NewUART(v.PIC, 4, v.cfg.Console)

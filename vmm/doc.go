@@ -14,8 +14,10 @@
 //
 // The caller's duties:
 //
-//  1. Create the VM with a validated Config; attach extra devices to vm.PIO
-//     or vm.MMIO (MMIO devices belong at or above MMIOBase) before Run.
+//  1. Create the VM with a validated Config; add devices (AddVirtio,
+//     AddDMATest, or your own on vm.PIO and vm.MMIO, at or above
+//     MMIOBase) before loading the guest: LoadLinux puts the virtio
+//     devices' virtio_mmio.device= options on the command line.
 //  2. Load exactly one guest: LoadLinux (uncompressed vmlinux, 64-bit boot
 //     protocol) or LoadBare (flat image entered at BareLoadAddr in 64-bit
 //     mode with identity-mapped page tables and interrupts off).
@@ -24,6 +26,28 @@
 //  4. Treat a *GuestError as the guest's fault (it names RIP and the
 //     instruction bytes) and any other error as the host's.
 //  5. Close the VM.
+//
+// # What an embedder uses
+//
+// Running a guest takes New with a Config (Spec: memory, Epoch, TSCSites;
+// Options: Console, ConsoleInput, Driver, diagnostics), LoadLinux or
+// LoadBare, devices from AddVirtio (virtio-blk, virtio-net) before the
+// load, Run, and Close; Result and *GuestError say how it ended, and
+// Fingerprint hashes the end state. Record, replay and FT sit above: use
+// package replay (RecordFile, ReplayFile, PrepareLinux, PrepareBare) and
+// package ft (LinuxGuest, BareGuest, RunPrimary, RunBackup) rather than
+// writing a Driver. The register and CPUID types (Regs, Sregs, CPUIDEntry)
+// are vmm's own mirrors of the kernel's; no KVM binding's types appear in
+// the API.
+//
+// The rest of the exported surface is plumbing between the VMM and the
+// packages that drive it: the Driver interface and the Machine it is
+// handed (DeliverAsync, LoadPage, PageContents, DirtyPages,
+// CaptureVCPUState, ApplyVCPUState, TimerDeadline, Kick: replay's
+// landmarks and deliveries go through them, and internal test machines
+// implement them), WriteReplayer and ReplayWrites (a replay's device
+// writes), CancelWindow, and the VCPU port below (NewWithVCPU, Memory,
+// Bus). An embedder does not call them.
 //
 // # The vCPU port
 //

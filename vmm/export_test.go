@@ -15,3 +15,9 @@ func InputBacklog(v *VM) int { return len(v.inputBacklog) }
 func MinimalKernel(t *testing.T) []byte {
 	return minimalELF(t, elf.ELFCLASS64, elf.EM_X86_64, 0x1000000, []byte{0xf4})
 }
+
+// HashPages and PageTablePages are the VM's page hashing and page-table
+// walk (unexported: landmarks use them inside vmm).
+func HashPages(v *VM, pages []uint32) ([32]byte, error) { return v.pagesHash(pages) }
+
+func PageTablePages(v *VM) (map[uint32]bool, error) { return v.pageTables() }

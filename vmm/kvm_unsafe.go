@@ -266,3 +266,39 @@ func setMSRs(vcpuFd int, index []uint32, values []uint64) error {
 	}
 	return nil
 }
+
+// vmm's mirrors of the kernel's structures (kvmtypes.go) have gokvm's
+// layouts, field for field; these fail to compile if a size differs, and
+// TestKVMMirrorLayouts compares the offsets.
+var (
+	_ [unsafe.Sizeof(Sregs{}) - unsafe.Sizeof(kvm.Sregs{})]byte
+	_ [unsafe.Sizeof(kvm.Sregs{}) - unsafe.Sizeof(Sregs{})]byte
+)
+
+// kvmRegs and kvmSregs view vmm's registers as gokvm's for its ioctls.
+// Regs converts (same fields); Sregs' Segment and Descriptor are vmm's
+// own types, so it is the same memory seen through the other type, safe
+// because the layouts are equal.
+func kvmRegs(r *Regs) *kvm.Regs { return (*kvm.Regs)(r) }
+
+func kvmSregs(s *Sregs) *kvm.Sregs { return (*kvm.Sregs)(unsafe.Pointer(s)) }
+
+func fromKVMSregs(s *kvm.Sregs) *Sregs { return (*Sregs)(unsafe.Pointer(s)) }
+
+// kvmCPUID and fromKVMCPUID copy a CPUID table between the two entry
+// types (once per VM).
+func kvmCPUID(c CPUID) []kvm.CPUIDEntry2 {
+	out := make([]kvm.CPUIDEntry2, len(c))
+	for i, e := range c {
+		out[i] = kvm.CPUIDEntry2(e)
+	}
+	return out
+}
+
+func fromKVMCPUID(es []kvm.CPUIDEntry2) []CPUIDEntry {
+	out := make([]CPUIDEntry, len(es))
+	for i, e := range es {
+		out[i] = CPUIDEntry(e)
+	}
+	return out
+}

@@ -335,8 +335,8 @@ func TestAccessorsWithoutVCPU(t *testing.T) {
 	if _, err := v.UserMode(); err == nil {
 		t.Error("UserMode without a vCPU")
 	}
-	if err := v.SetState(BootState{}); err == nil {
-		t.Error("SetState without a vCPU")
+	if err := v.setState(bootState{}); err == nil {
+		t.Error("setState without a vCPU")
 	}
 	var g *GuestError
 	if err := v.guestError("test", "more"); !errors.As(err, &g) || g.Bytes != nil || g.More != "more" {

@@ -82,7 +82,7 @@ func TestStateThroughThePort(t *testing.T) {
 	if _, err := vm.DirtyPages(); err != nil {
 		t.Fatal(err)
 	}
-	h0, err := vm.HashPages([]uint32{5})
+	h0, err := vmm.HashPages(vm, []uint32{5})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,13 +94,13 @@ func TestStateThroughThePort(t *testing.T) {
 	if pages, _ := vm.DirtyPages(); len(pages) != 0 {
 		t.Errorf("dirty log not reset: %v", pages)
 	}
-	if h1, _ := vm.HashPages([]uint32{5}); h1 == h0 {
+	if h1, _ := vmm.HashPages(vm, []uint32{5}); h1 == h0 {
 		t.Error("page hash ignores a write")
 	}
 	if print3, _ := vm.Fingerprint(); print3 == print0 {
 		t.Error("fingerprint ignores memory")
 	}
-	if tables, err := vm.PageTablePages(); err != nil || len(tables) == 0 {
+	if tables, err := vmm.PageTablePages(vm); err != nil || len(tables) == 0 {
 		t.Errorf("LoadBare's page tables: %v, %v", tables, err)
 	}
 
@@ -118,7 +118,7 @@ func TestStateThroughThePort(t *testing.T) {
 	if _, err := vm.Fingerprint(); !errors.Is(err, boom) {
 		t.Errorf("Fingerprint: %v", err)
 	}
-	if _, err := vm.HashPages(nil); !errors.Is(err, boom) {
+	if _, err := vmm.HashPages(vm, nil); !errors.Is(err, boom) {
 		t.Errorf("HashPages: %v", err)
 	}
 	if err := vm.LoadBare([]byte{0xF4}); err == nil {

@@ -315,11 +315,11 @@ func TestVCPUStateRoundTrip(t *testing.T) {
 			Regs:     Regs{RAX: 1, RIP: 0x100000, RFLAGS: 0x202},
 			Sregs:    Sregs{CR0: cr0PG, CR3: 0x1000, EFER: eferLMA},
 			XSAVE:    []byte{1, 2, 3, 0, 5},
-			XCRs:     xcrs,
+			xcrs:     xcrs,
 			MSRIndex: []uint32{0x174, 0xc0000082},
 			MSRValue: []uint64{0x10, 0xffffffff81000000},
 		}
-		s.Events.SipiVector, s.Events.TripleFault = 0x99, 1
+		s.events.SipiVector, s.events.TripleFault = 0x99, 1
 		b, err := s.MarshalBinary()
 		if err != nil {
 			t.Fatal(err)

@@ -59,22 +59,22 @@ func (v *VM) CopyPages(dst []byte, pages []uint32) ([]byte, error) {
 	return dst, nil
 }
 
-// HashPages hashes the listed page frames' numbers and contents, for a
-// landmark. In the pages of the current paging hierarchy (PageTablePages)
+// pagesHash hashes the listed page frames' numbers and contents, for a
+// landmark. In the pages of the current paging hierarchy (pageTables)
 // the Accessed and Dirty bits of every entry are left out: the processor
 // sets them as it walks the tables, and under shadow paging (kvm_pvm) they
 // reach guest memory at moments that differ between a free run and a
 // single-stepped one, so they do not describe an instruction boundary.
 // Frames outside guest memory are an error (a log naming them is not ours).
-func (v *VM) HashPages(pages []uint32) ([32]byte, error) {
-	tables, err := v.PageTablePages()
+func (v *VM) pagesHash(pages []uint32) ([32]byte, error) {
+	tables, err := v.pageTables()
 	if err != nil {
 		return [32]byte{}, err
 	}
 	return hashPages(v.mem, tables, pages)
 }
 
-// hashPages is HashPages over mem, with the page-table frames tables.
+// hashPages is pagesHash over mem, with the page-table frames tables.
 func hashPages(mem *Memory, tables map[uint32]bool, pages []uint32) ([32]byte, error) {
 	h := sha256.New()
 	var n [4]byte
@@ -170,12 +170,12 @@ const (
 	pteAddrMask = 0x000F_FFFF_FFFF_F000
 )
 
-// PageTablePages returns the page frames of the vCPU's current 4-level
+// pageTables returns the page frames of the vCPU's current 4-level
 // paging hierarchy (from CR3: PML4, page-directory-pointer tables, page
 // directories and page tables), or none when paging is off. Entries that
 // point outside guest memory are skipped, so a hostile guest's tables
 // cannot make the walk read outside it.
-func (v *VM) PageTablePages() (map[uint32]bool, error) {
+func (v *VM) pageTables() (map[uint32]bool, error) {
 	sregs, err := v.Sregs()
 	if err != nil {
 		return nil, err
@@ -184,7 +184,7 @@ func (v *VM) PageTablePages() (map[uint32]bool, error) {
 }
 
 // pageTableFrames walks the 4-level paging hierarchy that sregs names
-// over guest memory mem (PageTablePages).
+// over guest memory mem (pageTables).
 func pageTableFrames(mem []byte, sregs Sregs) map[uint32]bool {
 	tables := map[uint32]bool{}
 	if sregs.CR0&cr0PG == 0 || sregs.EFER&eferLMA == 0 {
@@ -214,9 +214,9 @@ func pageTableFrames(mem []byte, sregs Sregs) map[uint32]bool {
 }
 
 // memoryCRC is a CRC-32C of all guest memory with the Accessed and Dirty
-// bits of the current paging hierarchy left out (see HashPages).
+// bits of the current paging hierarchy left out (see pagesHash).
 func (v *VM) memoryCRC() (uint32, error) {
-	tables, err := v.PageTablePages()
+	tables, err := v.pageTables()
 	if err != nil {
 		return 0, err
 	}

@@ -18,7 +18,7 @@ func (r *recorder) Read(off uint64, d []byte)  { r.reads = append(r.reads, off) 
 func (r *recorder) Write(off uint64, d []byte) { r.writes = append(r.writes, off) }
 
 func TestBusRoutesAndRejectsOverlap(t *testing.T) {
-	b := NewBus("pio")
+	b := newBus("pio")
 	a, c := &recorder{}, &recorder{}
 	if err := b.Register("a", 0x20, 2, a); err != nil {
 		t.Fatal(err)
@@ -204,7 +204,7 @@ func TestLoadLinuxPlacesKernelBootParamsAndInitrd(t *testing.T) {
 	payload := []byte{0xf4, 0x90, 0x90, 0x90}
 	k := minimalELF(t, elf.ELFCLASS64, elf.EM_X86_64, 0x1000000, payload)
 	initrd := bytes.Repeat([]byte{0xab}, 10000)
-	st, err := LoadLinux(mem, LinuxSpec{Kernel: k, Initrd: initrd, Cmdline: "console=ttyS0"})
+	st, err := loadLinux(mem, LinuxSpec{Kernel: k, Initrd: initrd, Cmdline: "console=ttyS0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +262,7 @@ func TestLoadLinuxRejectsWrongKernels(t *testing.T) {
 		"below 1 MiB": {minimalELF(t, elf.ELFCLASS64, elf.EM_X86_64, 0x8000, []byte{1}), "does not fit"},
 	}
 	for name, tc := range cases {
-		_, err := LoadLinux(mem, LinuxSpec{Kernel: tc.kernel})
+		_, err := loadLinux(mem, LinuxSpec{Kernel: tc.kernel})
 		var ke *KernelError
 		if !errors.As(err, &ke) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want a KernelError mentioning %q", name, err, tc.want)
@@ -270,16 +270,16 @@ func TestLoadLinuxRejectsWrongKernels(t *testing.T) {
 	}
 	// A truncated ELF (segment data cut off) must not load silently.
 	k := minimalELF(t, elf.ELFCLASS64, elf.EM_X86_64, 0x1000000, bytes.Repeat([]byte{1}, 64))
-	if _, err := LoadLinux(mem, LinuxSpec{Kernel: k[:len(k)-32]}); err == nil {
+	if _, err := loadLinux(mem, LinuxSpec{Kernel: k[:len(k)-32]}); err == nil {
 		t.Error("truncated kernel loaded")
 	}
 	// A command line too long for its page.
 	k = minimalELF(t, elf.ELFCLASS64, elf.EM_X86_64, 0x1000000, []byte{1})
-	if _, err := LoadLinux(mem, LinuxSpec{Kernel: k, Cmdline: strings.Repeat("x", cmdlineMax)}); err == nil {
+	if _, err := loadLinux(mem, LinuxSpec{Kernel: k, Cmdline: strings.Repeat("x", cmdlineMax)}); err == nil {
 		t.Error("oversized command line accepted")
 	}
 	// An initrd larger than memory.
-	if _, err := LoadLinux(mem, LinuxSpec{Kernel: k, Initrd: make([]byte, 40<<20)}); err == nil {
+	if _, err := loadLinux(mem, LinuxSpec{Kernel: k, Initrd: make([]byte, 40<<20)}); err == nil {
 		t.Error("oversized initrd accepted")
 	}
 }
@@ -309,13 +309,13 @@ func TestLoadBareChecksFit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer mem.Close()
-	if _, err := LoadBare(mem, make([]byte, 1<<20+1)); err == nil {
+	if _, err := loadBare(mem, make([]byte, 1<<20+1)); err == nil {
 		t.Error("image larger than memory above 1 MiB accepted")
 	}
-	if _, err := LoadBare(mem, nil); err == nil {
+	if _, err := loadBare(mem, nil); err == nil {
 		t.Error("empty image accepted")
 	}
-	st, err := LoadBare(mem, []byte{0xf4})
+	st, err := loadBare(mem, []byte{0xf4})
 	if err != nil {
 		t.Fatal(err)
 	}

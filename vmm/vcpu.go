@@ -122,11 +122,11 @@ func (c *kvmVCPU) Regs() (Regs, error) {
 	if err != nil {
 		return Regs{}, fmt.Errorf("KVM_GET_REGS: %w", err)
 	}
-	return *r, nil
+	return Regs(*r), nil
 }
 
 func (c *kvmVCPU) SetRegs(r Regs) error {
-	if err := kvm.SetRegs(uintptr(c.fd), &r); err != nil {
+	if err := kvm.SetRegs(uintptr(c.fd), kvmRegs(&r)); err != nil {
 		return fmt.Errorf("KVM_SET_REGS: %w", err)
 	}
 	return nil
@@ -137,11 +137,11 @@ func (c *kvmVCPU) Sregs() (Sregs, error) {
 	if err != nil {
 		return Sregs{}, fmt.Errorf("KVM_GET_SREGS: %w", err)
 	}
-	return *s, nil
+	return *fromKVMSregs(s), nil
 }
 
 func (c *kvmVCPU) SetSregs(s Sregs) error {
-	if err := kvm.SetSregs(uintptr(c.fd), &s); err != nil {
+	if err := kvm.SetSregs(uintptr(c.fd), kvmSregs(&s)); err != nil {
 		return fmt.Errorf("KVM_SET_SREGS: %w", err)
 	}
 	return nil

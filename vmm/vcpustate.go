@@ -21,12 +21,12 @@ import (
 type VCPUState struct {
 	Regs   Regs
 	Sregs  Sregs
-	Debug  kvm.DebugRegs
-	Events kvm.VCPUEvents
+	debug  kvm.DebugRegs
+	events kvm.VCPUEvents
 	// XSAVE is the kvm_xsave area with its trailing zero bytes dropped.
 	XSAVE []byte
-	// XCRs is nil where KVM has no KVM_GET_XCRS.
-	XCRs *kvm.XCRS
+	// xcrs is nil where KVM has no KVM_GET_XCRS.
+	xcrs *kvm.XCRS
 	// MSRs maps MSR index to value.
 	MSRIndex []uint32
 	MSRValue []uint64
@@ -77,10 +77,10 @@ func (c *kvmVCPU) CaptureState() (VCPUState, error) {
 	if s.Sregs, err = c.Sregs(); err != nil {
 		return s, err
 	}
-	if err := kvm.GetDebugRegs(uintptr(c.fd), &s.Debug); err != nil {
+	if err := kvm.GetDebugRegs(uintptr(c.fd), &s.debug); err != nil {
 		return s, fmt.Errorf("KVM_GET_DEBUGREGS: %w", err)
 	}
-	if err := kvm.GetVCPUEvents(uintptr(c.fd), &s.Events); err != nil {
+	if err := kvm.GetVCPUEvents(uintptr(c.fd), &s.events); err != nil {
 		return s, fmt.Errorf("KVM_GET_VCPU_EVENTS: %w", err)
 	}
 	var x xsaveArea
@@ -92,7 +92,7 @@ func (c *kvmVCPU) CaptureState() (VCPUState, error) {
 	s.XSAVE = bytes.TrimRight(buf.Bytes(), "\x00")
 	var xcrs kvm.XCRS
 	if kvm.GetXCRS(uintptr(c.fd), &xcrs) == nil {
-		s.XCRs = &xcrs
+		s.xcrs = &xcrs
 	}
 	s.MSRIndex = append([]uint32(nil), c.stateMSRs...)
 	if s.MSRValue, err = getMSRs(c.fd, s.MSRIndex); err != nil {
@@ -126,10 +126,10 @@ func (v *VM) ApplyVCPUState(s VCPUState) error {
 func (c *kvmVCPU) ApplyState(s VCPUState) error {
 	// Sregs before events: KVM_SET_SREGS queues the interrupt its bitmap
 	// names, and the events then say exactly what is pending.
-	if err := kvm.SetSregs(uintptr(c.fd), &s.Sregs); err != nil {
+	if err := kvm.SetSregs(uintptr(c.fd), kvmSregs(&s.Sregs)); err != nil {
 		return fmt.Errorf("KVM_SET_SREGS: %w", err)
 	}
-	if err := kvm.SetRegs(uintptr(c.fd), &s.Regs); err != nil {
+	if err := kvm.SetRegs(uintptr(c.fd), kvmRegs(&s.Regs)); err != nil {
 		return fmt.Errorf("KVM_SET_REGS: %w", err)
 	}
 	if len(s.XSAVE) > 4096 {
@@ -142,18 +142,18 @@ func (c *kvmVCPU) ApplyState(s VCPUState) error {
 	if err := setXSAVE(c.fd, &x); err != nil {
 		return fmt.Errorf("KVM_SET_XSAVE: %w", err)
 	}
-	if s.XCRs != nil {
-		if err := kvm.SetXCRS(uintptr(c.fd), s.XCRs); err != nil {
+	if s.xcrs != nil {
+		if err := kvm.SetXCRS(uintptr(c.fd), s.xcrs); err != nil {
 			return fmt.Errorf("KVM_SET_XCRS: %w", err)
 		}
 	}
-	if err := kvm.SetDebugRegs(uintptr(c.fd), &s.Debug); err != nil {
+	if err := kvm.SetDebugRegs(uintptr(c.fd), &s.debug); err != nil {
 		return fmt.Errorf("KVM_SET_DEBUGREGS: %w", err)
 	}
 	if err := setMSRs(c.fd, s.MSRIndex, s.MSRValue); err != nil {
 		return fmt.Errorf("KVM_SET_MSRS: %w", err)
 	}
-	ev := s.Events
+	ev := s.events
 	ev.Flags = vcpuEventValidNMIPending | vcpuEventValidShadow
 	if err := kvm.SetVCPUEvents(uintptr(c.fd), &ev); err != nil {
 		return fmt.Errorf("KVM_SET_VCPU_EVENTS: %w", err)
@@ -168,16 +168,16 @@ const vcpuStateVersion = 1
 func (s *VCPUState) MarshalBinary() ([]byte, error) {
 	var b bytes.Buffer
 	b.WriteByte(vcpuStateVersion)
-	for _, x := range []any{&s.Regs, &s.Sregs, &s.Debug, &s.Events} {
+	for _, x := range []any{&s.Regs, &s.Sregs, &s.debug, &s.events} {
 		if err := binary.Write(&b, binary.LittleEndian, x); err != nil {
 			return nil, err
 		}
 	}
 	binary.Write(&b, binary.LittleEndian, uint16(len(s.XSAVE)))
 	b.Write(s.XSAVE)
-	if s.XCRs != nil {
+	if s.xcrs != nil {
 		b.WriteByte(1)
-		binary.Write(&b, binary.LittleEndian, s.XCRs)
+		binary.Write(&b, binary.LittleEndian, s.xcrs)
 	} else {
 		b.WriteByte(0)
 	}
@@ -201,7 +201,7 @@ func (s *VCPUState) UnmarshalBinary(data []byte) error {
 	if err != nil || ver != vcpuStateVersion {
 		return fail(fmt.Sprintf("version %d, want %d", ver, vcpuStateVersion))
 	}
-	for _, x := range []any{&s.Regs, &s.Sregs, &s.Debug, &s.Events} {
+	for _, x := range []any{&s.Regs, &s.Sregs, &s.debug, &s.events} {
 		if err := binary.Read(r, binary.LittleEndian, x); err != nil {
 			return fail("registers truncated")
 		}
@@ -216,10 +216,10 @@ func (s *VCPUState) UnmarshalBinary(data []byte) error {
 	if err != nil || has > 1 {
 		return fail("xcrs flag")
 	}
-	s.XCRs = nil
+	s.xcrs = nil
 	if has == 1 {
-		s.XCRs = new(kvm.XCRS)
-		if binary.Read(r, binary.LittleEndian, s.XCRs) != nil {
+		s.xcrs = new(kvm.XCRS)
+		if binary.Read(r, binary.LittleEndian, s.xcrs) != nil {
 			return fail("xcrs truncated")
 		}
 	}
@@ -259,4 +259,17 @@ func (v *VM) LoadPage(pfn uint32, data []byte) error {
 		copy(b, data)
 	}
 	return nil
+}
+
+// QueuedInterrupt reports the external interrupt the state has queued for
+// injection (KVM's vcpu_events), if any.
+func (s *VCPUState) QueuedInterrupt() (vector uint8, ok bool) {
+	return s.events.I.Nr, s.events.I.Inject == 1
+}
+
+// QueueInterrupt queues vector for injection, as KVM_INTERRUPT does (a
+// machine other than KVM's, such as a test's, keeps its pending
+// interrupt in the state this way).
+func (s *VCPUState) QueueInterrupt(vector uint8) {
+	s.events.I.Inject, s.events.I.Nr = 1, vector
 }

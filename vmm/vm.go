@@ -118,10 +118,10 @@ func New(cfg Config) (vm *VM, err error) {
 	if err := kvm.GetSupportedCPUID(uintptr(v.sysFd), &supported); err != nil {
 		return nil, fmt.Errorf("KVM_GET_SUPPORTED_CPUID: %w", err)
 	}
-	if v.cpuid, err = BuildCPUID(supported.Entries[:supported.Nent]); err != nil {
+	if v.cpuid, err = BuildCPUID(fromKVMCPUID(supported.Entries[:supported.Nent])); err != nil {
 		return nil, err
 	}
-	if err := kvm.SetCPUID2(uintptr(cpu.fd), &kvm.CPUID{Nent: uint32(len(v.cpuid)), Entries: v.cpuid}); err != nil {
+	if err := kvm.SetCPUID2(uintptr(cpu.fd), &kvm.CPUID{Nent: uint32(len(v.cpuid)), Entries: kvmCPUID(v.cpuid)}); err != nil {
 		return nil, fmt.Errorf("KVM_SET_CPUID2: %w", err)
 	}
 	cpu.stateMSRs = probeStateMSRs(cpu.fd)
@@ -195,11 +195,11 @@ func (v *VM) Clock() devices.Clock { return v.clock }
 func (v *VM) LoadLinux(spec LinuxSpec) error {
 	spec.Cmdline = linuxCmdline(v.withVirtio(spec.Cmdline), v.cpuid)
 	v.cmdline = spec.Cmdline
-	st, err := LoadLinux(v.mem, spec)
+	st, err := loadLinux(v.mem, spec)
 	if err != nil {
 		return err
 	}
-	return v.SetState(st)
+	return v.setState(st)
 }
 
 // withVirtio adds the virtio devices' virtio_mmio.device= options to a
@@ -217,15 +217,15 @@ func (v *VM) Cmdline() string { return v.cmdline }
 
 // LoadBare loads a flat test-guest image and sets the vCPU up to enter it.
 func (v *VM) LoadBare(image []byte) error {
-	st, err := LoadBare(v.mem, image)
+	st, err := loadBare(v.mem, image)
 	if err != nil {
 		return err
 	}
-	return v.SetState(st)
+	return v.setState(st)
 }
 
-// SetState sets the vCPU's registers.
-func (v *VM) SetState(st BootState) error {
+// setState sets the vCPU's registers.
+func (v *VM) setState(st bootState) error {
 	if err := v.cpu.SetSregs(st.Sregs); err != nil {
 		return err
 	}

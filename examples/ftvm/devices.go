@@ -1,19 +1,13 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
-	"strings"
-	"sync"
 
-	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/devices/virtio/blk"
 	vnet "github.com/ftkvm/ftkvm/devices/virtio/net"
 	"github.com/ftkvm/ftkvm/vmm"
@@ -54,7 +48,7 @@ type guestDevices struct {
 	imgBack  *blk.FileBackend
 	identity string
 	ownCopy  bool
-	nic      *lazyNIC // the --net backend; nil without one
+	nic      *vnet.Lazy // the --net backend; nil without one
 	mac      [6]byte
 	ip       net.IP // the guest's, for the gratuitous ARP (nil: RARP)
 }
@@ -76,33 +70,17 @@ func (o *deviceOptions) open() (_ *guestDevices, err error) {
 		return nil, usageError{fmt.Errorf("--disk-mode %q: want shared or nonshared", o.diskMode)}
 	}
 	if o.disk != "" {
-		f, err := os.OpenFile(o.disk, os.O_RDWR, 0)
-		if err != nil {
+		img, err := blk.OpenImage(o.disk, o.diskGen)
+		switch {
+		case errors.Is(err, blk.ErrImageTooSmall):
+			return nil, fmt.Errorf("--disk %s: %w", o.disk, err)
+		case err != nil:
 			return nil, fmt.Errorf("--disk: %w", err)
 		}
-		b, err := blk.NewFileBackend(f)
-		if err != nil {
-			f.Close()
-			return nil, fmt.Errorf("--disk: %w", err)
-		}
-		if b.Capacity() == 0 {
-			f.Close()
-			return nil, fmt.Errorf("--disk %s: smaller than one %d-byte sector", o.disk, blk.SectorSize)
-		}
-		d.img, d.imgBack = f, b
-		d.identity = fmt.Sprintf("size=%d", b.Capacity())
-		if o.diskGen != "" {
-			d.identity += " generation=" + o.diskGen
-		} else {
-			h := sha256.New()
-			if _, err := io.Copy(h, io.NewSectionReader(f, 0, int64(b.Capacity()))); err != nil {
-				return nil, fmt.Errorf("--disk: hashing %s: %w", o.disk, err)
-			}
-			d.identity += " sha256=" + hex.EncodeToString(h.Sum(nil))
-		}
+		d.img, d.imgBack, d.identity = img.File, img.Backend, img.Identity
 	}
 	if o.netSpec != "" {
-		nic, err := parseNet(o.netSpec)
+		nic, err := vnet.ParseBackend(o.netSpec)
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--net %q: %w", o.netSpec, err)}
 		}
@@ -149,7 +127,7 @@ func (d *guestDevices) add(vm *vmm.VM) error {
 		}
 	}
 	if d.nic != nil {
-		if _, err := vm.AddVirtio(vnet.Attachment(vnet.Config{MAC: d.mac}, d.nic.serve)); err != nil {
+		if _, err := vm.AddVirtio(vnet.Attachment(vnet.Config{MAC: d.mac}, d.nic.Serve)); err != nil {
 			return err
 		}
 	}
@@ -164,11 +142,11 @@ func (d *guestDevices) announce(log io.Writer) {
 	if d.ip != nil {
 		frame, what = vnet.GratuitousARP(d.mac, [4]byte(d.ip)), "gratuitous ARP for "+d.ip.String()
 	}
-	if err := d.nic.send(frame); err != nil {
-		fmt.Fprintf(log, "ftvm: going live: the %s of %s on %s failed: %v\n", what, net.HardwareAddr(d.mac[:]), d.nic.what, err)
+	if err := d.nic.Send(frame); err != nil {
+		fmt.Fprintf(log, "ftvm: going live: the %s of %s on %s failed: %v\n", what, net.HardwareAddr(d.mac[:]), d.nic, err)
 		return
 	}
-	fmt.Fprintf(log, "ftvm: going live: sent a %s of %s on %s\n", what, net.HardwareAddr(d.mac[:]), d.nic.what)
+	fmt.Fprintf(log, "ftvm: going live: sent a %s of %s on %s\n", what, net.HardwareAddr(d.mac[:]), d.nic)
 }
 
 // close releases the image and the network backend (after the last VM's
@@ -181,129 +159,8 @@ func (d *guestDevices) close() {
 		d.img.Close()
 	}
 	if d.nic != nil {
-		d.nic.close()
-	}
-}
-
-// parseNet reads --net's value (without opening anything).
-func parseNet(spec string) (*lazyNIC, error) {
-	kind, arg, _ := strings.Cut(spec, ":")
-	switch kind {
-	case "tap":
-		if arg == "" {
-			return nil, errors.New("want tap:NAME, with the interface's name")
-		}
-		return &lazyNIC{what: "tap " + arg, open: func() (frameBackend, error) { return vnet.OpenTap(arg) }}, nil
-	case "udp":
-		cfg, err := parseUDP(arg)
-		if err != nil {
-			return nil, err
-		}
-		return &lazyNIC{what: "udp " + cfg.Local.String(), open: func() (frameBackend, error) { return vnet.OpenUDP(cfg) }}, nil
-	}
-	return nil, errors.New("want tap:NAME or udp:LOCAL[,PEER]")
-}
-
-// parseUDP reads LOCAL[,PEER], each HOST:PORT (a name is resolved now).
-func parseUDP(arg string) (vnet.UDPConfig, error) {
-	var cfg vnet.UDPConfig
-	local, peer, hasPeer := strings.Cut(arg, ",")
-	addr := func(what, s string) (netip.AddrPort, error) {
-		if s == "" {
-			return netip.AddrPort{}, fmt.Errorf("want udp:LOCAL[,PEER], each HOST:PORT: %s is empty", what)
-		}
-		a, err := net.ResolveUDPAddr("udp", s)
-		if err != nil {
-			return netip.AddrPort{}, fmt.Errorf("%s %q: want HOST:PORT: %w", what, s, err)
-		}
-		ap := a.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
-	}
-	var err error
-	if cfg.Local, err = addr("LOCAL", local); err != nil {
-		return cfg, err
-	}
-	if hasPeer {
-		if cfg.Peer, err = addr("PEER", peer); err != nil {
-			return cfg, err
+		if dropped := d.nic.Close(); dropped != "" {
+			fmt.Fprintf(os.Stderr, "ftvm: %s\n", dropped)
 		}
 	}
-	if !cfg.Local.Addr().IsValid() {
-		// ":7000" resolves to no address: every interface.
-		cfg.Local = netip.AddrPortFrom(netip.IPv6Unspecified(), cfg.Local.Port())
-	}
-	return cfg, cfg.Validate()
-}
-
-// frameBackend is what a network backend offers the NIC (vnet.Tap,
-// vnet.UDP).
-type frameBackend interface {
-	Serve(bounce.Request) ([]byte, error)
-	Close() error
-}
-
-// lazyNIC opens its backend at the first request, which the device makes
-// once the guest's driver is up (its standing receive) and a replay never
-// makes: an FT backup replaying the log never does, so the primary keeps
-// the tap (which serves one process) or the UDP address until the backup
-// goes live.
-type lazyNIC struct {
-	what string // for messages: "tap NAME", "udp LOCAL"
-	open func() (frameBackend, error)
-	mu   sync.Mutex
-	b    frameBackend
-	err  error
-}
-
-func (l *lazyNIC) get() (frameBackend, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.b == nil && l.err == nil {
-		l.b, l.err = l.open()
-	}
-	return l.b, l.err
-}
-
-// attached reports whether the backend has been opened.
-func (l *lazyNIC) attached() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b != nil
-}
-
-func (l *lazyNIC) serve(req bounce.Request) ([]byte, error) {
-	b, err := l.get()
-	if err != nil {
-		return nil, err
-	}
-	return b.Serve(req)
-}
-
-// send puts a frame on the network outside the guest (the gratuitous
-// ARP a new primary sends).
-func (l *lazyNIC) send(frame []byte) error {
-	_, err := l.serve(bounce.Request{Tag: 0, Len: len(frame), Write: true, Data: frame})
-	if b, _ := l.get(); err == nil && isUDPWithoutPeer(b) {
-		return errors.New("no peer known yet (no PEER given, no datagram received): dropped")
-	}
-	return err
-}
-
-func isUDPWithoutPeer(b frameBackend) bool {
-	u, ok := b.(*vnet.UDP)
-	return ok && !u.Peer().IsValid()
-}
-
-// close closes the backend and reports what a UDP socket dropped.
-func (l *lazyNIC) close() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.b == nil {
-		return
-	}
-	if u, ok := l.b.(*vnet.UDP); ok && (u.TxNoPeer() > 0 || u.Oversize() > 0 || u.Foreign() > 0) {
-		fmt.Fprintf(os.Stderr, "ftvm: %s: %d frames sent before any peer was known were dropped, %d datagrams too long (or empty) for a frame discarded, %d datagrams from other sources than the peer %v dropped\n",
-			l.what, u.TxNoPeer(), u.Oversize(), u.Foreign(), u.Peer())
-	}
-	l.b.Close()
 }

@@ -102,7 +102,7 @@ func TestUDPBackendAttachesLazily(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.close()
-	if d.nic.attached() {
+	if d.nic.Attached() {
 		t.Fatal("the backend was opened with the flags")
 	}
 	if c, err := net.ListenPacket("udp", local); err != nil {
@@ -113,7 +113,7 @@ func TestUDPBackendAttachesLazily(t *testing.T) {
 
 	var log bytes.Buffer
 	d.announce(&log)
-	if !d.nic.attached() {
+	if !d.nic.Attached() {
 		t.Fatal("the backend is still closed after a frame")
 	}
 	if c, err := net.ListenPacket("udp", local); err == nil {
@@ -137,7 +137,7 @@ func TestUDPBackendAttachesLazily(t *testing.T) {
 	to, _ := net.ResolveUDPAddr("udp", local)
 	f := bytes.Repeat([]byte{0xab}, 60)
 	world.WriteToUDP(f, to)
-	batch, err := d.nic.serve(bounce.Request{Tag: 1, Len: vnet.RecordLen, Arg: 1, Upto: true})
+	batch, err := d.nic.Serve(bounce.Request{Tag: 1, Len: vnet.RecordLen, Arg: 1, Upto: true})
 	if err != nil || !bytes.Equal(batch, vnet.AppendFrame(nil, f)) {
 		t.Errorf("receive: %d bytes, %v; want the frame sent", len(batch), err)
 	}

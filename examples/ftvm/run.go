@@ -15,6 +15,7 @@ import (
 
 	"github.com/ftkvm/ftkvm/bounce"
 	"github.com/ftkvm/ftkvm/guest/bare"
+	"github.com/ftkvm/ftkvm/replay"
 	"github.com/ftkvm/ftkvm/snapshot"
 	"github.com/ftkvm/ftkvm/tscpatch"
 	"github.com/ftkvm/ftkvm/vmm"
@@ -71,8 +72,10 @@ func (o *guestOptions) register(fs *flag.FlagSet, scope flagScope) {
 }
 
 // preparedGuest is a guest read from disk with its rdtsc/rdtscp sites
-// patched to trapping OUTs, ready to load into a VM.
+// patched to trapping OUTs (replay.PrepareBare, replay.PrepareLinux),
+// ready to load into a VM, with ftvm's devices and exit trace.
 type preparedGuest struct {
+	prep         *replay.PreparedGuest // loads the guest, devices first (addDevices)
 	name         string
 	bare         bool
 	kernel       []byte // patched vmlinux, or patched bare image
@@ -130,7 +133,7 @@ func (o *guestOptions) prepare() (*preparedGuest, error) {
 		g.traceF, g.trace, g.traceMem, g.traceMemFrom = f, bufio.NewWriterSize(f, 1<<20), o.traceMem, o.traceMemFrom
 	}
 	limit := int64(memBytes)
-	var prep func() (tscpatch.Prepared, error)
+	var prep func() (*replay.PreparedGuest, error)
 	switch {
 	case o.image != "" && o.bareName != "":
 		return nil, usageError{errors.New("--image and --bare are exclusive")}
@@ -152,7 +155,7 @@ func (o *guestOptions) prepare() (*preparedGuest, error) {
 			}
 			g.name = "bare guest " + o.image
 		}
-		prep = func() (tscpatch.Prepared, error) { return tscpatch.PrepareFlat(g.kernel, vmm.BareLoadAddr) }
+		prep = func() (*replay.PreparedGuest, error) { return replay.PrepareBare(g.kernel) }
 	default:
 		kernel, initrd := o.kernel, o.initrd
 		if kernel == "" {
@@ -176,13 +179,14 @@ func (o *guestOptions) prepare() (*preparedGuest, error) {
 		if err := vmm.CheckKernel(g.kernel); err != nil {
 			return nil, fmt.Errorf("%s: %w", kernel, err)
 		}
-		prep = func() (tscpatch.Prepared, error) { return tscpatch.PrepareELF(g.kernel) }
+		prep = func() (*replay.PreparedGuest, error) { return replay.PrepareLinux(g.kernel, g.initrd, g.cmdline) }
 	}
 	p, err := prep()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", g.name, err)
 	}
-	g.kernel, g.sites, g.nsites = p.Image, p.Table, len(p.Sites)
+	p.MemoryBytes, p.Devices = memBytes, g.addDevices
+	g.prep, g.kernel, g.sites, g.nsites = p, p.Kernel, p.Sites, p.RDTSCSites
 	if g.devs, err = o.devices.open(); err != nil {
 		return nil, err
 	}
@@ -191,20 +195,13 @@ func (o *guestOptions) prepare() (*preparedGuest, error) {
 			return nil, usageError{errors.New("--work applies to the example Linux guest")}
 		}
 		g.cmdline = strings.TrimSpace(g.cmdline + " ftkvm.work=" + o.devices.work)
+		p.Cmdline = g.cmdline
 	}
 	return g, nil
 }
 
-// load puts the prepared guest into vm.
-func (g *preparedGuest) load(vm *vmm.VM) error {
-	if err := g.addDevices(vm); err != nil {
-		return err
-	}
-	if g.bare {
-		return vm.LoadBare(g.kernel)
-	}
-	return vm.LoadLinux(vmm.LinuxSpec{Kernel: g.kernel, Initrd: g.initrd, Cmdline: g.cmdline})
-}
+// load puts the prepared guest into vm: its devices, then its image.
+func (g *preparedGuest) load(vm *vmm.VM) error { return g.prep.Load(vm) }
 
 // addDevices adds the guest's devices to vm (load does, and a restore
 // from a snapshot, which loads no image).

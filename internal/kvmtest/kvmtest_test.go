@@ -2,6 +2,7 @@ package kvmtest
 
 import (
 	"errors"
+	"flag"
 	"strings"
 	"testing"
 )
@@ -81,5 +82,26 @@ func TestUsable(t *testing.T) {
 				t.Fatalf("error %q lacks %q", err, c.msg)
 			}
 		})
+	}
+}
+
+// Where Require would skip, RunExamples leaves the Examples out by adding
+// the named Examples to test.skip, keeping a pattern already given.
+func TestSkipExamples(t *testing.T) {
+	f := flag.Lookup("test.skip")
+	if f == nil {
+		t.Fatal("no test.skip flag")
+	}
+	old := f.Value.String()
+	defer f.Value.Set(old)
+	f.Value.Set("")
+	skipExamples([]string{"Example", "ExampleRecordFile"}, "needs /dev/kvm: elsewhere", errors.New("no device"))
+	if got := f.Value.String(); got != "^(Example|ExampleRecordFile)$" {
+		t.Errorf("test.skip = %q", got)
+	}
+	f.Value.Set("TestSlow")
+	skipExamples([]string{"Example"}, "needs /dev/kvm: elsewhere", errors.New("no device"))
+	if got := f.Value.String(); got != "TestSlow|^(Example)$" {
+		t.Errorf("test.skip = %q", got)
 	}
 }

@@ -171,14 +171,14 @@ func (m *Machine) Fingerprint() ([32]byte, error) {
 func (m *Machine) CaptureVCPUState() (vmm.VCPUState, error) {
 	s := vmm.VCPUState{Regs: m.regs}
 	if m.queued {
-		s.Events.I.Inject, s.Events.I.Nr = 1, 0x20
+		s.QueueInterrupt(0x20)
 	}
 	return s, nil
 }
 
 func (m *Machine) ApplyVCPUState(s vmm.VCPUState) error {
 	m.regs = s.Regs
-	m.queued = s.Events.I.Inject == 1
+	_, m.queued = s.QueuedInterrupt()
 	return nil
 }
 

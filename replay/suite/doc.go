@@ -7,5 +7,8 @@
 // final machine fingerprint. Negative tests feed the replayer damaged,
 // reordered, tampered and foreign logs and require a clear error.
 //
-// The package has no non-test code: `go test ./replay/suite/` is the suite.
+// `go test ./replay/suite/` is the suite. Check runs the same record,
+// replay and divergence checks on a guest of the caller's own (prepared
+// with replay.PrepareBare or replay.PrepareLinux), with the markers its
+// console must show.
 package suite

@@ -8,9 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"runtime"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -158,25 +156,6 @@ func (p *echoPeer) stop() [][]byte {
 	return p.frames
 }
 
-// busyCore keeps the second core loaded while a recording runs, so host
-// timing differs from run to run.
-func busyCore(t *testing.T) func() {
-	var stop atomic.Bool
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread()
-		x := uint64(1)
-		for !stop.Load() {
-			for i := 0; i < 10000; i++ {
-				x = x*6364136223846793005 + 1
-			}
-		}
-		_ = x
-	}()
-	return func() { stop.Store(true); <-done }
-}
-
 func record(t *testing.T, g guest, input string, rng *rand.Rand) recording {
 	t.Helper()
 	requireKVM(t)
@@ -236,7 +215,7 @@ func record(t *testing.T, g guest, input string, rng *rand.Rand) recording {
 			t.Fatal(err)
 		}
 	}
-	stop := busyCore(t)
+	stop := busyCore()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	res, err := vm.Run(ctx)
 	cancel()
