@@ -42,6 +42,10 @@ func (c FileConfig) vmConfig(spec vmm.Spec, console io.Writer, d vmm.Driver) (vm
 	return vmm.Config{Spec: spec, Options: o}, nil
 }
 
+// newVM builds RecordFile's and ReplayFile's VM. Tests swap it for one
+// that runs the real vmm loop over vmmtest's fake vCPU, without KVM.
+var newVM = vmm.New
+
 // RecordFile runs g on a new VM, recording it to the log file path, and
 // returns how the guest stopped. The log is written to path+".partial",
 // flushed every flushlog.Interval (a crash leaves it readable up to its
@@ -73,11 +77,17 @@ func RecordFile(ctx context.Context, path string, g *PreparedGuest, cfg FileConf
 		return vmm.Result{}, err
 	}
 	epoch := time.Now()
-	vc, err := cfg.vmConfig(g.Spec(epoch), cfg.Console, rec)
+	// The console's output is logged too (Output events), so that a
+	// replay checks what the guest printed, not only where it ended.
+	cons := &recordedConsole{rec: rec, out: cfg.Console}
+	if cons.out == nil {
+		cons.out = io.Discard
+	}
+	vc, err := cfg.vmConfig(g.Spec(epoch), cons, rec)
 	if err != nil {
 		return vmm.Result{}, err
 	}
-	vm, err := vmm.New(vc)
+	vm, err := newVM(vc)
 	if err != nil {
 		return vmm.Result{}, err
 	}
@@ -105,6 +115,22 @@ func RecordFile(ctx context.Context, path string, g *PreparedGuest, cfg FileConf
 		return res, runErr
 	}
 	return res, err
+}
+
+// recordedConsole logs the guest's console output as it goes out.
+type recordedConsole struct {
+	rec      *Recorder
+	out      io.Writer
+	released uint64
+}
+
+func (c *recordedConsole) Write(data []byte) (int, error) {
+	if _, err := c.rec.Output(data, c.released); err != nil {
+		return 0, err
+	}
+	n, err := c.out.Write(data)
+	c.released += uint64(n)
+	return n, err
 }
 
 // fileSink is RecordFile's Sink: events go to l, which the header makes.
@@ -159,7 +185,7 @@ func ReplayFile(ctx context.Context, path string, g *PreparedGuest, cfg FileConf
 	if err != nil {
 		return vmm.Result{}, err
 	}
-	vm, err := vmm.New(vc)
+	vm, err := newVM(vc)
 	if err != nil {
 		return vmm.Result{}, err
 	}
