@@ -42,6 +42,23 @@ func (c FileConfig) vmConfig(spec vmm.Spec, console io.Writer, d vmm.Driver) (vm
 	return vmm.Config{Spec: spec, Options: o}, nil
 }
 
+// loadedVM builds the VM g runs on, driven by d, with g loaded.
+func (c FileConfig) loadedVM(g *PreparedGuest, epoch time.Time, console io.Writer, d vmm.Driver) (*vmm.VM, error) {
+	vc, err := c.vmConfig(g.Spec(epoch), console, d)
+	if err != nil {
+		return nil, err
+	}
+	vm, err := newVM(vc)
+	if err != nil {
+		return nil, err
+	}
+	if err := g.Load(vm); err != nil {
+		vm.Close()
+		return nil, err
+	}
+	return vm, nil
+}
+
 // newVM builds RecordFile's and ReplayFile's VM. Tests swap it for one
 // that runs the real vmm loop over vmmtest's fake vCPU, without KVM.
 var newVM = vmm.New
@@ -83,18 +100,11 @@ func RecordFile(ctx context.Context, path string, g *PreparedGuest, cfg FileConf
 	if cons.out == nil {
 		cons.out = io.Discard
 	}
-	vc, err := cfg.vmConfig(g.Spec(epoch), cons, rec)
-	if err != nil {
-		return vmm.Result{}, err
-	}
-	vm, err := newVM(vc)
+	vm, err := cfg.loadedVM(g, epoch, cons, rec)
 	if err != nil {
 		return vmm.Result{}, err
 	}
 	defer vm.Close()
-	if err := g.Load(vm); err != nil {
-		return vmm.Result{}, err
-	}
 	w, err := logio.NewWriter(f, g.Header(vm, epoch, cfg.Verify))
 	if err != nil {
 		return vmm.Result{}, fmt.Errorf("writing %s: %w", partial, err)
@@ -181,19 +191,12 @@ func ReplayFile(ctx context.Context, path string, g *PreparedGuest, cfg FileConf
 	}
 	cons := &checkedConsole{rp: rp, out: out}
 	epoch := time.Unix(0, recorded.EpochUnixNano)
-	vc, err := cfg.vmConfig(g.Spec(epoch), cons, rp)
-	if err != nil {
-		return vmm.Result{}, err
-	}
-	vm, err := newVM(vc)
+	vm, err := cfg.loadedVM(g, epoch, cons, rp)
 	if err != nil {
 		return vmm.Result{}, err
 	}
 	defer vm.Close()
 	cons.vm = vm
-	if err := g.Load(vm); err != nil {
-		return vmm.Result{}, err
-	}
 	if err := logio.CompareHeaders(recorded, g.Header(vm, epoch, recorded.Verify)); err != nil {
 		return vmm.Result{}, fmt.Errorf("%s cannot replay on this VM: %w", path, err)
 	}

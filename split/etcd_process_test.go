@@ -158,23 +158,7 @@ func TestEtcdProcessesRaceOneWinner(t *testing.T) {
 			results[i] = strings.TrimSuffix(line, "\n")
 		}
 		<-disrupted
-		winner := ""
-		for i, r := range results {
-			if r == "won" {
-				if winner != "" {
-					t.Fatalf("generation %d: both %s and proc%02d won: %q", gen, winner, i, results)
-				}
-				winner = fmt.Sprintf("proc%02d", i)
-			}
-		}
-		if winner == "" {
-			t.Fatalf("generation %d: nobody won: %q", gen, results)
-		}
-		for i, r := range results {
-			if r != "won" && r != "lost "+winner {
-				t.Fatalf("generation %d: proc%02d said %q, want \"lost %s\"", gen, i, r, winner)
-			}
-		}
+		oneWinner(t, uint64(gen), results)
 	}
 	t.Logf("%d processes x %d generations: one winner each, in %v", procs, rounds, time.Since(start).Round(time.Millisecond))
 }

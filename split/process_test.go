@@ -120,23 +120,7 @@ func TestProcessesRaceOneWinner(t *testing.T) {
 			}
 		}
 
-		winner := ""
-		for i, r := range results {
-			if r == "won" {
-				if winner != "" {
-					t.Fatalf("generation %d: both %s and proc%02d won: %q", gen, winner, i, results)
-				}
-				winner = fmt.Sprintf("proc%02d", i)
-			}
-		}
-		if winner == "" {
-			t.Fatalf("generation %d: nobody won: %q", gen, results)
-		}
-		for i, r := range results {
-			if r != "won" && r != "lost "+winner {
-				t.Fatalf("generation %d: proc%02d said %q, want \"lost %s\"", gen, i, r, winner)
-			}
-		}
+		winner := oneWinner(t, gen, results)
 		rec, err := newArbiter(t, dir, "observer", gen).Owner(context.Background())
 		if err != nil || rec.Owner != winner {
 			t.Fatalf("generation %d: record %+v, %v; want %s", gen, rec, err, winner)
@@ -146,4 +130,29 @@ func TestProcessesRaceOneWinner(t *testing.T) {
 	if got := dirNames(t, dir); len(got) != rounds {
 		t.Fatalf("directory holds %q, want %d claims and no temporary files", got, rounds)
 	}
+}
+
+// oneWinner checks one generation's answers from the racing processes
+// ("won", or "lost " and the winner's name) and returns the winner's name:
+// exactly one won, and every other one names it.
+func oneWinner(t *testing.T, gen uint64, results []string) string {
+	t.Helper()
+	winner := ""
+	for i, r := range results {
+		if r == "won" {
+			if winner != "" {
+				t.Fatalf("generation %d: both %s and proc%02d won: %q", gen, winner, i, results)
+			}
+			winner = fmt.Sprintf("proc%02d", i)
+		}
+	}
+	if winner == "" {
+		t.Fatalf("generation %d: nobody won: %q", gen, results)
+	}
+	for i, r := range results {
+		if r != "won" && r != "lost "+winner {
+			t.Fatalf("generation %d: proc%02d said %q, want \"lost %s\"", gen, i, r, winner)
+		}
+	}
+	return winner
 }
