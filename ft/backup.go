@@ -134,6 +134,7 @@ func RunBackup(ctx context.Context, cfg Config, addr string, connectWait time.Du
 	b.logBytes.Add(uint64(len(entry)))
 	b.gen = h.Generation
 	b.joined.Store(true)
+	b.report() // joined: protected from here
 	if b.arb, err = cfg.arbiter(h.Generation); err != nil {
 		return Result{}, err
 	}
@@ -463,7 +464,9 @@ func (b *backup) snapshot() (Status, time.Time) {
 	s := Status{State: state.String(), Reason: why, Generation: b.gen, LogBytes: b.logBytes.Load()}
 	switch {
 	case !b.joined.Load():
-		s.Reason = "connecting to the primary"
+		// Not in the pair yet: joining, as a primary waiting for its
+		// backup is.
+		s.State, s.Reason = stJoining.String(), "connecting to the primary"
 	case state == stReplaying:
 		s.Protected = true
 	case state == stDraining:

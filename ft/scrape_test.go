@@ -121,11 +121,11 @@ func TestScrapeAcrossFailover(t *testing.T) {
 	if !inOrder(pStates, []string{"joining", "protected"}) || !pProt["protected"] || !ps.logBytes {
 		t.Errorf("the primary's scrapes: %v, protected %v, log bytes %v", pStates, pProt, ps.logBytes)
 	}
-	if !inOrder(bStates, []string{"replaying", "claiming", "live"}) || bStates[len(bStates)-1] != "live" || !bProt["replaying"] || bProt["live"] {
+	if !inOrder(bStates, []string{"joining", "replaying", "claiming", "live"}) || bStates[len(bStates)-1] != "live" || !bProt["replaying"] || bProt["live"] {
 		t.Errorf("the backup's scrapes: %v, protected %v", bStates, bProt)
 	}
 	// The states only move forward.
-	rank := map[string]int{"replaying": 1, "draining": 2, "claiming": 3, "live": 4}
+	rank := map[string]int{"joining": 1, "replaying": 2, "draining": 3, "claiming": 4, "live": 5}
 	for i, st := range bStates {
 		if rank[st] == 0 || (i > 0 && rank[st] <= rank[bStates[i-1]]) {
 			t.Errorf("the backup's scrapes show %v: %q out of order", bStates, st)
