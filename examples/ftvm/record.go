@@ -83,6 +83,8 @@ func cmdRecord(ctx context.Context, args []string) (int, error) {
 	st := rec.Stats()
 	info("logged %d events (%d clock, %d deliveries, %d at landmarks carrying %d pages (%d zero), %d injections, %d rdtsc, %d reads), %d bytes; capturing the landmarks took %v",
 		st.Events, st.Clock, st.Delivers, st.Landmarks, st.LandmarkPages, st.ZeroPages, st.Injects, st.TSC, st.Reads, size, st.LandmarkTime.Round(time.Millisecond))
+	info("deliveries: %d at synchronous exits, %d at kicks and %d at interrupt-window exits (landmarks); %.1f landmarks per second of guest run time (%v)",
+		st.DeliveriesAtExits, st.LandmarksAtKicks, st.LandmarksAtWindows, perSecond(st.Landmarks, vm.RunTime()), vm.RunTime().Round(time.Millisecond))
 	code, err := report(info, res, runErr)
 	printFingerprint(vm)
 	return code, err
@@ -175,4 +177,12 @@ func printFingerprint(vm *vmm.VM) {
 		return
 	}
 	fmt.Printf("fingerprint %x\n", fp)
+}
+
+// perSecond is n per second of d (0 for no time).
+func perSecond(n uint64, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(n) / d.Seconds()
 }
