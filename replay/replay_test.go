@@ -190,6 +190,10 @@ func TestToyRecordReplayRoundTrip(t *testing.T) {
 		if rec.res.Reason != vmm.StopExitPort || rec.res.Status != 7 {
 			t.Fatalf("program %d: recording ended %+v", i, rec.res)
 		}
+		checkDeliveryCounts(t, rec.stats)
+		if rec.stats.LandmarksAtWindows != 0 || rec.stats.DeliveriesAtWindows != 0 {
+			t.Errorf("program %d: deliveries at window exits on a machine that makes none: %+v", i, rec.stats)
+		}
 		rp := replayToy(t, prog, rec.events, ReplayerConfig{})
 		if rp.err != nil {
 			t.Fatalf("program %d (kick after %v): replay: %v", i, o.kickAfter, rp.err)
