@@ -218,6 +218,9 @@ func RunPrimary(ctx context.Context, cfg Config, l net.Listener, waitBackup time
 		res.Duration.Round(time.Millisecond), vm.RunTime().Round(time.Millisecond), st.Landmarks, st.LandmarkTime.Round(time.Millisecond),
 		st.LandmarkCost().Round(time.Microsecond), st.LandmarkMax.Round(time.Microsecond), st.LogWait.Round(time.Millisecond), p.sinkWait.Round(time.Millisecond),
 		(res.Duration - vm.RunTime() - st.LandmarkTime - st.LogWait - p.sinkWait).Round(time.Millisecond), st.LandmarkFinishTime.Round(time.Millisecond)))
+	p.log.Info(fmt.Sprintf("deliveries: %d at synchronous exits, %d at window exits by count, %d at kicks and %d at window exits with landmarks; %.1f landmarks per second of guest run time",
+		st.DeliveriesAtExits, st.DeliveriesAtWindows, st.LandmarksAtKicks, st.LandmarksAtWindows, float64(st.Landmarks)/max(vm.RunTime().Seconds(), 1e-9)),
+		"at_exits", st.DeliveriesAtExits, "landmarks_at_kicks", st.LandmarksAtKicks, "landmarks_at_windows", st.LandmarksAtWindows)
 	return r, runErr
 }
 

@@ -123,6 +123,9 @@ func describe(ev *logpb.Event) string {
 	case *logpb.Event_Submit:
 		return fmt.Sprintf("a device write submitted (tag %#x, %d bytes) at %d exits", k.Submit.Tag, k.Submit.Len, ev.Exits)
 	case *logpb.Event_Deliver:
+		if k.Deliver.AtWindow() {
+			return fmt.Sprintf("a delivery at the first interrupt-window exit (RIP %#x) after %d exits", k.Deliver.Landmark.Rip, ev.Exits)
+		}
 		if k.Deliver.Landmark != nil {
 			return fmt.Sprintf("a delivery at a landmark (RIP %#x) after %d exits", k.Deliver.Landmark.Rip, ev.Exits)
 		}

@@ -14,7 +14,13 @@
 //     and the interrupts injected;
 //   - between two exits, where a kick (or an interrupt-window exit) stopped
 //     the vCPU because an event had waited KickAfter for an exit: a
-//     delivery with a landmark.
+//     delivery with a landmark;
+//   - with RecorderConfig.WindowCounts, at an interrupt-window exit: a
+//     delivery at "the first window exit after exit N (or the landmark
+//     after it)", with the registers there and no landmark. The replayer
+//     asks for a window exactly there (Windows is true only then), and a
+//     window exit at other registers, or one the log does not have, is a
+//     divergence.
 //
 // # Landmarks: state transfer
 //

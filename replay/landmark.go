@@ -151,9 +151,17 @@ func checkExit(regs vmm.Regs, lm *logpb.Landmark) error {
 	if len(want) == 0 {
 		return nil
 	}
-	got := exitRegs(regs)
+	if diff := regsDiff(exitRegs(regs), want); diff != "" {
+		return fmt.Errorf("registers at the exit differ:%s", diff)
+	}
+	return nil
+}
+
+// regsDiff names the registers (as exitRegs lists them) where got and
+// the recorded want differ; "" if none.
+func regsDiff(got, want []uint64) string {
 	if slices.Equal(got, want) {
-		return nil
+		return ""
 	}
 	names := append([]string{"rip", "rflags"}, gprNames...)
 	var diff string
@@ -165,7 +173,7 @@ func checkExit(regs vmm.Regs, lm *logpb.Landmark) error {
 	if len(want) != len(got) {
 		diff += fmt.Sprintf(" (%d registers recorded, want %d)", len(want), len(got))
 	}
-	return fmt.Errorf("registers at the exit differ:%s", diff)
+	return diff
 }
 
 var gprNames = []string{"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"}

@@ -42,6 +42,17 @@ type RecorderConfig struct {
 	// backup's ack of the event. Without it writes are logged but not
 	// held.
 	HoldWrite func(seq uint64) func() error
+	// WindowCounts logs a delivery at an interrupt-window exit as "at the
+	// first window exit after the last synchronous exit or landmark",
+	// with the registers there for the replay to check, instead of a
+	// state-transfer landmark: the guest's own execution fixes where it
+	// opens the window, so a replay that asks for a window at the same
+	// point reaches the same instruction. That holds where KVM reports
+	// the window at the instruction that opened it; where it does not (a
+	// host on which window exits land at varying instructions) the
+	// replay stops with a divergence at the window exit. Off: every
+	// delivery between exits takes a landmark.
+	WindowCounts bool
 	// From, if set, continues a log that another driver began (a backup
 	// that records its run after going live, ReplayerConfig.Continue):
 	// the first event is numbered From.Seq+1, and every TSC value the
@@ -77,6 +88,12 @@ type Recorder struct {
 // RecordStats counts what a recording logged.
 type RecordStats struct {
 	Events, Clock, Delivers, Landmarks, Injects, TSC, Reads, Fingerprints, Outputs, Submits uint64
+	// Where the Delivers were: at a synchronous exit (no landmark),
+	// between exits at a kick or an interrupt-window exit (each a
+	// landmark: LandmarksAtKicks+LandmarksAtWindows == Landmarks), or at
+	// a window exit named by its count (RecorderConfig.WindowCounts, no
+	// landmark).
+	DeliveriesAtExits, LandmarksAtKicks, LandmarksAtWindows, DeliveriesAtWindows uint64
 	// LandmarkPages counts the pages state-transfer landmarks carried
 	// (ZeroPages of them all zeros, sent without data; ZeroPages is
 	// complete once the run has stopped).
@@ -260,7 +277,15 @@ func (r *Recorder) Deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
 		d.Dma = append(d.Dma, &logpb.Dma{Tag: c.Tag, Data: c.Data, Error: c.Err})
 	}
 	var raw *rawLandmark
-	if p.Kind != vmm.AtExit {
+	switch {
+	case p.Kind == vmm.Window && r.cfg.WindowCounts:
+		regs, err := vm.Regs()
+		if err != nil {
+			return false, err
+		}
+		d.Landmark = &logpb.Landmark{Rip: regs.RIP, Rflags: regs.RFLAGS, Gprs: vmm.GPRs(regs)}
+		r.stats.DeliveriesAtWindows++
+	case p.Kind != vmm.AtExit:
 		began := time.Now()
 		var err error
 		raw, err = captureLandmark(vm, r.pipe.buffer())
@@ -272,7 +297,14 @@ func (r *Recorder) Deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
 		}
 		raw.lm.ExitRegs = r.exitRegs
 		r.stats.Landmarks++
+		if p.Kind == vmm.Window {
+			r.stats.LandmarksAtWindows++
+		} else {
+			r.stats.LandmarksAtKicks++
+		}
 		r.stats.LandmarkPages += uint64(len(raw.lm.Pages))
+	default:
+		r.stats.DeliveriesAtExits++
 	}
 	r.emitLandmark(p, &logpb.Event{Kind: &logpb.Event_Deliver{Deliver: d}}, raw)
 	r.stats.Delivers++

@@ -78,12 +78,14 @@ type recordOpts struct {
 	verify    bool
 	input     string
 	seed      uint64 // DMA data and delays
+	windows   bool   // the toy makes interrupt-window exits (toyvm.SetWindows)
+	counts    bool   // RecorderConfig.WindowCounts
 }
 
 func recordToy(t *testing.T, prog []toyOp, o recordOpts) toyRecording {
 	t.Helper()
 	log := &MemLog{}
-	cfg := RecorderConfig{Sink: log, KickAfter: o.kickAfter, FingerprintEvery: o.fpEvery, Verify: o.verify}
+	cfg := RecorderConfig{Sink: log, KickAfter: o.kickAfter, FingerprintEvery: o.fpEvery, Verify: o.verify, WindowCounts: o.counts}
 	if o.input != "" {
 		cfg.Input = strings.NewReader(o.input)
 	}
@@ -94,6 +96,7 @@ func recordToy(t *testing.T, prog []toyOp, o recordOpts) toyRecording {
 	m := newToy(prog)
 	m.SetClock(rec.Clock())
 	m.SetSpin(100)
+	m.SetWindows(o.windows)
 	m.SetBounce(bounce.NewEngine(func(req bounce.Request) ([]byte, error) {
 		r := rand.New(rand.NewPCG(o.seed, req.Tag))
 		time.Sleep(time.Duration(r.IntN(500)) * time.Microsecond)
@@ -186,6 +189,10 @@ func TestToyRecordReplayRoundTrip(t *testing.T) {
 		rec := recordToy(t, prog, o)
 		if rec.res.Reason != vmm.StopExitPort || rec.res.Status != 7 {
 			t.Fatalf("program %d: recording ended %+v", i, rec.res)
+		}
+		checkDeliveryCounts(t, rec.stats)
+		if rec.stats.LandmarksAtWindows != 0 || rec.stats.DeliveriesAtWindows != 0 {
+			t.Errorf("program %d: deliveries at window exits on a machine that makes none: %+v", i, rec.stats)
 		}
 		rp := replayToy(t, prog, rec.events, ReplayerConfig{})
 		if rp.err != nil {

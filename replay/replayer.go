@@ -83,6 +83,9 @@ type ReplayStats struct {
 	Events, Landmarks, Fingerprints, Outputs, Submits uint64
 	// LandmarkPages counts the pages state-transfer landmarks loaded.
 	LandmarkPages uint64
+	// Windows counts the deliveries replayed at interrupt-window exits
+	// the log named by their count (RecorderConfig.WindowCounts).
+	Windows uint64
 	// LiveAt is where the replay went live (Config.GoLive), if it did.
 	LiveAt *vmm.Point
 	// Handovers counts the Handover events replayed across (a backup's
@@ -150,7 +153,8 @@ func (r *Replayer) Deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
 func (r *Replayer) NextEntry() vmm.EntryMode { return r.drv.nextEntry() }
 
 // Windows implements vmm.Driver: a replay injects only where the log
-// says, so it asks for interrupt-window exits only once live.
+// says, so it asks for interrupt-window exits only where the log has a
+// delivery at one, and once live.
 func (r *Replayer) Windows() bool { return r.drv.windows() }
 
 // Halted implements vmm.Driver. The recording left this halt only when an

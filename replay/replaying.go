@@ -37,6 +37,9 @@ func (d replaying) deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
 	if r.loc.busy() {
 		return r.atLandmark(vm, p)
 	}
+	if p.Kind == vmm.Window {
+		return r.atWindow(vm, p)
+	}
 	if p.Kind != vmm.AtExit {
 		return false, nil // a kick from cancellation: nothing recorded here
 	}
@@ -78,6 +81,9 @@ func (d replaying) deliver(vm vmm.Machine, p vmm.Point) (bool, error) {
 			}
 			r.stats.Fingerprints++
 		case *logpb.Event_Deliver:
+			if k.Deliver.AtWindow() {
+				return delivered, r.err // at the window exit windows asks for
+			}
 			if k.Deliver.Landmark != nil {
 				return delivered, r.startLandmark(vm, p, ev)
 			}
@@ -102,7 +108,7 @@ func (d replaying) nextEntry() vmm.EntryMode {
 		// primary injected at the exit and was kicked before running an
 		// instruction, or two landmarks share an exit).
 		p := r.vm.Point()
-		if ev := r.peek(); ev != nil && ev.Exits == p.Exits && ev.GetDeliver().GetLandmark() != nil {
+		if ev := r.peek(); ev != nil && ev.Exits == p.Exits && ev.GetDeliver().AtLandmark() {
 			if r.startLandmark(r.vm, p, ev) != nil {
 				return vmm.EntryRun // the sticky error stops the run at the next point
 			}
@@ -111,7 +117,44 @@ func (d replaying) nextEntry() vmm.EntryMode {
 	return r.loc.entry()
 }
 
-func (replaying) windows() bool { return false }
+// windows asks for an interrupt-window exit only where the log's next
+// event is a delivery at one, after this exit (or the landmark loaded
+// after it): the recording asked for it in the same state, so the guest
+// opens the window at the same instruction.
+func (d replaying) windows() bool {
+	r := d.r
+	if r.err != nil || r.loc.busy() || r.vm == nil {
+		return false
+	}
+	ev := r.peek()
+	return ev != nil && ev.Exits == r.vm.Point().Exits && ev.GetDeliver().AtWindow()
+}
+
+// atWindow replays the delivery at an interrupt-window exit: the log's
+// next event must be one, after the same exit, and the registers must be
+// those the recording had there.
+func (r *Replayer) atWindow(vm vmm.Machine, p vmm.Point) (bool, error) {
+	ev := r.peek()
+	if r.err != nil {
+		return false, r.err
+	}
+	if ev == nil || ev.Exits != p.Exits || !ev.GetDeliver().AtWindow() {
+		return false, r.diverge(p, 0, "an interrupt-window exit the log does not have", "a delivery at a window exit after "+fmt.Sprint(p.Exits)+" exits", describe(ev))
+	}
+	d := ev.GetDeliver()
+	regs, err := vm.Regs()
+	if err != nil {
+		return false, err
+	}
+	lm := d.Landmark
+	if diff := regsDiff(exitRegs(regs), append([]uint64{lm.Rip, lm.Rflags}, lm.Gprs...)); diff != "" {
+		return false, r.diverge(p, ev.Seq, "the replay's interrupt-window exit is at another instruction or in another state", "the recorded registers", "registers that differ:"+diff)
+	}
+	r.consume()
+	r.stats.Windows++
+	vm.DeliverAsync(asyncOf(d))
+	return true, nil
+}
 
 func (d replaying) halted(ctx context.Context, vm vmm.Machine, p vmm.Point) error {
 	if d.r.atHandover() {

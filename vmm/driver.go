@@ -20,10 +20,12 @@ const (
 	Kicked
 	// Window: between exits, where KVM reported that the guest can take
 	// the interrupt the VM asked to inject (an interrupt-window exit). On
-	// this platform such an exit does not land at a predictable
-	// instruction (it can come several instructions after the guest set
-	// IF), so it is not a synchronous exit: a recorder pins it down with a
-	// landmark like a kick.
+	// the kvm_pvm hosts such an exit did not land at a predictable
+	// instruction (it came several instructions after the guest set IF;
+	// not measured on the emulated hosts), so it is not a synchronous
+	// exit: a recorder pins it down with a landmark like a kick, or, if
+	// asked to (replay.RecorderConfig.WindowCounts), names it as the first
+	// window after its exit and has the replay check that it lands there.
 	Window
 )
 
@@ -94,8 +96,8 @@ type Driver interface {
 	Deliver(vm Machine, p Point) (bool, error)
 	// Windows reports whether the VM may ask KVM for interrupt-window
 	// exits (Window points) when an interrupt is pending but the guest
-	// cannot take it yet. A replayer says no: it injects only where the
-	// log says.
+	// cannot take it yet. A replayer says yes only where the log has a
+	// delivery at a window exit next: it injects only where the log says.
 	Windows() bool
 	// Halted is called when the guest waits in HLT with interrupts enabled
 	// and no interrupt pending. It blocks until something is due at p (the

@@ -78,9 +78,11 @@ func (c exitClass) String() string {
 //     depends on host timing: the point is pinned by a landmark, not a
 //     count.
 //   - Window points (classWindow): an interrupt-window exit. It is asked
-//     for (injectInterrupt), not caused by an instruction, and on this
-//     platform it can come several instructions after the guest set IF, so
-//     it is not counted either; a recorder pins it like a kick.
+//     for (injectInterrupt), not caused by an instruction, and on the
+//     kvm_pvm hosts it came several instructions after the guest set IF, so
+//     it is not counted either; a recorder pins it like a kick, or names it
+//     as the first window after its exit and has the replay check it
+//     (replay.RecorderConfig.WindowCounts).
 //   - No point (classRetry): EAGAIN, KVM_RUN did not enter the guest; the
 //     loop enters again at the same point.
 //   - Failure (classFailed): any other errno.

@@ -215,7 +215,9 @@ func formatEvent(ev *logpb.Event) string {
 		d := k.Deliver
 		var b strings.Builder
 		b.WriteString("deliver")
-		if lm := d.GetLandmark(); lm != nil {
+		if lm := d.GetLandmark(); d.AtWindow() {
+			fmt.Fprintf(&b, " at the first window exit, rip %#x rflags %#x", lm.GetRip(), lm.GetRflags())
+		} else if lm != nil {
 			fmt.Fprintf(&b, " at rip %#x rflags %#x, %d pages", lm.GetRip(), lm.GetRflags(), len(lm.GetPages()))
 		} else {
 			b.WriteString(" at the exit")

@@ -27,6 +27,7 @@ func cmdRecord(ctx context.Context, args []string) (int, error) {
 	verify := fs.Bool("verify", false, "also log every PIO/MMIO read value, so a replay stops at the first read that differs")
 	every := fs.Uint64("fingerprint-every", 0, "log a machine-state fingerprint after this many events (0: only at the end)")
 	kickAfter := fs.Duration("kick-after", 2*time.Millisecond, "how long an event waits for a synchronous exit before the vCPU is kicked")
+	windowCounts := fs.Bool("window-counts", false, "log a delivery at an interrupt-window exit as the first window after its exit (registers only) instead of a state-transfer landmark; a replay stops with a divergence if this host's window exits do not land where the guest opened the window (experimental: not measured on the emulated hosts yet)")
 	timeout := fs.Duration("timeout", 0, "stop the guest after this long (0: no limit)")
 	quiet := fs.Bool("q", false, "no progress or summary lines on stderr")
 	progressPeriod := fs.Duration("progress", progressEvery, "period of the progress line on stderr (0: none)")
@@ -50,7 +51,7 @@ func cmdRecord(ctx context.Context, args []string) (int, error) {
 	}
 	defer lf.finish()
 	var prog progress
-	rec, err := replay.NewRecorder(replay.RecorderConfig{Sink: countingSink{lf, &prog}, Input: os.Stdin, Verify: *verify, FingerprintEvery: *every, KickAfter: *kickAfter})
+	rec, err := replay.NewRecorder(replay.RecorderConfig{Sink: countingSink{lf, &prog}, Input: os.Stdin, Verify: *verify, FingerprintEvery: *every, KickAfter: *kickAfter, WindowCounts: *windowCounts})
 	if err != nil {
 		return exitError, err
 	}
@@ -83,6 +84,8 @@ func cmdRecord(ctx context.Context, args []string) (int, error) {
 	st := rec.Stats()
 	info("logged %d events (%d clock, %d deliveries, %d at landmarks carrying %d pages (%d zero), %d injections, %d rdtsc, %d reads), %d bytes; capturing the landmarks took %v",
 		st.Events, st.Clock, st.Delivers, st.Landmarks, st.LandmarkPages, st.ZeroPages, st.Injects, st.TSC, st.Reads, size, st.LandmarkTime.Round(time.Millisecond))
+	info("deliveries: %d at synchronous exits, %d at window exits by count, %d at kicks and %d at window exits with landmarks; %.1f landmarks per second of guest run time (%v)",
+		st.DeliveriesAtExits, st.DeliveriesAtWindows, st.LandmarksAtKicks, st.LandmarksAtWindows, perSecond(st.Landmarks, vm.RunTime()), vm.RunTime().Round(time.Millisecond))
 	code, err := report(info, res, runErr)
 	printFingerprint(vm)
 	return code, err
@@ -175,4 +178,12 @@ func printFingerprint(vm *vmm.VM) {
 		return
 	}
 	fmt.Printf("fingerprint %x\n", fp)
+}
+
+// perSecond is n per second of d (0 for no time).
+func perSecond(n uint64, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(n) / d.Seconds()
 }

@@ -79,7 +79,7 @@ func cmdReplay(ctx context.Context, args []string) (int, error) {
 	res, runErr := vm.Run(ctx)
 	stopProgress()
 	st := rp.Stats()
-	info("replayed %d events, %d landmarks (%s: %d pages loaded)", st.Events, st.Landmarks, replay.StrategyStateTransfer, st.LandmarkPages)
+	info("replayed %d events, %d landmarks (%s: %d pages loaded), %d deliveries at window exits by count", st.Events, st.Landmarks, replay.StrategyStateTransfer, st.LandmarkPages, st.Windows)
 	if st.Handovers > 0 {
 		info("replayed across a failover: the backup's own run from %v on (%d handover events)", *st.JoinedAt, st.Handovers)
 	}

@@ -83,6 +83,8 @@ type Machine struct {
 	console  []byte // COM1 receive buffer
 	bounce   *bounce.Engine
 	kicked   atomic.Bool
+	windows  bool // model interrupt-window exits (SetWindows)
+	window   bool // the driver asked for one: an interrupt waits for IF
 	inRead   bool // inside a device's clock or TSC read
 	spin     int  // busy iterations per work iteration (recordings want kicks to land mid-op)
 	output   func(p vmm.Point, b []byte) error
@@ -111,6 +113,12 @@ func (m *Machine) SetOutput(f func(p vmm.Point, b []byte) error) { m.output = f 
 // SetSpin makes each work iteration busy for n more steps, so that kicks
 // land in the middle of work ops.
 func (m *Machine) SetSpin(n int) { m.spin = n }
+
+// SetWindows makes the machine model interrupt-window exits: when an
+// interrupt is pending with IF clear and the driver's Windows says yes,
+// the Sti that sets IF ends at a Window point, as KVM's exit would.
+// Without it the interrupt waits for the next synchronous exit or kick.
+func (m *Machine) SetWindows(on bool) { m.windows = on }
 
 // SetPoint moves the run to p (tests of a driver alone).
 func (m *Machine) SetPoint(p vmm.Point) { m.point = p; m.exits.Store(p.Exits) }
@@ -298,7 +306,12 @@ func (m *Machine) Run(ctx context.Context, d vmm.Driver) (res vmm.Result, err er
 }
 
 func (m *Machine) inject(d vmm.Driver) error {
-	if !m.irq || m.queued || m.regs.RFLAGS&vmm.RFlagsIF == 0 {
+	m.window = false
+	if !m.irq || m.queued {
+		return nil
+	}
+	if m.regs.RFLAGS&vmm.RFlagsIF == 0 {
+		m.window = m.windows && d.Windows()
 		return nil
 	}
 	m.irq, m.queued = false, true
@@ -360,6 +373,11 @@ func (m *Machine) runGuest(ctx context.Context, d vmm.Driver) (vmm.Result, bool,
 		case Sti:
 			m.regs.RFLAGS |= vmm.RFlagsIF
 			m.regs.RIP++
+			if m.window && m.irq {
+				m.window = false
+				m.point.Kind = vmm.Window
+				return vmm.Result{}, false, nil
+			}
 			continue
 		}
 		m.point = vmm.Point{Exits: m.point.Exits + 1, Kind: vmm.AtExit}

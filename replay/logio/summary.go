@@ -42,7 +42,7 @@ func KindOf(ev *logpb.Event) Kind {
 	case *logpb.Event_Clock:
 		return KindClock
 	case *logpb.Event_Deliver:
-		if k.Deliver.GetLandmark() != nil {
+		if k.Deliver.AtLandmark() {
 			return KindDeliverLandmark
 		}
 		return KindDeliver
