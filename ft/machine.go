@@ -10,8 +10,8 @@ import (
 
 // Machine is one side's VM as ft runs it: built and loaded by a
 // MachineFactory, run once with the driver (recorder or replayer) and
-// console ft put in its vmm.Config, then closed. *vmm.VM is one (through
-// the default factory); tests use a toy machine without KVM.
+// console ft put in its vmm.Config, then closed. vmm.VM.Machine is one
+// (through the default factory); tests use a toy machine without KVM.
 type Machine interface {
 	vmm.Machine
 	// Run runs the guest until it stops, the context ends or the driver
@@ -43,7 +43,10 @@ func (g *Guest) newMachine(vc vmm.Config) (Machine, *logpb.Header, error) {
 		vm.Close()
 		return nil, nil, err
 	}
-	return vm, g.Header(vm, vc.Spec.Epoch), nil
+	// vm.Machine carries the VM's own methods too (Run, Exits, Close), and
+	// the optional capabilities the recorder and replayer look for
+	// (vmm.WriteReplayer, vmm.PageCopier), which a wrapper here would hide.
+	return vm.Machine().(Machine), g.Header(vm, vc.Spec.Epoch), nil
 }
 
 // machine builds this side's machine with the configured factory.

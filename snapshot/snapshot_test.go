@@ -68,7 +68,7 @@ func activity(t testing.TB, vm *vmm.VM) {
 		pio(t, vm, w[0], true, byte(w[1]))
 	}
 	vm.UART.Input([]byte("typed"))
-	vm.DeliverAsync(vmm.Async{Input: []byte("backlog that COM1 cannot take all of at once: " + strings.Repeat("x", 64))})
+	vm.Machine().DeliverAsync(vmm.Async{Input: []byte("backlog that COM1 cannot take all of at once: " + strings.Repeat("x", 64))})
 }
 
 // registerReads reads a fixed sequence of registers, some with side

@@ -58,7 +58,7 @@ func (v *VM) attachDevices(epoch time.Time) error {
 
 // DeliverAsync hands asynchronous events to the devices. Drivers call it
 // from Deliver, on the vCPU thread.
-func (v *VM) DeliverAsync(a Async) {
+func (v machine) DeliverAsync(a Async) {
 	if a.Timer {
 		v.PIT.Update()
 	}
@@ -128,7 +128,7 @@ func (v *VM) serveBounce(req bounce.Request) ([]byte, error) {
 }
 
 // Bounce returns the VM's bounce engine, nil if no device uses one.
-func (v *VM) Bounce() *bounce.Engine { return v.bounce }
+func (v machine) Bounce() *bounce.Engine { return v.bounce }
 
 // DMABase is where AddDMATest maps the DMA test device; DMAIRQ its
 // interrupt line.

@@ -33,21 +33,25 @@
 // Options: Console, ConsoleInput, Driver, diagnostics), LoadLinux or
 // LoadBare, devices from AddVirtio (virtio-blk, virtio-net) before the
 // load, Run, and Close; Result and *GuestError say how it ended, and
-// Fingerprint hashes the end state. Record, replay and FT sit above: use
-// package replay (RecordFile, ReplayFile, PrepareLinux, PrepareBare) and
-// package ft (LinuxGuest, BareGuest, RunPrimary, RunBackup) rather than
-// writing a Driver. The register and CPUID types (Regs, Sregs, CPUIDEntry)
-// are vmm's own mirrors of the kernel's; no KVM binding's types appear in
-// the API.
+// Fingerprint hashes the end state. While it runs, any goroutine may call
+// Kick (leave the guest soon) and Exits (progress); after it, Point and
+// Regs say where it stopped. Record, replay and FT sit above: use package
+// replay (RecordFile, ReplayFile, PrepareLinux, PrepareBare) and package
+// ft (LinuxGuest, BareGuest, RunPrimary, RunBackup) rather than writing a
+// Driver. The register and CPUID types (Regs, Sregs, CPUIDEntry) are vmm's
+// own mirrors of the kernel's; no KVM binding's types appear in the API.
 //
-// The rest of the exported surface is plumbing between the VMM and the
-// packages that drive it: the Driver interface and the Machine it is
-// handed (DeliverAsync, LoadPage, PageContents, DirtyPages,
-// CaptureVCPUState, ApplyVCPUState, TimerDeadline, Kick: replay's
-// landmarks and deliveries go through them, and internal test machines
-// implement them), WriteReplayer and ReplayWrites (a replay's device
-// writes), CancelWindow, and the VCPU port below (NewWithVCPU, Memory,
-// Bus). An embedder does not call them.
+// The replay plumbing is not on *VM: it is the Machine the run loop hands
+// its Driver (DeliverAsync, LoadPage, PageContents, CopyPages, DirtyPages,
+// CaptureVCPUState, ApplyVCPUState, TimerDeadline, InterruptPending,
+// Clock, Bounce, ReplayWrites: replay's landmarks and deliveries go
+// through them, and internal test machines implement them). VM.Machine
+// returns the same view for code that drives a VM outside a Driver's
+// calls (ft's machine factory, tests). The rest of the exported surface
+// is plumbing between the VMM and the packages that drive it: the Driver
+// interface, WriteReplayer and PageCopier, CaptureDevices and
+// RestoreDevices (package snapshot), and the VCPU port below
+// (NewWithVCPU, Memory, Bus). An embedder does not call them.
 //
 // # The vCPU port
 //

@@ -21,3 +21,6 @@ func MinimalKernel(t *testing.T) []byte {
 func HashPages(v *VM, pages []uint32) ([32]byte, error) { return v.pagesHash(pages) }
 
 func PageTablePages(v *VM) (map[uint32]bool, error) { return v.pageTables() }
+
+// MachineVM is the VM behind a Machine the run loop handed its Driver.
+func MachineVM(m Machine) *VM { return m.(machine).VM }

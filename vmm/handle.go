@@ -19,7 +19,7 @@ func (v *VM) handleExit(ctx context.Context, e Exit) *stopRun {
 			v.pio(e.Kind == ExitIOOut, e.Port, e.Data[i*e.Size:(i+1)*e.Size])
 		}
 		if e.Kind == ExitIOIn {
-			if err := v.driver.Read(v, v.point, false, uint64(e.Port), e.Data); err != nil {
+			if err := v.driver.Read(machine{v}, v.point, false, uint64(e.Port), e.Data); err != nil {
 				return fail(err)
 			}
 		}
@@ -44,7 +44,7 @@ func (v *VM) handleExit(ctx context.Context, e Exit) *stopRun {
 			dev.Write(off, e.Data)
 		} else {
 			dev.Read(off, e.Data)
-			if err := v.driver.Read(v, v.point, true, e.Addr, e.Data); err != nil {
+			if err := v.driver.Read(machine{v}, v.point, true, e.Addr, e.Data); err != nil {
 				return fail(err)
 			}
 		}
@@ -86,13 +86,13 @@ func (v *VM) halt(ctx context.Context) *stopRun {
 		return &stopRun{reason: StopPowerOff}
 	}
 	for {
-		if _, err := v.driver.Deliver(v, v.point); err != nil {
+		if _, err := v.driver.Deliver(machine{v}, v.point); err != nil {
 			return &stopRun{err: err}
 		}
 		if v.PIC.Pending() {
 			return nil
 		}
-		if err := v.driver.Halted(ctx, v, v.point); err != nil {
+		if err := v.driver.Halted(ctx, machine{v}, v.point); err != nil {
 			if errors.Is(err, ErrNoWakeup) {
 				return &stopRun{err: &GuestError{What: "halt", RIP: regs.RIP, More: err.Error()}}
 			}

@@ -260,9 +260,9 @@ func TestInjectInterruptAsksForWindow(t *testing.T) {
 			t.Errorf("%+v: %v, window request %d", tc, err, h.RequestInterruptWindow)
 		}
 	}
-	v.CancelWindow()
+	v.cancelWindow()
 	if h.RequestInterruptWindow != 0 {
-		t.Error("CancelWindow left the request")
+		t.Error("cancelWindow left the request")
 	}
 	// Ready: the vector goes to KVM_INTERRUPT, which fails without a vCPU.
 	h.ReadyForInterruptInjection, h.IfFlag = 1, 1
@@ -275,7 +275,7 @@ func TestDeliverAsyncHoldsBackInput(t *testing.T) {
 	v, _, _ := kvmlessVM(t)
 	in := bytes.Repeat([]byte{'x'}, devices.UARTInputLimit+5)
 	in[0] = 'a'
-	v.DeliverAsync(Async{Timer: true, Input: in, DMA: []bounce.Completion{{Tag: 1}}})
+	v.Machine().DeliverAsync(Async{Timer: true, Input: in, DMA: []bounce.Completion{{Tag: 1}}})
 	if len(v.inputBacklog) != 5 {
 		t.Fatalf("backlog %d bytes, want 5", len(v.inputBacklog))
 	}
@@ -295,14 +295,14 @@ func TestDeliverAsyncHoldsBackInput(t *testing.T) {
 
 func TestBounceAndDMAWiring(t *testing.T) {
 	v, _, _ := kvmlessVM(t)
-	if v.Bounce() != nil || len(v.ExtraDevices()) != 0 {
+	if v.Machine().Bounce() != nil || len(v.ExtraDevices()) != 0 {
 		t.Fatal("a new VM has a bounce engine or extra devices")
 	}
 	dma, err := v.AddDMATest(func(bounce.Request) ([]byte, error) { return nil, nil })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v.Bounce() != dma.Engine() {
+	if v.Machine().Bounce() != dma.Engine() {
 		t.Error("Bounce is not the DMA device's engine")
 	}
 	if got := v.ExtraDevices(); len(got) != 1 || got[0] != "dma-test" {
@@ -326,7 +326,7 @@ func TestBounceAndDMAWiring(t *testing.T) {
 
 func TestAccessorsWithoutVCPU(t *testing.T) {
 	v, _, _ := kvmlessVM(t)
-	if v.Memory() != v.mem || v.Clock() != v.clock || v.Point() != (Point{Exits: 5, Kind: AtExit}) || v.Cmdline() != "" || v.CPUID() != nil {
+	if v.Memory() != v.mem || v.Machine().Clock() != v.clock || v.Point() != (Point{Exits: 5, Kind: AtExit}) || v.Cmdline() != "" || v.CPUID() != nil {
 		t.Error("accessors")
 	}
 	if _, err := v.Regs(); err == nil {
@@ -352,30 +352,30 @@ func TestAccessorsWithoutVCPU(t *testing.T) {
 func TestPageContentsAndLoadPage(t *testing.T) {
 	v, _, _ := kvmlessVM(t)
 	page := bytes.Repeat([]byte{0x5A}, pageSize)
-	if err := v.LoadPage(3, page); err != nil {
+	if err := v.Machine().LoadPage(3, page); err != nil {
 		t.Fatal(err)
 	}
-	got, err := v.PageContents(3)
+	got, err := v.Machine().PageContents(3)
 	if err != nil || !bytes.Equal(got, page) {
 		t.Fatalf("PageContents: %v", err)
 	}
 	got[0] = 0
-	if again, _ := v.PageContents(3); again[0] != 0x5A {
+	if again, _ := v.Machine().PageContents(3); again[0] != 0x5A {
 		t.Error("PageContents aliases guest memory")
 	}
-	if err := v.LoadPage(3, nil); err != nil {
+	if err := v.Machine().LoadPage(3, nil); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := v.PageContents(3); !bytes.Equal(got, make([]byte, pageSize)) {
+	if got, _ := v.Machine().PageContents(3); !bytes.Equal(got, make([]byte, pageSize)) {
 		t.Error("LoadPage(nil) did not zero the page")
 	}
-	if err := v.LoadPage(3, page[:100]); err == nil {
+	if err := v.Machine().LoadPage(3, page[:100]); err == nil {
 		t.Error("short page loaded")
 	}
-	if err := v.LoadPage(512, page); err == nil {
+	if err := v.Machine().LoadPage(512, page); err == nil {
 		t.Error("page beyond memory loaded")
 	}
-	if _, err := v.PageContents(512); err == nil {
+	if _, err := v.Machine().PageContents(512); err == nil {
 		t.Error("page beyond memory read")
 	}
 }
@@ -452,11 +452,11 @@ func TestVirtioWiring(t *testing.T) {
 	if len(devs) != 2 || devs[0] != "virtio-blk@0xd0020000 size=1048576" || devs[1] != "virtio-net@0xd0021000 mac=52:54:00:12:34:56" {
 		t.Errorf("ExtraDevices %q", devs)
 	}
-	v.DeliverAsync(Async{DMA: []bounce.Completion{{Tag: 7 << TagShift}}})
+	v.Machine().DeliverAsync(Async{DMA: []bounce.Completion{{Tag: 7 << TagShift}}})
 	if v.stats.StrayCompletions != 1 {
 		t.Errorf("a completion for no device: %d stray, want 1", v.stats.StrayCompletions)
 	}
-	if !v.ReplayWrites(bounce.Request{Tag: 1, Write: true}) || v.ReplayWrites(bounce.Request{Tag: 1}) || v.ReplayWrites(bounce.Request{Tag: 1<<TagShift | 1, Write: true}) {
+	if !(machine{v}).ReplayWrites(bounce.Request{Tag: 1, Write: true}) || (machine{v}).ReplayWrites(bounce.Request{Tag: 1}) || (machine{v}).ReplayWrites(bounce.Request{Tag: 1<<TagShift | 1, Write: true}) {
 		t.Error("ReplayWrites: want the own-copy disk's writes only")
 	}
 	if f := v.VirtioFaults(); len(f) != 2 || f[0] != "" || f[1] != "" {

@@ -19,14 +19,14 @@ func TestLiveDriverWithoutKVM(t *testing.T) {
 	d := NewLiveDriver(strings.NewReader("hi"))
 	d.SchedClock = func() int64 { return 0 }
 	v.driver = d
-	if err := d.Start(v); err != nil {
+	if err := d.Start(v.Machine()); err != nil {
 		t.Fatal(err)
 	}
-	defer d.Stop(v, Point{}, Result{}, nil)
-	if !d.Windows() || d.NextEntry() != EntryRun || d.Injected(v, Point{}, 0x20) != nil || d.Read(v, Point{}, false, 0, nil) != nil {
+	defer d.Stop(v.Machine(), Point{}, Result{}, nil)
+	if !d.Windows() || d.NextEntry() != EntryRun || d.Injected(v.Machine(), Point{}, 0x20) != nil || d.Read(v.Machine(), Point{}, false, 0, nil) != nil {
 		t.Error("LiveDriver's trivial answers")
 	}
-	if tsc, err := d.TSC(v, Point{}); err != nil || tsc != 5*TSCHz/1_000_000_000 {
+	if tsc, err := d.TSC(v.Machine(), Point{}); err != nil || tsc != 5*TSCHz/1_000_000_000 {
 		t.Errorf("TSC = %d, %v", tsc, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -36,7 +36,7 @@ func TestLiveDriverWithoutKVM(t *testing.T) {
 	// Console input: delivered, then EOF leaves nothing to wait for.
 	var got []byte
 	for {
-		if _, err := d.Deliver(v, p); err != nil {
+		if _, err := d.Deliver(v.Machine(), p); err != nil {
 			t.Fatal(err)
 		}
 		b := []byte{0}
@@ -45,7 +45,7 @@ func TestLiveDriverWithoutKVM(t *testing.T) {
 			got = append(got, b[0])
 			v.offerInput()
 		}
-		err := d.Halted(ctx, v, p)
+		err := d.Halted(ctx, v.Machine(), p)
 		if errors.Is(err, ErrNoWakeup) {
 			break
 		}
@@ -56,10 +56,10 @@ func TestLiveDriverWithoutKVM(t *testing.T) {
 	if string(got) != "hi" {
 		t.Errorf("guest read %q, want %q", got, "hi")
 	}
-	if delivered, _ := d.Deliver(v, p); delivered {
+	if delivered, _ := d.Deliver(v.Machine(), p); delivered {
 		t.Error("Kicked point with nothing due is a delivery point")
 	}
-	if delivered, _ := d.Deliver(v, Point{Exits: 1, Kind: Window}); !delivered {
+	if delivered, _ := d.Deliver(v.Machine(), Point{Exits: 1, Kind: Window}); !delivered {
 		t.Error("Window point is not a delivery point")
 	}
 
@@ -79,14 +79,14 @@ func TestLiveDriverWithoutKVM(t *testing.T) {
 			if a := d.Poll(); !a.Timer {
 				t.Fatalf("pending event is not the timer: %+v", a)
 			} else {
-				v.DeliverAsync(a)
+				v.Machine().DeliverAsync(a)
 			}
 			continue
 		}
-		if _, err := d.Deliver(v, p); err != nil {
+		if _, err := d.Deliver(v.Machine(), p); err != nil {
 			t.Fatal(err)
 		}
-		if err := d.Halted(ctx, v, p); err != nil {
+		if err := d.Halted(ctx, v.Machine(), p); err != nil {
 			t.Fatalf("Halted with the PIT armed: %v", err)
 		}
 	}
@@ -103,10 +103,10 @@ func TestLiveDriverTimerGuard(t *testing.T) {
 	d := NewLiveDriver(nil)
 	d.SchedClock = func() int64 { return clock.now.Load() }
 	v.driver = d
-	if err := d.Start(v); err != nil {
+	if err := d.Start(v.Machine()); err != nil {
 		t.Fatal(err)
 	}
-	defer d.Stop(v, Point{}, Result{}, nil)
+	defer d.Stop(v.Machine(), Point{}, Result{}, nil)
 	// Channel 0, mode 2, count 11932: a 10 ms period (the guard asks for
 	// min(5 ms, maxShare) of guest time between ticks).
 	for _, b := range []byte{0x34, 0x9C, 0x2E} {
@@ -123,7 +123,7 @@ func TestLiveDriverTimerGuard(t *testing.T) {
 		d.Arm()
 		a := d.Poll()
 		if a.Timer {
-			v.DeliverAsync(a) // the PIT moves its deadline on
+			v.Machine().DeliverAsync(a) // the PIT moves its deadline on
 		}
 		return a.Timer
 	}
@@ -145,7 +145,7 @@ func TestLiveDriverTimerGuard(t *testing.T) {
 	clock.now.Store(30*ms + ms/10)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := d.Halted(ctx, v, Point{Exits: 1, Kind: AtExit}); err != nil {
+	if err := d.Halted(ctx, v.Machine(), Point{Exits: 1, Kind: AtExit}); err != nil {
 		t.Fatal(err)
 	}
 	if !poll(30*ms + ms/10) {

@@ -9,9 +9,11 @@ import (
 
 // Machine is what a Driver sees of the VM it drives: the point the run
 // stands at, the vCPU's registers and state, guest memory by page, the
-// devices' clock and timer, and delivery of asynchronous events. *VM
-// implements it; the replay package's tests drive its recorder and
-// replayer with a machine made of plain values, without KVM.
+// devices' clock and timer, and delivery of asynchronous events. The run
+// loop hands its Driver the VM's own (VM.Machine), so that these methods
+// stay off *VM's method set, which is the embedder's; the replay
+// package's tests drive its recorder and replayer with a machine made of
+// plain values, without KVM.
 //
 // Every method is called on the vCPU thread, between two entries into the
 // guest, except Kick, which any goroutine may call.
@@ -64,18 +66,31 @@ type Machine interface {
 	RunTime() time.Duration
 }
 
-var _ Machine = (*VM)(nil)
+// machine is the VM as its Driver sees it: the replay plumbing (pages,
+// vCPU state, asynchronous delivery) kept off *VM's own method set. It
+// embeds *VM for Point, Regs, Fingerprint and Kick. It is one pointer, so
+// making a Machine of it does not allocate.
+type machine struct{ *VM }
+
+var _ Machine = machine{}
+
+// Machine returns the VM as a Driver sees it, for code that drives or
+// inspects a VM outside a Driver's calls (snapshots, FT's state transfer,
+// tests). It also implements WriteReplayer and PageCopier, and it carries
+// the VM's own methods (Run, Exits, Close...), so an interface that adds
+// those to Machine, like ft.Machine, is satisfied by a type assertion.
+func (v *VM) Machine() Machine { return machine{v} }
 
 // RunTime implements Machine.
-func (v *VM) RunTime() time.Duration { return v.runTime }
+func (v machine) RunTime() time.Duration { return v.runTime }
 
 // InterruptPending implements Machine.
-func (v *VM) InterruptPending() bool { return v.PIC.Pending() }
+func (v machine) InterruptPending() bool { return v.PIC.Pending() }
 
 // TimerDeadline implements Machine.
-func (v *VM) TimerDeadline() (int64, bool) { return v.PIT.NextDeadline() }
+func (v machine) TimerDeadline() (int64, bool) { return v.PIT.NextDeadline() }
 
-// MemoryBytes implements Machine.
+// MemoryBytes is the size of guest memory (Spec.MemoryBytes); it implements Machine.
 func (v *VM) MemoryBytes() uint64 { return v.mem.Size() }
 
 // WriteReplayer is an optional capability of a Machine being replayed:
@@ -88,4 +103,4 @@ type WriteReplayer interface {
 	ReplayWrites(req bounce.Request) bool
 }
 
-var _ WriteReplayer = (*VM)(nil)
+var _ WriteReplayer = machine{}

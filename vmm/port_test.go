@@ -54,7 +54,7 @@ func TestStateThroughThePort(t *testing.T) {
 	if cpu.Registers.RIP != vmm.BareLoadAddr || cpu.Special.CR0&1 == 0 {
 		t.Fatalf("LoadBare: RIP %#x CR0 %#x", cpu.Registers.RIP, cpu.Special.CR0)
 	}
-	st, err := vm.CaptureVCPUState()
+	st, err := vm.Machine().CaptureVCPUState()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func TestStateThroughThePort(t *testing.T) {
 	if print1, _ := vm.Fingerprint(); print1 == print0 {
 		t.Error("fingerprint ignores a register")
 	}
-	if err := vm.ApplyVCPUState(st); err != nil {
+	if err := vm.Machine().ApplyVCPUState(st); err != nil {
 		t.Fatal(err)
 	}
 	if print2, _ := vm.Fingerprint(); print2 != print0 || cpu.ImmediateExit() {
@@ -79,7 +79,7 @@ func TestStateThroughThePort(t *testing.T) {
 		t.Errorf("user mode %v, %v", user, err)
 	}
 
-	if _, err := vm.DirtyPages(); err != nil {
+	if _, err := vm.Machine().DirtyPages(); err != nil {
 		t.Fatal(err)
 	}
 	h0, err := vmm.HashPages(vm, []uint32{5})
@@ -88,10 +88,10 @@ func TestStateThroughThePort(t *testing.T) {
 	}
 	vm.Memory().WriteAt([]byte{1}, 5*4096+7)
 	cpu.MarkDirty(5, 70)
-	if pages, err := vm.DirtyPages(); err != nil || fmt.Sprint(pages) != "[5 70]" {
+	if pages, err := vm.Machine().DirtyPages(); err != nil || fmt.Sprint(pages) != "[5 70]" {
 		t.Errorf("dirty pages %v, %v", pages, err)
 	}
-	if pages, _ := vm.DirtyPages(); len(pages) != 0 {
+	if pages, _ := vm.Machine().DirtyPages(); len(pages) != 0 {
 		t.Errorf("dirty log not reset: %v", pages)
 	}
 	if h1, _ := vmm.HashPages(vm, []uint32{5}); h1 == h0 {
@@ -106,13 +106,13 @@ func TestStateThroughThePort(t *testing.T) {
 
 	boom := errors.New("boom")
 	cpu.Fail = map[string]error{"apply": boom, "capture": boom, "dirty-log": boom, "sregs": boom, "set-sregs": boom}
-	if err := vm.ApplyVCPUState(st); !errors.Is(err, boom) {
+	if err := vm.Machine().ApplyVCPUState(st); !errors.Is(err, boom) {
 		t.Errorf("ApplyVCPUState: %v", err)
 	}
-	if _, err := vm.CaptureVCPUState(); !errors.Is(err, boom) {
+	if _, err := vm.Machine().CaptureVCPUState(); !errors.Is(err, boom) {
 		t.Errorf("CaptureVCPUState: %v", err)
 	}
-	if _, err := vm.DirtyPages(); !errors.Is(err, boom) {
+	if _, err := vm.Machine().DirtyPages(); !errors.Is(err, boom) {
 		t.Errorf("DirtyPages: %v", err)
 	}
 	if _, err := vm.Fingerprint(); !errors.Is(err, boom) {
@@ -136,8 +136,8 @@ func TestLoadLinuxSetsTheVCPU(t *testing.T) {
 	if cpu.Registers.RIP != 0x1000000 || !strings.HasPrefix(vm.Cmdline(), "console=ttyS0") {
 		t.Errorf("RIP %#x, command line %q", cpu.Registers.RIP, vm.Cmdline())
 	}
-	if vm.MemoryBytes() != 64<<20 || vm.InterruptPending() {
-		t.Errorf("memory %d, interrupt pending %v", vm.MemoryBytes(), vm.InterruptPending())
+	if vm.MemoryBytes() != 64<<20 || vm.Machine().InterruptPending() {
+		t.Errorf("memory %d, interrupt pending %v", vm.MemoryBytes(), vm.Machine().InterruptPending())
 	}
 	if err := vm.LoadLinux(vmm.LinuxSpec{Kernel: []byte("not an ELF")}); err == nil {
 		t.Error("a kernel that is not one loaded")
@@ -146,7 +146,7 @@ func TestLoadLinuxSetsTheVCPU(t *testing.T) {
 
 func TestDirtyPagesNeedsTrackDirty(t *testing.T) {
 	vm, _ := vmmtest.New(t, vmm.Config{}, nil)
-	if _, err := vm.DirtyPages(); err == nil || !strings.Contains(err.Error(), "TrackDirty") {
+	if _, err := vm.Machine().DirtyPages(); err == nil || !strings.Contains(err.Error(), "TrackDirty") {
 		t.Errorf("%v", err)
 	}
 }

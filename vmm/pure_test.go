@@ -76,7 +76,7 @@ func TestDescribeExit(t *testing.T) {
 		}
 	}
 	v := &VM{lastExit: Exit{Kind: ExitIOIn, Port: 0x71}}
-	if got := v.LastExit(); got != "io-in port 0x71" {
+	if got := v.Machine().LastExit(); got != "io-in port 0x71" {
 		t.Errorf("LastExit = %q", got)
 	}
 }

@@ -148,11 +148,11 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 	defer stopWatch()
 	defer func() {
 		res.Stats, res.Duration = v.stats, v.hostTime().Sub(began)
-		if derr := v.driver.Stop(v, v.point, res, err); derr != nil && err == nil {
+		if derr := v.driver.Stop(machine{v}, v.point, res, err); derr != nil && err == nil {
 			err = derr
 		}
 	}()
-	if err := v.driver.Start(v); err != nil {
+	if err := v.driver.Start(machine{v}); err != nil {
 		return Result{}, err
 	}
 	v.point = Point{Kind: AtExit}
@@ -164,7 +164,7 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 		if offersInput(v.point) {
 			v.offerInput()
 		}
-		delivered, err := v.driver.Deliver(v, v.point)
+		delivered, err := v.driver.Deliver(machine{v}, v.point)
 		if err != nil {
 			return Result{}, err
 		}
@@ -211,7 +211,7 @@ func (v *VM) Run(ctx context.Context) (res Result, err error) {
 		v.exitFaults = false
 		stall.exited(left)
 		v.lastExit = exit
-		v.traceLine(v.LastExit())
+		v.traceLine(machine{v}.LastExit())
 		v.stats.Exits[exit.Kind]++
 		if stop := v.handleExit(ctx, exit); stop != nil {
 			if stop.err != nil {
@@ -240,12 +240,12 @@ func (v *VM) injectInterrupt() error {
 	v.stats.Interrupts++
 	v.cpu.RequestWindow(false)
 	v.traceLine(fmt.Sprintf("inject %#x", vector))
-	return v.driver.Injected(v, v.point, vector)
+	return v.driver.Injected(machine{v}, v.point, vector)
 }
 
-// CancelWindow withdraws a request for an interrupt-window exit (a driver
+// cancelWindow withdraws a request for an interrupt-window exit (a driver
 // that declined a Window point asks again later, with a kick).
-func (v *VM) CancelWindow() { v.cpu.RequestWindow(false) }
+func (v *VM) cancelWindow() { v.cpu.RequestWindow(false) }
 
 // complete enters the vCPU with immediate_exit set: KVM completes a
 // pending I/O, MMIO or MSR exit, or refreshes kvm_run, and returns EINTR

@@ -50,7 +50,7 @@ func (d *loopDriver) note(format string, args ...any) {
 
 func (d *loopDriver) Start(m vmm.Machine) error {
 	d.note("start")
-	d.vm = m.(*vmm.VM)
+	d.vm = vmm.MachineVM(m)
 	return d.startErr
 }
 
@@ -228,8 +228,8 @@ func TestRunPlaysExits(t *testing.T) {
 	if vm.Exits() != 7 || vm.Point() != at(7) || cpu.Entries() != 7 {
 		t.Errorf("exits %d point %v entries %d, want 7", vm.Exits(), vm.Point(), cpu.Entries())
 	}
-	if d.stopErr2 != nil || d.stopRes.Reason != vmm.StopExitPort || !strings.Contains(vm.LastExit(), "io-out") {
-		t.Errorf("Stop saw %v %v; last exit %q", d.stopRes.Reason, d.stopErr2, vm.LastExit())
+	if d.stopErr2 != nil || d.stopRes.Reason != vmm.StopExitPort || !strings.Contains(vm.Machine().LastExit(), "io-out") {
+		t.Errorf("Stop saw %v %v; last exit %q", d.stopRes.Reason, d.stopErr2, vm.Machine().LastExit())
 	}
 }
 
@@ -386,7 +386,7 @@ func TestRunOffersInputOnlyAtExits(t *testing.T) {
 	d := &loopDriver{}
 	d.deliver = func(vm *vmm.VM, p vmm.Point) (bool, error) {
 		if p == at(0) {
-			vm.DeliverAsync(vmm.Async{Input: bytes.Repeat([]byte{'x'}, devices.UARTInputLimit+2)})
+			vm.Machine().DeliverAsync(vmm.Async{Input: bytes.Repeat([]byte{'x'}, devices.UARTInputLimit+2)})
 		}
 		if p.Kind == vmm.Kicked {
 			var b [1]byte
@@ -579,8 +579,8 @@ func TestRunStallWarning(t *testing.T) {
 			t.Errorf("warning %d: %q, want %q and the RIP", i, warnings[i], want)
 		}
 	}
-	if res.Duration != 120*time.Second || vm.RunTime() != 120*time.Second {
-		t.Errorf("duration %v, run time %v: want the host time's 120s", res.Duration, vm.RunTime())
+	if res.Duration != 120*time.Second || vm.Machine().RunTime() != 120*time.Second {
+		t.Errorf("duration %v, run time %v: want the host time's 120s", res.Duration, vm.Machine().RunTime())
 	}
 }
 

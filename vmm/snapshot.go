@@ -70,7 +70,7 @@ func (v *VM) CaptureDevices(ctx context.Context) (VCPUState, DeviceStates, error
 	if errno := v.complete(); errno != unix.EINTR {
 		return VCPUState{}, ds, fmt.Errorf("snapshot: completing the last exit: KVM_RUN returned %v, want EINTR", errno)
 	}
-	cpu, err := v.CaptureVCPUState()
+	cpu, err := machine{v}.CaptureVCPUState()
 	if err != nil {
 		return VCPUState{}, ds, fmt.Errorf("snapshot: vCPU: %w", err)
 	}
@@ -179,7 +179,7 @@ func (v *VM) RestoreDevices(cpu VCPUState, ds DeviceStates) error {
 			return fmt.Errorf("restore: %w", err)
 		}
 	}
-	if err := v.ApplyVCPUState(cpu); err != nil {
+	if err := (machine{v}).ApplyVCPUState(cpu); err != nil {
 		return fmt.Errorf("restore: vCPU: %w", err)
 	}
 	v.inputBacklog = slices.Clone(ds.InputBacklog)

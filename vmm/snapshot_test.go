@@ -25,7 +25,7 @@ func TestCaptureRestoreDevices(t *testing.T) {
 	a, cpuA := vmmtest.New(t, vmm.Config{Spec: vmm.Spec{Epoch: snapEpoch}, Options: vmm.Options{Clock: &fixedClock{1000}}}, nil)
 	cpuA.Registers.RIP, cpuA.Registers.RAX = 0x100123, 42
 	a.PIC.SetIRQ(3, true)
-	a.DeliverAsync(vmm.Async{Input: []byte("hello")})
+	a.Machine().DeliverAsync(vmm.Async{Input: []byte("hello")})
 	cpu, ds, err := a.CaptureDevices(context.Background())
 	if err != nil {
 		t.Fatal(err)

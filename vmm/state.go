@@ -13,7 +13,7 @@ import (
 // DirtyPages returns the guest page frames written since the previous call
 // (or since the VM was created), ascending, and resets KVM's dirty log.
 // The VM must have been created with TrackDirty.
-func (v *VM) DirtyPages() ([]uint32, error) {
+func (v machine) DirtyPages() ([]uint32, error) {
 	if !v.cfg.TrackDirty {
 		return nil, fmt.Errorf("dirty-page log not enabled (Config.TrackDirty)")
 	}
@@ -43,11 +43,11 @@ type PageCopier interface {
 	CopyPages(dst []byte, pages []uint32) ([]byte, error)
 }
 
-var _ PageCopier = (*VM)(nil)
+var _ PageCopier = machine{}
 
 // CopyPages implements PageCopier. A frame outside guest memory is an
 // error, and dst is returned as it was.
-func (v *VM) CopyPages(dst []byte, pages []uint32) ([]byte, error) {
+func (v machine) CopyPages(dst []byte, pages []uint32) ([]byte, error) {
 	n := len(dst)
 	for _, pfn := range pages {
 		page, err := v.mem.Slice(GuestAddress(uint64(pfn)*pageSize), pageSize)

@@ -6,7 +6,7 @@ import (
 )
 
 // LastExit describes the most recent synchronous exit (for diagnostics).
-func (v *VM) LastExit() string { return describeExit(v.lastExit) }
+func (v machine) LastExit() string { return describeExit(v.lastExit) }
 
 // describeExit names an exit for LastExit and ExitTrace lines: its kind,
 // and the port or address of an access.

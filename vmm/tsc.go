@@ -34,7 +34,7 @@ func (v *VM) timeMSR(e Exit) error {
 	var val uint64
 	switch e.MSR {
 	case 0x10, 0xE7, 0xE8:
-		tsc, err := v.driver.TSC(v, v.point)
+		tsc, err := v.driver.TSC(machine{v}, v.point)
 		if err != nil {
 			return err
 		}
@@ -70,7 +70,7 @@ func (v *VM) trappedTSC(e Exit) *stopRun {
 	if err != nil {
 		return &stopRun{err: &GuestError{What: "write to the reserved rdtsc port", RIP: regs.RIP - 2, More: err.Error()}}
 	}
-	tsc, err := v.driver.TSC(v, v.point)
+	tsc, err := v.driver.TSC(machine{v}, v.point)
 	if err != nil {
 		return &stopRun{err: err}
 	}

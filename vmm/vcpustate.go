@@ -65,7 +65,7 @@ func probeStateMSRs(vcpuFd int) []uint32 {
 
 // CaptureVCPUState reads the vCPU's whole state. Call it on the vCPU
 // thread between two entries.
-func (v *VM) CaptureVCPUState() (VCPUState, error) { return v.cpu.CaptureState() }
+func (v machine) CaptureVCPUState() (VCPUState, error) { return v.cpu.CaptureState() }
 
 // CaptureState implements VCPU.
 func (c *kvmVCPU) CaptureState() (VCPUState, error) {
@@ -109,7 +109,7 @@ const (
 
 // ApplyVCPUState loads a captured state into the vCPU. Call it on the
 // vCPU thread between two entries, with no exit pending completion.
-func (v *VM) ApplyVCPUState(s VCPUState) error {
+func (v machine) ApplyVCPUState(s VCPUState) error {
 	if err := v.cpu.ApplyState(s); err != nil {
 		return err
 	}
@@ -235,7 +235,7 @@ func (s *VCPUState) UnmarshalBinary(data []byte) error {
 }
 
 // PageContents returns a copy of guest page frame pfn.
-func (v *VM) PageContents(pfn uint32) ([]byte, error) {
+func (v machine) PageContents(pfn uint32) ([]byte, error) {
 	b, err := v.mem.Slice(GuestAddress(uint64(pfn)*pageSize), pageSize)
 	if err != nil {
 		return nil, fmt.Errorf("page %#x: %w", pfn, err)
@@ -245,7 +245,7 @@ func (v *VM) PageContents(pfn uint32) ([]byte, error) {
 
 // LoadPage overwrites guest page frame pfn with data (4096 bytes, or nil
 // for zeros).
-func (v *VM) LoadPage(pfn uint32, data []byte) error {
+func (v machine) LoadPage(pfn uint32, data []byte) error {
 	if data != nil && len(data) != pageSize {
 		return fmt.Errorf("page %#x: %d bytes of data, want %d", pfn, len(data), pageSize)
 	}

@@ -68,7 +68,7 @@ func (v *VM) AddVirtio(a virtio.Attachment) (virtio.Device, error) {
 // device's backend (a device whose Attachment says ReplayWrites: a disk
 // with its own copy). A replayer gives it to its bounce engine
 // (bounce.Engine.SetReplayWrites).
-func (v *VM) ReplayWrites(req bounce.Request) bool {
+func (v machine) ReplayWrites(req bounce.Request) bool {
 	slot := req.Tag >> TagShift
 	return req.Write && slot < uint64(len(v.bounceDevs)) && v.bounceDevs[slot].replayWrites
 }

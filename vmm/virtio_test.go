@@ -57,7 +57,7 @@ func TestAddVirtioPlacesAnyDevice(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if dev != devs[i] || devs[i].m == nil || devs[i].engine != v.Bounce() || devs[i].tagBase != uint64(i)<<TagShift {
+		if dev != devs[i] || devs[i].m == nil || devs[i].engine != v.Machine().Bounce() || devs[i].tagBase != uint64(i)<<TagShift {
 			t.Fatalf("device %d: not the one built, not attached, or not on its bounce slot (tag base %#x)", i, devs[i].tagBase)
 		}
 	}
@@ -83,7 +83,7 @@ func TestAddVirtioPlacesAnyDevice(t *testing.T) {
 	}
 
 	// A completion reaches the device of its tag's slot, and only it.
-	v.DeliverAsync(Async{DMA: []bounce.Completion{{Tag: 2<<TagShift | 5}}})
+	v.Machine().DeliverAsync(Async{DMA: []bounce.Completion{{Tag: 2<<TagShift | 5}}})
 	for i, d := range devs {
 		if want := []uint64(nil); i == 2 {
 			want = []uint64{2<<TagShift | 5}
@@ -106,7 +106,7 @@ func TestAddVirtioPlacesAnyDevice(t *testing.T) {
 			t.Errorf("device %d: lines %#x after the acknowledgement", i, lines)
 		}
 	}
-	if v.ReplayWrites(bounce.Request{Tag: 1<<TagShift | 1, Write: true}) {
+	if (machine{v}).ReplayWrites(bounce.Request{Tag: 1<<TagShift | 1, Write: true}) {
 		t.Error("a device without ReplayWrites has its writes replayed")
 	}
 }

@@ -186,7 +186,7 @@ func (v *VM) Memory() *Memory { return v.mem }
 func (v *VM) CPUID() CPUID { return v.cpuid }
 
 // Clock returns the clock the devices read.
-func (v *VM) Clock() devices.Clock { return v.clock }
+func (v machine) Clock() devices.Clock { return v.clock }
 
 // LoadLinux loads a kernel and sets the vCPU up to enter it. Unless the
 // command line already has a clearcpuid= option, it gets one naming the

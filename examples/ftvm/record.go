@@ -85,7 +85,7 @@ func cmdRecord(ctx context.Context, args []string) (int, error) {
 	info("logged %d events (%d clock, %d deliveries, %d at landmarks carrying %d pages (%d zero), %d injections, %d rdtsc, %d reads), %d bytes; capturing the landmarks took %v",
 		st.Events, st.Clock, st.Delivers, st.Landmarks, st.LandmarkPages, st.ZeroPages, st.Injects, st.TSC, st.Reads, size, st.LandmarkTime.Round(time.Millisecond))
 	info("deliveries: %d at synchronous exits, %d at window exits by count, %d at kicks and %d at window exits with landmarks; %.1f landmarks per second of guest run time (%v)",
-		st.DeliveriesAtExits, st.DeliveriesAtWindows, st.LandmarksAtKicks, st.LandmarksAtWindows, perSecond(st.Landmarks, vm.RunTime()), vm.RunTime().Round(time.Millisecond))
+		st.DeliveriesAtExits, st.DeliveriesAtWindows, st.LandmarksAtKicks, st.LandmarksAtWindows, perSecond(st.Landmarks, vm.Machine().RunTime()), vm.Machine().RunTime().Round(time.Millisecond))
 	code, err := report(info, res, runErr)
 	printFingerprint(vm)
 	return code, err
