@@ -12,7 +12,7 @@
 # CI (passed into the emulated host), FTKVM_TEST_TIMEOUT (native go test
 # -timeout, default 40m), FTKVM_KVM_PKG_TIMEOUT (each KVM package in the
 # emulated host, default 40m), FTKVM_KVM_STAGE_TIMEOUT (the emulated host as
-# a whole, boot included, default 45m; the two-host stage has FTKVM_TWOHOST_TIMEOUT, default 55m: CI allows 90 for everything), FTKVM_TESTBED_MEM (MB, default 4096).
+# a whole, boot included, default 35m; the two-host stage has FTKVM_TWOHOST_TIMEOUT, default 30m: make test takes about 21 minutes, CI allows 90, and a hang must fail readably before that; make soak raises both), FTKVM_TESTBED_MEM (MB, default 4096).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,7 +66,7 @@ MODULE=$("$GO" list -m)
 export FTKVM_GUEST_DIR=${FTKVM_GUEST_DIR:-$ROOT/guest/out}
 NATIVE_TIMEOUT=${FTKVM_TEST_TIMEOUT:-40m}
 PKG_TIMEOUT=${FTKVM_KVM_PKG_TIMEOUT:-40m}
-STAGE_TIMEOUT=${FTKVM_KVM_STAGE_TIMEOUT:-45m}
+STAGE_TIMEOUT=${FTKVM_KVM_STAGE_TIMEOUT:-35m}
 
 # Opening it read-write is what the tests need, not its mere presence (-c
 # first: <> would create a plain file where there is none).
@@ -108,7 +108,7 @@ twohost_stage() {
 	echo "== two-host stage: the FT pair across two emulated hosts ($TWOHOST_PKG)"
 	"$GO" run ./cmd/testbed -v setup
 	[[ -x $ROOT/bin/ftvm ]] && ftvm=(FTKVM_FTVM="$ROOT/bin/ftvm")
-	env "${ftvm[@]}" FTKVM_TWOHOST=1 "$GO" test -count=1 -v -timeout "${FTKVM_TWOHOST_TIMEOUT:-55m}" "$TWOHOST_PKG" || rc=$?
+	env "${ftvm[@]}" FTKVM_TWOHOST=1 "$GO" test -count=1 -v -timeout "${FTKVM_TWOHOST_TIMEOUT:-30m}" "$TWOHOST_PKG" || rc=$?
 	if ((rc == 0)); then
 		summary+="ok  	$MODULE/${TWOHOST_PKG#./}	$((SECONDS - t0)).000s (two hosts)"$'\n'
 	else
