@@ -2,7 +2,6 @@ package replay
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"math/rand/v2"
 	"strings"
@@ -64,30 +63,7 @@ func recordToyTo(t *testing.T, prog []toyOp, o recordOpts, sink *checkingSink) (
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := newToy(prog)
-	m.SetClock(rec.Clock())
-	m.SetSpin(100)
-	m.SetBounce(bounce.NewEngine(func(req bounce.Request) ([]byte, error) {
-		r := rand.New(rand.NewPCG(o.seed, req.Tag))
-		b := make([]byte, req.Len)
-		for i := range b {
-			b[i] = byte(r.Uint32())
-		}
-		return b, nil
-	}))
-	var out bytes.Buffer
-	m.SetOutput(func(_ vmm.Point, b []byte) error {
-		out.Write(b)
-		_, err := rec.Output(b, uint64(out.Len()))
-		return err
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	res, err := m.Run(ctx, rec)
-	if err != nil {
-		t.Fatalf("recording: %v", err)
-	}
-	fp, _ := m.Fingerprint()
+	out, res, fp := runToyRecording(t, prog, o, rec, false)
 	events := sink.logged()
 	if n := len(events); n == 0 || events[n-1].GetEnd() == nil || uint64(n) != rec.Stats().Events {
 		t.Fatalf("the recording's run stopped with %d events in the log (%d logged), the last not its End", n, rec.Stats().Events)
@@ -95,7 +71,7 @@ func recordToyTo(t *testing.T, prog []toyOp, o recordOpts, sink *checkingSink) (
 	rec.pipe.mu.Lock()
 	deepest := rec.pipe.deepest
 	rec.pipe.mu.Unlock()
-	return toyRecording{events: events, fp: fp, out: out.String(), res: res, stats: rec.Stats()}, deepest
+	return toyRecording{events: events, fp: fp, out: out, res: res, stats: rec.Stats()}, deepest
 }
 
 // Landmarks finished off the vCPU thread, under a sink slow enough that

@@ -93,13 +93,25 @@ func recordToy(t *testing.T, prog []toyOp, o recordOpts) toyRecording {
 	if err != nil {
 		t.Fatal(err)
 	}
+	out, res, fp := runToyRecording(t, prog, o, rec, true)
+	return toyRecording{events: log.Events, fp: fp, out: out, res: res, stats: rec.Stats()}
+}
+
+// runToyRecording runs prog on a toy machine under rec: DMA data from
+// o.seed (after a random delay of up to 0.5 ms each when delays is set),
+// console output logged as released. It returns the output, the result
+// and the final fingerprint.
+func runToyRecording(t *testing.T, prog []toyOp, o recordOpts, rec *Recorder, delays bool) (string, vmm.Result, [32]byte) {
+	t.Helper()
 	m := newToy(prog)
 	m.SetClock(rec.Clock())
 	m.SetSpin(100)
 	m.SetWindows(o.windows)
 	m.SetBounce(bounce.NewEngine(func(req bounce.Request) ([]byte, error) {
 		r := rand.New(rand.NewPCG(o.seed, req.Tag))
-		time.Sleep(time.Duration(r.IntN(500)) * time.Microsecond)
+		if delays {
+			time.Sleep(time.Duration(r.IntN(500)) * time.Microsecond)
+		}
 		b := make([]byte, req.Len)
 		for i := range b {
 			b[i] = byte(r.Uint32())
@@ -119,7 +131,7 @@ func recordToy(t *testing.T, prog []toyOp, o recordOpts) toyRecording {
 		t.Fatalf("recording: %v", err)
 	}
 	fp, _ := m.Fingerprint()
-	return toyRecording{events: log.Events, fp: fp, out: out.String(), res: res, stats: rec.Stats()}
+	return out.String(), res, fp
 }
 
 type toyReplay struct {
